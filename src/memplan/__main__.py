@@ -1,0 +1,3 @@
+from memplan.cli.main import run
+
+run()

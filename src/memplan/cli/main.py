@@ -1,0 +1,90 @@
+"""``memplan`` entry point: ``main(argv) -> exit status``; ``run()`` for the console script.
+
+Each command lives in ``memplan.cli.<name>`` and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (``args -> int``) as the parser default. Command modules import
+nothing heavy at module level: ``memplan params`` must answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from memplan.errors import MemplanError
+
+__all__ = ["build_parser", "main", "run"]
+
+COMMANDS = (
+    "params",
+    "models",
+    "train",
+    "infer",
+    "serve_capacity",
+    "time",
+    "gpus",
+    "trace",
+    "compare",
+)
+
+EPILOG = """\
+examples:
+  memplan params meta-llama/Llama-2-7b-hf
+  memplan params ./my-model/config.json --json
+  memplan models
+  memplan train meta-llama/Llama-3.1-8B --batch 2 --seq 4096 --precision bf16-mixed --gpu H100
+  memplan infer Qwen/Qwen2.5-7B-Instruct --batch 8 --prompt-len 2048 --gen-len 512 --gpu L40S
+  memplan serve-capacity microsoft/Phi-3-mini-4k-instruct --gpu H100-SXM
+  memplan time gpt2-xl --steps 400000 --batch 1024 --seq 1024 --gpu A100-80GB
+  memplan gpus
+  memplan trace llama-3.2-1b --train --batch 1 --seq 2048
+  memplan compare llama-3.2-1b --batch 1 --seq 2048
+
+Sizes are shown in GiB (2^30 bytes) and labelled so; pass --decimal for GB (10^9).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memplan",
+        description="Will this model fit, where does the memory go, how long will it take.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from memplan import __version__
+
+    parser.add_argument("--version", action="version", version=f"memplan {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"memplan.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command still being built
+            if exc.name != f"memplan.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except MemplanError as exc:
+        print(f"memplan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memplan: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""``ModelSpec``: the structure of a decoder-only transformer, enough to count it exactly.
+
+A spec is parsed from a Hugging Face ``config.json`` (``memplan.specs.hf``) or given by hand.
+Every field is what the modeling code in transformers builds; where a family deviates from the
+common Llama layout, a field says how (fused QKV, parallel residual, extra norms, MoE, MLA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from memplan.errors import ConfigError
+
+__all__ = [
+    "AttentionType",
+    "MlaSpec",
+    "MlpKind",
+    "ModelSpec",
+    "MoeSpec",
+    "NormKind",
+    "PositionKind",
+    "QkNorm",
+]
+
+
+class MlpKind(StrEnum):
+    PLAIN = "plain"  # up -> act -> down (GPT-2, NeoX, Falcon, StarCoder2): 2 matrices
+    GATED = "gated"  # act(gate) * up -> down (SwiGLU, GeGLU): 3 matrices
+
+
+class NormKind(StrEnum):
+    RMSNORM = "rmsnorm"  # weight only
+    LAYERNORM = "layernorm"  # weight, and bias where ``norm_bias``
+    LAYERNORM_NO_AFFINE = "layernorm_no_affine"  # OLMo (v1): no parameters at all
+
+
+class PositionKind(StrEnum):
+    ROTARY = "rotary"
+    LEARNED = "learned"  # a (max_positions, hidden) embedding table: GPT-2, StarCoder (bigcode)
+    ALIBI = "alibi"  # Falcon-RW style, no parameters
+    NONE = "none"
+
+
+class QkNorm(StrEnum):
+    NONE = "none"
+    PER_HEAD = "per_head"  # RMSNorm(head_dim) shared across heads: Qwen3, Gemma 3
+    FULL = "full"  # RMSNorm(n_heads * head_dim) and RMSNorm(n_kv_heads * head_dim): OLMo 2
+
+
+class AttentionType(StrEnum):
+    FULL = "full_attention"
+    SLIDING = "sliding_attention"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MoeSpec:
+    """Mixture of experts, as Mixtral, Qwen2-MoE, Qwen3-MoE and DeepSeek build it."""
+
+    n_experts: int
+    """Routed experts per MoE layer."""
+    top_k: int
+    """Routed experts each token goes through."""
+    expert_intermediate_size: int
+    """MLP width of one routed expert."""
+    n_shared_experts: int = 0
+    """DeepSeek: shared experts, fused into one MLP of width n_shared * expert width."""
+    shared_intermediate_size: int = 0
+    """Width of the (fused) shared-expert MLP; 0 when there is none."""
+    shared_expert_gate: bool = False
+    """Qwen2-MoE: a Linear(hidden, 1) that gates the shared expert."""
+    router_bias: bool = False
+    """The router has a per-expert bias (DeepSeek-V3's e_score_correction_bias)."""
+    first_dense_layers: int = 0
+    """DeepSeek ``first_k_dense_replace``: the first k layers use the dense MLP."""
+    layer_freq: int = 1
+    """Every ``layer_freq``-th layer is MoE (Qwen2-MoE ``decoder_sparse_step``)."""
+    dense_layers: tuple[int, ...] = ()
+    """Explicit dense layers (Qwen ``mlp_only_layers``)."""
+
+    def is_moe_layer(self, index: int) -> bool:
+        if index < self.first_dense_layers or index in self.dense_layers:
+            return False
+        return (index + 1) % self.layer_freq == 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MlaSpec:
+    """DeepSeek multi-head latent attention (DeepSeek-V2 paper, section 2.1)."""
+
+    q_lora_rank: int | None
+    """Rank of the query down-projection; None: a plain q_proj (DeepSeek-V2-Lite)."""
+    kv_lora_rank: int
+    """Width of the compressed KV latent (what the MLA cache stores per token)."""
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """A decoder-only transformer LM, as its Hugging Face modeling code builds it."""
+
+    name: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    """Per-head width of q and k (and v unless MLA says otherwise)."""
+    intermediate_size: int
+    """Dense MLP width (the hidden width of the non-MoE MLP)."""
+    mlp_kind: MlpKind = MlpKind.GATED
+    activation: str = "silu"
+    norm_kind: NormKind = NormKind.RMSNORM
+    norm_bias: bool = False
+    n_layer_norms: int = 2
+    """Norms per decoder layer over the hidden size (Gemma 2/3: 4; Falcon-7B: 1)."""
+    qk_norm: QkNorm = QkNorm.NONE
+    final_norm: bool = True
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    fused_qkv: bool = False
+    """One projection makes q, k and v (GPT-2 c_attn, NeoX, Falcon, Phi-3)."""
+    fused_gate_up: bool = False
+    """One projection makes gate and up (Phi-3 gate_up_proj)."""
+    parallel_residual: bool = False
+    """Attention and MLP read the same input (NeoX, Falcon, GPT-J)."""
+    tie_word_embeddings: bool = False
+    position: PositionKind = PositionKind.ROTARY
+    max_position_embeddings: int = 2048
+    rotary_dim: int | None = None
+    """Dimensions rotated per head (NeoX partial rotary); None: all of head_dim."""
+    rope_theta: float = 10000.0
+    sliding_window: int | None = None
+    layer_types: tuple[AttentionType, ...] = ()
+    """Attention type of each layer; empty means all full attention."""
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    embedding_multiplier: float | None = None
+    """Gemma scales embeddings by sqrt(hidden)."""
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    """Residual dropout (GPT-2 resid_pdrop, NeoX hidden_dropout)."""
+    embedding_dropout: float = 0.0
+    moe: MoeSpec | None = None
+    mla: MlaSpec | None = None
+    dtype: str = "float32"
+    """The dtype the checkpoint is stored in (config ``torch_dtype``/``dtype``)."""
+    source: str = "manual"
+    """Where the spec came from: ``catalog``, a path, ``hub``, ``manual``."""
+    hf_config: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    """The raw config.json the spec was parsed from (the trace engine builds from it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{self.name}: {name} must be a positive integer, got {value!r}")
+        if self.intermediate_size < 0:
+            raise ConfigError(f"{self.name}: intermediate_size must not be negative")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"{self.name}: the number of KV heads ({self.n_kv_heads}) must divide the number "
+                f"of attention heads ({self.n_heads})"
+            )
+        if self.layer_types and len(self.layer_types) != self.n_layers:
+            raise ConfigError(
+                f"{self.name}: layer_types has {len(self.layer_types)} entries for "
+                f"{self.n_layers} layers"
+            )
+
+    # Derived sizes --------------------------------------------------------------------------
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads together."""
+        if self.mla is not None:
+            return self.n_heads * self.mla.qk_head_dim
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of all key (or value) heads together (not MLA)."""
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    def is_moe_layer(self, index: int) -> bool:
+        return self.moe is not None and self.moe.is_moe_layer(index)
+
+    def attention_type(self, index: int) -> AttentionType:
+        if not self.layer_types:
+            return AttentionType.FULL
+        return self.layer_types[index]
