@@ -46,7 +46,9 @@ class Item:
         self.children.append(child)
         return child
 
-    def leaf(self, key: str, value: float, formula: str = "", source: str = "", note: str = "") -> Item:
+    def leaf(
+        self, key: str, value: float, formula: str = "", source: str = "", note: str = ""
+    ) -> Item:
         """Append a leaf with this node's unit and return it."""
         return self.add(Item(key, value, self.unit, formula, source, note))
 

@@ -61,7 +61,7 @@ def parse_size(text: str) -> int:
     value = float(match.group(1)) * _SIZE_UNITS[unit]
     if value <= 0:
         raise SetupError(f"the size {text!r} must be positive")
-    return int(round(value))
+    return round(value)
 
 
 def format_bytes(n_bytes: float, *, decimal: bool = False, digits: int = 2) -> str:

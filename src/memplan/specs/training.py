@@ -1,0 +1,118 @@
+"""``TrainingSetup``: how one training (or fine-tuning) step is run, per GPU.
+
+Shared by the analytic engine (``memplan.estimate.training``) and the trace engine
+(``memplan.trace``), so that both answer the same question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from memplan.errors import SetupError
+
+__all__ = [
+    "Attention",
+    "Checkpointing",
+    "Optimizer",
+    "Precision",
+    "Target",
+    "TrainingSetup",
+]
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"  # pure half: parameters, gradients, optimizer states in fp16
+    BF16 = "bf16"  # pure bf16: parameters, gradients, optimizer states in bf16
+    FP16_MIXED = "fp16-mixed"  # PyTorch AMP: fp32 parameters, fp16 autocast
+    BF16_MIXED = "bf16-mixed"  # PyTorch AMP: fp32 parameters, bf16 autocast
+    DEEPSPEED_BF16 = "deepspeed-bf16"  # half params+grads, fp32 master weights and states
+    DEEPSPEED_FP16 = "deepspeed-fp16"
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"  # torch.optim.AdamW with its CUDA default (foreach)
+    ADAMW_FOREACH = "adamw-foreach"
+    ADAMW_FUSED = "adamw-fused"
+    ADAMW_FORLOOP = "adamw-forloop"
+    ADAM = "adam"
+    SGD = "sgd"
+    SGD_MOMENTUM = "sgd-momentum"
+    ADAFACTOR = "adafactor"
+    LION = "lion"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
+
+
+class Attention(StrEnum):
+    EAGER = "eager"
+    SDPA = "sdpa"  # PyTorch picks the kernel for the target GPU
+    FLASH = "flash"
+    MEM_EFFICIENT = "mem-efficient"
+    CUDNN = "cudnn"
+
+
+class Checkpointing(StrEnum):
+    NONE = "none"
+    FULL = "full"  # transformers gradient_checkpointing: keep each layer's input
+    SELECTIVE = "selective"  # recompute the attention core only (Megatron)
+
+
+class Target(StrEnum):
+    CUDA = "cuda"  # what the CUDA kernels allocate and save (default)
+    CPU = "cpu"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingSetup:
+    """One training step on one GPU."""
+
+    batch: int = 1
+    """Micro-batch size per GPU."""
+    seq: int = 2048
+    """Sequence length in tokens."""
+    precision: Precision = Precision.BF16_MIXED
+    optimizer: Optimizer = Optimizer.ADAMW
+    attention: Attention = Attention.SDPA
+    checkpointing: Checkpointing = Checkpointing.NONE
+    dropout: float | None = None
+    """Override every dropout probability of the model; None keeps the config's."""
+    fp32_grad_accumulation: bool = False
+    """DeepSpeed regimes: keep gradients in fp32."""
+    lora_rank: int = 0
+    """0: full fine-tuning (or training)."""
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    qlora: bool = False
+    """Frozen NF4 base with bf16 adapters (bitsandbytes)."""
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    """Freeze the first k decoder layers."""
+    target: Target = Target.CUDA
+    gpu: str | None = None
+    """The GPU whose kernels the trace emulates (sdpa backend choice), e.g. "H100"."""
+    allow_long_seq: bool = False
+    """Allow a sequence longer than the model's max_position_embeddings."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise SetupError(f"batch must be a positive integer, got {self.batch!r}")
+        if not isinstance(self.seq, int) or self.seq < 1:
+            raise SetupError(f"sequence length must be a positive integer, got {self.seq!r}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise SetupError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lora_rank < 0:
+            raise SetupError(f"LoRA rank must not be negative, got {self.lora_rank}")
+        if self.freeze_layers < 0:
+            raise SetupError(f"--freeze-layers must not be negative, got {self.freeze_layers}")
+        if self.qlora and self.lora_rank == 0:
+            raise SetupError("QLoRA needs adapters: give --lora-rank R (e.g. 16)")
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    @property
+    def is_lora(self) -> bool:
+        return self.lora_rank > 0
