@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/memplan train meta-llama/Llama-3.1-8B --batch 1 --seq 2048 --precision bf16-mixed --optimizer adamw --gpu H100-SXM
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 test: $(STAMP) lint
