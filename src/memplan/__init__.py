@@ -5,6 +5,17 @@ The core (everything outside ``memplan.trace``) imports no torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "params"]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports, so that ``import memplan`` stays instant (and torch-free)."""
+    if name == "params":
+        from memplan.api import params
+
+        return params
+    raise AttributeError(f"module 'memplan' has no attribute {name!r}")

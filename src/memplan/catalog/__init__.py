@@ -1,0 +1,164 @@
+"""The model catalog: ``resolve(name) -> ModelSpec`` and ``list_models()``, offline.
+
+A name is, in this order: a local ``config.json`` path or model folder; a catalog id, an old id
+(where Hugging Face renamed the repo) or a short alias, case-insensitively; with
+``huggingface_hub`` installed and network access, any hub repo id (config only). Only the
+index ``models.json`` and the one config file asked for are read, so resolving is fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from memplan.errors import ConfigError, UnknownModelError
+from memplan.specs.model import ModelSpec
+
+__all__ = ["CatalogEntry", "catalog_config", "find_entry", "list_models", "resolve"]
+
+_HERE = Path(__file__).resolve().parent
+OFFLINE_ENV = "MEMPLAN_OFFLINE"
+"""Set to 1 to never try the Hugging Face hub (tests set it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    """One bundled model: its hub id, config file and other names."""
+
+    id: str
+    file: str
+    old_ids: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    family: str = ""
+    config_source: str = ""
+    published_params: int | None = None
+    published_params_source: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.id, *self.old_ids, *self.aliases)
+
+
+def _entry(raw: dict[str, Any]) -> CatalogEntry:
+    published = raw.get("published_params")
+    return CatalogEntry(
+        id=str(raw["id"]),
+        file=str(raw["file"]),
+        old_ids=tuple(raw.get("old_ids") or ()),
+        aliases=tuple(raw.get("aliases") or ()),
+        family=str(raw.get("family") or ""),
+        config_source=str(raw.get("config_source") or ""),
+        published_params=int(published) if isinstance(published, int | float) else None,
+        published_params_source=str(raw.get("published_params_source") or ""),
+    )
+
+
+@cache
+def _index() -> tuple[CatalogEntry, ...]:
+    path = _HERE / "models.json"
+    if not path.is_file():
+        return ()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = data.get("models", data) if isinstance(data, dict) else data
+    return tuple(_entry(row) for row in rows)
+
+
+@cache
+def _by_name() -> dict[str, CatalogEntry]:
+    table: dict[str, CatalogEntry] = {}
+    for entry in _index():
+        for name in entry.names:
+            table.setdefault(name.lower(), entry)
+    return table
+
+
+def list_models() -> list[CatalogEntry]:
+    """Every catalog model, in the index's order."""
+    return list(_index())
+
+
+def find_entry(name: str) -> CatalogEntry | None:
+    """The catalog entry for an id, old id or alias (case-insensitive), or None."""
+    return _by_name().get(name.strip().lower())
+
+
+def catalog_config(entry: CatalogEntry) -> dict[str, Any]:
+    """The bundled config.json of ``entry``."""
+    path = _HERE / "models" / entry.file
+    if not path.is_file():
+        path = _HERE / entry.file
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def suggestions(name: str, n: int = 3) -> list[str]:
+    """Catalog names close to ``name`` (difflib ratio, then substring)."""
+    table = _by_name()
+    lowered = name.strip().lower()
+    close = difflib.get_close_matches(lowered, list(table), n=n, cutoff=0.6)
+    tail = lowered.rsplit("/", 1)[-1]
+    if len(close) < n:
+        close += difflib.get_close_matches(tail, list(table), n=n, cutoff=0.6)
+    if len(close) < n and len(tail) >= 3:
+        close += [key for key in table if tail in key]
+    ids: list[str] = []
+    for key in close:
+        entry_id = table[key].id
+        if entry_id not in ids:
+            ids.append(entry_id)
+    return ids[:n]
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith(".json")
+        or os.sep in name.strip("/").split("/", 1)[-1]
+        or name.count("/") > 1
+    )
+
+
+def _unknown(name: str) -> UnknownModelError:
+    close = suggestions(name)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UnknownModelError(
+        f"unknown model {name!r}{hint} (`memplan models` lists the catalog; a config.json path "
+        "or model folder works too)"
+    )
+
+
+def resolve(name: str, *, allow_hub: bool = True) -> ModelSpec:
+    """A :class:`ModelSpec` for a catalog name, a local config.json or folder, or a hub id."""
+    from memplan.specs.hf import spec_from_config
+
+    name = name.strip()
+    if not name:
+        raise UnknownModelError("no model given: pass a catalog name, HF repo id or path")
+    path = Path(name).expanduser()
+    if path.exists():
+        from memplan.catalog.local import load_local
+
+        return load_local(path)
+    entry = find_entry(name)
+    if entry is not None:
+        try:
+            config = catalog_config(entry)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"catalog file for {entry.id} is unreadable: {exc}") from exc
+        return spec_from_config(config, name=entry.id, source="catalog")
+    if _looks_like_path(name):
+        raise UnknownModelError(
+            f"no such file or folder: {name!r} (give a config.json path or a model folder)"
+        )
+    if allow_hub and "/" in name and not os.environ.get(OFFLINE_ENV):
+        from memplan.catalog.hub import fetch_config, hub_available
+
+        if hub_available():
+            config = fetch_config(name)
+            if config is not None:
+                return spec_from_config(config, name=name, source="hub")
+    raise _unknown(name)

@@ -1,0 +1,140 @@
+"""``training_time_report(spec, setup, gpu) -> Report``: time and cost of a training run.
+
+FLOPs per step from :mod:`memplan.formulas.flops` (``method="exact"``: every matmul of the
+model, the attention core under the chosen convention; ``method="seed004"``: seed 004's
+formula), time from :func:`memplan.formulas.time.training_time_s`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.errors import SetupError
+from memplan.formulas.flops import forward_flops_item, seed004_forward_flops
+from memplan.formulas.time import (
+    DEFAULT_MFU,
+    cost_usd,
+    gpu_hours,
+    training_time_s,
+)
+from memplan.report import Item, Report
+from memplan.specs.hardware import Gpu
+from memplan.specs.model import ModelSpec
+
+__all__ = ["METHODS", "TrainingRun", "training_time_report"]
+
+METHODS = ("exact", "seed004")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingRun:
+    """A training run: ``steps`` of ``batch x seq`` tokens (global batch), or ``tokens``."""
+
+    batch: int = 1
+    seq: int = 2048
+    steps: int | None = None
+    tokens: int | None = None
+    n_gpus: int = 1
+    dtype: str = "bf16"
+    """The compute dtype whose peak TFLOP/s applies (fp32 for seed 004)."""
+    mfu: float = DEFAULT_MFU
+    method: str = "exact"
+    convention: str = "causal"
+    recompute: bool = False
+    price_per_gpu_hour: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.tokens is None):
+            raise SetupError("give the run length as exactly one of --steps or --tokens")
+        for name in ("batch", "seq", "n_gpus"):
+            if getattr(self, name) < 1:
+                raise SetupError(f"--{name.replace('n_', '')} must be a positive integer")
+        if self.method not in METHODS:
+            raise SetupError(f"--method must be one of {', '.join(METHODS)}")
+
+    @property
+    def n_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None  # checked in __post_init__
+        return -(self.tokens // -(self.batch * self.seq))
+
+
+def _step_item(spec: ModelSpec, run: TrainingRun) -> Item:
+    """FLOPs of one step: forward, backward (2 x forward), recomputed forward."""
+    if run.method == "seed004":
+        forward = Item(
+            "forward",
+            seed004_forward_flops(spec, batch=run.batch, seq=run.seq),
+            "flops",
+            "2*B*S*d*(4d + 2S + 3d_ff) (seed 004, as written)",
+            "seed 004",
+        )
+    else:
+        forward = forward_flops_item(
+            spec, batch=run.batch, q_len=run.seq, convention=run.convention
+        )
+    step = Item("step", unit="flops")
+    step.add(forward)
+    step.leaf("backward", 2 * forward.total, "2 x forward (input and weight gradients)")
+    if run.recompute:
+        step.leaf("recomputed_forward", forward.total, "full activation recomputation (HFU only)")
+    return step
+
+
+def training_time_report(spec: ModelSpec, run: TrainingRun, gpu: Gpu) -> Report:
+    """Seconds, GPU-hours and cost of ``run`` on ``run.n_gpus`` of ``gpu``."""
+    step = _step_item(spec, run)
+    forward = step.child("forward").total
+    model_step = 3 * forward
+    hardware_step = step.total
+    flops = model_step * run.n_steps
+    peak = gpu.peak_flops_per_s(run.dtype)
+    # MFU is defined on model FLOPs: time = model FLOPs / (peak x MFU); recomputation shows as
+    # hardware FLOPs utilisation HFU = MFU x hardware / model FLOPs
+    seconds = training_time_s(flops, run.n_gpus, peak, run.mfu)
+    hours = gpu_hours(seconds, run.n_gpus)
+    scalars: dict[str, object] = {
+        "seconds": seconds,
+        "days": seconds / 86400,
+        "flops": flops,
+        "hardware_flops": hardware_step * run.n_steps,
+        "flops_per_step": model_step,
+        "steps": run.n_steps,
+        "tokens": run.n_steps * run.batch * run.seq,
+        "tokens_per_s": run.n_steps * run.batch * run.seq / seconds,
+        "gpu_hours": hours,
+        "peak_flops_per_s": peak,
+        "mfu": run.mfu,
+        "hfu": run.mfu * hardware_step / model_step,
+    }
+    notes = [
+        f"time = {flops:.6g} model FLOPs / ({run.n_gpus} x {peak / 1e12:g} TFLOP/s {run.dtype}"
+        f" x MFU {run.mfu:g})",
+        f"attention core counted under the '{run.convention}' convention"
+        if run.method == "exact"
+        else "seed 004's formula: one layer, no lm_head (as the seed wrote it)",
+    ]
+    if run.recompute:
+        notes.append(
+            "recomputation adds a forward: hardware FLOPs = 4/3 x model FLOPs, HFU = 4/3 x MFU"
+        )
+    if run.price_per_gpu_hour is not None:
+        scalars["cost_usd"] = cost_usd(hours, run.price_per_gpu_hour)
+    return Report(
+        kind="time",
+        model=spec.name,
+        breakdown=step,
+        setup={
+            "gpu": gpu.name,
+            "gpus": run.n_gpus,
+            "batch": run.batch,
+            "seq": run.seq,
+            "steps": run.n_steps,
+            "dtype": run.dtype,
+            "mfu": run.mfu,
+            "method": run.method,
+        },
+        scalars=scalars,
+        notes=notes,
+    )

@@ -1,0 +1,703 @@
+"""``estimate_training(spec, setup) -> Report``: per-GPU memory of one training step, no torch.
+
+The step is the one the trace engine runs (``memplan.trace``): ``out = model(input_ids,
+labels=labels)``, ``out.loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``
+(``set_to_none``), twice; the steady state is the second iteration (optimizer states live
+throughout), the first step allocates the states inside ``step()``.
+
+Everything that does not depend on the batch and sequence length is computed once per
+(spec, setup) and cached (:func:`training_plan`); the per-(B, S) path (:func:`evaluate`) is plain
+integer arithmetic over a few dozen saved-tensor terms, so an estimate takes microseconds.
+
+Timeline (phases, in order; ``static`` = parameters + buffers + optimizer states):
+
+- ``after_load``: static.
+- ``end_of_forward``: + inputs + saved activations + autocast cache + the logits the output holds.
+  During the loss, ``logits.float()`` adds a transient fp32 copy (half precision only).
+- ``peak_backward``: the largest of (a) the start of backward: nll_loss's and log_softmax's
+  fp32 (B*S, V) gradients beside everything saved; (b) the layer phase: as each layer's backward
+  runs, its activations and cached weights are freed and its gradients allocated, plus the
+  gradients in flight inside the layer; with full checkpointing the layer's forward is
+  recomputed first, so one layer's full activations come back.
+- ``after_backward``: static + inputs + logits + gradients.
+- ``optimizer_step``: + the step's temporaries (``memplan.formulas.optimizer``).
+- ``after_zero_grad``: static + inputs + logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from memplan.errors import SetupError
+from memplan.formulas.activations import (
+    SOURCE as ACT_SOURCE,
+)
+from memplan.formulas.activations import (
+    ActivationContext,
+    Saved,
+    attention_backend,
+    head_saved,
+    layer_saved,
+    model_saved,
+)
+from memplan.formulas.optimizer import (
+    optimizer_shared_state_bytes,
+    optimizer_state_allocations,
+    optimizer_step_temporary_bytes,
+    states_per_param_label,
+)
+from memplan.formulas.training import (
+    ParamTensor,
+    Regime,
+    alloc_bytes,
+    buffer_allocations,
+    param_tensors,
+    regime,
+)
+from memplan.report import Item, Phase, Report
+from memplan.specs.model import MlpKind, ModelSpec
+from memplan.specs.training import Checkpointing, Optimizer, Precision, Target, TrainingSetup
+
+__all__ = [
+    "PHASES",
+    "StepMemory",
+    "TrainingPlan",
+    "estimate_training",
+    "evaluate",
+    "training_peak_bytes",
+    "training_plan",
+    "validate_setup",
+]
+
+PHASES = (
+    "after_load",
+    "end_of_forward",
+    "peak_backward",
+    "after_backward",
+    "optimizer_step",
+    "after_zero_grad",
+)
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "autocast_cache",
+    "temporaries",
+    "inputs",
+    "buffers",
+)
+_LORA_DEFAULT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+_LINEAR_ROLES = ("linear", "experts")
+
+
+# The plan: everything independent of batch and sequence -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LayerGroup:
+    """``count`` decoder layers that save the same tensors."""
+
+    count: int
+    saved: tuple[Saved, ...]
+    full_saved: tuple[Saved, ...]
+    """What the layer saves without checkpointing (recomputed during backward with it)."""
+    grad_bytes: int
+    cache_bytes: int
+    first: bool
+    """Contains the first layer (the end of backward)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingPlan:
+    """The (B, S)-independent part of an estimate."""
+
+    spec: ModelSpec
+    setup: TrainingSetup
+    regime: Regime
+    round_to: int
+    params: dict[str, int]
+    grads: dict[str, int]
+    states: dict[str, int]
+    step_temporary: int
+    buffers: int
+    cache_head: int
+    model_saved: tuple[Saved, ...]
+    layers: tuple[LayerGroup, ...]
+    head_saved: tuple[Saved, ...]
+    backend: str
+    trainable_params: int
+    notes: tuple[str, ...]
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(self.params.values())
+
+    @property
+    def grad_bytes(self) -> int:
+        return sum(self.grads.values())
+
+    @property
+    def state_bytes(self) -> int:
+        return sum(self.states.values())
+
+
+def validate_setup(spec: ModelSpec, setup: TrainingSetup) -> None:
+    """Reject impossible setups with one clear line (beyond TrainingSetup's own checks)."""
+    if setup.seq > spec.max_position_embeddings and not setup.allow_long_seq:
+        raise SetupError(
+            f"sequence length {setup.seq} exceeds {spec.name}'s max_position_embeddings "
+            f"({spec.max_position_embeddings}); pass --allow-long-seq to estimate anyway"
+        )
+    if setup.is_lora:
+        widths = _lora_widths(spec, setup.lora_targets)
+        if not widths:
+            raise SetupError(
+                f"none of the LoRA targets {', '.join(setup.lora_targets)} is a linear layer of "
+                f"{spec.name}; modules: {', '.join(sorted(_linear_modules(spec)))}"
+            )
+        smallest = min(min(w) for w in widths.values())
+        if setup.lora_rank > smallest:
+            raise SetupError(
+                f"LoRA rank {setup.lora_rank} is larger than the smallest targeted layer "
+                f"dimension ({smallest}); choose a rank <= {smallest}"
+            )
+    if setup.freeze_layers > spec.n_layers:
+        raise SetupError(
+            f"--freeze-layers {setup.freeze_layers} exceeds the model's {spec.n_layers} layers"
+        )
+
+
+def _linear_modules(spec: ModelSpec) -> set[str]:
+    return {t.module for t in param_tensors(spec) if t.role == "linear"}
+
+
+def _lora_widths(spec: ModelSpec, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(out, in) of each targeted linear module name present in the model (decoder layers)."""
+    out: dict[str, tuple[int, int]] = {}
+    for t in param_tensors(spec):
+        if t.role == "linear" and t.layer >= 0 and t.module in targets:
+            out[t.module] = (t.shape[0], t.shape[1])
+    return out
+
+
+def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationContext:
+    p = setup.dropout
+    stream = 4 if reg.autocast else reg.param_bytes
+    if setup.qlora or (setup.is_lora and reg.param_bytes == 2):
+        stream = reg.compute_bytes
+    return ActivationContext(
+        compute_bytes=reg.compute_bytes,
+        stream_bytes=stream,
+        autocast=reg.autocast,
+        attention=setup.attention,
+        checkpointing=setup.checkpointing,
+        attention_dropout=spec.attention_dropout if p is None else p,
+        hidden_dropout=spec.hidden_dropout if p is None else p,
+        embedding_dropout=spec.embedding_dropout if p is None else p,
+        mask_bytes=1 if setup.target is Target.CUDA else 0,
+    )
+
+
+def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
+    if setup.is_lora:
+        return False
+    if t.role == "embedding" and (setup.freeze_embeddings or setup.freeze_layers > 0):
+        return setup.freeze_embeddings is False and setup.freeze_layers == 0
+    return not (0 <= t.layer < setup.freeze_layers)
+
+
+def _param_group(t: ParamTensor) -> str:
+    if t.role == "embedding":
+        return "embeddings"
+    if t.layer >= 0:
+        return "layers"
+    if t.name.startswith("lm_head"):
+        return "lm_head"
+    return "final_norm"
+
+
+@lru_cache(maxsize=512)
+def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
+    """The (B, S)-independent part of the estimate (cached; ``setup.batch/seq`` are ignored)."""
+    reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
+    round_to = 512 if setup.target is Target.CUDA else 1
+    ctx = _context(spec, setup, reg)
+    tensors = param_tensors(spec)
+    lora_targets = frozenset(_lora_widths(spec, setup.lora_targets)) if setup.is_lora else frozenset()
+
+    params: dict[str, int] = {}
+    grads: dict[str, int] = {}
+    states: dict[str, int] = {}
+    grad_per_layer: dict[int, int] = {}
+    cache_per_layer: dict[int, int] = {}
+    cache_head = 0
+    state_sizes: list[int] = []
+    largest = 0
+    trainable_params = 0
+    state_label = states_per_param_label(setup.optimizer)
+    base_bytes = reg.param_bytes
+    if setup.is_lora and reg.autocast:
+        base_bytes = reg.compute_bytes if setup.precision is not Precision.FP32 else 4
+    for t in tensors:
+        group = _param_group(t)
+        if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0:
+            nbytes = _nf4_bytes(t.numel, round_to)
+            params["quantized_nf4"] = params.get("quantized_nf4", 0) + nbytes
+        else:
+            width = base_bytes if setup.is_lora else reg.param_bytes
+            params[group] = params.get(group, 0) + alloc_bytes(t.numel * width, round_to)
+        train = _trainable(t, spec, setup)
+        uses_cache = reg.autocast and t.role in (*_LINEAR_ROLES, "bias", "router") and not setup.is_lora
+        if uses_cache and (train or t.layer >= setup.freeze_layers or not setup.freeze_embeddings):
+            size = alloc_bytes(t.numel * reg.compute_bytes, round_to)
+            if t.layer >= 0:
+                cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + size
+            else:
+                cache_head += size
+        if not train:
+            continue
+        trainable_params += t.numel
+        g = alloc_bytes(t.numel * reg.grad_bytes, round_to)
+        grads[group] = grads.get(group, 0) + g
+        if t.layer >= 0:
+            grad_per_layer[t.layer] = grad_per_layer.get(t.layer, 0) + g
+        for size in optimizer_state_allocations(setup.optimizer, t.numel, t.shape, reg.state_bytes):
+            states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
+        if reg.master_bytes:
+            states["master_weights_fp32"] = states.get("master_weights_fp32", 0) + alloc_bytes(
+                t.numel * reg.master_bytes, round_to
+            )
+        if setup.optimizer is not Optimizer.ADAFACTOR or len(t.shape) >= 2:
+            state_sizes.append(t.numel * reg.state_bytes)
+        largest = max(largest, t.numel * reg.state_bytes)
+
+    if setup.is_lora:
+        trainable_params = _add_lora(spec, setup, reg, round_to, params, grads, states, grad_per_layer, state_sizes, state_label)
+        largest = max(largest, max(state_sizes, default=0))
+    for size in optimizer_shared_state_bytes(setup.optimizer):
+        states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
+    step_temp = optimizer_step_temporary_bytes(setup.optimizer, state_sizes, largest, round_to)
+
+    embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
+    layer_groups = _layer_groups(spec, setup, ctx, embed_grad, lora_targets, grad_per_layer, cache_per_layer)
+    head_trainable = not setup.is_lora
+    backend = attention_backend(spec, ctx, has_mask=False)
+    return TrainingPlan(
+        spec=spec,
+        setup=setup,
+        regime=reg,
+        round_to=round_to,
+        params=params,
+        grads=grads,
+        states=states,
+        step_temporary=step_temp,
+        buffers=sum(alloc_bytes(b, round_to) for b in buffer_allocations(spec)),
+        cache_head=cache_head,
+        model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
+        layers=layer_groups,
+        head_saved=head_saved(spec, ctx, head_trainable=head_trainable),
+        backend=backend,
+        trainable_params=trainable_params,
+        notes=tuple(_plan_notes(spec, setup, backend)),
+    )
+
+
+def _nf4_bytes(numel: int, round_to: int) -> int:
+    """bitsandbytes NF4 with double quantization, block 64 (``formulas/weights.py``)."""
+    blocks = -(-numel // 64)
+    nested = -(-blocks // 256)
+    parts = (-(-numel // 2), blocks, 4, 4 * nested, 256 * 4, 16 * 4)
+    return sum(alloc_bytes(p, round_to) for p in parts)
+
+
+def _add_lora(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    reg: Regime,
+    round_to: int,
+    params: dict[str, int],
+    grads: dict[str, int],
+    states: dict[str, int],
+    grad_per_layer: dict[int, int],
+    state_sizes: list[int],
+    state_label: str,
+) -> int:
+    """LoRA adapters: A (r, in) and B (out, r) per targeted linear, fp32 (peft's
+    ``autocast_adapter_dtype`` keeps adapters in fp32), with fp32 gradients and states."""
+    r = setup.lora_rank
+    n = 0
+    for t in param_tensors(spec):
+        if t.role != "linear" or t.layer < 0 or t.module not in setup.lora_targets:
+            continue
+        out_f, in_f = t.shape
+        for shape in ((r, in_f), (out_f, r)):
+            numel = shape[0] * shape[1]
+            n += numel
+            params["lora_adapters"] = params.get("lora_adapters", 0) + alloc_bytes(numel * 4, round_to)
+            g = alloc_bytes(numel * 4, round_to)
+            grads["lora_adapters"] = grads.get("lora_adapters", 0) + g
+            grad_per_layer[t.layer] = grad_per_layer.get(t.layer, 0) + g
+            for size in optimizer_state_allocations(setup.optimizer, numel, shape, 4):
+                states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
+            state_sizes.append(numel * 4)
+    return n
+
+
+def _layer_groups(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    ctx: ActivationContext,
+    embed_grad: bool,
+    lora_targets: frozenset[str],
+    grad_per_layer: dict[int, int],
+    cache_per_layer: dict[int, int],
+) -> tuple[LayerGroup, ...]:
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE)
+    any_before = embed_grad
+    for i in range(spec.n_layers):
+        trainable = not setup.is_lora and i >= setup.freeze_layers
+        input_grad = any_before or (setup.is_lora and i > 0)
+        kwargs = {"input_grad": input_grad, "trainable": trainable, "lora_modules": lora_targets}
+        saved = layer_saved(spec, ctx, i, **kwargs)
+        full = layer_saved(spec, full_ctx, i, **kwargs) if ctx.checkpointing is Checkpointing.FULL else saved
+        key = (saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0)
+        if key in groups:
+            groups[key][0] += 1
+        else:
+            groups[key] = [1, saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0]
+        any_before = any_before or trainable or bool(lora_targets)
+    return tuple(LayerGroup(*values) for values in groups.values())
+
+
+def _plan_notes(spec: ModelSpec, setup: TrainingSetup, backend: str) -> list[str]:
+    notes = [f"attention kernel: {backend}"]
+    if spec.moe is not None:
+        notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
+    if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:
+        notes.append("paged optimizer: states live in CUDA unified memory, paged out under pressure")
+    if setup.qlora:
+        notes.append("QLoRA: NF4 base weights (double quantization, block 64), fp32 adapters")
+    return notes
+
+
+# Evaluation at (B, S) ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StepMemory:
+    """Live bytes per phase and per category (steady state), and the first step's peak."""
+
+    phases: dict[str, dict[str, int]]
+    peak_phase: str
+    first_step_peak: int
+    activations: dict[str, int]
+    temporaries: dict[str, int]
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.phases[self.peak_phase].values())
+
+    def phase_bytes(self, name: str) -> int:
+        return sum(self.phases[name].values())
+
+
+def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
+    total = 0
+    for item in items:
+        n = item.nbytes(b, s)
+        if n > 0:
+            total += -(-n // round_to) * round_to
+    return total
+
+
+def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
+    """Gradients in flight inside one layer's backward (approximate; see the module docstring).
+
+    The residual gradient and its accumulation (stream width), and, in the MLP, the gradients
+    of the down-projection input and of the two branches (compute width).
+    """
+    spec, reg, r = plan.spec, plan.regime, plan.round_to
+    stream = 4 if reg.autocast else reg.compute_bytes
+    width = spec.intermediate_size
+    if spec.moe is not None:
+        width = spec.moe.expert_intermediate_size * spec.moe.top_k
+    branches = 3 if spec.mlp_kind is MlpKind.GATED else 2
+    tokens = b * s
+    return 2 * alloc_bytes(tokens * spec.hidden_size * stream, r) + branches * alloc_bytes(
+        tokens * width * reg.compute_bytes, r
+    )
+
+
+def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
+    """Live memory of the steady-state step at (batch, seq), per phase and category."""
+    r, spec, reg = plan.round_to, plan.spec, plan.regime
+    tokens = batch * seq
+    v = spec.vocab_size
+    a_model = _sum_saved(plan.model_saved, batch, seq, r)
+    a_head = _sum_saved(plan.head_saved, batch, seq, r)
+    a_layers = 0
+    cache_layers = 0
+    for g in plan.layers:
+        a_layers += g.count * _sum_saved(g.saved, batch, seq, r)
+        cache_layers += g.count * g.cache_bytes
+    activations = a_model + a_layers + a_head
+    cache = cache_layers + plan.cache_head
+    inputs = 2 * alloc_bytes(tokens * 8, r)
+    logits = alloc_bytes(tokens * v * reg.compute_bytes, r)
+    fp32_logits = alloc_bytes(tokens * v * 4, r)
+    upcast = fp32_logits if reg.compute_bytes != 4 else 0
+    static = {
+        "parameters": plan.param_bytes,
+        "optimizer_states": plan.state_bytes,
+        "buffers": plan.buffers,
+    }
+    held = {"inputs": inputs}
+
+    def phase(**parts: int) -> dict[str, int]:
+        out = dict.fromkeys(CATEGORIES, 0)
+        out.update(static)
+        out.update(held)
+        for key, value in parts.items():
+            out[key] = out.get(key, 0) + value
+        return out
+
+    phases: dict[str, dict[str, int]] = {"after_load": phase(inputs=-inputs)}
+    phases["end_of_forward"] = phase(activations=activations, autocast_cache=cache, temporaries=logits)
+    forward_peak = phase(activations=activations, autocast_cache=cache, temporaries=logits + upcast)
+    loss_backward = phase(
+        activations=activations, autocast_cache=cache, temporaries=logits + 2 * fp32_logits
+    )
+    candidates = [("loss_backward", loss_backward)]
+    transient = _layer_transient(plan, batch, seq)
+    grads_head = plan.grad_bytes - sum(g.count * g.grad_bytes for g in plan.layers) - plan.grads.get("embeddings", 0)
+    # The last layer's backward starts with every layer still saved.
+    last = plan.layers[-1]
+    recompute_last = _recompute(plan, last, batch, seq)
+    candidates.append(
+        (
+            "last_layer_backward",
+            phase(
+                activations=a_model + a_layers + recompute_last,
+                autocast_cache=cache_layers + (last.cache_bytes if recompute_last else 0),
+                gradients=grads_head,
+                temporaries=logits + transient,
+            ),
+        )
+    )
+    first = next(g for g in plan.layers if g.first)
+    a_first = _sum_saved(first.saved, batch, seq, r)
+    recompute_first = _recompute(plan, first, batch, seq)
+    grads_before_first = plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
+    candidates.append(
+        (
+            "first_layer_backward",
+            phase(
+                activations=a_model + a_first + recompute_first,
+                autocast_cache=first.cache_bytes * (2 if recompute_first else 1),
+                gradients=grads_before_first,
+                temporaries=logits + transient,
+            ),
+        )
+    )
+    best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
+    phases["peak_backward"] = best
+    phases["after_backward"] = phase(gradients=plan.grad_bytes, temporaries=logits)
+    phases["optimizer_step"] = phase(
+        gradients=plan.grad_bytes, temporaries=logits + plan.step_temporary
+    )
+    phases["after_zero_grad"] = phase(temporaries=logits)
+    # The loss's fp32 upcast (forward) is always below the loss backward (two fp32 gradients).
+    del forward_peak
+    peak_phase = max(PHASES, key=lambda k: sum(phases[k].values()))
+    states = plan.state_bytes
+    first_step = max(
+        max(sum(phases[k].values()) for k in phases if k not in ("optimizer_step",)) - states,
+        sum(phases["optimizer_step"].values()),
+    )
+    acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
+    temps = {"logits": logits}
+    if best_name == "loss_backward":
+        temps["loss_gradients_fp32"] = 2 * fp32_logits
+    else:
+        temps["layer_backward"] = transient
+    return StepMemory(phases, peak_phase, first_step, acts, temps)
+
+
+def _recompute(plan: TrainingPlan, group: LayerGroup, b: int, s: int) -> int:
+    if plan.setup.checkpointing is not Checkpointing.FULL:
+        return 0
+    return _sum_saved(group.full_saved, b, s, plan.round_to)
+
+
+def training_peak_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
+    """The steady-state peak of one step, in bytes (the fast path: no report built)."""
+    plan = training_plan(spec, _plan_key(setup))
+    return evaluate(plan, setup.batch, setup.seq).peak_bytes
+
+
+def _plan_key(setup: TrainingSetup) -> TrainingSetup:
+    if setup.batch == 1 and setup.seq == 1:
+        return setup
+    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+
+
+# The report ---------------------------------------------------------------------------------------
+def estimate_training(spec: ModelSpec, setup: TrainingSetup, *, method: str = "exact") -> Report:
+    """Per-GPU memory of one training step of ``spec`` under ``setup``.
+
+    ``method="exact"`` (default) is the op-by-op accounting above; the textbook methods
+    (``memplan.formulas.methods_training``) are selectable by name and labelled as such.
+    """
+    validate_setup(spec, setup)
+    if method != "exact":
+        from memplan.formulas.methods_training import method_report
+
+        return method_report(spec, setup, method)
+    plan = training_plan(spec, _plan_key(setup))
+    mem = evaluate(plan, setup.batch, setup.seq)
+    return _report(plan, setup, mem)
+
+
+def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report:
+    spec = plan.spec
+    at_peak = mem.phases[mem.peak_phase]
+    root = Item("peak", note=f"phase: {mem.peak_phase}")
+    params = root.add(Item("parameters", source="formulas/training.py param_tensors"))
+    for key, value in plan.params.items():
+        params.leaf(key, value, f"{_width_label(plan, key)} per parameter, 512 B blocks")
+    if at_peak["gradients"]:
+        grads = root.add(Item("gradients"))
+        if at_peak["gradients"] == plan.grad_bytes:
+            for key, value in plan.grads.items():
+                grads.leaf(key, value, f"{plan.regime.grad_bytes} B per trainable parameter")
+        else:
+            grads.leaf("allocated_so_far", at_peak["gradients"], "gradients of the layers behind")
+    if plan.state_bytes:
+        states = root.add(Item("optimizer_states", note=setup.optimizer.value))
+        for key, value in plan.states.items():
+            states.leaf(key, value, "per trainable parameter", "formulas/optimizer.py")
+    if at_peak["activations"]:
+        acts = root.add(Item("activations", source=ACT_SOURCE))
+        if at_peak["activations"] == sum(mem.activations.values()):
+            _activation_children(acts, plan, setup)
+        else:
+            acts.leaf("live", at_peak["activations"], "saved tensors not yet freed by backward")
+    if at_peak["autocast_cache"]:
+        root.leaf("autocast_cache", at_peak["autocast_cache"], "half copies of linear weights and biases")
+    if at_peak["temporaries"]:
+        temps = root.add(Item("temporaries"))
+        for key, value in _temporaries_at(plan, mem, setup).items():
+            temps.leaf(key, value)
+    root.leaf("inputs", at_peak["inputs"], "input_ids + labels, int64 (B, S)")
+    if at_peak["buffers"]:
+        root.leaf("buffers", at_peak["buffers"], "rotary inv_freq tables, embed_scale")
+    phases = [
+        Phase(name, mem.phase_bytes(name), breakdown=dict(mem.phases[name]))
+        for name in PHASES
+    ]
+    scalars: dict[str, Any] = {
+        "peak_bytes": mem.peak_bytes,
+        "peak_phase": mem.peak_phase,
+        "first_step_peak_bytes": mem.first_step_peak,
+        "trainable_params": plan.trainable_params,
+        "method": "exact",
+    }
+    return Report(
+        kind="training",
+        model=spec.name,
+        breakdown=root,
+        setup=_setup_dict(setup),
+        scalars=scalars,
+        phases=phases,
+        notes=list(plan.notes),
+    )
+
+
+def _width_label(plan: TrainingPlan, key: str) -> str:
+    if key == "lora_adapters":
+        return "4 B"
+    if key == "quantized_nf4":
+        return "NF4 (0.5 B + block statistics)"
+    return f"{plan.regime.param_bytes} B"
+
+
+def _activation_children(acts: Item, plan: TrainingPlan, setup: TrainingSetup) -> None:
+    b, s, r = setup.batch, setup.seq, plan.round_to
+    model = acts.add(Item("model"))
+    for item in plan.model_saved:
+        model.leaf(item.key, _one(item, b, s, r))
+    layers = acts.add(Item("layers", note=f"{plan.spec.n_layers} layers"))
+    nodes: dict[str, Item] = {}
+    for group in plan.layers:
+        for item in group.saved:
+            head, _, tail = item.key.partition("/")
+            node = nodes.get(head)
+            if node is None:
+                node = nodes[head] = layers.add(Item(head))
+            existing = next((c for c in node.children if c.key == (tail or head)), None)
+            value = group.count * _one(item, b, s, r)
+            if existing is None:
+                node.leaf(tail or head, value, _formula(item))
+            else:
+                existing.value += value
+    head_node = acts.add(Item("head_and_loss"))
+    for item in plan.head_saved:
+        head_node.leaf(item.key, _one(item, b, s, r), _formula(item))
+
+
+def _one(item: Saved, b: int, s: int, r: int) -> int:
+    return alloc_bytes(item.nbytes(b, s), r)
+
+
+def _formula(item: Saved) -> str:
+    parts = []
+    if item.per_token:
+        parts.append(f"B*S*{item.per_token}")
+    if item.per_score:
+        parts.append(f"B*S*S*{item.per_score}")
+    if item.per_row:
+        parts.append(f"B*S{'(pad ' + str(item.align) + ')' if item.align > 1 else ''}*{item.per_row}")
+    if item.per_position:
+        parts.append(f"S*{item.per_position}")
+    if item.fixed:
+        parts.append(str(item.fixed))
+    return f"({' + '.join(parts)}) x {item.elem_bytes} B"
+
+
+def _temporaries_at(plan: TrainingPlan, mem: StepMemory, setup: TrainingSetup) -> dict[str, int]:
+    at_peak = mem.phases[mem.peak_phase]
+    logits = mem.temporaries["logits"]
+    out = {"logits": logits}
+    rest = at_peak["temporaries"] - logits
+    if rest:
+        if mem.peak_phase == "optimizer_step":
+            out["optimizer_step"] = rest
+        elif mem.peak_phase == "peak_backward":
+            key = "loss_gradients_fp32" if "loss_gradients_fp32" in mem.temporaries else "layer_backward"
+            out[key] = rest
+        else:
+            out["loss_fp32_upcast"] = rest
+    return out
+
+
+def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "batch": setup.batch,
+        "seq": setup.seq,
+        "precision": setup.precision.value,
+        "optimizer": setup.optimizer.value,
+        "attention": setup.attention.value,
+        "checkpointing": setup.checkpointing.value,
+    }
+    if setup.is_lora:
+        out["lora"] = f"rank {setup.lora_rank}, alpha {setup.lora_alpha:g}, {','.join(setup.lora_targets)}"
+    if setup.qlora:
+        out["qlora"] = True
+    if setup.freeze_layers:
+        out["freeze_layers"] = setup.freeze_layers
+    if setup.freeze_embeddings:
+        out["freeze_embeddings"] = True
+    if setup.target is not Target.CUDA:
+        out["target"] = setup.target.value
+    return out

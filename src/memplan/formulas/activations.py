@@ -1,0 +1,480 @@
+"""Tensors saved for backward, op by op, as transformers 5.23 + torch 2.13 save them on CUDA.
+
+Each op of a decoder layer contributes the tensors its autograd node keeps (derivatives.yaml
+plus the modeling code of transformers), in the dtype they really have:
+
+- **Norms.** ``LlamaRMSNorm``: ``x.to(float32)`` (a copy when the stream is half), then ``pow``
+  and ``x * rsqrt`` save the fp32 input and the (B, S, 1) fp32 ``rsqrt``; ``weight * h`` saves
+  ``h`` (fp32 under AMP, the half copy in pure half). Gemma's RMSNorm saves the fp32 normalised
+  tensor and the tiny fp32 ``1 + weight``. ``LayerNorm`` (``native_layer_norm``) saves its input
+  and fp32 mean and rstd (B, S, 1).
+- **Linear layers** save their input when the weight needs a gradient, and their weight when
+  the input does (a parameter: no extra memory; under AMP the cached half copy, counted under
+  ``autocast_cache``). Under AMP a fp32 input is cast to half separately for each consumer
+  (autocast casts activations per call and caches only leaf weights), so q, k and v each save
+  their own half copy of the norm output.
+- **Rotary**: ``q * cos`` saves ``cos`` only (it needs no gradient); cos and sin (1, 1, S, D)
+  are computed once per forward and shared by all layers.
+- **Attention core** (``--attention``): flash and cuDNN save q, k, v, the output and a fp32
+  logsumexp (B, H, S); memory-efficient pads the logsumexp to a multiple of 32 positions
+  (``_meta_registrations.py``); their RNG seed/offset live on the host. flash takes grouped KV
+  heads natively (``enable_gqa``); the memory-efficient kernel does not, so PyTorch falls back to
+  the math path for GQA without a mask (``sdp_utils.cpp``), which saves scaled q, k, the fp32
+  softmax (B, H, S, S) and v. ``eager`` keeps q, the repeated k and v, the softmax (fp32) and,
+  under half precision, its half copy.
+- **MLP**: gated: gate, act(gate), up and their product; GPT-2's ``gelu_new`` is six Python ops
+  (``pow`` runs in fp32 under autocast), saving four tensors of the MLP width.
+- **Dropout** on CUDA saves a bool mask (one byte per element); on CPU a tensor in the input
+  dtype. Probability 0 is a no-op (``at::native::dropout``).
+- **Head and loss**: the final norm, the lm_head input, then ``ForCausalLMLoss``: ``logits.float()``
+  (a fp32 copy under half precision) and ``log_softmax``, which saves its fp32 (B*S, V) output,
+  ``nll_loss`` the shifted labels (int64).
+
+Sizes are in elements per token (times B*S), per score (times B*S*S), per row of the logsumexp
+(times B*S rounded), per position (times S) or fixed. Every saved tensor is one allocation,
+rounded up by the allocator (``memplan.formulas.training.alloc_bytes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.errors import SetupError
+from memplan.specs.model import AttentionType, MlpKind, ModelSpec, NormKind, PositionKind
+from memplan.specs.training import Attention, Checkpointing
+
+__all__ = [
+    "ActivationContext",
+    "Saved",
+    "attention_backend",
+    "head_saved",
+    "layer_saved",
+    "model_saved",
+    "saved_bytes",
+]
+
+SOURCE = "transformers 5.23 modeling code + torch 2.13 derivatives.yaml (saved tensors)"
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """One saved tensor: ``numel = B*S*per_token + B*S*S*per_score + B*S'*per_row +
+    S*per_position + fixed`` with ``S'`` = S rounded up to ``align``."""
+
+    key: str
+    elem_bytes: int
+    per_token: int = 0
+    per_score: int = 0
+    per_row: int = 0
+    align: int = 1
+    per_position: int = 0
+    fixed: int = 0
+    category: str = "activations"
+    """``activations`` or ``autocast_cache`` (half weight copies held by the graph)."""
+
+    def nbytes(self, batch: int, seq: int) -> int:
+        rows = -(-seq // self.align) * self.align if self.align > 1 else seq
+        numel = (
+            batch * seq * self.per_token
+            + batch * seq * seq * self.per_score
+            + batch * rows * self.per_row
+            + seq * self.per_position
+            + self.fixed
+        )
+        return numel * self.elem_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationContext:
+    """Everything about a setup that decides what is saved, except batch and sequence."""
+
+    compute_bytes: int
+    """Width of matmul outputs (2 under AMP or pure half, 4 in fp32)."""
+    stream_bytes: int
+    """Width of the residual stream (4 under AMP: fp32 embeddings + half deltas)."""
+    autocast: bool
+    attention: Attention
+    checkpointing: Checkpointing
+    attention_dropout: float
+    hidden_dropout: float
+    embedding_dropout: float
+    mask_bytes: int
+    """Bytes per element of a dropout mask: 1 (CUDA bool), else the input width (CPU)."""
+    emulate_gpu_major: int = 9
+
+
+def saved_bytes(items: tuple[Saved, ...] | list[Saved], batch: int, seq: int, round_to: int) -> int:
+    """Sum of the allocator-rounded sizes of ``items`` at (batch, seq)."""
+    total = 0
+    for item in items:
+        n = item.nbytes(batch, seq)
+        if n > 0:
+            total += -(-n // round_to) * round_to
+    return total
+
+
+# Attention backend ------------------------------------------------------------------------------
+def attention_backend(spec: ModelSpec, ctx: ActivationContext, *, has_mask: bool) -> str:
+    """The kernel that runs: ``eager``, ``flash``, ``mem-efficient``, ``cudnn`` or ``math``.
+
+    ``sdpa`` follows ``select_sdp_backend`` (sdp_utils.cpp): flash needs half inputs, equal q/k/v
+    head dims <= 256 and no mask; memory-efficient takes fp32 and masks but not grouped KV heads.
+    """
+    if ctx.attention is Attention.EAGER:
+        return "eager"
+    if spec.attn_logit_softcapping is not None:
+        raise SetupError(
+            f"{spec.name}: sdpa cannot apply the attention logit soft-capping this model uses; "
+            "choose --attention eager"
+        )
+    if ctx.attention is Attention.CUDNN:
+        return "cudnn"
+    mla = spec.mla
+    qk = mla.qk_head_dim if mla else spec.head_dim
+    v = mla.v_head_dim if mla else spec.head_dim
+    gqa = spec.n_kv_heads < spec.n_heads and mla is None
+    half = ctx.compute_bytes == 2
+    flash_ok = half and qk == v and qk <= 256 and not has_mask
+    if ctx.attention is Attention.FLASH:
+        if not flash_ok:
+            raise SetupError(
+                f"{spec.name}: the flash kernel cannot run this setup (needs fp16/bf16, equal "
+                "q/k/v head dims <= 256 and no mask); use --attention sdpa"
+            )
+        return "flash"
+    if ctx.attention is Attention.MEM_EFFICIENT:
+        return "mem-efficient"
+    if flash_ok:
+        return "flash"
+    if gqa and not has_mask:
+        # transformers passes enable_gqa; memory-efficient rejects grouped heads: math.
+        return "math"
+    return "mem-efficient"
+
+
+# Ops ---------------------------------------------------------------------------------------------
+def _norm(
+    spec: ModelSpec, ctx: ActivationContext, width: int, in_bytes: int, x_grad: bool, w_train: bool
+) -> list[Saved]:
+    """A norm over ``width`` fed a tensor of ``in_bytes`` per element.
+
+    RMSNorm always keeps a fp32 input: the input itself when it is fp32, else the copy made by
+    ``.to(float32)`` / ``.float()``. LayerNorm keeps its input (cast to fp32 under autocast).
+    """
+    out: list[Saved] = []
+    if spec.norm_kind is NormKind.RMSNORM:
+        gemma = spec.model_type.startswith("gemma")
+        if x_grad:
+            out.append(Saved("input_fp32", 4, per_token=width))
+            out.append(Saved("rsqrt_fp32", 4, per_token=1))
+        if gemma:
+            if w_train:
+                out.append(Saved("normed_fp32", 4, per_token=width))
+            if x_grad:
+                out.append(Saved("one_plus_weight_fp32", 4, fixed=width))
+        elif w_train:
+            out.append(Saved("normed", in_bytes, per_token=width))
+        return out
+    ln_in = 4 if ctx.autocast else in_bytes
+    if x_grad or w_train:
+        out.append(Saved("input", ln_in, per_token=width))
+        out.append(Saved("mean_fp32", 4, per_token=1))
+        out.append(Saved("rstd_fp32", 4, per_token=1))
+    return out
+
+
+def _norm_out_bytes(spec: ModelSpec, ctx: ActivationContext, in_bytes: int) -> int:
+    """Width of a norm's output: the stream dtype (Gemma casts back to the input dtype)."""
+    if spec.norm_kind is NormKind.RMSNORM:
+        return in_bytes
+    return 4 if ctx.autocast else in_bytes
+
+
+def _linear_inputs(
+    ctx: ActivationContext, key: str, width: int, in_bytes: int, trainable: list[bool]
+) -> list[Saved]:
+    """Inputs saved by the linear layers that read one tensor (one per consumer under AMP)."""
+    c = ctx.compute_bytes
+    n = sum(trainable)
+    if n == 0:
+        return []
+    if ctx.autocast and in_bytes != c:
+        return [Saved(f"{key}/input_half_{k}", c, per_token=width) for k in range(n)]
+    return [Saved(f"{key}/input", in_bytes, per_token=width)]
+
+
+def _dropout(ctx: ActivationContext, key: str, p: float, width: int, in_bytes: int) -> list[Saved]:
+    if p <= 0:
+        return []
+    mask = ctx.mask_bytes if ctx.mask_bytes else in_bytes
+    return [Saved(f"{key}/mask", mask, per_token=width)]
+
+
+def _attention_core(
+    spec: ModelSpec, ctx: ActivationContext, backend: str, layer_type: AttentionType
+) -> list[Saved]:
+    """What the attention kernel (or the eager ops) saves; q/k/v already rotated."""
+    c = ctx.compute_bytes
+    h, hkv = spec.n_heads, spec.n_kv_heads
+    mla = spec.mla
+    d_qk = mla.qk_head_dim if mla else spec.head_dim
+    d_v = mla.v_head_dim if mla else spec.head_dim
+    key = "attention"
+    if backend in ("flash", "cudnn", "mem-efficient"):
+        kv_heads = hkv if backend != "mem-efficient" else h
+        out = [
+            Saved(f"{key}/q", c, per_token=h * d_qk),
+            Saved(f"{key}/k", c, per_token=kv_heads * d_qk),
+        ]
+        if not spec.fused_qkv and mla is None:
+            out.append(Saved(f"{key}/v", c, per_token=kv_heads * d_v))
+        out.append(Saved(f"{key}/out", c, per_token=h * d_v))
+        align = 32 if backend == "mem-efficient" else 1
+        out.append(Saved(f"{key}/logsumexp_fp32", 4, per_row=h, align=align))
+        if ctx.checkpointing is Checkpointing.SELECTIVE:
+            return []
+        return out
+    if backend == "math":
+        # _scaled_dot_product_attention_math: q*sqrt(scale), k*sqrt(scale) (repeated for GQA),
+        # softmax (fp32 when the inputs are), v repeated.
+        out = [
+            Saved(f"{key}/q_scaled", c, per_token=h * d_qk),
+            Saved(f"{key}/k_scaled", c, per_token=h * d_qk),
+            Saved(f"{key}/softmax", c, per_score=h),
+            Saved(f"{key}/v", c, per_token=h * d_v),
+            Saved(f"{key}/out", c, per_token=h * d_v),
+        ]
+        return out
+    # eager_attention_forward
+    out = [Saved(f"{key}/q", c, per_token=h * d_qk), Saved(f"{key}/k", c, per_token=h * d_qk)]
+    if spec.attn_logit_softcapping is not None:
+        out.append(Saved(f"{key}/softcap_tanh", c, per_score=h))
+    out.append(Saved(f"{key}/softmax_fp32", 4, per_score=h))
+    p = ctx.attention_dropout
+    if c != 4 or p > 0:
+        out.append(Saved(f"{key}/probs", c, per_score=h))
+    if p > 0:
+        mask = ctx.mask_bytes if ctx.mask_bytes else c
+        out.append(Saved(f"{key}/dropout_mask", mask, per_score=h))
+    out.append(Saved(f"{key}/v", c, per_token=h * d_v))
+    out.append(Saved(f"{key}/out", c, per_token=h * d_v))
+    if ctx.checkpointing is Checkpointing.SELECTIVE:
+        out = [s for s in out if not s.per_score]
+    return out
+
+
+def _projections(
+    spec: ModelSpec, ctx: ActivationContext, in_bytes: int, train: dict[str, bool], x_grad: bool
+) -> list[Saved]:
+    """q/k/v projections (inputs) and what rotary adds; fused QKV keeps its whole output."""
+    c, hdim = ctx.compute_bytes, spec.hidden_size
+    mla = spec.mla
+    if mla is not None:
+        out = _linear_inputs(ctx, "q_kv_a", hdim, in_bytes, [True, True])
+        if mla.q_lora_rank is not None:
+            out += _group("q_a_layernorm", _norm(spec, ctx, mla.q_lora_rank, c, True, True))
+            out += _linear_inputs(ctx, "q_b", mla.q_lora_rank, c, [True])
+        out += _group("kv_a_layernorm", _norm(spec, ctx, mla.kv_lora_rank, c, True, True))
+        out += _linear_inputs(ctx, "kv_b", mla.kv_lora_rank, c, [True])
+        # kv_b output (H*(nope+v)) stays alive: value is a view of it.
+        out.append(
+            Saved(
+                "attention/kv_b_out",
+                c,
+                per_token=spec.n_heads * (mla.qk_nope_head_dim + mla.v_head_dim),
+            )
+        )
+        return out
+    if spec.fused_qkv:
+        out = _linear_inputs(ctx, "qkv_proj", hdim, in_bytes, [train["qkv"]])
+        # q, k, v are views of one (B, S, q+2kv) buffer; sdpa saving v keeps it all alive.
+        out.append(Saved("attention/qkv_out", c, per_token=spec.q_dim + 2 * spec.kv_dim))
+        return out
+    return _linear_inputs(ctx, "qkv_proj", hdim, in_bytes, [train["q"], train["k"], train["v"]])
+
+
+def _mlp(
+    spec: ModelSpec, ctx: ActivationContext, in_bytes: int, width: int, train: dict[str, bool]
+) -> list[Saved]:
+    c, hdim = ctx.compute_bytes, spec.hidden_size
+    if spec.mlp_kind is MlpKind.GATED:
+        if spec.fused_gate_up:
+            out = _linear_inputs(ctx, "gate_up_proj", hdim, in_bytes, [train["gate_up"]])
+            out.append(Saved("mlp/gate_up_out", c, per_token=2 * width))
+        else:
+            out = _linear_inputs(ctx, "gate_up_proj", hdim, in_bytes, [train["gate"], train["up"]])
+            out.append(Saved("mlp/gate_out", c, per_token=width))
+            out.append(Saved("mlp/up_out", c, per_token=width))
+        out.append(Saved("mlp/act_out", c, per_token=width))
+        if train["down"]:
+            out.append(Saved("mlp/down_input", c, per_token=width))
+        return out
+    out = _linear_inputs(ctx, "up_proj", hdim, in_bytes, [train["up"]])
+    if spec.activation == "gelu_new":
+        # 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*pow(x,3)))): pow saves x (fp32 under autocast),
+        # tanh its result, the last mul both factors.
+        wide = 4 if ctx.autocast else c
+        out += [
+            Saved("mlp/gelu_pow_input", wide, per_token=width),
+            Saved("mlp/gelu_tanh", wide, per_token=width),
+            Saved("mlp/gelu_half_x", c, per_token=width),
+            Saved("mlp/gelu_one_plus_tanh", wide, per_token=width),
+        ]
+        gelu_out = wide
+    else:
+        out.append(Saved("mlp/act_input", c, per_token=width))
+        gelu_out = c
+    if train["down"]:
+        down_in = c if ctx.autocast or gelu_out == c else gelu_out
+        out.append(Saved("mlp/down_input", down_in, per_token=width))
+    return out
+
+
+def _moe(spec: ModelSpec, ctx: ActivationContext, in_bytes: int) -> list[Saved]:
+    """Mixtral-style sparse block with uniform routing (each expert gets B*S*k/E tokens)."""
+    moe = spec.moe
+    if moe is None:
+        return []
+    c, hdim, w = ctx.compute_bytes, spec.hidden_size, moe.expert_intermediate_size
+    k, e = moe.top_k, moe.n_experts
+    out = _linear_inputs(ctx, "router", hdim, in_bytes, [True])
+    out.append(Saved("moe/router_softmax_fp32", 4, per_token=e))
+    out.append(Saved("moe/topk_weights", 4, per_token=k))
+    # per routed token: gathered input (half copy), gate_up out, act, product, down out.
+    out.append(Saved("moe/expert_inputs", c, per_token=k * hdim))
+    out.append(Saved("moe/expert_gate_up", c, per_token=k * 2 * w))
+    out.append(Saved("moe/expert_act", c, per_token=k * w))
+    out.append(Saved("moe/expert_down_input", c, per_token=k * w))
+    out.append(Saved("moe/expert_down_out", c, per_token=k * hdim))
+    out.append(Saved("moe/token_index", 8, per_token=2 * k))
+    if moe.n_shared_experts and moe.shared_intermediate_size:
+        shared = {"gate": True, "up": True, "down": True, "gate_up": True}
+        out += [
+            Saved(f"shared_{s.key}", s.elem_bytes, per_token=s.per_token)
+            for s in _mlp(spec, ctx, in_bytes, moe.shared_intermediate_size, shared)
+        ]
+    return out
+
+
+# Layers -------------------------------------------------------------------------------------------
+def layer_saved(
+    spec: ModelSpec,
+    ctx: ActivationContext,
+    index: int,
+    *,
+    input_grad: bool = True,
+    trainable: bool = True,
+    lora_modules: frozenset[str] = frozenset(),
+) -> tuple[Saved, ...]:
+    """Tensors one decoder layer saves (the layer input included, as its first norm's input).
+
+    ``input_grad``: the layer input needs a gradient; ``trainable``: the layer's own weights do;
+    ``lora_modules``: module names that carry LoRA adapters (frozen base, fp32 adapters).
+    """
+    if ctx.checkpointing is Checkpointing.FULL:
+        return (Saved("checkpoint/layer_input", ctx.stream_bytes, per_token=spec.hidden_size),)
+    return tuple(_layer_full(spec, ctx, index, input_grad, trainable, lora_modules))
+
+
+def _layer_full(
+    spec: ModelSpec,
+    ctx: ActivationContext,
+    index: int,
+    input_grad: bool,
+    trainable: bool,
+    lora_modules: frozenset[str],
+) -> list[Saved]:
+    r, c, hdim = ctx.stream_bytes, ctx.compute_bytes, spec.hidden_size
+    names = ("q", "k", "v", "qkv", "gate", "up", "gate_up", "down")
+    train = dict.fromkeys(names, trainable)
+    any_grad = input_grad or trainable or bool(lora_modules)
+    out: list[Saved] = []
+    out += _group("input_layernorm", _norm(spec, ctx, hdim, r, input_grad, trainable))
+    norm_out = _norm_out_bytes(spec, ctx, r)
+    layer_type = spec.attention_type(index)
+    backend = attention_backend(spec, ctx, has_mask=False)
+    attn = _projections(spec, ctx, norm_out, train, input_grad)
+    if any_grad:
+        core = _attention_core(spec, ctx, backend, layer_type)
+        if spec.fused_qkv and spec.position is not PositionKind.ROTARY:
+            # GPT-2: q and k are views of c_attn's output too (no rotary copy).
+            core = [s for s in core if s.key not in ("attention/q", "attention/k")]
+        attn += core
+        attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
+    out += _group("self_attn", attn)
+    if spec.n_layer_norms >= 4:  # Gemma 2/3: a norm on the half attention output
+        out += _group("post_attention_layernorm", _norm(spec, ctx, hdim, c, True, trainable))
+    mid = "post_attention_layernorm" if spec.n_layer_norms < 4 else "pre_feedforward_layernorm"
+    if not spec.parallel_residual:
+        out += _group(mid, _norm(spec, ctx, hdim, r, True, trainable))
+    mlp_in = _norm_out_bytes(spec, ctx, r)
+    if spec.is_moe_layer(index):
+        mlp = _moe(spec, ctx, mlp_in)
+    else:
+        mlp = _mlp(spec, ctx, mlp_in, spec.intermediate_size, train)
+    mlp += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
+    out += _group("mlp", mlp)
+    if spec.n_layer_norms >= 4:
+        out += _group("post_feedforward_layernorm", _norm(spec, ctx, hdim, c, True, trainable))
+    for module in sorted(lora_modules):
+        # peft casts the input to the fp32 adapter dtype; lora_A saves it, lora_B saves A's out.
+        out.append(Saved(f"lora/{module}/input_fp32", 4, per_token=_lora_in_width(spec, module)))
+    return out
+
+
+def _group(prefix: str, items: list[Saved]) -> list[Saved]:
+    """``items`` with their keys under ``prefix/`` (one level: ``mlp/gate_out`` stays)."""
+    return [_prefixed(prefix, s) for s in items]
+
+
+def _prefixed(prefix: str, item: Saved) -> Saved:
+    tail = item.key.split("/")[-1]
+    return Saved(
+        f"{prefix}/{tail}", item.elem_bytes, item.per_token, item.per_score, item.per_row,
+        item.align, item.per_position, item.fixed, item.category,
+    )  # fmt: skip
+
+
+def _lora_in_width(spec: ModelSpec, module: str) -> int:
+    if module in ("down_proj",):
+        return spec.intermediate_size
+    if module in ("o_proj",):
+        return spec.q_dim
+    return spec.hidden_size
+
+
+# Model level --------------------------------------------------------------------------------------
+def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) -> tuple[Saved, ...]:
+    """Saved outside the layers before them: rotary cos/sin, embedding dropout, position ids."""
+    out: list[Saved] = []
+    if spec.position is PositionKind.ROTARY:
+        d = spec.rotary_dim or (spec.mla.qk_rope_head_dim if spec.mla else spec.head_dim)
+        cos_bytes = ctx.stream_bytes
+        out.append(Saved("rotary/cos", cos_bytes, per_position=d))
+        out.append(Saved("rotary/sin", cos_bytes, per_position=d))
+    if spec.position is PositionKind.LEARNED and embed_grad:
+        out.append(Saved("embeddings/position_ids", 8, per_position=1))
+    if spec.embedding_multiplier is not None or spec.model_type.startswith("gemma"):
+        out.append(Saved("embeddings/normalizer", ctx.stream_bytes, fixed=1))
+    out += _dropout(
+        ctx, "embeddings/dropout", ctx.embedding_dropout, spec.hidden_size, ctx.stream_bytes
+    )
+    return tuple(out)
+
+
+def head_saved(
+    spec: ModelSpec, ctx: ActivationContext, *, head_trainable: bool
+) -> tuple[Saved, ...]:
+    """Final norm, lm_head input, the loss's fp32 log-softmax and its int64 targets."""
+    r, c, hdim, v = ctx.stream_bytes, ctx.compute_bytes, spec.hidden_size, spec.vocab_size
+    out: list[Saved] = []
+    if spec.final_norm:
+        out += _group("final_norm", _norm(spec, ctx, hdim, r, True, head_trainable))
+    norm_out = _norm_out_bytes(spec, ctx, r) if spec.final_norm else r
+    if head_trainable:
+        out += _group("lm_head", _linear_inputs(ctx, "lm_head", hdim, norm_out, [True]))
+    if spec.final_logit_softcapping is not None:
+        out.append(Saved("lm_head/softcap_tanh", c, per_token=v))
+    out.append(Saved("loss/log_softmax_fp32", 4, per_token=v))
+    out.append(Saved("loss/shift_labels", 8, per_token=1))
+    return tuple(out)

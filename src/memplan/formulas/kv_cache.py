@@ -1,0 +1,203 @@
+"""KV cache bytes: what transformers' caches and vLLM's paged cache hold, per layer type.
+
+Per token and layer a cache stores K and V: ``2 x n_kv_heads x head_dim`` elements (MHA:
+n_kv_heads = n_heads; GQA: fewer; MQA: one). DeepSeek's multi-head latent attention (MLA)
+stores the compressed latent instead: ``kv_lora_rank + qk_rope_head_dim`` elements
+(DeepSeek-V2 paper, section 2.1.2), in transformers 5.23 (``modeling_deepseek_v2.py``:
+``past_key_values.update(k_nope, k_pe)`` with the normed latent and the roped key, each as a
+single-head 4-D tensor) as in vLLM (``MLAAttentionSpec``, one head of size 576 for V2/V3).
+
+Sliding-window layers keep only the window, and how much depends on the implementation
+(transformers 5.23 ``cache_utils.py``):
+
+* ``DynamicSlidingWindowLayer.update`` concatenates the new states to the kept ones and keeps a
+  view of the last ``window - 1`` tokens. The view holds the storage of the whole
+  concatenation, so right after a prefill the layer holds all ``prompt`` tokens; after one
+  decode step at most ``window`` tokens (``window - 1`` kept + 1 new). Views count
+  ``min(n, window - 1)`` tokens.
+* ``StaticLayer`` allocates ``(batch, kv_heads, max_cache_len, head_dim)`` zeros up front;
+  ``StaticSlidingWindowLayer`` caps ``max_cache_len`` at the window.
+* vLLM allocates blocks of ``block_size`` tokens (``vllm/v1/kv_cache_interface.py``); see
+  :mod:`memplan.formulas.serving`.
+
+Counters: each ``DynamicSlidingWindowLayer`` keeps ``_sliding_window_tensor`` (an int64 scalar)
+and each ``StaticLayer`` its ``cumulative_length`` (an int64 scalar): 8 bytes each.
+"""
+
+from __future__ import annotations
+
+from memplan.errors import SetupError
+from memplan.report import Item
+from memplan.specs.model import AttentionType, ModelSpec
+
+__all__ = [
+    "KV_DTYPE_BYTES",
+    "cache_counter_bytes",
+    "cached_tokens",
+    "kv_bytes_per_token",
+    "kv_cache_bytes",
+    "kv_cache_item",
+    "kv_dtype_bytes",
+    "kv_elements_per_token_per_layer",
+    "layer_window",
+]
+
+KV_DTYPE_BYTES = {
+    "fp32": 4,
+    "float32": 4,
+    "fp16": 2,
+    "float16": 2,
+    "half": 2,
+    "bf16": 2,
+    "bfloat16": 2,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "int8": 1,
+}
+"""Bytes per cached element by cache dtype (fp8 caches: vLLM ``--kv-cache-dtype fp8``)."""
+
+_SRC = "transformers 5.23 cache_utils.py"
+
+
+def kv_dtype_bytes(kv_dtype: str, activation_dtype: str = "bf16") -> int:
+    """Bytes per cached element; ``auto`` means the activation (model) dtype, as in vLLM."""
+    key = (activation_dtype if kv_dtype == "auto" else kv_dtype).lower()
+    if key not in KV_DTYPE_BYTES:
+        raise SetupError(
+            f"unknown KV cache dtype {kv_dtype!r}: choose auto, fp32, fp16, bf16 or fp8"
+        )
+    return KV_DTYPE_BYTES[key]
+
+
+def kv_elements_per_token_per_layer(spec: ModelSpec, kv_heads: int | None = None) -> int:
+    """Elements one token adds to one layer's cache: ``2 x kv_heads x head_dim``, or MLA's
+    ``kv_lora_rank + qk_rope_head_dim`` (the latent, the same on every tensor-parallel rank)."""
+    if spec.mla is not None:
+        return spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim
+    heads = spec.n_kv_heads if kv_heads is None else kv_heads
+    return 2 * heads * spec.head_dim
+
+
+def layer_window(spec: ModelSpec, index: int) -> int | None:
+    """The sliding window of layer ``index``, or None for full attention.
+
+    ``layer_types`` decides where given (Gemma-2 alternates); without it a model-wide
+    ``sliding_window`` makes every layer sliding, as transformers' ``get_layer_types_and_kwargs``
+    infers it (Mistral)."""
+    if spec.sliding_window is None:
+        return None
+    if spec.layer_types:
+        return spec.sliding_window if spec.layer_types[index] is AttentionType.SLIDING else None
+    return spec.sliding_window
+
+
+def cached_tokens(
+    n_tokens: int,
+    window: int | None,
+    *,
+    cache: str = "dynamic",
+    decoded: bool = True,
+    views: bool = False,
+    max_cache_len: int | None = None,
+) -> int:
+    """Tokens one layer's cache holds after ``n_tokens`` have been processed.
+
+    ``cache``: ``dynamic`` (DynamicCache), ``static`` (StaticCache, sized ``max_cache_len``).
+    ``decoded``: at least one decode step has run since the prefill (dynamic sliding layers
+    hold the whole prompt until then). ``views``: count the kept views' tokens instead of the
+    storages they hold (``min(n, window - 1)``)."""
+    if cache == "static":
+        length = n_tokens if max_cache_len is None else max_cache_len
+        return length if window is None else min(window, length)
+    if cache != "dynamic":
+        raise SetupError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    if window is None:
+        return n_tokens
+    if views:
+        return min(n_tokens, window - 1)
+    return min(n_tokens, window) if decoded else n_tokens
+
+
+def _layer_groups(spec: ModelSpec) -> dict[int | None, int]:
+    """Number of layers per window (None: full attention)."""
+    groups: dict[int | None, int] = {}
+    for index in range(spec.n_layers):
+        window = layer_window(spec, index)
+        groups[window] = groups.get(window, 0) + 1
+    return groups
+
+
+def kv_bytes_per_token(spec: ModelSpec, dtype_bytes: int, kv_heads: int | None = None) -> int:
+    """Bytes one token adds to the cache of all layers (no window cap)."""
+    return spec.n_layers * kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
+
+
+def cache_counter_bytes(spec: ModelSpec, cache: str = "dynamic") -> int:
+    """The int64 scalars the cache layers keep (see the module docstring)."""
+    if cache == "static":
+        return 8 * spec.n_layers
+    return 8 * sum(n for window, n in _layer_groups(spec).items() if window is not None)
+
+
+def kv_cache_item(
+    spec: ModelSpec,
+    *,
+    batch: int,
+    n_tokens: int,
+    dtype_bytes: int,
+    cache: str = "dynamic",
+    decoded: bool = True,
+    views: bool = False,
+    max_cache_len: int | None = None,
+    kv_heads: int | None = None,
+) -> Item:
+    """The cache as a tree: one leaf per layer type (full / each window) plus the counters."""
+    root = Item("kv_cache", unit="bytes")
+    per_token = kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
+    what = "latent (kv_lora_rank + rope)" if spec.mla is not None else "2*kv_heads*head_dim"
+    for window, n_layers in sorted(_layer_groups(spec).items(), key=lambda kv: kv[0] or 0):
+        tokens = cached_tokens(
+            n_tokens,
+            window,
+            cache=cache,
+            decoded=decoded,
+            views=views,
+            max_cache_len=max_cache_len,
+        )
+        key = "full_attention_layers" if window is None else f"sliding_{window}_layers"
+        root.leaf(
+            key,
+            n_layers * batch * tokens * per_token,
+            f"{n_layers} layers x batch {batch} x {tokens} tokens x {per_token} B "
+            f"({what} x {dtype_bytes} B)",
+            _SRC,
+        )
+    if not views:
+        counters = cache_counter_bytes(spec, cache)
+        if counters:
+            root.leaf("cache_counters", counters, "int64 scalars kept by the cache layers", _SRC)
+    return root
+
+
+def kv_cache_bytes(
+    spec: ModelSpec,
+    *,
+    batch: int,
+    n_tokens: int,
+    dtype_bytes: int,
+    cache: str = "dynamic",
+    decoded: bool = True,
+    max_cache_len: int | None = None,
+) -> int:
+    """Total bytes the cache holds (storages, counters included)."""
+    item = kv_cache_item(
+        spec,
+        batch=batch,
+        n_tokens=n_tokens,
+        dtype_bytes=dtype_bytes,
+        cache=cache,
+        decoded=decoded,
+        max_cache_len=max_cache_len,
+    )
+    return int(item.total)

@@ -1,0 +1,114 @@
+"""Optimizer memory: the state tensors each optimizer keeps per parameter, and its step's temporaries.
+
+Sources (torch 2.13 ``torch/optim``; bitsandbytes ``optim/optimizer.py``):
+
+- ``Adam``/``AdamW``: ``exp_avg`` and ``exp_avg_sq`` in the parameter dtype (``zeros_like``);
+  ``step`` is a host scalar except for the fused and capturable variants (a 4-byte device
+  tensor, one allocator block each). The foreach step (the CUDA default) materialises
+  ``exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs)`` for all parameters at once: one extra copy of
+  the parameters in their dtype. The for-loop step builds ``exp_avg_sq.sqrt() / bc2`` one
+  parameter at a time (two temporaries of the largest parameter). The fused kernel makes none.
+- ``SGD``: no state; with momentum a ``momentum_buffer`` (a clone of the first gradient).
+- ``Adafactor`` (``torch.optim.Adafactor``): a factored second moment, ``row_var`` (``shape[:-1]``)
+  and ``col_var`` (``shape[:-2] + shape[-1:]``) for matrices, a full ``variance`` for vectors;
+  no first moment. Its foreach step builds ``var_estimates = row_var @ col_var`` for all
+  matrices at once (one copy of the parameters).
+- ``Lion``: one ``exp_avg``; its (for-loop) step clones it and adds the gradient: two
+  temporaries of the largest parameter.
+- bitsandbytes ``AdamW8bit``: ``state1``/``state2`` uint8 and, block-wise, ``absmax1``/``absmax2``
+  fp32 with one value per block of 256 (``blocks = ceil(n / 256)``); parameters under
+  ``min_8bit_size = 4096`` elements keep fp32 states; two shared 256-entry fp32 quantization maps.
+  Its CUDA kernels update in place. The paged variant allocates the states in CUDA unified
+  memory, which the driver pages out to the host under memory pressure.
+"""
+
+from __future__ import annotations
+
+from memplan.errors import SetupError
+from memplan.specs.training import Optimizer
+
+__all__ = [
+    "BNB_BLOCK_SIZE",
+    "BNB_MIN_8BIT_SIZE",
+    "optimizer_from_name",
+    "optimizer_state_allocations",
+    "optimizer_step_temporary_bytes",
+    "optimizer_shared_state_bytes",
+    "states_per_param_label",
+]
+
+BNB_BLOCK_SIZE = 256
+"""bitsandbytes block-wise 8-bit optimizers: one fp32 absmax per 256 values."""
+BNB_MIN_8BIT_SIZE = 4096
+"""bitsandbytes ``min_8bit_size``: smaller parameters keep 32-bit states."""
+_ADAM = (Optimizer.ADAMW, Optimizer.ADAMW_FOREACH, Optimizer.ADAMW_FUSED, Optimizer.ADAMW_FORLOOP, Optimizer.ADAM)
+_EIGHT_BIT = (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT)
+
+
+def optimizer_from_name(name: str) -> Optimizer:
+    """The :class:`Optimizer` called ``name`` (``adamw``, ``sgd-momentum``, ...) or a clear error."""
+    try:
+        return Optimizer(name.lower())
+    except ValueError:
+        known = ", ".join(o.value for o in Optimizer)
+        raise SetupError(f"unknown optimizer {name!r}: choose one of {known}") from None
+
+
+def optimizer_state_allocations(
+    optimizer: Optimizer, numel: int, shape: tuple[int, ...], state_bytes: int
+) -> tuple[int, ...]:
+    """Byte sizes of the state tensors ``optimizer`` allocates for one parameter (unrounded)."""
+    if optimizer in _ADAM:
+        states = (numel * state_bytes, numel * state_bytes)
+        return (*states, 4) if optimizer is Optimizer.ADAMW_FUSED else states
+    if optimizer is Optimizer.SGD:
+        return ()
+    if optimizer is Optimizer.SGD_MOMENTUM or optimizer is Optimizer.LION:
+        return (numel * state_bytes,)
+    if optimizer is Optimizer.ADAFACTOR:
+        if len(shape) >= 2:
+            return (numel // shape[-1] * state_bytes, numel // shape[-2] * state_bytes)
+        return (numel * state_bytes,)
+    if optimizer in _EIGHT_BIT:
+        if numel < BNB_MIN_8BIT_SIZE:
+            return (numel * 4, numel * 4)
+        blocks = -(-numel // BNB_BLOCK_SIZE)
+        return (numel, numel, blocks * 4, blocks * 4)
+    raise SetupError(f"no state model for optimizer {optimizer.value!r}")
+
+
+def optimizer_shared_state_bytes(optimizer: Optimizer) -> tuple[int, ...]:
+    """Allocations shared by all parameters: bitsandbytes' two 256-entry fp32 quantization maps."""
+    if optimizer in _EIGHT_BIT:
+        return (256 * 4, 256 * 4)
+    return ()
+
+
+def optimizer_step_temporary_bytes(
+    optimizer: Optimizer, sizes: list[int], largest: int, round_to: int
+) -> int:
+    """Peak extra bytes inside ``optimizer.step()`` beyond states, parameters and gradients.
+
+    ``sizes``: bytes of each trainable parameter in the state dtype (unrounded); ``largest``:
+    the largest of them. See the module docstring for each implementation.
+    """
+    if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FOREACH, Optimizer.ADAM):
+        return sum(-(-s // round_to) * round_to for s in sizes if s)
+    if optimizer is Optimizer.ADAFACTOR:
+        return sum(-(-s // round_to) * round_to for s in sizes if s)
+    if optimizer in (Optimizer.ADAMW_FORLOOP, Optimizer.LION):
+        return 2 * (-(-largest // round_to) * round_to)
+    return 0
+
+
+def states_per_param_label(optimizer: Optimizer) -> str:
+    """A short description for formulas: ``2 x param`` (AdamW), ``1 B + 1 B + absmax`` ..."""
+    labels = {
+        Optimizer.SGD: "none",
+        Optimizer.SGD_MOMENTUM: "momentum_buffer",
+        Optimizer.LION: "exp_avg",
+        Optimizer.ADAFACTOR: "row_var + col_var (factored)",
+        Optimizer.ADAMW_8BIT: "state1 + state2 (uint8) + absmax per 256",
+        Optimizer.PAGED_ADAMW_8BIT: "state1 + state2 (uint8, paged) + absmax per 256",
+    }
+    return labels.get(optimizer, "exp_avg + exp_avg_sq")

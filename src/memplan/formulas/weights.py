@@ -1,0 +1,210 @@
+"""Weight memory: plain dtypes, and quantization formats with their real overheads.
+
+Plain dtypes (fp32, fp16, bf16, fp8, int8, int4) store every parameter at that width, with no
+scales (for fp8/int8/int4 a lower bound). Quantization formats store the *linear layers'*
+weight matrices in their packed layout; everything else (embeddings, lm_head, norms, routers,
+the shared-expert gate, biases) stays in the 16-bit compute dtype, as the libraries leave them
+by default:
+
+- ``bnb-int8`` (bitsandbytes LLM.int8, ``Int8Params``): int8 weight (out, in) and ``SCB``, a
+  float32 absmax per output row (``int8_vectorwise_quant``). Dettmers et al. 2022.
+- ``bnb-nf4`` (``Params4bit``, ``quantize_4bit`` with ``compress_statistics=True``, block 64):
+  packed uint8 ``ceil(n/2)``; ``absmax`` quantized to uint8, one per 64-block; a float32
+  ``offset``; the nested state: float32 absmax per 256 absmax values and its 256-entry float32
+  code; and the 16-entry float32 NF4 code per tensor. ``bnb-nf4-nodq``: float32 absmax per
+  64-block instead of the nested state. Dettmers et al. 2023 (QLoRA), section 3.
+- ``gptq-int4`` (AutoGPTQ/GPTQModel ``QuantLinear``, bits 4, group 128): ``qweight`` int32
+  (in/8, out), ``qzeros`` int32 (ceil(in/128), out/8), ``scales`` fp16 (ceil(in/128), out),
+  ``g_idx`` int32 (in,).
+- ``awq-int4`` (AutoAWQ ``WQLinear_GEMM``, group 128): ``qweight`` int32 (in, out/8),
+  ``qzeros`` int32 (in/128, out/8), ``scales`` fp16 (in/128, out); no g_idx.
+
+MoE experts (fused 3D tensors in transformers 5) are counted as ``n_experts`` linear layers
+each, as GPTQ/AWQ checkpoints of MoE models store them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from math import ceil
+
+from memplan.errors import SetupError
+from memplan.formulas.params import total_params
+from memplan.report import Item
+from memplan.specs.model import MlpKind, ModelSpec
+
+__all__ = [
+    "DTYPE_BYTES",
+    "QUANT_FORMATS",
+    "WEIGHT_FORMATS",
+    "Linear",
+    "linear_layers",
+    "normalize_format",
+    "weights_bytes",
+    "weights_total_bytes",
+]
+
+DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+_ALIASES = {
+    "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "half": "fp16",
+    "float8": "fp8", "fp8_e4m3": "fp8", "nf4": "bnb-nf4", "bnb-4bit": "bnb-nf4",
+    "llm.int8": "bnb-int8", "bnb-8bit": "bnb-int8", "gptq": "gptq-int4", "awq": "awq-int4",
+}  # fmt: skip
+_HALF = 2  # bytes of the fp16/bf16 compute dtype that unquantized modules keep
+_GROUP = 128
+_NF4_BLOCK = 64
+_NESTED_BLOCK = 256
+_SRC_BNB = "bitsandbytes functional.py (int8_vectorwise_quant, quantize_4bit)"
+_SRC_GPTQ = "GPTQModel/AutoGPTQ QuantLinear buffers (bits=4, group_size=128)"
+_SRC_AWQ = "AutoAWQ WQLinear_GEMM buffers (w_bit=4, group_size=128)"
+
+
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """``count`` identical linear layers of shape (n_out, n_in) across the model."""
+
+    key: str
+    n_in: int
+    n_out: int
+    count: int
+
+
+def _attention_linears(spec: ModelSpec) -> Iterator[Linear]:
+    h, n, mla = spec.hidden_size, spec.n_layers, spec.mla
+    if mla is not None:
+        heads = spec.n_heads
+        if mla.q_lora_rank is None:
+            yield Linear("q_proj", h, heads * mla.qk_head_dim, n)
+        else:
+            yield Linear("q_a_proj", h, mla.q_lora_rank, n)
+            yield Linear("q_b_proj", mla.q_lora_rank, heads * mla.qk_head_dim, n)
+        yield Linear("kv_a_proj_with_mqa", h, mla.kv_lora_rank + mla.qk_rope_head_dim, n)
+        yield Linear(
+            "kv_b_proj", mla.kv_lora_rank, heads * (mla.qk_nope_head_dim + mla.v_head_dim), n
+        )
+        yield Linear("o_proj", heads * mla.v_head_dim, h, n)
+        return
+    if spec.fused_qkv:
+        yield Linear("qkv_proj", h, spec.q_dim + 2 * spec.kv_dim, n)
+    else:
+        yield Linear("q_proj", h, spec.q_dim, n)
+        yield Linear("k_proj", h, spec.kv_dim, n)
+        yield Linear("v_proj", h, spec.kv_dim, n)
+    yield Linear("o_proj", spec.q_dim, h, n)
+
+
+def _mlp_linears(spec: ModelSpec, prefix: str, width: int, count: int) -> Iterator[Linear]:
+    h = spec.hidden_size
+    if spec.mlp_kind is MlpKind.GATED:
+        yield Linear(f"{prefix}gate_proj", h, width, count)
+    yield Linear(f"{prefix}up_proj", h, width, count)
+    yield Linear(f"{prefix}down_proj", width, h, count)
+
+
+def linear_layers(spec: ModelSpec) -> list[Linear]:
+    """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head)."""
+    out = list(_attention_linears(spec))
+    n_moe = sum(1 for i in range(spec.n_layers) if spec.is_moe_layer(i))
+    n_dense = spec.n_layers - n_moe
+    if n_dense:
+        out += _mlp_linears(spec, "", spec.intermediate_size, n_dense)
+    if n_moe and spec.moe is not None:
+        moe = spec.moe
+        out += _mlp_linears(spec, "experts.", moe.expert_intermediate_size, n_moe * moe.n_experts)
+        if moe.shared_intermediate_size:
+            out += _mlp_linears(spec, "shared_experts.", moe.shared_intermediate_size, n_moe)
+    return out
+
+
+# Per-format bytes of one (n_out, n_in) matrix, as (part, bytes) pairs --------------------------
+def _bnb_int8(lin: Linear) -> list[tuple[str, int]]:
+    return [("weight_int8", lin.n_in * lin.n_out), ("SCB_fp32", 4 * lin.n_out)]
+
+
+def _bnb_nf4(lin: Linear, double_quant: bool = True) -> list[tuple[str, int]]:
+    n = lin.n_in * lin.n_out
+    blocks = ceil(n / _NF4_BLOCK)
+    parts = [("weight_packed_uint8", ceil(n / 2)), ("nf4_code_fp32", 16 * 4)]
+    if not double_quant:
+        return [*parts, ("absmax_fp32", 4 * blocks)]
+    nested = ceil(blocks / _NESTED_BLOCK)
+    return [
+        *parts,
+        ("absmax_uint8", blocks),
+        ("offset_fp32", 4),
+        ("nested_absmax_fp32", 4 * nested),
+        ("nested_code_fp32", 256 * 4),
+    ]
+
+
+def _gptq(lin: Linear) -> list[tuple[str, int]]:
+    groups = ceil(lin.n_in / _GROUP)
+    return [
+        ("qweight_int32", 4 * ceil(lin.n_in / 8) * lin.n_out),
+        ("qzeros_int32", 4 * groups * ceil(lin.n_out / 8)),
+        ("scales_fp16", 2 * groups * lin.n_out),
+        ("g_idx_int32", 4 * lin.n_in),
+    ]
+
+
+def _awq(lin: Linear) -> list[tuple[str, int]]:
+    groups = ceil(lin.n_in / _GROUP)
+    return [
+        ("qweight_int32", 4 * lin.n_in * ceil(lin.n_out / 8)),
+        ("qzeros_int32", 4 * groups * ceil(lin.n_out / 8)),
+        ("scales_fp16", 2 * groups * lin.n_out),
+    ]
+
+
+QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] = {
+    "bnb-int8": (_bnb_int8, _SRC_BNB),
+    "bnb-nf4": (_bnb_nf4, _SRC_BNB),
+    "bnb-nf4-nodq": (lambda lin: _bnb_nf4(lin, double_quant=False), _SRC_BNB),
+    "gptq-int4": (_gptq, _SRC_GPTQ),
+    "awq-int4": (_awq, _SRC_AWQ),
+}
+WEIGHT_FORMATS: tuple[str, ...] = (*DTYPE_BYTES, *QUANT_FORMATS)
+
+
+def normalize_format(fmt: str) -> str:
+    """``"bfloat16"`` -> ``"bf16"``, ``"nf4"`` -> ``"bnb-nf4"``; SetupError when unknown."""
+    key = fmt.strip().lower().replace("torch.", "")
+    key = _ALIASES.get(key, key)
+    if key not in DTYPE_BYTES and key not in QUANT_FORMATS:
+        raise SetupError(
+            f"unknown weight format {fmt!r}; choose one of: {', '.join(WEIGHT_FORMATS)}"
+        )
+    return key
+
+
+def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
+    """Weight memory of ``spec`` stored as ``fmt`` (unit ``bytes``), by part."""
+    fmt = normalize_format(fmt)
+    n_total = total_params(spec)
+    root = Item(f"weights_{fmt}")
+    if fmt in DTYPE_BYTES:
+        width = DTYPE_BYTES[fmt]
+        root.leaf("parameters", n_total * width, f"{n_total:,} x {width} B", "element width")
+        return root
+    per_linear, src = QUANT_FORMATS[fmt]
+    quantized = root.add(Item("quantized_linears"))
+    n_quantized = 0
+    for lin in linear_layers(spec):
+        node = quantized.add(Item(lin.key, note=f"{lin.count} x ({lin.n_out}, {lin.n_in})"))
+        for part, size in per_linear(lin):
+            node.leaf(part, lin.count * size, f"{lin.count} x {size:,} B", src)
+        n_quantized += lin.count * lin.n_in * lin.n_out
+    rest = n_total - n_quantized
+    root.leaf(
+        "unquantized_16bit",
+        rest * _HALF,
+        f"{rest:,} x {_HALF} B",
+        "modules kept in the compute dtype: embeddings, lm_head, norms, routers, biases",
+    )
+    return root
+
+
+def weights_total_bytes(spec: ModelSpec, fmt: str) -> int:
+    """Total weight bytes of ``spec`` in ``fmt``."""
+    return round(weights_bytes(spec, fmt).total)

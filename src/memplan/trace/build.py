@@ -1,0 +1,174 @@
+"""Building the real transformers model for a trace: from a config dict, with no weights.
+
+Under ``FakeTensorMode`` every parameter is a fake cpu tensor (no storage), so a 405B model
+builds in about a second (TRACE-NOTES.md). The dtype is passed explicitly: transformers 5
+``from_config`` otherwise builds in the config's ``dtype`` (Llama-2 would come out fp16).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from memplan.errors import ConfigError, SetupError
+from memplan.specs.model import ModelSpec
+
+__all__ = [
+    "apply_freezing",
+    "apply_lora",
+    "build_model",
+    "check_seq_len",
+    "config_of",
+    "layer_index",
+    "module_section",
+]
+
+_DROPOUT_KEY = re.compile(r"(dropout|pdrop)$")
+_LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)(?:\.|$)")
+_EMBEDDING = ("embed_tokens", "wte", "wpe", "word_embeddings", "embed_in", "rotary_emb", "drop")
+_FINAL_NORM = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+_LM_HEAD = ("lm_head", "embed_out")
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "seq_length", "n_ctx")
+
+
+def config_of(model: ModelSpec | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, raw config.json dict) of a ModelSpec or a config dict."""
+    if isinstance(model, ModelSpec):
+        if model.hf_config is None:
+            raise ConfigError(f"{model.name}: the trace needs the model's config.json")
+        return model.name, dict(model.hf_config)
+    if isinstance(model, dict):
+        if "model_type" not in model:
+            raise ConfigError("the config has no model_type: give a Hugging Face config.json")
+        name = model.get("_name_or_path") or model.get("name") or model["model_type"]
+        return str(name), dict(model)
+    raise ConfigError(f"cannot trace a {type(model).__name__}: give a ModelSpec or a config dict")
+
+
+def check_seq_len(name: str, config: dict[str, Any], seq: int, allow_long: bool) -> None:
+    """A sequence longer than the model's maximum is refused unless ``allow_long``."""
+    for key in _POSITION_KEYS:
+        limit = config.get(key)
+        if isinstance(limit, int) and limit > 0:
+            if seq > limit and not allow_long:
+                raise SetupError(
+                    f"{name}: a sequence of {seq} tokens is longer than the model's maximum of "
+                    f"{limit} ({key}); shorten it or allow it explicitly (allow_long_seq)"
+                )
+            return
+
+
+def _hf_config(config: dict[str, Any], dropout: float | None) -> Any:
+    from transformers import AutoConfig
+
+    values = {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map")}
+    model_type = values.pop("model_type")
+    values.pop("transformers_version", None)
+    if dropout is not None:
+        for key, value in list(values.items()):
+            if (
+                _DROPOUT_KEY.search(key)
+                and isinstance(value, (int, float))
+                and key != "classifier_dropout"
+            ):
+                values[key] = float(dropout)
+    try:
+        hf = AutoConfig.for_model(model_type, **values)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"transformers cannot read this {model_type} config: {exc}") from exc
+    if dropout is not None:
+        for key in dir(hf):
+            if _DROPOUT_KEY.search(key) and key != "classifier_dropout":
+                value = getattr(hf, key, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    setattr(hf, key, float(dropout))
+    return hf
+
+
+def build_model(
+    config: dict[str, Any], *, dtype: torch.dtype, attention: str, dropout: float | None
+) -> nn.Module:
+    """The causal LM of ``config`` in ``dtype`` (built in the caller's fake mode, if any)."""
+    from transformers import AutoModelForCausalLM
+
+    hf = _hf_config(config, dropout)
+    impl = "eager" if attention == "eager" else "sdpa"
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoModelForCausalLM.from_config(hf, dtype=dtype, attn_implementation=impl)
+    except ValueError as exc:
+        message = str(exc).splitlines()[0]
+        if "attn_implementation" in message or "attention" in message.lower():
+            raise SetupError(
+                f"{config.get('model_type')}: transformers cannot run {impl} attention for "
+                f"this family ({message})"
+            ) from exc
+        raise ConfigError(f"transformers cannot build this model: {message}") from exc
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder-layer index in a module or parameter name, if any."""
+    match = _LAYER.search(name)
+    return int(match.group(1)) if match else None
+
+
+def module_section(name: str) -> str:
+    """``embedding``, ``layers/<i>``, ``final_norm``, ``lm_head`` or ``loss`` for a module name."""
+    index = layer_index(name)
+    if index is not None:
+        return f"layers/{index}"
+    last = name.rsplit(".", 1)[-1]
+    if last in _LM_HEAD:
+        return "lm_head"
+    if last in _FINAL_NORM:
+        return "final_norm"
+    if last in _EMBEDDING:
+        return "embedding"
+    return "loss" if name in ("", "model", "base_model", "base_model.model") else "other"
+
+
+def apply_freezing(model: nn.Module, *, freeze_layers: int, freeze_embeddings: bool) -> None:
+    """Freeze the first ``freeze_layers`` decoder layers and, if asked, the embeddings."""
+    n_layers = 1 + max((layer_index(name) or 0 for name, _ in model.named_parameters()), default=-1)
+    if freeze_layers > n_layers:
+        raise SetupError(f"cannot freeze {freeze_layers} layers: the model has {n_layers}")
+    input_embeddings = model.get_input_embeddings()
+    for name, param in model.named_parameters():
+        index = layer_index(name)
+        if index is not None and index < freeze_layers:
+            param.requires_grad_(False)
+    if freeze_embeddings and input_embeddings is not None:
+        for param in input_embeddings.parameters():
+            param.requires_grad_(False)
+
+
+def apply_lora(
+    model: nn.Module, *, rank: int, alpha: float, targets: tuple[str, ...], dropout: float
+) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters on the modules named ``targets``."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise SetupError(
+            f"LoRA targets {', '.join(missing)} are not modules of this model; its linear "
+            f"layers are: {', '.join(linear)}"
+        )
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(model, config)

@@ -1,0 +1,252 @@
+"""CUDA semantics on fake cpu tensors: sdpa kernels, dropout, and CUDA autocast.
+
+A ``TorchFunctionMode`` sits above autograd, so what it substitutes is recorded by autograd
+exactly as on the GPU:
+
+- ``F.scaled_dot_product_attention`` calls the CUDA kernel PyTorch would pick
+  (``aten._scaled_dot_product_flash_attention`` / ``_efficient_attention`` /
+  ``_cudnn_attention``), whose meta kernels and autograd formulas save what the GPU saves
+  (TRACE-NOTES.md), with the mask handling of ``attention.cpp`` (bool mask converted to the
+  query dtype; mem-efficient pads its last dim to a multiple of 16; flash pads head dims to 8).
+- ``F.dropout`` calls ``aten.native_dropout`` (the fused CUDA kernel, bool mask), as
+  ``at::native::dropout`` does for CUDA tensors (``is_fused_kernel_acceptable``).
+- Autocast with CUDA's op lists (``aten/src/ATen/autocast_mode.cpp``, ``AutocastCUDA``):
+  CPU autocast has other lists (e.g. it leaves ``layer_norm`` and ``softmax`` in half), and
+  autocast for ``device_type="cuda"`` never fires on cpu tensors. Casts of leaf fp32 tensors
+  that require grad are cached until the autocast region ends, like ``cached_cast``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from memplan.errors import SetupError
+from memplan.trace.cuda_env import GpuArch, SdpaCall, backend_usable, choose_sdpa_backend
+from memplan.trace.tracker import Flag, StorageTracker
+
+__all__ = ["CudaEmulation"]
+
+# autocast_mode.cpp, CUDA: ops that run in the lower precision type.
+LOWER_PRECISION_OPS = frozenset(
+    {
+        "linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "baddbmm", "addmm",
+        "addbmm", "addmv", "addr", "mv", "einsum", "prelu", "conv1d", "conv2d", "conv3d",
+        "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "chain_matmul",
+        "linalg_vecdot", "scaled_dot_product_attention",
+    }
+)  # fmt: skip
+# ops that run in fp32 (cast half inputs up)
+FP32_OPS = frozenset(
+    {
+        "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p",
+        "reciprocal", "rsqrt", "sinh", "tan", "pow", "__pow__", "__rpow__", "softplus",
+        "layer_norm", "group_norm", "norm", "cosine_similarity", "nll_loss", "kl_div",
+        "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss", "binary_cross_entropy_with_logits",
+        "dist", "cdist", "renorm", "logsumexp", "cross_entropy",
+    }
+)  # fmt: skip
+# ops that get ``dtype=torch.float32`` when called on half inputs without a dtype
+FP32_SET_DTYPE_OPS = frozenset(
+    {"softmax", "log_softmax", "cumsum", "cumprod", "prod", "sum"}
+)  # fmt: skip
+_HALF = (torch.float16, torch.bfloat16)
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class CudaEmulation(TorchFunctionMode):
+    """Replaces the CPU behaviour of sdpa, dropout and autocast by the CUDA one."""
+
+    def __init__(
+        self,
+        tracker: StorageTracker | None,
+        arch: GpuArch,
+        *,
+        sdpa_backend: str = "auto",
+        prefer_cudnn: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.arch = arch
+        self.sdpa_backend = sdpa_backend
+        self.prefer_cudnn = prefer_cudnn
+        self.autocast_dtype = autocast_dtype
+        self.autocast_on = autocast_dtype is not None
+        self.cache_on = True
+        self._cache: dict[int, torch.Tensor] = {}
+        self.backends_used: dict[str, int] = {}
+
+    def clear_cache(self) -> None:
+        """End of the autocast region: drop the cached casts (as leaving ``torch.autocast``)."""
+        self._cache.clear()
+
+    # Dispatch ------------------------------------------------------------------------------
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name == "dropout" and func is F.dropout:
+            return self._dropout(*args, **kwargs)
+        if self.autocast_on:
+            if name in LOWER_PRECISION_OPS:
+                args, kwargs = self._cast_all(args, kwargs, self.autocast_dtype)
+            elif name in FP32_OPS:
+                args, kwargs = self._cast_all(args, kwargs, torch.float32)
+            elif name in FP32_SET_DTYPE_OPS and kwargs.get("dtype") is None:
+                first = args[0] if args else None
+                if isinstance(first, torch.Tensor) and first.dtype in _HALF:
+                    kwargs = {**kwargs, "dtype": torch.float32}
+        if name == "scaled_dot_product_attention":
+            return self._sdpa(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    # Autocast ------------------------------------------------------------------------------
+    def _cast(self, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        if dtype is None or tensor.dtype not in _FLOATS or tensor.dtype == dtype:
+            return tensor
+        cacheable = (
+            self.cache_on
+            and dtype != torch.float32
+            and tensor.dtype == torch.float32
+            and tensor.is_leaf
+            and tensor.requires_grad
+            and not tensor._is_view()
+        )
+        if cacheable:
+            cached = self._cache.get(id(tensor))
+            if cached is None:
+                cached = tensor.to(dtype)
+                self._cache[id(tensor)] = cached
+                if self.tracker is not None:
+                    self.tracker.flag(cached, Flag.AUTOCAST_CACHE)
+            return cached
+        return tensor.to(dtype)
+
+    def _cast_all(self, args: Any, kwargs: dict[str, Any], dtype: torch.dtype | None) -> Any:
+        def conv(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return self._cast(value, dtype)
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                return type(value)(conv(v) for v in value)
+            return value
+
+        return tuple(conv(a) for a in args), {k: conv(v) for k, v in kwargs.items()}
+
+    # Dropout -------------------------------------------------------------------------------
+    def _dropout(
+        self, input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+    ) -> torch.Tensor:
+        if not training or p == 0.0 or input.numel() == 0:
+            return input
+        out, _mask = torch.ops.aten.native_dropout(input, p, True)
+        if inplace:
+            return input.copy_(out)
+        return out
+
+    # Attention -----------------------------------------------------------------------------
+    def _sdpa(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
+        call = SdpaCall(
+            dtype=str(query.dtype).removeprefix("torch."),
+            head_dim_qk=query.shape[-1],
+            head_dim_v=value.shape[-1],
+            q_len=query.shape[-2],
+            kv_len=key.shape[-2],
+            has_mask=attn_mask is not None,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            requires_grad=torch.is_grad_enabled()
+            and any(t.requires_grad for t in (query, key, value)),
+        )
+        backend = self._backend(call)
+        self.backends_used[backend] = self.backends_used.get(backend, 0) + 1
+        if backend == "math":
+            return torch.ops.aten._scaled_dot_product_attention_math(
+                query, key, value, attn_mask, dropout_p, is_causal, None,
+                scale=scale, enable_gqa=enable_gqa,
+            )[0]  # fmt: skip
+        if query.shape[1] != key.shape[1]:
+            # flash / mem-efficient / cuDNN take grouped KV heads natively on CUDA; the meta
+            # kernels want equal head counts, so expand as a view (no memory).
+            groups = query.shape[1] // key.shape[1]
+            key = _expand_heads(key, groups)
+            value = _expand_heads(value, groups)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            # attention.cpp convert_boolean_attn_mask: a new mask in the query dtype
+            attn_mask = torch.where(attn_mask, 0.0, -math.inf).to(query.dtype)
+        grad = call.requires_grad
+        if backend == "flash":
+            return _flash(query, key, value, dropout_p, is_causal, scale)
+        if backend == "cudnn":
+            return torch.ops.aten._scaled_dot_product_cudnn_attention(
+                query, key, value, attn_mask, grad, dropout_p, is_causal, False, scale=scale
+            )[0]
+        if attn_mask is not None:
+            attn_mask = _pad_mask_16(attn_mask)
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, grad, dropout_p, is_causal, scale=scale
+        )[0]
+
+    def _backend(self, call: SdpaCall) -> str:
+        if self.sdpa_backend == "auto":
+            return choose_sdpa_backend(call, self.arch, prefer_cudnn=self.prefer_cudnn)
+        if not backend_usable(self.sdpa_backend, call, self.arch):
+            raise SetupError(
+                f"the {self.sdpa_backend} attention kernel cannot run this model on "
+                f"{self.arch.name} (head dim {call.head_dim_qk}/{call.head_dim_v}, "
+                f"{call.dtype}, {'a' if call.has_mask else 'no'} mask); use --attention sdpa "
+                "to let PyTorch choose"
+            )
+        return self.sdpa_backend
+
+
+def _expand_heads(tensor: torch.Tensor, groups: int) -> torch.Tensor:
+    batch, heads, seq, dim = tensor.shape
+    return (
+        tensor[:, :, None]
+        .expand(batch, heads, groups, seq, dim)
+        .reshape(batch, heads * groups, seq, dim)
+    )
+
+
+def _flash(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+) -> torch.Tensor:
+    """attention.cpp: pad head dims to a multiple of 8, run flash, slice the output."""
+    head_dim = query.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(head_dim)
+    pad = -head_dim % 8
+    if pad:
+        query, key, value = (F.pad(t, (0, pad)) for t in (query, key, value))
+    out = torch.ops.aten._scaled_dot_product_flash_attention(
+        query, key, value, dropout_p, is_causal, False, scale=scale
+    )[0]
+    return out[..., :head_dim] if pad else out
+
+
+def _pad_mask_16(mask: torch.Tensor) -> torch.Tensor:
+    """attention.cpp preprocess_mask: the mem-efficient kernel wants the last dim % 16 == 0."""
+    last = mask.shape[-1]
+    pad = -last % 16
+    if not pad:
+        return mask
+    return F.pad(mask, (0, pad))[..., :last]

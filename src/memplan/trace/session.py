@@ -1,0 +1,191 @@
+"""The machinery around one traced run: fake mode, tracker, CUDA emulation, hooks.
+
+A :class:`TraceSession` is entered once around building and running the model. It attributes
+each storage to the module running when it was allocated, each saved tensor (through
+``torch.autograd.graph.saved_tensors_hooks``) to the module running when it was saved, and,
+after a forward, each saved tensor to the autograd node and field that hold it
+(``MmBackward0.self``, ``ScaledDotProductEfficientAttentionBackward0.log_sumexp``), in the
+manner of seed 003.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from memplan.trace.cuda_env import GpuArch
+from memplan.trace.emulate import CudaEmulation
+from memplan.trace.tracker import Flag, StorageTracker
+
+__all__ = ["TraceSession"]
+
+
+class TraceSession:
+    """Fake mode + tracker + (CUDA target) emulation + module and saved-tensor hooks."""
+
+    def __init__(
+        self,
+        *,
+        fake: bool,
+        cuda: bool,
+        arch: GpuArch,
+        sdpa_backend: str = "auto",
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.fake = fake
+        self.cuda = cuda
+        self.tracker = StorageTracker()
+        self.fake_mode = FakeTensorMode() if fake else None
+        self.emulation = (
+            CudaEmulation(
+                self.tracker, arch, sdpa_backend=sdpa_backend, autocast_dtype=autocast_dtype
+            )
+            if cuda
+            else None
+        )
+        self.cpu_autocast_dtype = None if cuda else autocast_dtype
+        self.names: dict[int, str] = {}
+        self.alloc_module: dict[int, str] = {}
+        self.in_backward = False
+        self._recompute_depth = 0
+        self._stack = contextlib.ExitStack()
+
+    # Entering ------------------------------------------------------------------------------
+    def __enter__(self) -> TraceSession:
+        stack = self._stack
+        if self.fake_mode is not None:
+            stack.enter_context(self.fake_mode)
+        stack.enter_context(self.tracker)
+        if self.emulation is not None:
+            stack.enter_context(self.emulation)
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack))
+        stack.enter_context(_module_hooks(self._pre_hook, self._post_hook))
+        self.tracker.on_alloc = self._on_alloc
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def register_model(self, model: nn.Module) -> None:
+        """Name every module and flag parameters and buffers."""
+        self.names = {id(module): name for name, module in model.named_modules()}
+        for param in model.parameters():
+            self.tracker.flag(param, Flag.PARAMETER)
+        for buffer in model.buffers():
+            self.tracker.flag(buffer, Flag.BUFFER)
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The autocast region of a forward (CUDA lists emulated, or real CPU autocast)."""
+        if self.cpu_autocast_dtype is not None:
+            with torch.autocast("cpu", dtype=self.cpu_autocast_dtype):
+                yield
+            return
+        try:
+            yield
+        finally:
+            if self.emulation is not None:
+                self.emulation.clear_cache()
+
+    # Hooks ---------------------------------------------------------------------------------
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        self.tracker.module_stack.append(self.names.get(id(module), "other"))
+        if self.in_backward:
+            self._recompute_depth += 1
+
+    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        stack = self.tracker.module_stack
+        if len(stack) > 1:
+            stack.pop()
+        if self.in_backward and self._recompute_depth:
+            self._recompute_depth -= 1
+
+    def _on_alloc(self, key: int) -> None:
+        self.alloc_module[key] = self.tracker.module_stack[-1]
+        if self._recompute_depth:
+            # activations recomputed by gradient checkpointing during backward
+            self.tracker.flags[key] |= Flag.ACTIVATION
+            self.tracker.module_of.setdefault(key, self.tracker.module_stack[-1])
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = self.tracker.flag(tensor, Flag.ACTIVATION)
+        self.tracker.module_of.setdefault(key, self.tracker.module_stack[-1])
+        return tensor
+
+    # After a forward -----------------------------------------------------------------------
+    def flag_graph_held(self, start: int, keep: set[int]) -> None:
+        """Storages allocated since ``start`` and still live that nothing else claims are held
+        by the autograd graph (e.g. a checkpointed layer's input): flag them as activations."""
+        tracker = self.tracker
+        live: set[int] = set()
+        for event in tracker.events[start:]:
+            if event >= 0:
+                live.add(event)
+            else:
+                live.discard(~event)
+        for key in live - keep:
+            if tracker.flags[key] == 0:
+                tracker.flags[key] = Flag.ACTIVATION
+                tracker.module_of.setdefault(key, self.alloc_module.get(key, ""))
+
+    def name_saved_fields(self, root: Any) -> None:
+        """Walk the autograd graph from ``root`` and name each saved storage by the earliest
+        node (in forward order) that saves it: ``NodeName.field``."""
+        tracker = self.tracker
+        best: dict[int, tuple[int, str]] = {}
+        seen: set[int] = set()
+        todo = [root]
+        while todo:
+            node = todo.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            node_name = type(node).__name__
+            order = node._sequence_nr()
+            for attr in dir(node):
+                if not (attr.startswith("_saved_") or attr == "saved_tensors"):
+                    continue
+                try:
+                    value = getattr(node, attr)
+                except RuntimeError:
+                    continue
+                field = attr.removeprefix("_saved_")
+                for tensor in _tensors(value):
+                    key = tracker.known(tensor)
+                    if key is not None and (key not in best or order < best[key][0]):
+                        best[key] = (order, f"{node_name}.{field}")
+            todo.extend(next_node for next_node, _ in node.next_functions)
+        for key, (_, field) in best.items():
+            tracker.field_of[key] = field
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+@contextlib.contextmanager
+def _module_hooks(pre: Any, post: Any) -> Iterator[None]:
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+
+    handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
