@@ -139,3 +139,11 @@ def test_gpt2_xl_exact_forward() -> None:
         GPT2_XL, batch=1, seq=s, convention="matmul", recompute=True
     )
     assert model == 3 * expected and hardware == 4 * expected
+
+
+def test_sliding_causal_pairs_closed_form_matches_the_sum() -> None:
+    for past in range(0, 10):
+        for q_len in range(1, 10):
+            for window in range(1, 8):
+                expected = sum(min(p + 1, window) for p in range(past, past + q_len))
+                assert attention_pairs(q_len, past, window, "causal", cached=past > 0) == expected

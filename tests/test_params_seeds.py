@@ -10,6 +10,7 @@ from memplan.formulas.methods_params import (
     seed000_params,
     seed000_swiglu_params,
     seed001_params,
+    seed002_nominal_params,
     seed003_calc_params,
 )
 from memplan.formulas.params import param_totals, total_params
@@ -66,9 +67,15 @@ def test_seed002_llama3_70b_approximation_beside_exact() -> None:
     # seed 002 takes 70e9 x 2 B = 130.4 GiB; the exact count is 70,553,706,496
     approx = 70_000_000_000 * 2 / GIB
     assert approx == pytest.approx(130.385, abs=1e-3)
-    exact = weights_total_bytes(resolve("meta-llama/Meta-Llama-3-70B"), "bf16")
+    spec = resolve("meta-llama/Meta-Llama-3-70B")
+    exact = weights_total_bytes(spec, "bf16")
     assert exact == 70_553_706_496 * 2
     assert round(exact / GIB, 1) == 131.4
+    seed = method_params(spec, "seed002")
+    assert seed.total == 70_000_000_000
+    assert "130.4 GiB" in seed.why
+    assert seed002_nominal_params("Qwen/Qwen3-30B-A3B") == 30_000_000_000
+    assert seed002_nominal_params("openai-community/gpt2") is None
 
 
 def test_moe_active_params() -> None:

@@ -20,7 +20,7 @@ __all__ = ["model_spec", "params"]
 def model_spec(model: str | ModelSpec | dict[str, Any] | None = None, **hyper: Any) -> ModelSpec:
     """A ModelSpec from a name/path, a config.json dict, an existing spec, or keywords.
 
-    Keywords (no ``model``) are those of :func:`memplan.specs.hf.manual_spec`:
+    Keywords (no ``model``) are those of :func:`memplan.specs.manual.manual_spec`:
     ``hidden``, ``layers``, ``heads``, ``vocab``, ``intermediate``, ``kv_heads``, ...
     """
     if isinstance(model, ModelSpec):
@@ -32,7 +32,7 @@ def model_spec(model: str | ModelSpec | dict[str, Any] | None = None, **hyper: A
     if model is None:
         if not hyper:
             raise ConfigError("give a model name, path or config dict, or hyperparameters")
-        from memplan.specs.hf import manual_spec
+        from memplan.specs.manual import manual_spec
 
         return manual_spec(**hyper)
     from memplan.catalog import resolve

@@ -74,6 +74,13 @@ def _by_name() -> dict[str, CatalogEntry]:
     for entry in _index():
         for name in entry.names:
             table.setdefault(name.lower(), entry)
+    # a repo name without its organisation ("Meta-Llama-3-70B") where it is unambiguous
+    tails: dict[str, list[CatalogEntry]] = {}
+    for entry in _index():
+        tails.setdefault(entry.id.rsplit("/", 1)[-1].lower(), []).append(entry)
+    for tail, entries in tails.items():
+        if len(entries) == 1:
+            table.setdefault(tail, entries[0])
     return table
 
 
@@ -122,9 +129,13 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def _unknown(name: str) -> UnknownModelError:
+def _unknown(name: str, tried_hub: bool = False) -> UnknownModelError:
     close = suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
+    if tried_hub:
+        hint += (
+            " (not in the catalog, and the Hugging Face hub was unreachable or has no such repo)"
+        )
     return UnknownModelError(
         f"unknown model {name!r}{hint} (`memplan models` lists the catalog; a config.json path "
         "or model folder works too)"
@@ -158,7 +169,8 @@ def resolve(name: str, *, allow_hub: bool = True) -> ModelSpec:
         from memplan.catalog.hub import fetch_config, hub_available
 
         if hub_available():
-            config = fetch_config(name)
-            if config is not None:
-                return spec_from_config(config, name=name, source="hub")
+            fetched = fetch_config(name)
+            if fetched is not None:
+                return spec_from_config(fetched, name=name, source="hub")
+            raise _unknown(name, tried_hub=True)
     raise _unknown(name)

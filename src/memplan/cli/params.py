@@ -24,7 +24,7 @@ examples:
   memplan params --manual --hidden 4096 --layers 32 --heads 32 --kv-heads 8 \\
       --vocab 128256 --intermediate 14336
 
-methods: exact (default), seed000, seed000-swiglu, seed001, seed003
+methods: exact (default), seed000, seed000-swiglu, seed001, seed002, seed003
 weights: fp32 fp16 bf16 fp8 int8 int4 bnb-int8 bnb-nf4 bnb-nf4-nodq gptq-int4 awq-int4
 """
 
@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--method",
         default="exact",
-        help="also show a textbook formula's count: seed000, seed000-swiglu, seed001, seed003",
+        help="also show a textbook formula's count: seed000, seed000-swiglu, seed001, seed002, seed003",
     )
     parser.add_argument(
         "--weights",
@@ -109,7 +109,7 @@ def spec_from_args(args: Any) -> Any:
     from memplan.errors import ConfigError, UnknownModelError
 
     if getattr(args, "manual", False):
-        from memplan.specs.hf import manual_spec
+        from memplan.specs.manual import manual_spec
 
         kwargs: dict[str, Any] = {
             key: getattr(args, attr)

@@ -9,19 +9,19 @@ Everything that does not depend on the batch and sequence length is computed onc
 (spec, setup) and cached (:func:`training_plan`); the per-(B, S) path (:func:`evaluate`) is plain
 integer arithmetic over a few dozen saved-tensor terms, so an estimate takes microseconds.
 
-Timeline (phases, in order; ``static`` = parameters + buffers + optimizer states):
+Timeline (phases, in order; ``static`` = parameters + buffers + optimizer states + inputs):
 
 - ``after_load``: static.
-- ``end_of_forward``: + inputs + saved activations + autocast cache + the logits the output holds.
-  During the loss, ``logits.float()`` adds a transient fp32 copy (half precision only).
+- ``end_of_forward``: + saved activations + autocast cache (the logits are dropped: Trainer's
+  ``model(**batch).loss``). During the loss, ``logits.float()`` adds a transient fp32 copy.
 - ``peak_backward``: the largest of (a) the start of backward: nll_loss's and log_softmax's
   fp32 (B*S, V) gradients beside everything saved; (b) the layer phase: as each layer's backward
   runs, its activations and cached weights are freed and its gradients allocated, plus the
   gradients in flight inside the layer; with full checkpointing the layer's forward is
   recomputed first, so one layer's full activations come back.
-- ``after_backward``: static + inputs + logits + gradients.
+- ``after_backward``: static + gradients.
 - ``optimizer_step``: + the step's temporaries (``memplan.formulas.optimizer``).
-- ``after_zero_grad``: static + inputs + logits.
+- ``after_zero_grad``: static.
 """
 
 from __future__ import annotations
@@ -90,7 +90,16 @@ CATEGORIES = (
     "inputs",
     "buffers",
 )
-_LORA_DEFAULT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+_PEAK_PHASE_NAMES = {
+    "forward_peak": "forward",
+    "end_of_forward": "forward",
+    "peak_backward": "backward",
+    "optimizer_step": "optimizer_step",
+    "after_load": "forward",
+    "after_backward": "backward",
+    "after_zero_grad": "zero_grad",
+}
+"""The trace engine's ``peak_phase`` vocabulary (memplan.trace.__init__)."""
 _LINEAR_ROLES = ("linear", "experts")
 
 
@@ -197,6 +206,7 @@ def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationCo
         hidden_dropout=spec.hidden_dropout if p is None else p,
         embedding_dropout=spec.embedding_dropout if p is None else p,
         mask_bytes=1 if setup.target is Target.CUDA else 0,
+        kv_cache_copies=setup.checkpointing is not Checkpointing.FULL,
     )
 
 
@@ -206,6 +216,13 @@ def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
     if t.role == "embedding" and (setup.freeze_embeddings or setup.freeze_layers > 0):
         return setup.freeze_embeddings is False and setup.freeze_layers == 0
     return not (0 <= t.layer < setup.freeze_layers)
+
+
+def _cast_for_matmul(t: ParamTensor, spec: ModelSpec) -> bool:
+    """The parameter feeds a matmul (a linear weight, experts, router; tied embeddings)."""
+    if t.role in (*_LINEAR_ROLES, "router"):
+        return True
+    return t.name == "embed_tokens.weight" and spec.tie_word_embeddings
 
 
 def _param_group(t: ParamTensor) -> str:
@@ -225,7 +242,9 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
     round_to = 512 if setup.target is Target.CUDA else 1
     ctx = _context(spec, setup, reg)
     tensors = param_tensors(spec)
-    lora_targets = frozenset(_lora_widths(spec, setup.lora_targets)) if setup.is_lora else frozenset()
+    lora_targets = (
+        frozenset(_lora_widths(spec, setup.lora_targets)) if setup.is_lora else frozenset()
+    )
 
     params: dict[str, int] = {}
     grads: dict[str, int] = {}
@@ -249,7 +268,10 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
             width = base_bytes if setup.is_lora else reg.param_bytes
             params[group] = params.get(group, 0) + alloc_bytes(t.numel * width, round_to)
         train = _trainable(t, spec, setup)
-        uses_cache = reg.autocast and t.role in (*_LINEAR_ROLES, "bias", "router") and not setup.is_lora
+        # Autocast caches the half copy of every matmul weight; the graph keeps it until the
+        # layer's backward. Bias copies are cached too but nothing saves them: they go when
+        # the autocast region ends, before any phase boundary.
+        uses_cache = reg.autocast and _cast_for_matmul(t, spec) and not setup.is_lora
         if uses_cache and (train or t.layer >= setup.freeze_layers or not setup.freeze_embeddings):
             size = alloc_bytes(t.numel * reg.compute_bytes, round_to)
             if t.layer >= 0:
@@ -274,14 +296,27 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         largest = max(largest, t.numel * reg.state_bytes)
 
     if setup.is_lora:
-        trainable_params = _add_lora(spec, setup, reg, round_to, params, grads, states, grad_per_layer, state_sizes, state_label)
+        trainable_params = _add_lora(
+            spec,
+            setup,
+            reg,
+            round_to,
+            params,
+            grads,
+            states,
+            grad_per_layer,
+            state_sizes,
+            state_label,
+        )
         largest = max(largest, max(state_sizes, default=0))
     for size in optimizer_shared_state_bytes(setup.optimizer):
         states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
     step_temp = optimizer_step_temporary_bytes(setup.optimizer, state_sizes, largest, round_to)
 
     embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
-    layer_groups = _layer_groups(spec, setup, ctx, embed_grad, lora_targets, grad_per_layer, cache_per_layer)
+    layer_groups = _layer_groups(
+        spec, setup, ctx, embed_grad, lora_targets, grad_per_layer, cache_per_layer
+    )
     head_trainable = not setup.is_lora
     backend = attention_backend(spec, ctx, has_mask=False)
     return TrainingPlan(
@@ -335,7 +370,9 @@ def _add_lora(
         for shape in ((r, in_f), (out_f, r)):
             numel = shape[0] * shape[1]
             n += numel
-            params["lora_adapters"] = params.get("lora_adapters", 0) + alloc_bytes(numel * 4, round_to)
+            params["lora_adapters"] = params.get("lora_adapters", 0) + alloc_bytes(
+                numel * 4, round_to
+            )
             g = alloc_bytes(numel * 4, round_to)
             grads["lora_adapters"] = grads.get("lora_adapters", 0) + g
             grad_per_layer[t.layer] = grad_per_layer.get(t.layer, 0) + g
@@ -355,19 +392,31 @@ def _layer_groups(
     cache_per_layer: dict[int, int],
 ) -> tuple[LayerGroup, ...]:
     groups: dict[tuple[Any, ...], list[Any]] = {}
-    full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE)
+    # The recomputed forward runs with use_cache off (transformers turns it off with checkpointing).
+    full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE, kv_cache_copies=False)
     any_before = embed_grad
     for i in range(spec.n_layers):
         trainable = not setup.is_lora and i >= setup.freeze_layers
         input_grad = any_before or (setup.is_lora and i > 0)
         kwargs = {"input_grad": input_grad, "trainable": trainable, "lora_modules": lora_targets}
         saved = layer_saved(spec, ctx, i, **kwargs)
-        full = layer_saved(spec, full_ctx, i, **kwargs) if ctx.checkpointing is Checkpointing.FULL else saved
+        full = (
+            layer_saved(spec, full_ctx, i, **kwargs)
+            if ctx.checkpointing is Checkpointing.FULL
+            else saved
+        )
         key = (saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0)
         if key in groups:
             groups[key][0] += 1
         else:
-            groups[key] = [1, saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0]
+            groups[key] = [
+                1,
+                saved,
+                full,
+                grad_per_layer.get(i, 0),
+                cache_per_layer.get(i, 0),
+                i == 0,
+            ]
         any_before = any_before or trainable or bool(lora_targets)
     return tuple(LayerGroup(*values) for values in groups.values())
 
@@ -377,7 +426,9 @@ def _plan_notes(spec: ModelSpec, setup: TrainingSetup, backend: str) -> list[str
     if spec.moe is not None:
         notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
     if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:
-        notes.append("paged optimizer: states live in CUDA unified memory, paged out under pressure")
+        notes.append(
+            "paged optimizer: states live in CUDA unified memory, paged out under pressure"
+        )
     if setup.qlora:
         notes.append("QLoRA: NF4 base weights (double quantization, block 64), fp32 adapters")
     return notes
@@ -453,6 +504,9 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         "buffers": plan.buffers,
     }
     held = {"inputs": inputs}
+    # nll_loss's saved int64 targets and fp32 total_weight, freed when its backward has run
+    nll_saved = alloc_bytes(tokens * 8, r) + alloc_bytes(4, r)
+    scalar = alloc_bytes(4, r)  # the loss (and, in backward, its gradient)
 
     def phase(**parts: int) -> dict[str, int]:
         out = dict.fromkeys(CATEGORIES, 0)
@@ -462,15 +516,24 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             out[key] = out.get(key, 0) + value
         return out
 
-    phases: dict[str, dict[str, int]] = {"after_load": phase(inputs=-inputs)}
-    phases["end_of_forward"] = phase(activations=activations, autocast_cache=cache, temporaries=logits)
-    forward_peak = phase(activations=activations, autocast_cache=cache, temporaries=logits + upcast)
+    phases: dict[str, dict[str, int]] = {"after_load": phase()}
+    phases["end_of_forward"] = phase(
+        activations=activations, autocast_cache=cache, temporaries=scalar
+    )
+    # Inside log_softmax's backward: nll_loss has released its int64 targets; its fp32
+    # gradient and log_softmax's own are both alive beside the saved output.
     loss_backward = phase(
-        activations=activations, autocast_cache=cache, temporaries=logits + 2 * fp32_logits
+        activations=activations - nll_saved,
+        autocast_cache=cache,
+        temporaries=2 * fp32_logits + 2 * scalar,
     )
     candidates = [("loss_backward", loss_backward)]
     transient = _layer_transient(plan, batch, seq)
-    grads_head = plan.grad_bytes - sum(g.count * g.grad_bytes for g in plan.layers) - plan.grads.get("embeddings", 0)
+    grads_head = (
+        plan.grad_bytes
+        - sum(g.count * g.grad_bytes for g in plan.layers)
+        - plan.grads.get("embeddings", 0)
+    )
     # The last layer's backward starts with every layer still saved.
     last = plan.layers[-1]
     recompute_last = _recompute(plan, last, batch, seq)
@@ -481,7 +544,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
                 activations=a_model + a_layers + recompute_last,
                 autocast_cache=cache_layers + (last.cache_bytes if recompute_last else 0),
                 gradients=grads_head,
-                temporaries=logits + transient,
+                temporaries=transient,
             ),
         )
     )
@@ -496,32 +559,51 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
                 activations=a_model + a_first + recompute_first,
                 autocast_cache=first.cache_bytes * (2 if recompute_first else 1),
                 gradients=grads_before_first,
-                temporaries=logits + transient,
+                temporaries=transient,
             ),
         )
     )
     best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
     phases["peak_backward"] = best
-    phases["after_backward"] = phase(gradients=plan.grad_bytes, temporaries=logits)
-    phases["optimizer_step"] = phase(
-        gradients=plan.grad_bytes, temporaries=logits + plan.step_temporary
+    phases["after_backward"] = phase(gradients=plan.grad_bytes)
+    phases["optimizer_step"] = phase(gradients=plan.grad_bytes, temporaries=plan.step_temporary)
+    phases["after_zero_grad"] = phase()
+    phases["forward_peak"] = phase(
+        activations=activations,
+        autocast_cache=cache,
+        temporaries=logits + upcast + _forward_loss_temporaries(plan, batch, seq),
     )
-    phases["after_zero_grad"] = phase(temporaries=logits)
-    # The loss's fp32 upcast (forward) is always below the loss backward (two fp32 gradients).
-    del forward_peak
-    peak_phase = max(PHASES, key=lambda k: sum(phases[k].values()))
+    peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
     states = plan.state_bytes
     first_step = max(
         max(sum(phases[k].values()) for k in phases if k not in ("optimizer_step",)) - states,
         sum(phases["optimizer_step"].values()),
     )
     acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
-    temps = {"logits": logits}
+    temps: dict[str, int] = {}
     if best_name == "loss_backward":
-        temps["loss_gradients_fp32"] = 2 * fp32_logits
+        temps["loss_gradients_fp32"] = 2 * fp32_logits + 2 * scalar
     else:
         temps["layer_backward"] = transient
     return StepMemory(phases, peak_phase, first_step, acts, temps)
+
+
+def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
+    """Live, unsaved tensors while the loss runs (beside the logits and their fp32 copy).
+
+    Under AMP the rotary output is fp32 (cos/sin are), so ``DynamicCache`` holds fp32 copies of
+    every layer's k and v (``lazy_initialization`` takes k's dtype) until the output is dropped;
+    the model output also holds the final norm's fp32 output; the loss pads the labels to S+1.
+    """
+    spec, reg, r = plan.spec, plan.regime, plan.round_to
+    tokens = b * s
+    out = alloc_bytes(b * (s + 1) * 8, r) + alloc_bytes(4, r)
+    if reg.autocast:
+        out += alloc_bytes(tokens * spec.hidden_size * 4, r)
+        rotary = spec.position.value == "rotary"
+        if rotary and plan.setup.checkpointing is not Checkpointing.FULL and spec.mla is None:
+            out += spec.n_layers * 2 * alloc_bytes(tokens * spec.kv_dim * 4, r)
+    return out
 
 
 def _recompute(plan: TrainingPlan, group: LayerGroup, b: int, s: int) -> int:
@@ -562,7 +644,7 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup, *, method: str = "e
 def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report:
     spec = plan.spec
     at_peak = mem.phases[mem.peak_phase]
-    root = Item("peak", note=f"phase: {mem.peak_phase}")
+    root = Item("peak", note=f"phase: {_PEAK_PHASE_NAMES[mem.peak_phase]}")
     params = root.add(Item("parameters", source="formulas/training.py param_tensors"))
     for key, value in plan.params.items():
         params.leaf(key, value, f"{_width_label(plan, key)} per parameter, 512 B blocks")
@@ -584,7 +666,9 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
         else:
             acts.leaf("live", at_peak["activations"], "saved tensors not yet freed by backward")
     if at_peak["autocast_cache"]:
-        root.leaf("autocast_cache", at_peak["autocast_cache"], "half copies of linear weights and biases")
+        root.leaf(
+            "autocast_cache", at_peak["autocast_cache"], "half copies of linear weights and biases"
+        )
     if at_peak["temporaries"]:
         temps = root.add(Item("temporaries"))
         for key, value in _temporaries_at(plan, mem, setup).items():
@@ -593,12 +677,11 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
     if at_peak["buffers"]:
         root.leaf("buffers", at_peak["buffers"], "rotary inv_freq tables, embed_scale")
     phases = [
-        Phase(name, mem.phase_bytes(name), breakdown=dict(mem.phases[name]))
-        for name in PHASES
+        Phase(name, mem.phase_bytes(name), breakdown=dict(mem.phases[name])) for name in PHASES
     ]
     scalars: dict[str, Any] = {
         "peak_bytes": mem.peak_bytes,
-        "peak_phase": mem.peak_phase,
+        "peak_phase": _PEAK_PHASE_NAMES[mem.peak_phase],
         "first_step_peak_bytes": mem.first_step_peak,
         "trainable_params": plan.trainable_params,
         "method": "exact",
@@ -657,7 +740,9 @@ def _formula(item: Saved) -> str:
     if item.per_score:
         parts.append(f"B*S*S*{item.per_score}")
     if item.per_row:
-        parts.append(f"B*S{'(pad ' + str(item.align) + ')' if item.align > 1 else ''}*{item.per_row}")
+        parts.append(
+            f"B*S{'(pad ' + str(item.align) + ')' if item.align > 1 else ''}*{item.per_row}"
+        )
     if item.per_position:
         parts.append(f"S*{item.per_position}")
     if item.fixed:
@@ -666,19 +751,14 @@ def _formula(item: Saved) -> str:
 
 
 def _temporaries_at(plan: TrainingPlan, mem: StepMemory, setup: TrainingSetup) -> dict[str, int]:
-    at_peak = mem.phases[mem.peak_phase]
-    logits = mem.temporaries["logits"]
-    out = {"logits": logits}
-    rest = at_peak["temporaries"] - logits
-    if rest:
-        if mem.peak_phase == "optimizer_step":
-            out["optimizer_step"] = rest
-        elif mem.peak_phase == "peak_backward":
-            key = "loss_gradients_fp32" if "loss_gradients_fp32" in mem.temporaries else "layer_backward"
-            out[key] = rest
-        else:
-            out["loss_fp32_upcast"] = rest
-    return out
+    value = mem.phases[mem.peak_phase]["temporaries"]
+    if mem.peak_phase == "optimizer_step":
+        return {"optimizer_step": value}
+    if mem.peak_phase == "forward_peak":
+        return {"logits_and_loss": value}
+    if "loss_gradients_fp32" in mem.temporaries:
+        return {"loss_gradients_fp32": value}
+    return {"layer_backward": value}
 
 
 def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
@@ -691,7 +771,9 @@ def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
         "checkpointing": setup.checkpointing.value,
     }
     if setup.is_lora:
-        out["lora"] = f"rank {setup.lora_rank}, alpha {setup.lora_alpha:g}, {','.join(setup.lora_targets)}"
+        out["lora"] = (
+            f"rank {setup.lora_rank}, alpha {setup.lora_alpha:g}, {','.join(setup.lora_targets)}"
+        )
     if setup.qlora:
         out["qlora"] = True
     if setup.freeze_layers:

@@ -53,6 +53,8 @@ __all__ = [
     "saved_bytes",
 ]
 
+_SOFTMAX_IN_INPUT_DTYPE = frozenset({"gpt2"})
+"""Families whose eager attention calls softmax without ``dtype=torch.float32``."""
 SOURCE = "transformers 5.23 modeling code + torch 2.13 derivatives.yaml (saved tensors)"
 
 
@@ -100,6 +102,9 @@ class ActivationContext:
     embedding_dropout: float
     mask_bytes: int
     """Bytes per element of a dropout mask: 1 (CUDA bool), else the input width (CPU)."""
+    kv_cache_copies: bool = True
+    """``use_cache`` is on (transformers' default without checkpointing): ``DynamicCache.update``
+    concatenates k and v into fresh tensors, which attention then saves."""
     emulate_gpu_major: int = 9
 
 
@@ -222,15 +227,13 @@ def _attention_core(
     key = "attention"
     if backend in ("flash", "cudnn", "mem-efficient"):
         kv_heads = hkv if backend != "mem-efficient" else h
-        out = [
-            Saved(f"{key}/q", c, per_token=h * d_qk),
-            Saved(f"{key}/k", c, per_token=kv_heads * d_qk),
-        ]
-        if not spec.fused_qkv and mla is None:
-            out.append(Saved(f"{key}/v", c, per_token=kv_heads * d_v))
+        out = _qkv_storages(spec, ctx, kv_heads, d_qk, d_v)
         out.append(Saved(f"{key}/out", c, per_token=h * d_v))
         align = 32 if backend == "mem-efficient" else 1
         out.append(Saved(f"{key}/logsumexp_fp32", 4, per_row=h, align=align))
+        # RNG state: flash keeps a (2,) uint64 seed and an unused offset; the others two int64.
+        out.append(Saved(f"{key}/rng_seed", 8, fixed=2 if backend == "flash" else 1))
+        out.append(Saved(f"{key}/rng_offset", 8, fixed=1))
         if ctx.checkpointing is Checkpointing.SELECTIVE:
             return []
         return out
@@ -245,13 +248,15 @@ def _attention_core(
             Saved(f"{key}/out", c, per_token=h * d_v),
         ]
         return out
-    # eager_attention_forward
+    # eager_attention_forward: softmax(dtype=float32) then .to(q.dtype) (GPT-2 keeps the
+    # input dtype unless autocast upcasts it), dropout, matmul with v.
     out = [Saved(f"{key}/q", c, per_token=h * d_qk), Saved(f"{key}/k", c, per_token=h * d_qk)]
     if spec.attn_logit_softcapping is not None:
         out.append(Saved(f"{key}/softcap_tanh", c, per_score=h))
-    out.append(Saved(f"{key}/softmax_fp32", 4, per_score=h))
+    soft = 4 if ctx.autocast or spec.model_type not in _SOFTMAX_IN_INPUT_DTYPE else c
+    out.append(Saved(f"{key}/softmax", soft, per_score=h))
     p = ctx.attention_dropout
-    if c != 4 or p > 0:
+    if soft != c or p > 0:
         out.append(Saved(f"{key}/probs", c, per_score=h))
     if p > 0:
         mask = ctx.mask_bytes if ctx.mask_bytes else c
@@ -261,6 +266,37 @@ def _attention_core(
     if ctx.checkpointing is Checkpointing.SELECTIVE:
         out = [s for s in out if not s.per_score]
     return out
+
+
+def _qkv_storages(
+    spec: ModelSpec, ctx: ActivationContext, kv_heads: int, d_qk: int, d_v: int
+) -> list[Saved]:
+    """The storages behind the q, k, v a fused kernel saves.
+
+    q is a rotary output (its own tensor) or, without rotary and with fused QKV (GPT-2), a view
+    of the projection's output, which keeps that whole buffer alive. k and v are the cache's
+    concatenated copies under ``use_cache``; otherwise the rotary output for k, and for v a view
+    of its projection (of the fused buffer when there is one).
+    """
+    c, h = ctx.compute_bytes, spec.n_heads
+    q = Saved("attention/q", c, per_token=h * d_qk)
+    k = Saved("attention/k", c, per_token=kv_heads * d_qk)
+    v = Saved("attention/v", c, per_token=kv_heads * d_v)
+    if spec.mla is not None:
+        # MLA: q and k are concatenations (nope + rope); v a view of kv_b's output.
+        kv_b = spec.n_heads * (spec.mla.qk_nope_head_dim + spec.mla.v_head_dim)
+        return (
+            [q, k, v]
+            if ctx.kv_cache_copies
+            else [q, k, Saved("attention/kv_b_out", c, per_token=kv_b)]
+        )
+    if not spec.fused_qkv:
+        return [q, k, v]
+    buffer = Saved("attention/qkv_out", c, per_token=spec.q_dim + 2 * spec.kv_dim)
+    rotary = spec.position is PositionKind.ROTARY
+    if ctx.kv_cache_copies:
+        return [q, k, v] if rotary else [buffer, k, v]
+    return [q, k, buffer] if rotary else [buffer]
 
 
 def _projections(
@@ -276,20 +312,9 @@ def _projections(
             out += _linear_inputs(ctx, "q_b", mla.q_lora_rank, c, [True])
         out += _group("kv_a_layernorm", _norm(spec, ctx, mla.kv_lora_rank, c, True, True))
         out += _linear_inputs(ctx, "kv_b", mla.kv_lora_rank, c, [True])
-        # kv_b output (H*(nope+v)) stays alive: value is a view of it.
-        out.append(
-            Saved(
-                "attention/kv_b_out",
-                c,
-                per_token=spec.n_heads * (mla.qk_nope_head_dim + mla.v_head_dim),
-            )
-        )
         return out
     if spec.fused_qkv:
-        out = _linear_inputs(ctx, "qkv_proj", hdim, in_bytes, [train["qkv"]])
-        # q, k, v are views of one (B, S, q+2kv) buffer; sdpa saving v keeps it all alive.
-        out.append(Saved("attention/qkv_out", c, per_token=spec.q_dim + 2 * spec.kv_dim))
-        return out
+        return _linear_inputs(ctx, "qkv_proj", hdim, in_bytes, [train["qkv"]])
     return _linear_inputs(ctx, "qkv_proj", hdim, in_bytes, [train["q"], train["k"], train["v"]])
 
 
@@ -395,11 +420,7 @@ def _layer_full(
     backend = attention_backend(spec, ctx, has_mask=False)
     attn = _projections(spec, ctx, norm_out, train, input_grad)
     if any_grad:
-        core = _attention_core(spec, ctx, backend, layer_type)
-        if spec.fused_qkv and spec.position is not PositionKind.ROTARY:
-            # GPT-2: q and k are views of c_attn's output too (no rotary copy).
-            core = [s for s in core if s.key not in ("attention/q", "attention/k")]
-        attn += core
+        attn += _attention_core(spec, ctx, backend, layer_type)
         attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
     out += _group("self_attn", attn)
     if spec.n_layer_norms >= 4:  # Gemma 2/3: a norm on the half attention output
@@ -454,7 +475,8 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
         out.append(Saved("rotary/sin", cos_bytes, per_position=d))
     if spec.position is PositionKind.LEARNED and embed_grad:
         out.append(Saved("embeddings/position_ids", 8, per_position=1))
-    if spec.embedding_multiplier is not None or spec.model_type.startswith("gemma"):
+    if spec.model_type.startswith("gemma") and ctx.stream_bytes != 4:
+        # inputs_embeds * embed_scale.to(dtype): a half copy of the fp32 scalar buffer, saved.
         out.append(Saved("embeddings/normalizer", ctx.stream_bytes, fixed=1))
     out += _dropout(
         ctx, "embeddings/dropout", ctx.embedding_dropout, spec.hidden_size, ctx.stream_bytes
@@ -477,4 +499,5 @@ def head_saved(
         out.append(Saved("lm_head/softcap_tanh", c, per_token=v))
     out.append(Saved("loss/log_softmax_fp32", 4, per_token=v))
     out.append(Saved("loss/shift_labels", 8, per_token=1))
+    out.append(Saved("loss/total_weight", 4, fixed=1))
     return tuple(out)

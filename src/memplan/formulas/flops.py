@@ -64,13 +64,14 @@ def attention_pairs(
         return q_len * (kept_past + q_len)
     if convention != "causal":
         raise SetupError(f"attention convention must be one of {ATTENTION_CONVENTIONS}")
-    total = 0
     if window is None:
         # sum over p in [past, past + q) of (p + 1)
         return q_len * past_len + q_len * (q_len + 1) // 2
-    for position in range(past_len, past_len + q_len):
-        total += min(position + 1, window)
-    return total
+    # sum of min(x, window) for x = p + 1 in [past + 1, past + q]
+    low, high = past_len + 1, past_len + q_len
+    top = min(high, window)
+    below = (low + top) * (top - low + 1) // 2 if top >= low else 0
+    return below + window * max(0, high - max(low - 1, window))
 
 
 def _head_dims(spec: ModelSpec) -> tuple[int, int]:

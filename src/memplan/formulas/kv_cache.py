@@ -140,6 +140,18 @@ def cache_counter_bytes(spec: ModelSpec, cache: str = "dynamic") -> int:
     return 8 * sum(n for window, n in _layer_groups(spec).items() if window is not None)
 
 
+def _kv_widths(spec: ModelSpec, kv_heads: int | None) -> tuple[int, int]:
+    """Elements per token of one layer's K tensor and V tensor (MLA: latent and rope key)."""
+    if spec.mla is not None:
+        return spec.mla.kv_lora_rank, spec.mla.qk_rope_head_dim
+    heads = spec.n_kv_heads if kv_heads is None else kv_heads
+    return heads * spec.head_dim, heads * spec.head_dim
+
+
+def _round_up(n_bytes: int, multiple: int) -> int:
+    return -(n_bytes // -multiple) * multiple if multiple > 1 else n_bytes
+
+
 def kv_cache_item(
     spec: ModelSpec,
     *,
@@ -151,10 +163,15 @@ def kv_cache_item(
     views: bool = False,
     max_cache_len: int | None = None,
     kv_heads: int | None = None,
+    round_to: int = 1,
 ) -> Item:
-    """The cache as a tree: one leaf per layer type (full / each window) plus the counters."""
+    """The cache as a tree: one leaf per layer type (full / each window) plus the counters.
+
+    ``round_to``: round each K and V tensor up to this many bytes (512: the CUDA caching
+    allocator's block rounding, ``c10/cuda/CUDACachingAllocator.cpp`` ``kMinBlockSize``)."""
     root = Item("kv_cache", unit="bytes")
-    per_token = kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
+    k_width, v_width = _kv_widths(spec, kv_heads)
+    per_token = (k_width + v_width) * dtype_bytes
     what = "latent (kv_lora_rank + rope)" if spec.mla is not None else "2*kv_heads*head_dim"
     for window, n_layers in sorted(_layer_groups(spec).items(), key=lambda kv: kv[0] or 0):
         tokens = cached_tokens(
@@ -165,18 +182,26 @@ def kv_cache_item(
             views=views,
             max_cache_len=max_cache_len,
         )
+        rows = batch * tokens * dtype_bytes
+        per_layer = _round_up(rows * k_width, round_to) + _round_up(rows * v_width, round_to)
         key = "full_attention_layers" if window is None else f"sliding_{window}_layers"
+        rounding = f", each tensor rounded up to {round_to} B" if round_to > 1 else ""
         root.leaf(
             key,
-            n_layers * batch * tokens * per_token,
+            n_layers * per_layer,
             f"{n_layers} layers x batch {batch} x {tokens} tokens x {per_token} B "
-            f"({what} x {dtype_bytes} B)",
+            f"({what} x {dtype_bytes} B){rounding}",
             _SRC,
         )
     if not views:
         counters = cache_counter_bytes(spec, cache)
         if counters:
-            root.leaf("cache_counters", counters, "int64 scalars kept by the cache layers", _SRC)
+            root.leaf(
+                "cache_counters",
+                counters * (_round_up(8, round_to) // 8),
+                "int64 scalars kept by the cache layers",
+                _SRC,
+            )
     return root
 
 

@@ -7,6 +7,7 @@ the spec (E = hidden size, N = layers, V = vocabulary).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ __all__ = [
     "seed000_params",
     "seed000_swiglu_params",
     "seed001_params",
+    "seed002_nominal_params",
     "seed003_calc_params",
-    "seed003_params",
 ]
 
 
@@ -91,6 +92,18 @@ def seed003_calc_params(
     return total
 
 
+_NOMINAL = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z0-9])", re.IGNORECASE)
+
+
+def seed002_nominal_params(name: str) -> int | None:
+    """Seed 002's count: the nominal size in the model's name ("Llama 3 70B" -> 70e9)."""
+    matches = _NOMINAL.findall(name.rsplit("/", 1)[-1])
+    if not matches:
+        return None
+    value, unit = matches[0]  # the total, not an "A3B" active size
+    return round(float(value) * (1e9 if unit.lower() == "b" else 1e6))
+
+
 # Methods applied to a spec -------------------------------------------------------------------
 def _seed000(spec: ModelSpec) -> MethodResult:
     total = seed000_params(spec.vocab_size, spec.hidden_size, spec.n_layers)
@@ -153,10 +166,28 @@ def _seed003(spec: ModelSpec) -> MethodResult:
     )
 
 
+def _seed002(spec: ModelSpec) -> MethodResult:
+    nominal = seed002_nominal_params(spec.name)
+    if nominal is None:
+        raise SetupError(
+            f"seed002 takes the nominal size from the model name, and {spec.name!r} has none"
+        )
+    bf16_gib = nominal * 2 / 2**30
+    return MethodResult(
+        "seed002",
+        nominal,
+        "nominal size from the name x 2 B (bf16)",
+        "seed 002 (memory for model parameters loading)",
+        f"takes the round number in the name: {nominal:,} params, {bf16_gib:.1f} GiB in bf16; "
+        "the real model has the exact count shown",
+    )
+
+
 METHODS: dict[str, Callable[[ModelSpec], MethodResult]] = {
     "seed000": _seed000,
     "seed000-swiglu": _seed000_swiglu,
     "seed001": _seed001,
+    "seed002": _seed002,
     "seed003": _seed003,
 }
 

@@ -41,7 +41,13 @@ BNB_BLOCK_SIZE = 256
 """bitsandbytes block-wise 8-bit optimizers: one fp32 absmax per 256 values."""
 BNB_MIN_8BIT_SIZE = 4096
 """bitsandbytes ``min_8bit_size``: smaller parameters keep 32-bit states."""
-_ADAM = (Optimizer.ADAMW, Optimizer.ADAMW_FOREACH, Optimizer.ADAMW_FUSED, Optimizer.ADAMW_FORLOOP, Optimizer.ADAM)
+_ADAM = (
+    Optimizer.ADAMW,
+    Optimizer.ADAMW_FOREACH,
+    Optimizer.ADAMW_FUSED,
+    Optimizer.ADAMW_FORLOOP,
+    Optimizer.ADAM,
+)
 _EIGHT_BIT = (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT)
 
 

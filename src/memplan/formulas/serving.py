@@ -47,6 +47,7 @@ __all__ = [
     "requested_memory_bytes",
     "vllm_head_size",
     "vllm_kv_heads_per_rank",
+    "vllm_layer_window",
 ]
 
 VLLM_SOURCE = "vLLM v1 (vllm-project/vllm @ 001cabc1): kv_cache_utils.py, kv_cache_interface.py"
@@ -118,12 +119,22 @@ class KvCacheLayout:
     groups: tuple[int | None, ...]
 
 
+def vllm_layer_window(spec: ModelSpec, index: int) -> int | None:
+    """The window vLLM gives layer ``index``: only where ``layer_types`` marks it sliding
+    (``vllm/model_executor/models/llama.py``, ``qwen2.py``, ``gemma2.py`` read
+    ``config.layer_types``); a model-wide ``sliding_window`` alone (Phi-3, Mistral v0.1) is
+    served as full attention, unlike transformers' DynamicCache."""
+    if not spec.layer_types:
+        return None
+    return layer_window(spec, index)
+
+
 def kv_cache_layout(spec: ModelSpec) -> KvCacheLayout:
     """``get_kv_cache_groups``: one group when every layer has the same spec; else groups of
     ``group_size`` layers per attention type (``_get_kv_cache_groups_uniform_page_size``)."""
     counts: dict[int | None, int] = {}
     for index in range(spec.n_layers):
-        window = layer_window(spec, index)
+        window = vllm_layer_window(spec, index)
         counts[window] = counts.get(window, 0) + 1
     if len(counts) == 1:
         (window,) = counts

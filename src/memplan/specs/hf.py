@@ -28,7 +28,6 @@ from memplan.specs.model import (
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "UnsupportedModelTypeError",
-    "manual_spec",
     "spec_from_config",
 ]
 
@@ -71,6 +70,10 @@ class _Config:
     def int_(self, *keys: str, default: Any = _MISSING) -> Any:
         value = self.get(*keys, default=default)
         if value is None:
+            if default is _MISSING:
+                raise ConfigError(
+                    f"{self.name}: {keys[0]} is null in config.json; set it to the model's size"
+                )
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -184,6 +187,12 @@ def _qwen2(cfg: _Config) -> dict[str, Any]:
     out.update(head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]), qkv_bias=True)
     if cfg.bool_("use_sliding_window", default=False):
         out["sliding_window"] = cfg.int_("sliding_window", default=None)
+        first = cfg.int_("max_window_layers", default=28)
+        if out["sliding_window"] and not out["layer_types"]:
+            out["layer_types"] = tuple(
+                AttentionType.SLIDING if i >= first else AttentionType.FULL
+                for i in range(out["n_layers"])
+            )
     return out
 
 
@@ -597,86 +606,4 @@ def spec_from_config(
         source=source,
         hf_config=config,
         **fields,
-    )
-
-
-def manual_spec(
-    *,
-    hidden: int,
-    layers: int,
-    heads: int,
-    vocab: int,
-    intermediate: int | None = None,
-    kv_heads: int | None = None,
-    head_dim: int | None = None,
-    mlp: str = "gated",
-    norm: str = "rmsnorm",
-    tie: bool = False,
-    qkv_bias: bool = False,
-    o_bias: bool = False,
-    mlp_bias: bool = False,
-    position: str = "rotary",
-    max_positions: int = 2048,
-    experts: int = 0,
-    top_k: int = 2,
-    expert_intermediate: int | None = None,
-    shared_experts: int = 0,
-    name: str = "manual",
-) -> ModelSpec:
-    """A spec from hyperparameters given by hand (``memplan params --manual``, the Python API).
-
-    Defaults describe a Llama-style model: gated SiLU MLP, RMSNorm, rotary positions, no biases,
-    untied lm_head. ``intermediate`` defaults to 4 x hidden for a plain MLP and is required for
-    a gated one (its width is never a fixed multiple of hidden in real models).
-    """
-    for label, value in (("hidden", hidden), ("layers", layers), ("heads", heads), ("vocab", vocab)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{name}: --{label} must be a positive integer, got {value!r}")
-    try:
-        mlp_kind, norm_kind, pos = MlpKind(mlp), NormKind(norm), PositionKind(position)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
-    if intermediate is None:
-        if mlp_kind is MlpKind.GATED:
-            raise ConfigError(f"{name}: give --intermediate (the MLP width) for a gated MLP")
-        intermediate = 4 * hidden
-    if head_dim is None:
-        if hidden % heads:
-            raise ConfigError(
-                f"{name}: hidden size {hidden} is not divisible by {heads} heads; "
-                "give --head-dim or fix the sizes"
-            )
-        head_dim = hidden // heads
-    moe = None
-    if experts:
-        width = expert_intermediate or intermediate
-        moe = MoeSpec(
-            n_experts=experts,
-            top_k=top_k,
-            expert_intermediate_size=width,
-            n_shared_experts=shared_experts,
-            shared_intermediate_size=shared_experts * width,
-        )
-    return ModelSpec(
-        name=name,
-        model_type="manual",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        n_layers=layers,
-        n_heads=heads,
-        n_kv_heads=kv_heads or heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate,
-        mlp_kind=mlp_kind,
-        activation="silu" if mlp_kind is MlpKind.GATED else "gelu",
-        norm_kind=norm_kind,
-        norm_bias=norm_kind is NormKind.LAYERNORM,
-        qkv_bias=qkv_bias,
-        o_bias=o_bias,
-        mlp_bias=mlp_bias,
-        tie_word_embeddings=tie,
-        position=pos,
-        max_position_embeddings=max_positions,
-        moe=moe,
-        source="manual",
     )

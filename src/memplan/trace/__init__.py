@@ -29,7 +29,9 @@ Report contract (the analytic engine mirrors these keys; they are stable)
   ``torch.utils.flop_counter`` formulas), ``total_params``, ``trainable_params``,
   ``trace_seconds``, ``n_ops``.
 - sections: ``saved_by_node`` (tensor bytes saved for backward at the end of the forward, by
-  ``Node.field``, unrounded, seed 003 style); ``outside_tensors`` (CUDA target: named lines
+  ``Node.field``, unrounded, seed 003 style); ``activations_end_of_forward`` (the
+  ``activations`` tree at the end of the steady-state forward, unrounded tensor bytes, whatever
+  the peak); ``outside_tensors`` (CUDA target: named lines
   ``cuda_context``, ``cublas_workspace``, not included in ``peak_bytes``).
 
 ``trace_inference(model, setup, *, progress=None) -> Report`` (``kind="trace/inference"``)

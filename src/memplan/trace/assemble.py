@@ -212,6 +212,9 @@ def training_report(name: str, setup: Any, session: TraceSession, run: Any) -> R
     }
     report.phases = phases + [Phase(f"first_step/{p.name}", p.bytes, p.note) for p in first_phases]
     report.sections["saved_by_node"] = saved_by_node(session, end_live)
+    end_tree = breakdown_at(session, end_live, raw, keys=("activations",)).child("activations")
+    end_tree.key = "activations_end_of_forward"
+    report.sections["activations_end_of_forward"] = end_tree
     if session.cuda:
         report.sections["outside_tensors"] = device_section(session, setup.gpu, 2)
         report.notes.append(
@@ -245,7 +248,7 @@ def _phases(timeline: Timeline, marks: IterationMarks) -> tuple[list[Phase], int
 
 
 def _notes(session: TraceSession, run: Any) -> list[str]:
-    notes = []
+    notes = list(getattr(run, "notes", []))
     backends = getattr(run, "backends", {})
     if backends:
         used = ", ".join(f"{k} ({v} calls)" for k, v in sorted(backends.items()))

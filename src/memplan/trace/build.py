@@ -7,9 +7,11 @@ builds in about a second (TRACE-NOTES.md). The dtype is passed explicitly: trans
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +22,8 @@ from memplan.specs.model import ModelSpec
 
 __all__ = [
     "apply_freezing",
+    "grouped_mm_policy",
+    "supports_sdpa",
     "apply_lora",
     "build_model",
     "check_seq_len",
@@ -105,12 +109,50 @@ def build_model(
             return AutoModelForCausalLM.from_config(hf, dtype=dtype, attn_implementation=impl)
     except ValueError as exc:
         message = str(exc).splitlines()[0]
-        if "attn_implementation" in message or "attention" in message.lower():
+        if "scaled_dot_product_attention" in message or "attn_implementation" in message:
             raise SetupError(
-                f"{config.get('model_type')}: transformers cannot run {impl} attention for "
-                f"this family ({message})"
+                f"{config.get('model_type')}: transformers has no sdpa attention for this "
+                f"family; use --attention eager"
             ) from exc
         raise ConfigError(f"transformers cannot build this model: {message}") from exc
+
+
+def supports_sdpa(config: dict[str, Any]) -> bool:
+    """Whether transformers can run this family with sdpa attention."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    del AutoModelForCausalLM
+    import importlib
+
+    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
+    if not class_name:
+        return True
+    module = importlib.import_module(f"transformers.models.{config['model_type']}")
+    cls = getattr(module, class_name, None)
+    return bool(getattr(cls, "_supports_sdpa", True))
+
+
+@contextlib.contextmanager
+def grouped_mm_policy(dtype: torch.dtype) -> Iterator[None]:
+    """MoE experts with non-bf16 weights: use transformers' grouped-mm fallback op.
+
+    ``torch._grouped_mm`` takes bf16 only (its meta kernel checks it, as the CUDA kernel does)
+    and is not autocast-enabled, so fp32 expert weights (mixed precision) cannot use it;
+    transformers' ``grouped_mm_fallback`` custom op computes the same product, allocates the
+    same output and saves its input and weight.
+    """
+    if dtype == torch.bfloat16:
+        yield
+        return
+    from transformers.integrations import moe
+
+    original = moe._can_use_grouped_mm
+    moe._can_use_grouped_mm = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = original
 
 
 def layer_index(name: str) -> int | None:

@@ -34,7 +34,7 @@ def build_meta_model(config: dict[str, Any]) -> Any:
         )
         with torch.device("meta"):
             return transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    except (ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # transformers raises many kinds; report one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
             f"transformers cannot build model_type {model_type!r} from this config: {first}"

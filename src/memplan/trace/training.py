@@ -27,6 +27,8 @@ from memplan.trace.build import (
     build_model,
     check_seq_len,
     config_of,
+    grouped_mm_policy,
+    supports_sdpa,
 )
 from memplan.trace.cuda_env import gpu_arch
 from memplan.trace.optim import make_optimizer, step_counters_on_host
@@ -65,6 +67,7 @@ class TrainingRun:
     n_params: int = 0
     n_trainable: int = 0
     backends: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def trace_training(
@@ -106,9 +109,14 @@ def run_training(
         autocast_dtype=_AUTOCAST_DTYPE.get(precision),
     )
     run = TrainingRun(session)
+    attention = _attention_impl(config, setup.attention)
+    if attention != setup.attention.value and setup.attention is Attention.SDPA:
+        run.notes.append(
+            f"{config.get('model_type')} has no sdpa attention in transformers: traced with eager"
+        )
     tick("building the model", 0.0)
-    with session:
-        model = _prepare_model(config, setup)
+    with session, grouped_mm_policy(_PARAM_DTYPE[precision]):
+        model = _prepare_model(config, setup, attention)
         session.register_model(model)
         run.n_params = sum(p.numel() for p in model.parameters())
         run.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -137,11 +145,13 @@ def run_training(
             with session.autocast():
                 loss = model(input_ids=input_ids, labels=labels).loss
             marks.end_of_forward = tracker.mark()
+            session.name_saved_fields(loss.grad_fn)
             session.flag_graph_held(marks.start, run.keep | {tracker.key(loss)})
-            if iteration == 1:
-                session.name_saved_fields(loss.grad_fn)
             session.in_backward = True
-            loss.backward()
+            # torch.autograd.backward, not Tensor.backward: the latter is a torch function,
+            # and a TorchFunctionMode is switched off while it runs one (checkpointing's
+            # recomputation must see the CUDA emulation)
+            torch.autograd.backward(loss)
             session.in_backward = False
             del loss
             marks.after_backward = tracker.mark()
@@ -184,11 +194,27 @@ def _check_setup(name: str, config: dict[str, Any], setup: TrainingSetup, fake: 
         )
 
 
-def _prepare_model(config: dict[str, Any], setup: TrainingSetup) -> torch.nn.Module:
+def _attention_impl(config: dict[str, Any], attention: Attention) -> str:
+    """``eager`` or ``sdpa`` (the transformers implementation to build)."""
+    if attention is Attention.EAGER:
+        return "eager"
+    if supports_sdpa(config):
+        return "sdpa"
+    if attention is Attention.SDPA:
+        return "eager"
+    raise SetupError(
+        f"{config.get('model_type')}: transformers has no sdpa attention for this family, so "
+        f"the {attention.value} kernel cannot run; use --attention eager"
+    )
+
+
+def _prepare_model(
+    config: dict[str, Any], setup: TrainingSetup, attention: str | None = None
+) -> torch.nn.Module:
     model = build_model(
         config,
         dtype=_PARAM_DTYPE[setup.precision],
-        attention="eager" if setup.attention is Attention.EAGER else "sdpa",
+        attention=attention or _attention_impl(config, setup.attention),
         dropout=setup.dropout,
     )
     model.train()
