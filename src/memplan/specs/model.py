@@ -143,7 +143,10 @@ class ModelSpec:
     rope_theta: float = 10000.0
     sliding_window: int | None = None
     layer_types: tuple[AttentionType, ...] = ()
-    """Attention type of each layer; empty means all full attention."""
+    """Attention type of each layer, where the config gives them. Empty: the config names no
+    layer types; then a model-wide ``sliding_window`` is read differently by implementations
+    (transformers slides every layer, vLLM none: see formulas/kv_cache.py and serving.py), and
+    ``attention_type`` answers FULL."""
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
     embedding_multiplier: float | None = None
