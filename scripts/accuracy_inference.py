@@ -37,7 +37,7 @@ def _weights_rows() -> list[str]:
         "| quantity | seed 002 (measured) | memplan | error |",
         "| --- | --- | --- | --- |",
         f"| Phi-3-mini-4k weights loaded by vLLM | {SEED002_WEIGHTS_GIB} GiB | "
-        f"{weights:.5f} GiB | {_error(weights, SEED002_WEIGHTS_GIB)} |",
+        f"{weights:.4f} GiB ({weights:.6f}) | {_error(round(weights, 4), SEED002_WEIGHTS_GIB)} |",
     ]
 
 
@@ -104,9 +104,11 @@ def section() -> str:
         "### Serving (vLLM) against seed 002",
         "",
         "vLLM arithmetic follows the v1 engine source (vllm-project/vllm @ 001cabc1:",
-        "`kv_cache_utils.py`, `kv_cache_interface.py`, `gpu_worker.py`). Weights: exact",
-        "parameters x 2 B plus vLLM's rotary cos/sin cache (4096 x 96 x 2 B); the residual",
-        "0.3 MiB is unexplained (the seed's figure is rounded to 4 decimals).",
+        "`kv_cache_utils.py`, `kv_cache_interface.py`, `gpu_worker.py`). vLLM logs the weights",
+        "as torch's allocated-bytes delta: exact parameters x 2 B (7,642,159,104 B), plus the",
+        "CUDA caching allocator's whole 188 MiB segments for the two 187.875 MiB vocab tables",
+        "(2 x 131,072 B), plus vLLM's rotary cos/sin cache (4096 x 96 x 2 B = 786,432 B):",
+        "7,643,207,680 B = 7.11829 GiB, printed as 7.1183.",
         "",
         *_weights_rows(),
         *_vram_rows(),
@@ -149,6 +151,9 @@ def section() -> str:
         "- Forward FLOPs: exact against `torch.utils.flop_counter.FlopCounterMode` for the same",
         "  six families, prefill and decode, eager attention (`tests/test_flops_exact.py`).",
         "  torch counts CPU sdpa's flash kernel and `torch._grouped_mm` MoE experts as zero.",
+        "- Generation FLOPs (prefill + decode steps, sliding windows included): exact against",
+        "  the trace engine's counter for llama, qwen2, mistral, gemma2; for mixtral and",
+        "  deepseek_v2 the trace lacks exactly the routed experts (`_grouped_mm`).",
     ]
     return "\n".join(lines) + "\n"
 

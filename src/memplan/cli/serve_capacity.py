@@ -38,8 +38,15 @@ def register(subparsers: Any) -> None:
         "--gpu-memory-utilization", type=float, default=0.9, metavar="F", help="(0, 1], default 0.9"
     )
     parser.add_argument("--max-model-len", type=positive_int, metavar="N")
-    parser.add_argument("--max-num-batched-tokens", type=positive_int, metavar="N")
-    parser.add_argument("--max-num-seqs", type=positive_int, default=256, metavar="N")
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=positive_int,
+        metavar="N",
+        help="default as vllm serve: 8192 on >= 70 GiB GPUs other than A100, else 2048",
+    )
+    parser.add_argument(
+        "--max-num-seqs", type=positive_int, metavar="N", help="default as vllm serve: 1024 or 256"
+    )
     parser.add_argument("--block-size", type=positive_int, default=16, metavar="N")
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     parser.add_argument("--dtype", default="auto", help="auto, bf16, fp16")

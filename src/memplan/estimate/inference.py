@@ -43,6 +43,7 @@ __all__ = [
     "inference_report",
     "latency_item",
     "prefill_temporaries_item",
+    "temporaries_item",
 ]
 
 _ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -75,34 +76,71 @@ def activation_bytes(fmt: str) -> int:
     return _ACTIVATION.get(normalize_format(fmt), 2)
 
 
-def prefill_temporaries_item(spec: ModelSpec, setup: InferenceSetup, act: int) -> Item:
-    """The largest transient of the prefill (an estimate): a layer's hidden and residual plus
-    its MLP intermediates (``act(gate)``, ``up``, their product: ``3 B S I``), or the logits
-    (``all`` positions or the ``last``; generate keeps an fp32 copy of the last)."""
-    b, s, h = setup.batch, setup.prompt_len, spec.hidden_size
+def temporaries_item(
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    act: int,
+    *,
+    batch: int,
+    q_len: int,
+    context: int,
+    key: str = "temporaries",
+) -> Item:
+    """The largest transient of one forward over ``q_len`` new tokens with ``context`` keys (an
+    estimate; the trace engine measures it). Candidates, the largest wins:
+
+    * a layer's hidden and residual plus its MLP intermediates (``act(gate)``, ``up``, their
+      product: ``3 B q I``);
+    * the logits (``all`` positions or the ``last``; generate keeps an fp32 copy of the last);
+    * MLA in transformers 5.23 (``DeepseekV2Attention.expand_kv``): the whole cached latent
+      up-projected, ``B ctx H (nope + v)`` plus a new key tensor ``B ctx H (nope + rope)``;
+    * eager attention (Gemma-2's default): scores ``B H q ctx`` in the activation dtype and
+      their fp32 softmax.
+    """
+    b, h, tp = batch, spec.hidden_size, setup.tp_degree
     width = spec.intermediate_size
     if spec.moe is not None:
         width = max(width, spec.moe.expert_intermediate_size)
     mlp_factor = 3 if spec.mlp_kind is MlpKind.GATED else 2
-    layer = (2 * b * s * h + mlp_factor * b * s * width) * act // setup.tp_degree
-    logit_rows = b * s if setup.logits == "all" else b
-    logits = logit_rows * spec.vocab_size * act + b * spec.vocab_size * 4 + b * s * h * act
-    root = Item("temporaries", unit="bytes", note="estimate")
-    if logits >= layer:
-        root.leaf(
-            "logits",
-            logits,
-            f"{setup.logits} logits: {logit_rows} rows x V x {act} B + fp32 copy of the last",
-            "transformers 5.23 generate (logits_to_keep=1)",
+    residual = 2 * b * q_len * h * act
+    logit_rows = b * q_len if setup.logits == "all" and q_len > 1 else b
+    candidates = {
+        "layer_mlp": (
+            residual + mlp_factor * b * q_len * width * act // tp,
+            f"(2 B q h + {mlp_factor} B q I) x {act} B",
+        ),
+        "logits": (
+            logit_rows * spec.vocab_size * act + b * spec.vocab_size * 4 + b * q_len * h * act,
+            f"{logit_rows} rows x V x {act} B + fp32 copy of the last",
+        ),
+    }
+    if spec.mla is not None:
+        m = spec.mla
+        expanded = b * context * spec.n_heads * (2 * m.qk_nope_head_dim + m.qk_rope_head_dim)
+        expanded += b * context * spec.n_heads * m.v_head_dim
+        candidates["mla_expanded_kv"] = (
+            residual + expanded * act // tp,
+            "B ctx H (2 nope + rope + v) x act: kv_b_proj output and the key tensor",
         )
-    else:
-        root.leaf(
-            "layer_transient",
-            layer,
-            f"(2 B S h + {mlp_factor} B S I) x {act} B",
-            "memplan estimate",
-        )
+    if setup.attention == "eager" or spec.model_type.startswith("gemma2"):
+        scores = b * spec.n_heads * q_len * context * (2 * act + 4) // tp
+        candidates["eager_scores"] = (residual + scores, "B H q ctx x (2 act + 4) B")
+    name, (value, formula) = max(candidates.items(), key=lambda kv: kv[1][0])
+    root = Item(key, unit="bytes", note="estimate")
+    root.leaf(name, value, formula, "memplan estimate (transformers 5.23 modeling code)")
     return root
+
+
+def prefill_temporaries_item(spec: ModelSpec, setup: InferenceSetup, act: int) -> Item:
+    """The prefill's largest transient (see :func:`temporaries_item`)."""
+    return temporaries_item(
+        spec,
+        setup,
+        act,
+        batch=setup.batch,
+        q_len=setup.prompt_len,
+        context=setup.prompt_len,
+    )
 
 
 def _decode_context(setup: InferenceSetup) -> int:
@@ -218,22 +256,24 @@ def inference_report(
     overheads = overheads_item(gpu.name if gpu else None, cuda_context_bytes)
     fixed = weights_rank + buffers.total + overheads.total
 
-    def peaks(batch: int) -> tuple[Item, Item, Item]:
-        """(KV after the prefill, KV at the end, the prefill's temporaries) at ``batch``."""
+    def peaks(batch: int) -> tuple[Item, Item, Item, Item]:
+        """KV after the prefill, the prefill's temporaries, KV at the end, the last decode
+        step's temporaries, at ``batch``."""
         at_batch = dataclasses.replace(setup, batch=batch)
         return (
             kv(batch, setup.prompt_len, decoded=False),
-            kv(batch, end_tokens, decoded=setup.gen_len > 1),
             prefill_temporaries_item(spec, at_batch, act),
+            kv(batch, end_tokens, decoded=setup.gen_len > 1),
+            temporaries_item(spec, at_batch, act, batch=batch, q_len=1, context=end_tokens),
         )
 
     def peak_bytes(batch: int) -> float:
-        kv_prefill, kv_end, temporaries = peaks(batch)
-        return fixed + max(kv_prefill.total + temporaries.total, kv_end.total)
+        kv_prefill, temp_prefill, kv_end, temp_decode = peaks(batch)
+        return fixed + max(kv_prefill.total + temp_prefill.total, kv_end.total + temp_decode.total)
 
-    kv_prefill, kv_end, temporaries = peaks(setup.batch)
+    kv_prefill, temporaries, kv_end, decode_temporaries = peaks(setup.batch)
     prefill_peak = fixed + kv_prefill.total + temporaries.total
-    end_peak = fixed + kv_end.total
+    end_peak = fixed + kv_end.total + decode_temporaries.total
 
     root = Item("peak", unit="bytes")
     root.leaf(
@@ -249,6 +289,7 @@ def inference_report(
         root.add(temporaries)
     else:
         root.add(kv_end)
+        root.add(decode_temporaries)
     root.add(overheads)
     peak = int(root.total)
     phases = [
@@ -265,7 +306,7 @@ def inference_report(
     notes = [
         f"KV cache: {setup.cache} cache, {kv_element} B per element; after generating "
         f"{setup.gen_len} tokens it holds {end_tokens} (the last token is never fed back)",
-        "temporaries are memplan's estimate of the prefill's largest transient",
+        "temporaries are memplan's estimate of a forward's largest transient (the trace measures it)",
     ]
     sections: dict[str, Item] = {}
     if gpu is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from memplan.errors import SetupError
 from memplan.formulas import serving as vllm
 from memplan.formulas.kv_cache import kv_dtype_bytes
+from memplan.formulas.overheads import cuda_block_bytes
 from memplan.formulas.weights import linear_layers, normalize_format, weights_bytes
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
@@ -41,9 +42,10 @@ class ServingSetup:
     max_model_len: int | None = None
     """None: the model's ``max_position_embeddings`` (vLLM's derived max_model_len)."""
     max_num_batched_tokens: int | None = None
-    """None: 8192 on GPUs with at least 70 GiB, else 2048 (``vllm serve`` defaults,
-    ``EngineArgs._set_default_args``)."""
-    max_num_seqs: int = 256
+    """None: ``vllm serve``'s default, 8192 on GPUs with at least 70 GiB other than the A100,
+    else 2048 (``vllm/engine/arg_utils.py`` ``EngineArgs.get_batch_defaults``)."""
+    max_num_seqs: int | None = None
+    """None: ``vllm serve``'s default, 1024 on those large GPUs, else 256 (same source)."""
     block_size: int = vllm.DEFAULT_BLOCK_SIZE
     kv_cache_dtype: str = "auto"
     dtype: str = "auto"
@@ -59,9 +61,11 @@ class ServingSetup:
             raise SetupError(
                 f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
-        for name in ("tp_degree", "max_num_seqs", "block_size"):
+        for name in ("tp_degree", "block_size"):
             if getattr(self, name) < 1:
                 raise SetupError(f"{name.replace('_', '-')} must be a positive integer")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise SetupError(f"--max-num-seqs must be positive, got {self.max_num_seqs}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise SetupError(f"--max-model-len must be positive, got {self.max_model_len}")
 
@@ -125,6 +129,14 @@ def vllm_weights_item(spec: ModelSpec, fmt: str, tp_degree: int, act_bytes: int)
             f"vocab {spec.vocab_size} padded to {padded}",
             "vllm vocab_parallel_embedding.py pad_vocab_size",
         )
+    rounding = _allocator_rounding_bytes(spec, fmt, tp_degree, act_bytes, padded)
+    if rounding:
+        root.leaf(
+            "allocator_rounding",
+            rounding,
+            "large tensors not a multiple of 2 MiB count their whole segment",
+            "c10/cuda/CUDACachingAllocator.cpp (memplan.formulas.overheads.cuda_block_bytes)",
+        )
     rotary = _rotary_dim(spec)
     if rotary:
         root.leaf(
@@ -134,6 +146,43 @@ def vllm_weights_item(spec: ModelSpec, fmt: str, tp_degree: int, act_bytes: int)
             "vllm rotary_embedding.py RotaryEmbedding.cos_sin_cache",
         )
     return root
+
+
+def _vllm_tensors(spec: ModelSpec, tp: int, width: int, padded_vocab: int) -> list[tuple[int, int]]:
+    """(count, bytes) of vLLM's large weight tensors on one rank (fused qkv_proj and
+    gate_up_proj, FusedMoE's w13/w2), for plain-dtype, non-MLA models."""
+    h = spec.hidden_size
+    kv_rank = max(1, spec.n_kv_heads // tp) * spec.head_dim
+    q_rank = spec.q_dim // tp
+    tables = 1 if spec.tie_word_embeddings else 2
+    out = [(tables, -(padded_vocab // -tp) * h * width)]
+    n = spec.n_layers
+    out += [(n, (q_rank + 2 * kv_rank) * h * width), (n, q_rank * h * width)]
+    gated = 2 if spec.mlp_kind is MlpKind.GATED else 1
+    n_moe = sum(1 for i in range(n) if spec.is_moe_layer(i))
+    if n - n_moe:
+        inner = spec.intermediate_size // tp
+        out += [(n - n_moe, gated * inner * h * width), (n - n_moe, inner * h * width)]
+    if n_moe and spec.moe is not None:
+        moe = spec.moe
+        inner = moe.expert_intermediate_size // tp
+        out += [
+            (n_moe, moe.n_experts * gated * inner * h * width),
+            (n_moe, moe.n_experts * inner * h * width),
+        ]
+    return out
+
+
+def _allocator_rounding_bytes(
+    spec: ModelSpec, fmt: str, tp: int, width: int, padded_vocab: int
+) -> int:
+    """What the caching allocator adds to the large weight tensors (plain dtypes, no MLA)."""
+    if spec.mla is not None or fmt not in ("bf16", "fp16", "fp32"):
+        return 0
+    return sum(
+        count * (cuda_block_bytes(size) - size)
+        for count, size in _vllm_tensors(spec, tp, width, padded_vocab)
+    )
 
 
 def _rotary_dim(spec: ModelSpec) -> int:
@@ -166,7 +215,8 @@ def profile_activation_item(
     return root
 
 
-def _defaults(setup: ServingSetup, spec: ModelSpec, gpu: Gpu) -> tuple[int, int]:
+def _defaults(setup: ServingSetup, spec: ModelSpec, gpu: Gpu) -> tuple[int, int, int]:
+    """max_model_len, max_num_batched_tokens and max_num_seqs as ``vllm serve`` sets them."""
     max_len = setup.max_model_len or spec.max_position_embeddings
     if max_len > spec.max_position_embeddings:
         raise SetupError(
@@ -174,10 +224,10 @@ def _defaults(setup: ServingSetup, spec: ModelSpec, gpu: Gpu) -> tuple[int, int]
             f"{spec.max_position_embeddings} positions (vLLM refuses it unless "
             f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)"
         )
-    batched = setup.max_num_batched_tokens
-    if batched is None:
-        batched = 8192 if gpu.memory_bytes >= 70 * GIB else 2048
-    return max_len, batched
+    large = gpu.memory_bytes >= 70 * GIB and "a100" not in gpu.name.lower()
+    batched = setup.max_num_batched_tokens or (8192 if large else 2048)
+    seqs = setup.max_num_seqs or (1024 if large else 256)
+    return max_len, batched, seqs
 
 
 def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
@@ -187,9 +237,9 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
     fmt = check_weight_format(spec, fmt, setup.tp_degree)
     act = activation_dtype(spec, setup.dtype, setup.weights)
     act_bytes = _ACT_BYTES.get(act, 2)
-    max_len, batched = _defaults(setup, spec, gpu)
+    max_len, batched, seqs = _defaults(setup, spec, gpu)
     kv_bytes = kv_dtype_bytes(setup.kv_cache_dtype, act)
-    rows = min(setup.max_num_seqs, batched)
+    rows = min(seqs, batched)
 
     requested = vllm.requested_memory_bytes(gpu.memory_bytes, setup.gpu_memory_utilization)
     weights = vllm_weights_item(spec, fmt, setup.tp_degree, act_bytes)
@@ -245,7 +295,7 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
             "gpu_memory_utilization": setup.gpu_memory_utilization,
             "max_model_len": max_len,
             "max_num_batched_tokens": batched,
-            "max_num_seqs": setup.max_num_seqs,
+            "max_num_seqs": seqs,
             "block_size": setup.block_size,
             "weights": fmt,
             "kv_cache_dtype": setup.kv_cache_dtype,

@@ -132,6 +132,8 @@ class TrainingPlan:
     step_temporary: int
     buffers: int
     cache_head: int
+    cache_bias: int
+    """Half copies of linear biases: cached by autocast during the forward only."""
     model_saved: tuple[Saved, ...]
     layers: tuple[LayerGroup, ...]
     head_saved: tuple[Saved, ...]
@@ -211,10 +213,12 @@ def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationCo
 
 
 def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
+    """Whether ``t`` gets a gradient: LoRA freezes the base; ``--freeze-layers K`` the first K
+    layers; ``--freeze-embeddings`` the input embeddings (tied: the head too)."""
     if setup.is_lora:
         return False
-    if t.role == "embedding" and (setup.freeze_embeddings or setup.freeze_layers > 0):
-        return setup.freeze_embeddings is False and setup.freeze_layers == 0
+    if t.role == "embedding":
+        return not setup.freeze_embeddings
     return not (0 <= t.layer < setup.freeze_layers)
 
 
@@ -252,27 +256,26 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
     grad_per_layer: dict[int, int] = {}
     cache_per_layer: dict[int, int] = {}
     cache_head = 0
+    cache_bias = 0
     state_sizes: list[int] = []
     largest = 0
     trainable_params = 0
     state_label = states_per_param_label(setup.optimizer)
-    base_bytes = reg.param_bytes
-    if setup.is_lora and reg.autocast:
-        base_bytes = reg.compute_bytes if setup.precision is not Precision.FP32 else 4
     for t in tensors:
         group = _param_group(t)
         if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0:
             nbytes = _nf4_bytes(t.numel, round_to)
             params["quantized_nf4"] = params.get("quantized_nf4", 0) + nbytes
         else:
-            width = base_bytes if setup.is_lora else reg.param_bytes
-            params[group] = params.get(group, 0) + alloc_bytes(t.numel * width, round_to)
+            params[group] = params.get(group, 0) + alloc_bytes(t.numel * reg.param_bytes, round_to)
         train = _trainable(t, spec, setup)
         # Autocast caches the half copy of every matmul weight; the graph keeps it until the
         # layer's backward. Bias copies are cached too but nothing saves them: they go when
         # the autocast region ends, before any phase boundary.
         uses_cache = reg.autocast and _cast_for_matmul(t, spec) and not setup.is_lora
-        if uses_cache and (train or t.layer >= setup.freeze_layers or not setup.freeze_embeddings):
+        if reg.autocast and train and t.role == "bias" and not setup.is_lora:
+            cache_bias += alloc_bytes(t.numel * reg.compute_bytes, round_to)
+        if uses_cache and train:
             size = alloc_bytes(t.numel * reg.compute_bytes, round_to)
             if t.layer >= 0:
                 cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + size
@@ -311,7 +314,9 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         largest = max(largest, max(state_sizes, default=0))
     for size in optimizer_shared_state_bytes(setup.optimizer):
         states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
-    step_temp = optimizer_step_temporary_bytes(setup.optimizer, state_sizes, largest, round_to)
+    step_temp = optimizer_step_temporary_bytes(
+        setup.optimizer, state_sizes, largest, round_to, reg.state_bytes
+    )
 
     embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
     layer_groups = _layer_groups(
@@ -330,6 +335,7 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         step_temporary=step_temp,
         buffers=sum(alloc_bytes(b, round_to) for b in buffer_allocations(spec)),
         cache_head=cache_head,
+        cache_bias=cache_bias,
         model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
         layers=layer_groups,
         head_saved=head_saved(spec, ctx, head_trainable=head_trainable),
@@ -405,6 +411,12 @@ def _layer_groups(
             if ctx.checkpointing is Checkpointing.FULL
             else saved
         )
+        if ctx.autocast and not trainable and input_grad and not setup.is_lora:
+            # Frozen fp32 weights: autocast does not cache their half copies (no grad), but
+            # each matmul saves its copy to compute the input gradient.
+            copies = _frozen_weight_copies(spec, i, ctx.compute_bytes)
+            full = full + copies if full is not saved else saved + copies
+            saved = saved + copies
         key = (saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0)
         if key in groups:
             groups[key][0] += 1
@@ -419,6 +431,16 @@ def _layer_groups(
             ]
         any_before = any_before or trainable or bool(lora_targets)
     return tuple(LayerGroup(*values) for values in groups.values())
+
+
+def _frozen_weight_copies(spec: ModelSpec, index: int, width: int) -> tuple[Saved, ...]:
+    return tuple(
+        Saved(
+            f"{t.name.split('.', 2)[-1].rsplit('.', 1)[0]}/weight_half_copy", width, fixed=t.numel
+        )
+        for t in param_tensors(spec)
+        if t.layer == index and t.role in (*_LINEAR_ROLES, "router")
+    )
 
 
 def _plan_notes(spec: ModelSpec, setup: TrainingSetup, backend: str) -> list[str]:
@@ -493,7 +515,11 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         a_layers += g.count * _sum_saved(g.saved, batch, seq, r)
         cache_layers += g.count * g.cache_bytes
     activations = a_model + a_layers + a_head
-    cache = cache_layers + plan.cache_head
+    # With full checkpointing the layers' saved tensors (their half weights included) are
+    # dropped in the forward: the casts live in autocast's cache only until the region ends,
+    # and come back one layer at a time when backward recomputes it.
+    ckpt = plan.setup.checkpointing is Checkpointing.FULL
+    cache = plan.cache_head + (0 if ckpt else cache_layers)
     inputs = 2 * alloc_bytes(tokens * 8, r)
     logits = alloc_bytes(tokens * v * reg.compute_bytes, r)
     fp32_logits = alloc_bytes(tokens * v * 4, r)
@@ -505,7 +531,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     }
     held = {"inputs": inputs}
     # nll_loss's saved int64 targets and fp32 total_weight, freed when its backward has run
-    nll_saved = alloc_bytes(tokens * 8, r) + alloc_bytes(4, r)
+    nll_saved = _sum_saved(tuple(i for i in plan.head_saved if i.key in _NLL_SAVED), batch, seq, r)
     scalar = alloc_bytes(4, r)  # the loss (and, in backward, its gradient)
 
     def phase(**parts: int) -> dict[str, int]:
@@ -542,7 +568,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             "last_layer_backward",
             phase(
                 activations=a_model + a_layers + recompute_last,
-                autocast_cache=cache_layers + (last.cache_bytes if recompute_last else 0),
+                autocast_cache=last.cache_bytes if ckpt else cache_layers,
                 gradients=grads_head,
                 temporaries=transient,
             ),
@@ -557,7 +583,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             "first_layer_backward",
             phase(
                 activations=a_model + a_first + recompute_first,
-                autocast_cache=first.cache_bytes * (2 if recompute_first else 1),
+                autocast_cache=first.cache_bytes,
                 gradients=grads_before_first,
                 temporaries=transient,
             ),
@@ -570,7 +596,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     phases["after_zero_grad"] = phase()
     phases["forward_peak"] = phase(
         activations=activations,
-        autocast_cache=cache,
+        autocast_cache=cache_layers + plan.cache_head + plan.cache_bias,
         temporaries=logits + upcast + _forward_loss_temporaries(plan, batch, seq),
     )
     peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
@@ -597,7 +623,11 @@ def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
     """
     spec, reg, r = plan.spec, plan.regime, plan.round_to
     tokens = b * s
-    out = alloc_bytes(b * (s + 1) * 8, r) + alloc_bytes(4, r)
+    # the padded labels (B, S+1); at B == 1 they are the saved targets themselves
+    out = alloc_bytes(b * (s + 1) * 8, r) if b > 1 else 0
+    out += alloc_bytes(4, r)
+    if any(t.value == "sliding_attention" for t in spec.layer_types):
+        out += alloc_bytes(8, r)  # an int64 scalar the model holds while building its masks
     if reg.autocast:
         out += alloc_bytes(tokens * spec.hidden_size * 4, r)
         rotary = spec.position.value == "rotary"
@@ -659,10 +689,18 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
         states = root.add(Item("optimizer_states", note=setup.optimizer.value))
         for key, value in plan.states.items():
             states.leaf(key, value, "per trainable parameter", "formulas/optimizer.py")
+    acts = root.add(Item("activations", source=ACT_SOURCE))
     if at_peak["activations"]:
-        acts = root.add(Item("activations", source=ACT_SOURCE))
-        if at_peak["activations"] == sum(mem.activations.values()):
-            _activation_children(acts, plan, setup)
+        total = sum(mem.activations.values())
+        nll = sum(
+            _one(i, setup.batch, setup.seq, plan.round_to)
+            for i in plan.head_saved
+            if i.key in _NLL_SAVED
+        )
+        if at_peak["activations"] == total:
+            _activation_children(acts, plan, setup, ())
+        elif at_peak["activations"] == total - nll:
+            _activation_children(acts, plan, setup, _NLL_SAVED)
         else:
             acts.leaf("live", at_peak["activations"], "saved tensors not yet freed by backward")
     if at_peak["autocast_cache"]:
@@ -705,28 +743,59 @@ def _width_label(plan: TrainingPlan, key: str) -> str:
     return f"{plan.regime.param_bytes} B"
 
 
-def _activation_children(acts: Item, plan: TrainingPlan, setup: TrainingSetup) -> None:
-    b, s, r = setup.batch, setup.seq, plan.round_to
-    model = acts.add(Item("model"))
+_NLL_SAVED = ("loss/shift_labels", "loss/total_weight")
+
+
+def activation_sections(
+    plan: TrainingPlan, batch: int, seq: int, *, exclude: tuple[str, ...] = ()
+) -> dict[str, dict[str, int]]:
+    """Saved bytes by the trace engine's sections (``embedding``, ``layers``, ``final_norm``,
+    ``lm_head``, ``loss``, ``other``), each by tensor key (layers summed over layers)."""
+    r = plan.round_to
+    out: dict[str, dict[str, int]] = {}
+
+    def add(section: str, key: str, value: int) -> None:
+        bucket = out.setdefault(section, {})
+        bucket[key] = bucket.get(key, 0) + value
+
     for item in plan.model_saved:
-        model.leaf(item.key, _one(item, b, s, r))
-    layers = acts.add(Item("layers", note=f"{plan.spec.n_layers} layers"))
-    nodes: dict[str, Item] = {}
+        # cos/sin are first saved by layer 0's rotary multiply; the rest by the embeddings.
+        section = "layers" if item.key.startswith("rotary/") else "embedding"
+        add(section, item.key, _one(item, batch, seq, r))
     for group in plan.layers:
         for item in group.saved:
-            head, _, tail = item.key.partition("/")
-            node = nodes.get(head)
-            if node is None:
-                node = nodes[head] = layers.add(Item(head))
-            existing = next((c for c in node.children if c.key == (tail or head)), None)
-            value = group.count * _one(item, b, s, r)
-            if existing is None:
-                node.leaf(tail or head, value, _formula(item))
-            else:
-                existing.value += value
-    head_node = acts.add(Item("head_and_loss"))
+            add("layers", item.key, group.count * _one(item, batch, seq, r))
     for item in plan.head_saved:
-        head_node.leaf(item.key, _one(item, b, s, r), _formula(item))
+        if item.key in exclude:
+            continue
+        section = item.key.split("/")[0]
+        add(section if section in ("final_norm", "lm_head", "loss") else "other", item.key,
+            _one(item, batch, seq, r))  # fmt: skip
+    return out
+
+
+def _activation_children(
+    acts: Item, plan: TrainingPlan, setup: TrainingSetup, exclude: tuple[str, ...]
+) -> None:
+    sections = activation_sections(plan, setup.batch, setup.seq, exclude=exclude)
+    formulas = {item.key: _formula(item) for item in plan.model_saved + plan.head_saved}
+    for group in plan.layers:
+        formulas.update((item.key, _formula(item)) for item in group.saved)
+    for name in ("embedding", "layers", "final_norm", "lm_head", "loss", "other"):
+        if name not in sections:
+            continue
+        node = acts.add(Item(name, note=f"{plan.spec.n_layers} layers" if name == "layers" else ""))
+        if name != "layers":
+            for key, value in sections[name].items():
+                node.leaf(key.split("/", 1)[-1], value, formulas.get(key, ""))
+            continue
+        groups: dict[str, Item] = {}
+        for key, value in sections[name].items():
+            head, _, tail = key.partition("/")
+            sub = groups.get(head)
+            if sub is None:
+                sub = groups[head] = node.add(Item(head))
+            sub.leaf(tail or head, value, formulas.get(key, ""))
 
 
 def _one(item: Saved, b: int, s: int, r: int) -> int:

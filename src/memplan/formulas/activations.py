@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 _SOFTMAX_IN_INPUT_DTYPE = frozenset({"gpt2"})
+_ROTARY_CAT = frozenset({"phi3", "gpt_neox", "stablelm", "persimmon", "phi"})
+"""Families whose rotary embedding concatenates the rotated and passed-through parts."""
 """Families whose eager attention calls softmax without ``dtype=torch.float32``."""
 SOURCE = "transformers 5.23 modeling code + torch 2.13 derivatives.yaml (saved tensors)"
 
@@ -73,11 +75,15 @@ class Saved:
     fixed: int = 0
     category: str = "activations"
     """``activations`` or ``autocast_cache`` (half weight copies held by the graph)."""
+    whole_buffer_at_batch_1: bool = False
+    """A view that keeps its (B, S+1) parent alive when B == 1: ``labels[..., 1:].contiguous()``
+    is already contiguous for one row, so no copy is made and the padded labels are saved."""
 
     def nbytes(self, batch: int, seq: int) -> int:
         rows = -(-seq // self.align) * self.align if self.align > 1 else seq
+        tokens_seq = seq + 1 if self.whole_buffer_at_batch_1 and batch == 1 else seq
         numel = (
-            batch * seq * self.per_token
+            batch * tokens_seq * self.per_token
             + batch * seq * seq * self.per_score
             + batch * rows * self.per_row
             + seq * self.per_position
@@ -229,6 +235,10 @@ def _attention_core(
         kv_heads = hkv if backend != "mem-efficient" else h
         out = _qkv_storages(spec, ctx, kv_heads, d_qk, d_v)
         out.append(Saved(f"{key}/out", c, per_token=h * d_v))
+        if spec.model_type in _ROTARY_CAT:
+            # Partial-rotary families build q with torch.cat: (B, H, S, D) contiguous, so the
+            # kernel's output is too and transpose(1, 2).contiguous() copies it for o_proj.
+            out.append(Saved("o_proj/input", c, per_token=h * d_v))
         align = 32 if backend == "mem-efficient" else 1
         out.append(Saved(f"{key}/logsumexp_fp32", 4, per_row=h, align=align))
         # RNG state: flash keeps a (2,) uint64 seed and an unused offset; the others two int64.
@@ -475,9 +485,6 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
         out.append(Saved("rotary/sin", cos_bytes, per_position=d))
     if spec.position is PositionKind.LEARNED and embed_grad:
         out.append(Saved("embeddings/position_ids", 8, per_position=1))
-    if spec.model_type.startswith("gemma") and ctx.stream_bytes != 4:
-        # inputs_embeds * embed_scale.to(dtype): a half copy of the fp32 scalar buffer, saved.
-        out.append(Saved("embeddings/normalizer", ctx.stream_bytes, fixed=1))
     out += _dropout(
         ctx, "embeddings/dropout", ctx.embedding_dropout, spec.hidden_size, ctx.stream_bytes
     )
@@ -496,8 +503,8 @@ def head_saved(
     if head_trainable:
         out += _group("lm_head", _linear_inputs(ctx, "lm_head", hdim, norm_out, [True]))
     if spec.final_logit_softcapping is not None:
-        out.append(Saved("lm_head/softcap_tanh", c, per_token=v))
+        out.append(Saved("loss/softcap_tanh", c, per_token=v))
     out.append(Saved("loss/log_softmax_fp32", 4, per_token=v))
-    out.append(Saved("loss/shift_labels", 8, per_token=1))
+    out.append(Saved("loss/shift_labels", 8, per_token=1, whole_buffer_at_batch_1=True))
     out.append(Saved("loss/total_weight", 4, fixed=1))
     return tuple(out)

@@ -9,10 +9,10 @@ Sources (torch 2.13 ``torch/optim``; bitsandbytes ``optim/optimizer.py``):
   the parameters in their dtype. The for-loop step builds ``exp_avg_sq.sqrt() / bc2`` one
   parameter at a time (two temporaries of the largest parameter). The fused kernel makes none.
 - ``SGD``: no state; with momentum a ``momentum_buffer`` (a clone of the first gradient).
-- ``Adafactor`` (``torch.optim.Adafactor``): a factored second moment, ``row_var`` (``shape[:-1]``)
-  and ``col_var`` (``shape[:-2] + shape[-1:]``) for matrices, a full ``variance`` for vectors;
-  no first moment. Its foreach step builds ``var_estimates = row_var @ col_var`` for all
-  matrices at once (one copy of the parameters).
+- ``Adafactor`` (``transformers.optimization.Adafactor``, Trainer's ``optim="adafactor"``): a
+  factored fp32 second moment, ``exp_avg_sq_row`` (``shape[:-1]``) and ``exp_avg_sq_col``
+  (``shape[:-2] + shape[-1:]``) for matrices, a full ``exp_avg_sq`` for vectors, no first
+  moment (``beta1=None``), and ``RMS``, a 0-d tensor. Its step loops over parameters.
 - ``Lion``: one ``exp_avg``; its (for-loop) step clones it and adds the gradient: two
   temporaries of the largest parameter.
 - bitsandbytes ``AdamW8bit``: ``state1``/``state2`` uint8 and, block-wise, ``absmax1``/``absmax2``
@@ -31,9 +31,9 @@ __all__ = [
     "BNB_BLOCK_SIZE",
     "BNB_MIN_8BIT_SIZE",
     "optimizer_from_name",
+    "optimizer_shared_state_bytes",
     "optimizer_state_allocations",
     "optimizer_step_temporary_bytes",
-    "optimizer_shared_state_bytes",
     "states_per_param_label",
 ]
 
@@ -72,9 +72,11 @@ def optimizer_state_allocations(
     if optimizer is Optimizer.SGD_MOMENTUM or optimizer is Optimizer.LION:
         return (numel * state_bytes,)
     if optimizer is Optimizer.ADAFACTOR:
+        # transformers' Adafactor (what Trainer's optim="adafactor" builds): fp32 factored
+        # second moment, and ``state["RMS"]``, a 0-d fp32 tensor per parameter.
         if len(shape) >= 2:
-            return (numel // shape[-1] * state_bytes, numel // shape[-2] * state_bytes)
-        return (numel * state_bytes,)
+            return (numel // shape[-1] * 4, numel // shape[-2] * 4, 4)
+        return (numel * 4, 4)
     if optimizer in _EIGHT_BIT:
         if numel < BNB_MIN_8BIT_SIZE:
             return (numel * 4, numel * 4)
@@ -91,7 +93,7 @@ def optimizer_shared_state_bytes(optimizer: Optimizer) -> tuple[int, ...]:
 
 
 def optimizer_step_temporary_bytes(
-    optimizer: Optimizer, sizes: list[int], largest: int, round_to: int
+    optimizer: Optimizer, sizes: list[int], largest: int, round_to: int, state_bytes: int = 4
 ) -> int:
     """Peak extra bytes inside ``optimizer.step()`` beyond states, parameters and gradients.
 
@@ -101,7 +103,10 @@ def optimizer_step_temporary_bytes(
     if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FOREACH, Optimizer.ADAM):
         return sum(-(-s // round_to) * round_to for s in sizes if s)
     if optimizer is Optimizer.ADAFACTOR:
-        return sum(-(-s // round_to) * round_to for s in sizes if s)
+        # per parameter: ``update = grad**2 + eps``, then ``-update`` beside ``update``: two fp32
+        # copies of the largest parameter, and a few 0-d tensors (norms, means).
+        fp32_largest = largest // state_bytes * 4 if state_bytes else largest
+        return 2 * (-(-fp32_largest // round_to) * round_to) + 5 * (-(-4 // round_to) * round_to)
     if optimizer in (Optimizer.ADAMW_FORLOOP, Optimizer.LION):
         return 2 * (-(-largest // round_to) * round_to)
     return 0

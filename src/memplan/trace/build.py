@@ -118,18 +118,12 @@ def build_model(
 
 
 def supports_sdpa(config: dict[str, Any]) -> bool:
-    """Whether transformers can run this family with sdpa attention."""
-    from transformers import AutoModelForCausalLM
+    """Whether transformers can run this family with sdpa attention (``_supports_sdpa``)."""
+    import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    del AutoModelForCausalLM
-    import importlib
-
     class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
-    if not class_name:
-        return True
-    module = importlib.import_module(f"transformers.models.{config['model_type']}")
-    cls = getattr(module, class_name, None)
+    cls = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
     return bool(getattr(cls, "_supports_sdpa", True))
 
 
@@ -211,6 +205,34 @@ def apply_lora(
         r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
         task_type="CAUSAL_LM",
     )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return get_peft_model(model, config)
+    from peft.tuners import tuners_utils
+
+    # peft moves each new adapter to its base layer's device with Module.to, which swaps
+    # tensors; fake tensors cannot be swapped, and everything is on one device anyway.
+    move = tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer
+    module_to = nn.Module.to
+    tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = _no_move  # type: ignore[method-assign]
+    nn.Module.to = _same_device_to  # type: ignore[method-assign]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_peft_model(model, config)
+    finally:
+        tuners_utils.BaseTunerLayer._move_adapter_to_device_of_base_layer = move  # type: ignore[method-assign]
+        nn.Module.to = module_to  # type: ignore[method-assign]
+
+
+_MODULE_TO = nn.Module.to
+
+
+def _same_device_to(self: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+    """``Module.to(device)`` that does nothing when everything is on that device already."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], (torch.device, str)):
+        device = torch.device(args[0])
+        if all(p.device == device for p in self.parameters()):
+            return self
+    return _MODULE_TO(self, *args, **kwargs)
+
+
+def _no_move(self: Any, adapter_name: str, device: Any = None) -> None:
+    """Stand-in for peft's adapter move (adapters stay in peft's fp32 adapter dtype)."""

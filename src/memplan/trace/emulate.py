@@ -80,6 +80,7 @@ class CudaEmulation(TorchFunctionMode):
         self.cache_on = True
         self._cache: dict[int, torch.Tensor] = {}
         self.backends_used: dict[str, int] = {}
+        self.gqa_expanded = 0
 
     def clear_cache(self) -> None:
         """End of the autocast region: drop the cached casts (as leaving ``torch.autocast``)."""
@@ -89,6 +90,11 @@ class CudaEmulation(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name == "backward" and len(args) == 1 and not any(kwargs.values()):
+            # the backward may call Python code (checkpointing recomputes layers): keep the
+            # emulation on for it (a mode is off while it handles a call), and run the engine
+            # directly so that ``backward`` is not dispatched to this mode again
+            return self._backward(args[0])
         if name == "dropout" and func is F.dropout:
             return self._dropout(*args, **kwargs)
         if self.autocast_on:
@@ -103,6 +109,16 @@ class CudaEmulation(TorchFunctionMode):
         if name == "scaled_dot_product_attention":
             return self._sdpa(*args, **kwargs)
         return func(*args, **kwargs)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        from torch.autograd import _make_grads
+        from torch.autograd.graph import _engine_run_backward
+
+        with self:
+            grads = _make_grads((loss,), (None,), is_grads_batched=False)
+            _engine_run_backward(
+                (loss,), grads, False, False, (), allow_unreachable=True, accumulate_grad=True
+            )
 
     # Autocast ------------------------------------------------------------------------------
     def _cast(self, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -178,12 +194,14 @@ class CudaEmulation(TorchFunctionMode):
                 query, key, value, attn_mask, dropout_p, is_causal, None,
                 scale=scale, enable_gqa=enable_gqa,
             )[0]  # fmt: skip
-        if query.shape[1] != key.shape[1]:
-            # flash / mem-efficient / cuDNN take grouped KV heads natively on CUDA; the meta
-            # kernels want equal head counts, so expand as a view (no memory).
+        if backend == "mem-efficient" and query.shape[1] != key.shape[1]:
+            # flash and cuDNN take grouped KV heads natively (their meta kernels too); the
+            # mem-efficient meta backward does not, so K/V are expanded by a copy (an upper
+            # bound of what the CUDA kernel keeps)
             groups = query.shape[1] // key.shape[1]
-            key = _expand_heads(key, groups)
-            value = _expand_heads(value, groups)
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+            self.gqa_expanded += 1
         if attn_mask is not None and attn_mask.dtype == torch.bool:
             # attention.cpp convert_boolean_attn_mask: a new mask in the query dtype
             attn_mask = torch.where(attn_mask, 0.0, -math.inf).to(query.dtype)

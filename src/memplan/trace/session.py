@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from memplan.trace.build import layer_index
 from memplan.trace.cuda_env import GpuArch
 from memplan.trace.emulate import CudaEmulation
 from memplan.trace.tracker import Flag, StorageTracker
@@ -56,6 +57,7 @@ class TraceSession:
         self.in_backward = False
         self._recompute_depth = 0
         self._transitions: list[tuple[int, str]] = []
+        self.checkpointed_layers = False
         self._stack = contextlib.ExitStack()
 
     # Entering ------------------------------------------------------------------------------
@@ -109,6 +111,9 @@ class TraceSession:
         self._transitions.append((_sequence_nr(), stack[-1]))
         if self.in_backward and self._recompute_depth:
             self._recompute_depth -= 1
+            if self._recompute_depth == 0 and self.emulation is not None:
+                # torch.utils.checkpoint recomputes each layer in its own autocast region
+                self.emulation.clear_cache()
 
     def module_of_node(self, sequence_nr: int) -> str:
         """The innermost module that was running when the node ``sequence_nr`` was made."""
@@ -153,6 +158,10 @@ class TraceSession:
             seen.add(id(node))
             node_name = type(node).__name__
             order = node._sequence_nr()
+            todo.extend(next_node for next_node, _ in node.next_functions)
+            if self.checkpointed_layers and layer_index(self.module_of_node(order)) is not None:
+                # reading a checkpointed node's saved tensor would run the recomputation
+                continue
             for attr in dir(node):
                 if not (attr.startswith("_saved_") or attr == "saved_tensors"):
                     continue
@@ -165,7 +174,6 @@ class TraceSession:
                     key = tracker.known(tensor)
                     if key is not None and (key not in best or order < best[key][0]):
                         best[key] = (order, f"{node_name}.{field}")
-            todo.extend(next_node for next_node, _ in node.next_functions)
         for key, (order, field) in best.items():
             tracker.flags[key] |= Flag.ACTIVATION
             tracker.field_of[key] = field

@@ -10,6 +10,7 @@ set to None).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,7 @@ def run_training(
         sdpa_backend=_SDPA_BACKEND[setup.attention],
         autocast_dtype=_AUTOCAST_DTYPE.get(precision),
     )
+    session.checkpointed_layers = setup.checkpointing is Checkpointing.FULL
     run = TrainingRun(session)
     attention = _attention_impl(config, setup.attention)
     if attention != setup.attention.value and setup.attention is Attention.SDPA:
@@ -148,10 +150,7 @@ def run_training(
             session.name_saved_fields(loss.grad_fn)
             session.flag_graph_held(marks.start, run.keep | {tracker.key(loss)})
             session.in_backward = True
-            # torch.autograd.backward, not Tensor.backward: the latter is a torch function,
-            # and a TorchFunctionMode is switched off while it runs one (checkpointing's
-            # recomputation must see the CUDA emulation)
-            torch.autograd.backward(loss)
+            loss.backward()
             session.in_backward = False
             del loss
             marks.after_backward = tracker.mark()
@@ -219,7 +218,11 @@ def _prepare_model(
     )
     model.train()
     if setup.checkpointing is Checkpointing.FULL:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.config.use_cache = False
     if setup.is_lora:
         for param in model.parameters():

@@ -1,0 +1,227 @@
+"""``memplan compare MODEL [setup flags] [--methods]``: the analytic engine beside the trace.
+
+Both engines answer the same question (same setup flags as ``memplan train``); the table puts
+them side by side line by line — the peak, each category at the peak, the activations by
+section, each phase — with each line's error. ``--methods`` adds the textbook methods beside
+the exact number and says why each differs, and seed 004's question (the largest batch on an
+80 GB device). ``--no-trace`` skips the trace (no torch needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.render import add_output_flags
+from memplan.cli.train import add_training_flags, setup_from_args
+from memplan.report import Report
+from memplan.units import GB, format_bytes
+
+__all__ = ["Row", "compare_rows", "methods_rows", "register", "run"]
+
+EPILOG = """\
+examples:
+  memplan compare llama-3.2-1b --batch 1 --seq 2048
+  memplan compare ./config.json --precision bf16 --checkpointing full
+  memplan compare gpt2-xl --precision fp32 --seq 1024 --methods --no-trace
+"""
+_SECTIONS = ("embedding", "layers", "final_norm", "lm_head", "loss", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the comparison: its name, the trace's value and the analytic one."""
+
+    line: str
+    trace: int | None
+    analytic: int
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of the analytic value (None when the trace has no such line)."""
+        if self.trace is None:
+            return None
+        if self.trace == 0:
+            return 0.0 if self.analytic == 0 else float("inf")
+        return (self.analytic - self.trace) / self.trace
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="the analytic estimate beside the trace (and the textbook methods)",
+        description="Run the analytic engine and the trace engine on the same setup and print "
+        "them side by side, line by line, with each line's error.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="catalog name, Hugging Face id, config.json or folder")
+    add_training_flags(parser)
+    parser.add_argument("--methods", action="store_true", help="add the textbook methods")
+    parser.add_argument("--no-trace", action="store_true", help="skip the trace (no torch)")
+    add_gpu_flags(parser)
+    add_output_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def _sections(item: Any) -> dict[str, int]:
+    out = {}
+    for child in item.children:
+        out[child.key] = int(child.total)
+    return out
+
+
+def compare_rows(analytic: Report, trace: Report) -> list[Row]:
+    """Line-by-line rows: peak, categories, activation sections, phases, first step."""
+    rows = [Row("peak", int(trace.scalars["peak_bytes"]), int(analytic.scalars["peak_bytes"]))]
+    a_cats, t_cats = _sections(analytic.breakdown), _sections(trace.breakdown)
+    for key in (
+        "parameters", "gradients", "optimizer_states", "activations", "autocast_cache",
+        "temporaries", "inputs", "buffers",
+    ):  # fmt: skip
+        if key in a_cats or key in t_cats:
+            rows.append(Row(f"peak/{key}", t_cats.get(key, 0), a_cats.get(key, 0)))
+    a_acts = _child_sections(analytic.breakdown)
+    t_acts = _child_sections(trace.breakdown)
+    for key in _SECTIONS:
+        if key in a_acts or key in t_acts:
+            rows.append(Row(f"peak/activations/{key}", t_acts.get(key, 0), a_acts.get(key, 0)))
+    t_phases = {p.name: p.bytes for p in trace.phases}
+    for phase in analytic.phases:
+        rows.append(Row(f"phase/{phase.name}", t_phases.get(phase.name), phase.bytes))
+    first = trace.scalars.get("first_step_peak_bytes")
+    rows.append(Row("first_step_peak", first, int(analytic.scalars["first_step_peak_bytes"])))
+    return rows
+
+
+def _child_sections(root: Any) -> dict[str, int]:
+    try:
+        acts = root.child("activations")
+    except KeyError:
+        return {}
+    return _sections(acts)
+
+
+def methods_rows(spec: Any, setup: Any, exact_peak: int) -> list[tuple[str, int, float, str]]:
+    """(method, bytes, error vs exact, why) for each textbook method."""
+    from memplan.formulas.methods_training import METHODS, method_result
+
+    out = []
+    for name in METHODS:
+        result = method_result(spec, setup, name)
+        error = (result.total_bytes - exact_peak) / exact_peak if exact_peak else 0.0
+        out.append((name, result.total_bytes, error, result.why))
+    return out
+
+
+def run(args: Any, out: TextIO | None = None) -> int:
+    from memplan.catalog import resolve
+    from memplan.estimate.training import estimate_training
+
+    out = out or sys.stdout
+    spec = resolve(args.model)
+    setup = setup_from_args(args)
+    analytic = estimate_training(spec, setup)
+    trace = None
+    if not args.no_trace:
+        from memplan.trace import require_torch
+
+        require_torch()
+        from memplan.trace.training import trace_training
+
+        trace = trace_training(spec, setup)
+    rows = compare_rows(analytic, trace) if trace is not None else []
+    methods = methods_rows(spec, setup, int(analytic.scalars["peak_bytes"])) if args.methods else []
+    question = _seed004_question(spec, setup, args) if args.methods else None
+    if getattr(args, "json", False):
+        payload: dict[str, Any] = {
+            "model": spec.name,
+            "analytic": analytic.to_dict(),
+            "rows": [
+                {"line": r.line, "trace": r.trace, "analytic": r.analytic, "error": r.error}
+                for r in rows
+            ],
+        }
+        if trace is not None:
+            payload["trace"] = trace.to_dict()
+        if methods:
+            payload["methods"] = [
+                {"method": m, "bytes": b, "error": e, "why": w} for m, b, e, w in methods
+            ]
+            payload["seed004_question"] = question
+        json.dump(payload, out, indent=2, default=str)
+        out.write("\n")
+        return 0
+    _print(out, spec, analytic, rows, methods, question, getattr(args, "decimal", False))
+    return 0
+
+
+def _seed004_question(spec: Any, setup: Any, args: Any) -> dict[str, Any]:
+    """Seed 004's question for this model: the largest batch on the GPU (80 GB by default)."""
+    from memplan.estimate.fit import fit_training
+    from memplan.formulas.methods_training import seed004_max_batch
+
+    gpu = gpu_from_args(args)
+    memory = gpu.memory_bytes if gpu is not None else 80 * GB
+    fit = fit_training(spec, setup, memory)
+    return {
+        "memory_bytes": memory,
+        "seq": setup.seq,
+        "seed004_max_batch": seed004_max_batch(spec, setup.seq, memory),
+        "exact_max_batch": fit.max_batch_size,
+    }
+
+
+def _fmt_error(error: float | None) -> str:
+    if error is None:
+        return "-"
+    if error == float("inf"):
+        return "new"
+    return f"{100 * error:+.2f}%"
+
+
+def _print(
+    out: TextIO,
+    spec: Any,
+    analytic: Report,
+    rows: list[Row],
+    methods: list[tuple[str, int, float, str]],
+    question: dict[str, Any] | None,
+    decimal: bool,
+) -> None:
+    setup = ", ".join(f"{k} {v}" for k, v in analytic.setup.items())
+    out.write(f"{spec.name}: training ({setup})\n\n")
+    if rows:
+        width = max(len(r.line) for r in rows)
+        out.write(f"{'line':<{width}}  {'trace':>13}  {'analytic':>13}  {'error':>8}\n")
+        for r in rows:
+            trace = format_bytes(r.trace, decimal=decimal) if r.trace is not None else "-"
+            out.write(
+                f"{r.line:<{width}}  {trace:>13}  "
+                f"{format_bytes(r.analytic, decimal=decimal):>13}  {_fmt_error(r.error):>8}\n"
+            )
+        exact = sum(1 for r in rows if r.trace is not None and r.trace == r.analytic)
+        out.write(f"\n{exact} of {len(rows)} lines identical to the byte\n")
+    else:
+        peak = int(analytic.scalars["peak_bytes"])
+        out.write(f"exact (analytic): {format_bytes(peak, decimal=decimal)} (trace skipped)\n")
+    if methods:
+        out.write("\ntextbook methods beside exact\n")
+        exact_peak = int(analytic.scalars["peak_bytes"])
+        out.write(f"  {'exact':<12} {format_bytes(exact_peak, decimal=decimal):>13}\n")
+        for name, value, error, why in methods:
+            out.write(
+                f"  {name:<12} {format_bytes(value, decimal=decimal):>13}  "
+                f"{_fmt_error(error):>8}  {why}\n"
+            )
+    if question:
+        mem = format_bytes(question["memory_bytes"], decimal=True)
+        out.write(
+            f"\nseed 004's question (largest batch at seq {question['seq']} on {mem}): "
+            f"its formula says {question['seed004_max_batch']}, memplan exact says "
+            f"{question['exact_max_batch']}\n"
+        )

@@ -1,0 +1,52 @@
+"""Every family of the catalog traces, training and inference (size-reduced configs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from memplan.specs.inference import InferenceSetup  # noqa: E402
+from memplan.specs.training import TrainingSetup  # noqa: E402
+from memplan.trace.inference import trace_inference  # noqa: E402
+from memplan.trace.training import trace_training  # noqa: E402
+
+pytestmark = pytest.mark.trace
+
+CONFIGS = json.loads((Path(__file__).parent / "data" / "trace_tiny_configs.json").read_text())
+KEYS = ("parameters", "gradients", "optimizer_states", "activations")
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_family_trains(family: str) -> None:
+    report = trace_training(CONFIGS[family], TrainingSetup(batch=2, seq=32))
+    tree = report.breakdown
+    assert [c.key for c in tree.children][:2] == ["parameters", "gradients"] or tree.get(
+        "gradients"
+    ) == 0
+    assert report.scalars["peak_bytes"] == tree.total
+    assert report.scalars["peak_bytes"] >= report.scalars["first_step_peak_bytes"] > 0
+    assert [p.name for p in report.phases[:6]] == [
+        "after_load",
+        "end_of_forward",
+        "peak_backward",
+        "after_backward",
+        "optimizer_step",
+        "after_zero_grad",
+    ]
+    # steady state before forward: bf16-mixed keeps fp32 parameters and two fp32 AdamW states
+    assert report.phases[0].bytes >= 3 * report.scalars["total_params"] * 4
+    layers = report.sections["activations_end_of_forward"].find("layers")
+    assert len(layers.children) >= 1
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_family_generates(family: str) -> None:
+    report = trace_inference(CONFIGS[family], InferenceSetup(batch=2, prompt_len=16, gen_len=3))
+    assert report.scalars["kv_cache_bytes"] > 0
+    assert report.scalars["peak_bytes"] == report.breakdown.total
+    assert report.breakdown.get("parameters") >= 2 * report.scalars["total_params"]

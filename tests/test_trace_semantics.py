@@ -1,0 +1,157 @@
+"""CUDA semantics of the trace on fake cpu tensors, checked against closed forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from memplan.errors import SetupError  # noqa: E402
+from memplan.specs.inference import InferenceSetup  # noqa: E402
+from memplan.specs.training import (  # noqa: E402
+    Attention,
+    Checkpointing,
+    Optimizer,
+    Precision,
+    TrainingSetup,
+)
+from memplan.trace.inference import trace_inference  # noqa: E402
+from memplan.trace.training import trace_training  # noqa: E402
+
+pytestmark = pytest.mark.trace
+
+CONFIGS = json.loads((Path(__file__).parent / "data" / "trace_tiny_configs.json").read_text())
+LLAMA = CONFIGS["llama"]
+
+
+def _saved(report) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {c.key: int(c.total) for c in report.sections["saved_by_node"].children}
+
+
+def test_cuda_dropout_saves_one_byte_masks() -> None:
+    # GPT-2: embedding dropout + 2 residual dropouts per layer, each (B, S, H) bool
+    report = trace_training(
+        CONFIGS["gpt2"], TrainingSetup(batch=2, seq=32, precision=Precision.BF16, dropout=0.1)
+    )
+    assert _saved(report)["NativeDropoutBackward0.result1"] == (1 + 2 * 2) * 2 * 32 * 64
+
+
+def test_mem_efficient_logsumexp_is_padded_to_32() -> None:
+    setup = TrainingSetup(
+        batch=2, seq=40, precision=Precision.BF16, attention=Attention.MEM_EFFICIENT
+    )
+    saved = _saved(trace_training(LLAMA, setup))
+    # (B, H, ceil(S / 32) * 32) float32 per layer
+    assert saved["ScaledDotProductEfficientAttentionBackward0.log_sumexp"] == 2 * (2 * 4 * 64 * 4)
+
+
+def test_flash_logsumexp_and_gqa_kv_not_expanded() -> None:
+    saved = _saved(trace_training(LLAMA, TrainingSetup(batch=2, seq=40, precision=Precision.BF16)))
+    assert saved["ScaledDotProductFlashAttentionBackward0.logsumexp"] == 2 * (2 * 4 * 40 * 4)
+    # 2 KV heads of 16, bf16, per layer: K as the model made it, not repeated to 4 heads
+    assert saved["ScaledDotProductFlashAttentionBackward0.key"] == 2 * (2 * 2 * 40 * 16 * 2)
+
+
+def test_autocast_keeps_half_weight_copies_until_backward() -> None:
+    report = trace_training(
+        LLAMA, TrainingSetup(batch=2, seq=64, precision=Precision.BF16_MIXED)
+    )
+    assert report.scalars["peak_phase"] == "forward"
+    # every matmul weight (7 per layer, and lm_head) once in bf16
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 176
+    assert report.breakdown.get("autocast_cache") == 2 * (2 * per_layer + 256 * 64)
+    phases = {p.name: p.bytes for p in report.phases}
+    # after backward: fp32 parameters, fp32 gradients, nothing else of the casts
+    assert phases["after_backward"] - phases["after_load"] == report.breakdown.get("parameters")
+
+
+def test_full_checkpointing_keeps_only_layer_inputs() -> None:
+    base = TrainingSetup(batch=2, seq=32, precision=Precision.BF16)
+    plain = trace_training(LLAMA, base)
+    ckpt = trace_training(
+        LLAMA,
+        TrainingSetup(batch=2, seq=32, precision=Precision.BF16, checkpointing=Checkpointing.FULL),
+    )
+    plain_layers = plain.sections["activations_end_of_forward"].get("layers")
+    ckpt_layers = ckpt.sections["activations_end_of_forward"].get("layers")
+    assert ckpt_layers == 2 * 32 * 64 * 2  # layer 1's input, held by the checkpoint
+    assert plain_layers > 10 * ckpt_layers
+    assert ckpt.scalars["peak_bytes"] < plain.scalars["peak_bytes"]
+
+
+def test_lora_trains_only_adapters() -> None:
+    setup = TrainingSetup(
+        batch=2, seq=32, precision=Precision.FP32, lora_rank=4, lora_targets=("q_proj", "v_proj")
+    )
+    report = trace_training(LLAMA, setup)
+    trainable = 2 * (4 * (64 + 64) + 4 * (64 + 32))
+    assert report.scalars["trainable_params"] == trainable
+    phases = {p.name: p.bytes for p in report.phases}
+    # gradients: fp32, per layer A_q (4x64), B_q (64x4), A_v (4x64), B_v (32x4)
+    assert phases["after_backward"] - phases["after_load"] == 2 * (1024 + 1024 + 1024 + 512)
+
+
+def test_frozen_layers_have_no_gradients() -> None:
+    report = trace_training(
+        LLAMA, TrainingSetup(batch=2, seq=32, precision=Precision.FP32, freeze_layers=2)
+    )
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 176 + 2 * 64
+    assert report.scalars["trainable_params"] == report.scalars["total_params"] - 2 * per_layer
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "states_per_param"), [(Optimizer.SGD_MOMENTUM, 1), (Optimizer.ADAMW_FUSED, 2)]
+)
+def test_optimizer_states(optimizer: Optimizer, states_per_param: int) -> None:
+    report = trace_training(
+        LLAMA, TrainingSetup(batch=2, seq=16, precision=Precision.FP32, optimizer=optimizer)
+    )
+    states = report.breakdown.get("optimizer_states")
+    params = report.breakdown.get("parameters")
+    steps = 512 * 21 if optimizer is Optimizer.ADAMW_FUSED else 0  # fused: step on the GPU
+    assert states == states_per_param * params + steps
+
+
+def test_adafactor_states_are_factored() -> None:
+    report = trace_training(
+        LLAMA,
+        TrainingSetup(batch=2, seq=16, precision=Precision.FP32, optimizer=Optimizer.ADAFACTOR),
+    )
+    assert 0 < report.breakdown.get("optimizer_states") < report.breakdown.get("parameters") / 4
+
+
+def test_inference_kv_cache_is_exact() -> None:
+    dynamic = trace_inference(LLAMA, InferenceSetup(batch=2, prompt_len=16, gen_len=3))
+    # 2 layers x (K, V) x (B=2, 2 KV heads, 16 + 2 tokens, 16) bf16
+    assert dynamic.scalars["kv_cache_bytes"] == 2 * 2 * (2 * 2 * 18 * 16 * 2)
+    static = trace_inference(
+        LLAMA, InferenceSetup(batch=2, prompt_len=16, gen_len=3, cache="static")
+    )
+    assert static.scalars["kv_cache_bytes"] == 2 * 2 * (2 * 2 * 19 * 16 * 2)
+    assert dynamic.breakdown.get("kv_cache") > 0
+
+
+def test_flops_count_attention_kernels() -> None:
+    report = trace_training(LLAMA, TrainingSetup(batch=2, seq=32, precision=Precision.BF16))
+    tokens, params = 2 * 32, report.scalars["total_params"] - 256 * 64
+    assert report.scalars["flops"] > 6 * tokens * params
+
+
+@pytest.mark.parametrize(
+    ("config", "setup", "message"),
+    [
+        (LLAMA, TrainingSetup(seq=4096), "longer than the model's maximum"),
+        (LLAMA, TrainingSetup(seq=16, lora_rank=4, lora_targets=("c_attn",)), "not modules"),
+        (CONFIGS["gemma2"], TrainingSetup(seq=16, attention=Attention.FLASH), "no sdpa"),
+        (LLAMA, TrainingSetup(seq=16, optimizer=Optimizer.ADAMW_8BIT), "analytic"),
+        (LLAMA, TrainingSetup(seq=16, precision=Precision.DEEPSPEED_BF16), "analytic"),
+    ],
+)
+def test_bad_setups_are_one_line_errors(config: dict, setup: TrainingSetup, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(SetupError, match=message) as info:
+        trace_training(config, setup)
+    assert "\n" not in str(info.value)
