@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from memplan.specs.inference import InferenceSetup  # noqa: E402
-from memplan.specs.training import TrainingSetup  # noqa: E402
-from memplan.trace.inference import trace_inference  # noqa: E402
-from memplan.trace.training import trace_training  # noqa: E402
+from memplan.specs.inference import InferenceSetup
+from memplan.specs.training import TrainingSetup
+from memplan.trace.inference import trace_inference
+from memplan.trace.training import trace_training
 
 pytestmark = pytest.mark.trace
 

@@ -10,17 +10,17 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from memplan.errors import SetupError  # noqa: E402
-from memplan.specs.inference import InferenceSetup  # noqa: E402
-from memplan.specs.training import (  # noqa: E402
+from memplan.errors import SetupError
+from memplan.specs.inference import InferenceSetup
+from memplan.specs.training import (
     Attention,
     Checkpointing,
     Optimizer,
     Precision,
     TrainingSetup,
 )
-from memplan.trace.inference import trace_inference  # noqa: E402
-from memplan.trace.training import trace_training  # noqa: E402
+from memplan.trace.inference import trace_inference
+from memplan.trace.training import trace_training
 
 pytestmark = pytest.mark.trace
 
@@ -57,9 +57,7 @@ def test_flash_logsumexp_and_gqa_kv_not_expanded() -> None:
 
 
 def test_autocast_keeps_half_weight_copies_until_backward() -> None:
-    report = trace_training(
-        LLAMA, TrainingSetup(batch=2, seq=64, precision=Precision.BF16_MIXED)
-    )
+    report = trace_training(LLAMA, TrainingSetup(batch=2, seq=64, precision=Precision.BF16_MIXED))
     assert report.scalars["peak_phase"] == "forward"
     # every matmul weight (7 per layer, and lm_head) once in bf16
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 176
@@ -155,3 +153,21 @@ def test_bad_setups_are_one_line_errors(config: dict, setup: TrainingSetup, mess
     with pytest.raises(SetupError, match=message) as info:
         trace_training(config, setup)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text", "deepseek_v3"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_decode_fast_forward_equals_every_step(
+    family: str, cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracing the first and last decode steps gives the phases and FLOPs of all of them."""
+    from memplan.trace import inference
+
+    setup = InferenceSetup(batch=2, prompt_len=16, gen_len=9, cache=cache)
+    fast = trace_inference(CONFIGS[family], setup)
+    monkeypatch.setattr(inference, "_decode_positions", lambda p, n: [p + i for i in range(n)])
+    monkeypatch.setattr(inference, "_decode_flops", lambda total, f, step, steps: total + f)
+    full = trace_inference(CONFIGS[family], setup)
+    assert [(p.name, p.bytes) for p in fast.phases] == [(p.name, p.bytes) for p in full.phases]
+    assert fast.scalars["flops"] == full.scalars["flops"]
+    assert fast.scalars["kv_cache_bytes"] == full.scalars["kv_cache_bytes"]

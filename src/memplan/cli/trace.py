@@ -78,10 +78,6 @@ def register(subparsers: Any) -> None:
 
 def resolve_model(name: str) -> Any:
     """A ModelSpec from the catalog, or the config dict of a config.json / model folder."""
-    try:
-        from memplan.catalog import resolve
-    except ImportError:
-        resolve = None
     path = Path(name)
     if path.is_dir():
         path = path / "config.json"
@@ -90,8 +86,8 @@ def resolve_model(name: str) -> Any:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise UnknownModelError(f"cannot read {path}: {exc}") from exc
-    if resolve is None:
-        raise UnknownModelError(f"{name!r} is not a config.json or a model folder")
+    from memplan.catalog import resolve
+
     return resolve(name)
 
 
@@ -104,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     report = _infer(model, args, progress) if args.infer else _train(model, args, progress)
     if progress is not None:
         sys.stderr.write("\r\033[K")
+    if not args.json:
+        # one row per layer and saved field: JSON only (too long for a terminal)
+        report.sections.pop("activations_end_of_forward", None)
     print_report(report, args)
     if not args.json and report.kind == "trace/training":
         print_step_table(report, sys.stdout)

@@ -58,8 +58,8 @@ from memplan.formulas.training import (
     regime,
 )
 from memplan.report import Item, Phase, Report
-from memplan.specs.model import MlpKind, ModelSpec
-from memplan.specs.training import Checkpointing, Optimizer, Precision, Target, TrainingSetup
+from memplan.specs.model import MlpKind, ModelSpec, NormKind
+from memplan.specs.training import Checkpointing, Optimizer, Target, TrainingSetup
 
 __all__ = [
     "PHASES",
@@ -133,6 +133,8 @@ class TrainingPlan:
     buffers: int
     cache_head: int
     cache_bias: int
+    last_down_grad: int
+    """Gradient of the last layer's down-projection: allocated before the MLP's multiply."""
     """Half copies of linear biases: cached by autocast during the forward only."""
     model_saved: tuple[Saved, ...]
     layers: tuple[LayerGroup, ...]
@@ -310,6 +312,7 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
             grad_per_layer,
             state_sizes,
             state_label,
+            cache_per_layer,
         )
         largest = max(largest, max(state_sizes, default=0))
     for size in optimizer_shared_state_bytes(setup.optimizer):
@@ -336,6 +339,14 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         buffers=sum(alloc_bytes(b, round_to) for b in buffer_allocations(spec)),
         cache_head=cache_head,
         cache_bias=cache_bias,
+        last_down_grad=sum(
+            alloc_bytes(t.numel * reg.grad_bytes, round_to)
+            for t in tensors
+            if t.layer == spec.n_layers - 1
+            and ".mlp." in t.name
+            and t.name.rsplit(".", 2)[-2] in ("down_proj", "c_proj")
+            and _trainable(t, spec, setup)
+        ),
         model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
         layers=layer_groups,
         head_saved=head_saved(spec, ctx, head_trainable=head_trainable),
@@ -364,6 +375,7 @@ def _add_lora(
     grad_per_layer: dict[int, int],
     state_sizes: list[int],
     state_label: str,
+    cache_per_layer: dict[int, int],
 ) -> int:
     """LoRA adapters: A (r, in) and B (out, r) per targeted linear, fp32 (peft's
     ``autocast_adapter_dtype`` keeps adapters in fp32), with fp32 gradients and states."""
@@ -385,6 +397,10 @@ def _add_lora(
             for size in optimizer_state_allocations(setup.optimizer, numel, shape, 4):
                 states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
             state_sizes.append(numel * 4)
+            if reg.autocast:  # the fp32 adapters are matmul weights: cached half copies
+                cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + alloc_bytes(
+                    numel * reg.compute_bytes, round_to
+                )
     return n
 
 
@@ -404,17 +420,23 @@ def _layer_groups(
     for i in range(spec.n_layers):
         trainable = not setup.is_lora and i >= setup.freeze_layers
         input_grad = any_before or (setup.is_lora and i > 0)
-        kwargs = {"input_grad": input_grad, "trainable": trainable, "lora_modules": lora_targets}
+        kwargs: dict[str, Any] = {
+            "input_grad": input_grad,
+            "trainable": trainable,
+            "lora_modules": lora_targets,
+            "lora_rank": setup.lora_rank,
+        }
         saved = layer_saved(spec, ctx, i, **kwargs)
         full = (
             layer_saved(spec, full_ctx, i, **kwargs)
             if ctx.checkpointing is Checkpointing.FULL
             else saved
         )
-        if ctx.autocast and not trainable and input_grad and not setup.is_lora:
+        if ctx.autocast and not trainable and (input_grad or setup.is_lora):
             # Frozen fp32 weights: autocast does not cache their half copies (no grad), but
-            # each matmul saves its copy to compute the input gradient.
-            copies = _frozen_weight_copies(spec, i, ctx.compute_bytes)
+            # each matmul whose input needs a gradient saves its copy for that gradient.
+            skip = () if input_grad else ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn")
+            copies = _frozen_weight_copies(spec, i, ctx.compute_bytes, skip)
             full = full + copies if full is not saved else saved + copies
             saved = saved + copies
         key = (saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0)
@@ -433,13 +455,15 @@ def _layer_groups(
     return tuple(LayerGroup(*values) for values in groups.values())
 
 
-def _frozen_weight_copies(spec: ModelSpec, index: int, width: int) -> tuple[Saved, ...]:
+def _frozen_weight_copies(
+    spec: ModelSpec, index: int, width: int, skip: tuple[str, ...] = ()
+) -> tuple[Saved, ...]:
     return tuple(
         Saved(
             f"{t.name.split('.', 2)[-1].rsplit('.', 1)[0]}/weight_half_copy", width, fixed=t.numel
         )
         for t in param_tensors(spec)
-        if t.layer == index and t.role in (*_LINEAR_ROLES, "router")
+        if t.layer == index and t.role in (*_LINEAR_ROLES, "router") and t.module not in skip
     )
 
 
@@ -466,6 +490,8 @@ class StepMemory:
     first_step_peak: int
     activations: dict[str, int]
     temporaries: dict[str, int]
+    backward_sections: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Activations by trace section at the backward peak when it lies in the layers."""
 
     @property
     def peak_bytes(self) -> int:
@@ -485,10 +511,11 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
 
 
 def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
-    """Gradients in flight inside one layer's backward (approximate; see the module docstring).
+    """Gradients in flight at the peak of a layer's backward: inside the MLP's gated multiply.
 
-    The residual gradient and its accumulation (stream width), and, in the MLP, the gradients
-    of the down-projection input and of the two branches (compute width).
+    ``down_proj``'s backward has produced the gradient of its input (B, S, I) and released its
+    saved input; the multiply's backward then makes the gradients of both factors, beside the
+    layer's output gradient (stream width) that the residual path still holds.
     """
     spec, reg, r = plan.spec, plan.regime, plan.round_to
     stream = 4 if reg.autocast else reg.compute_bytes
@@ -497,9 +524,15 @@ def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
         width = spec.moe.expert_intermediate_size * spec.moe.top_k
     branches = 3 if spec.mlp_kind is MlpKind.GATED else 2
     tokens = b * s
-    return 2 * alloc_bytes(tokens * spec.hidden_size * stream, r) + branches * alloc_bytes(
+    return alloc_bytes(tokens * spec.hidden_size * stream, r) + branches * alloc_bytes(
         tokens * width * reg.compute_bytes, r
     )
+
+
+def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
+    """Peak temporaries of an RMSNorm's backward: it runs in fp32 (x.to(float32)), and the
+    gradients of ``x * rsqrt`` and of ``pow`` meet five fp32 (B, S, H) tensors at once."""
+    return 5 * alloc_bytes(b * s * plan.spec.hidden_size * 4, plan.round_to)
 
 
 def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
@@ -508,6 +541,9 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     tokens = batch * seq
     v = spec.vocab_size
     a_model = _sum_saved(plan.model_saved, batch, seq, r)
+    a_rotary = _sum_saved(
+        tuple(i for i in plan.model_saved if i.key.startswith("rotary/")), batch, seq, r
+    )
     a_head = _sum_saved(plan.head_saved, batch, seq, r)
     a_layers = 0
     cache_layers = 0
@@ -560,20 +596,44 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         - sum(g.count * g.grad_bytes for g in plan.layers)
         - plan.grads.get("embeddings", 0)
     )
-    # The last layer's backward starts with every layer still saved.
+    # The last layer's backward starts with every layer still saved; inside its MLP the
+    # down-projection has released its saved input.
     last = plan.layers[-1]
     recompute_last = _recompute(plan, last, batch, seq)
+    down_input = _sum_saved(
+        tuple(i for i in (last.full_saved if ckpt else last.saved) if i.key == "mlp/down_input"),
+        batch,
+        seq,
+        r,
+    )
     candidates.append(
         (
             "last_layer_backward",
             phase(
-                activations=a_model + a_layers + recompute_last,
+                activations=a_model + a_layers + recompute_last - down_input,
                 autocast_cache=last.cache_bytes if ckpt else cache_layers,
-                gradients=grads_head,
-                temporaries=transient,
+                gradients=grads_head + plan.last_down_grad,
+                temporaries=transient + 2 * scalar,
             ),
         )
     )
+    norm_input = 0
+    if spec.final_norm and spec.norm_kind is NormKind.RMSNORM:
+        # the final norm's backward: lm_head's gradient is out, the norm's fp32 input still saved
+        norm_input = _sum_saved(
+            tuple(i for i in plan.head_saved if i.key == "final_norm/input_fp32"), batch, seq, r
+        )
+        candidates.append(
+            (
+                "final_norm_backward",
+                phase(
+                    activations=a_model + a_layers + norm_input,
+                    autocast_cache=0 if ckpt else cache_layers,
+                    gradients=grads_head,
+                    temporaries=_norm_transient(plan, batch, seq) + 2 * scalar,
+                ),
+            )
+        )
     first = next(g for g in plan.layers if g.first)
     a_first = _sum_saved(first.saved, batch, seq, r)
     recompute_first = _recompute(plan, first, batch, seq)
@@ -606,12 +666,20 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         sum(phases["optimizer_step"].values()),
     )
     acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
+    sections: dict[str, int] = {}
+    live = best["activations"]
+    if best_name in ("last_layer_backward", "first_layer_backward", "final_norm_backward"):
+        sections = {"embedding": a_model - a_rotary, "layers": live - a_model + a_rotary}
+        if best_name == "final_norm_backward":
+            sections["final_norm"] = norm_input
+            sections["layers"] -= norm_input
+        sections = {k: v for k, v in sections.items() if v}
     temps: dict[str, int] = {}
     if best_name == "loss_backward":
         temps["loss_gradients_fp32"] = 2 * fp32_logits + 2 * scalar
     else:
         temps["layer_backward"] = transient
-    return StepMemory(phases, peak_phase, first_step, acts, temps)
+    return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
 
 
 def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
@@ -701,6 +769,9 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
             _activation_children(acts, plan, setup, ())
         elif at_peak["activations"] == total - nll:
             _activation_children(acts, plan, setup, _NLL_SAVED)
+        elif mem.backward_sections and mem.peak_phase == "peak_backward":
+            for key, value in mem.backward_sections.items():
+                acts.leaf(key, value, "saved tensors not yet freed by backward")
         else:
             acts.leaf("live", at_peak["activations"], "saved tensors not yet freed by backward")
     if at_peak["autocast_cache"]:

@@ -365,23 +365,34 @@ def _mlp(
     return out
 
 
-def _moe(spec: ModelSpec, ctx: ActivationContext, in_bytes: int) -> list[Saved]:
-    """Mixtral-style sparse block with uniform routing (each expert gets B*S*k/E tokens)."""
+def _moe(spec: ModelSpec, ctx: ActivationContext, in_bytes: int, param_bytes: int) -> list[Saved]:
+    """A routed MoE block as transformers 5.23 runs it (``integrations/moe.py``, grouped_mm).
+
+    The router (a linear, softmax in fp32, top-k, weights divided by their sum), then the
+    tokens sorted by expert (int64 index tensors), ``grouped_mm`` over the stacked experts in
+    the weights' dtype (its autograd saves its input; the gate_up output is kept whole by the
+    gate view), the gated product, the down projection's input and output, and the routing
+    weights it is scaled by. Tokens are spread evenly over experts (top-k of E), so the sizes are
+    per token times k.
+    """
     moe = spec.moe
     if moe is None:
         return []
-    c, hdim, w = ctx.compute_bytes, spec.hidden_size, moe.expert_intermediate_size
+    x, hdim, w = param_bytes, spec.hidden_size, moe.expert_intermediate_size
     k, e = moe.top_k, moe.n_experts
     out = _linear_inputs(ctx, "router", hdim, in_bytes, [True])
     out.append(Saved("moe/router_softmax_fp32", 4, per_token=e))
-    out.append(Saved("moe/topk_weights", 4, per_token=k))
-    # per routed token: gathered input (half copy), gate_up out, act, product, down out.
-    out.append(Saved("moe/expert_inputs", c, per_token=k * hdim))
-    out.append(Saved("moe/expert_gate_up", c, per_token=k * 2 * w))
-    out.append(Saved("moe/expert_act", c, per_token=k * w))
-    out.append(Saved("moe/expert_down_input", c, per_token=k * w))
-    out.append(Saved("moe/expert_down_out", c, per_token=k * hdim))
-    out.append(Saved("moe/token_index", 8, per_token=2 * k))
+    out.append(Saved("moe/topk_indices", 8, per_token=k))
+    out.append(Saved("moe/topk_weights_fp32", 4, per_token=k))
+    out.append(Saved("moe/topk_sum_fp32", 4, per_token=1))
+    out.append(Saved("moe/sort_indices", 8, per_token=3 * k))
+    out.append(Saved("moe/expert_inputs", x, per_token=k * hdim))
+    out.append(Saved("moe/expert_gate_up", x, per_token=k * 2 * w))
+    out.append(Saved("moe/expert_act", x, per_token=k * w))
+    out.append(Saved("moe/expert_down_input", x, per_token=k * w))
+    out.append(Saved("moe/expert_down_out", x, per_token=k * hdim))
+    out.append(Saved("moe/routing_weights", 4, per_token=k))
+    out.append(Saved("moe/offsets", 8, fixed=1))
     if moe.n_shared_experts and moe.shared_intermediate_size:
         shared = {"gate": True, "up": True, "down": True, "gate_up": True}
         out += [
@@ -400,6 +411,7 @@ def layer_saved(
     input_grad: bool = True,
     trainable: bool = True,
     lora_modules: frozenset[str] = frozenset(),
+    lora_rank: int = 0,
 ) -> tuple[Saved, ...]:
     """Tensors one decoder layer saves (the layer input included, as its first norm's input).
 
@@ -408,7 +420,7 @@ def layer_saved(
     """
     if ctx.checkpointing is Checkpointing.FULL:
         return (Saved("checkpoint/layer_input", ctx.stream_bytes, per_token=spec.hidden_size),)
-    return tuple(_layer_full(spec, ctx, index, input_grad, trainable, lora_modules))
+    return tuple(_layer_full(spec, ctx, index, input_grad, trainable, lora_modules, lora_rank))
 
 
 def _layer_full(
@@ -418,6 +430,7 @@ def _layer_full(
     input_grad: bool,
     trainable: bool,
     lora_modules: frozenset[str],
+    lora_rank: int = 0,
 ) -> list[Saved]:
     r, c, hdim = ctx.stream_bytes, ctx.compute_bytes, spec.hidden_size
     names = ("q", "k", "v", "qkv", "gate", "up", "gate_up", "down")
@@ -440,16 +453,32 @@ def _layer_full(
         out += _group(mid, _norm(spec, ctx, hdim, r, True, trainable))
     mlp_in = _norm_out_bytes(spec, ctx, r)
     if spec.is_moe_layer(index):
-        mlp = _moe(spec, ctx, mlp_in)
+        mlp = _moe(spec, ctx, mlp_in, 4 if ctx.autocast else ctx.compute_bytes)
     else:
         mlp = _mlp(spec, ctx, mlp_in, spec.intermediate_size, train)
     mlp += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
     out += _group("mlp", mlp)
     if spec.n_layer_norms >= 4:
         out += _group("post_feedforward_layernorm", _norm(spec, ctx, hdim, c, True, trainable))
+    # peft (fp32 adapters): lora_A saves its input, lora_B lora_A's output; under autocast both
+    # in half (autocast casts x back down), otherwise in fp32 (peft casts x to the adapter dtype).
+    # In fp32 there is no cast: lora_A saves x itself, shared by the adapters that read the same
+    # tensor (q/k/v; gate/up), and o_proj's input is the attention output saved already.
+    width = c if ctx.autocast else 4
+    shared: set[str] = set()
     for module in sorted(lora_modules):
-        # peft casts the input to the fp32 adapter dtype; lora_A saves it, lora_B saves A's out.
-        out.append(Saved(f"lora/{module}/input_fp32", 4, per_token=_lora_in_width(spec, module)))
+        if c == 4 and not ctx.autocast:
+            source = _LORA_SOURCES.get(module, module)
+            if source in shared or source == "attention_out":
+                source = "skip"
+            shared.add(source)
+        else:
+            source = module
+        if source != "skip":
+            out.append(
+                Saved(f"lora/{module}_A_input", width, per_token=_lora_in_width(spec, module))
+            )
+        out.append(Saved(f"lora/{module}_B_input", width, per_token=lora_rank))
     return out
 
 
@@ -464,6 +493,13 @@ def _prefixed(prefix: str, item: Saved) -> Saved:
         f"{prefix}/{tail}", item.elem_bytes, item.per_token, item.per_score, item.per_row,
         item.align, item.per_position, item.fixed, item.category,
     )  # fmt: skip
+
+
+_LORA_SOURCES = {
+    "q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in",
+    "c_attn": "attn_in", "o_proj": "attention_out", "gate_proj": "mlp_in", "up_proj": "mlp_in",
+    "gate_up_proj": "mlp_in", "c_fc": "mlp_in",
+}  # fmt: skip
 
 
 def _lora_in_width(spec: ModelSpec, module: str) -> int:
@@ -502,6 +538,9 @@ def head_saved(
     norm_out = _norm_out_bytes(spec, ctx, r) if spec.final_norm else r
     if head_trainable:
         out += _group("lm_head", _linear_inputs(ctx, "lm_head", hdim, norm_out, [True]))
+    elif ctx.autocast:
+        # frozen fp32 head: its half copy is not cached but saved for the input gradient
+        out.append(Saved("lm_head/weight_half_copy", c, fixed=v * hdim))
     if spec.final_logit_softcapping is not None:
         out.append(Saved("loss/softcap_tanh", c, per_token=v))
     out.append(Saved("loss/log_softmax_fp32", 4, per_token=v))

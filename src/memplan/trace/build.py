@@ -22,14 +22,14 @@ from memplan.specs.model import ModelSpec
 
 __all__ = [
     "apply_freezing",
-    "grouped_mm_policy",
-    "supports_sdpa",
     "apply_lora",
     "build_model",
     "check_seq_len",
     "config_of",
+    "grouped_mm_policy",
     "layer_index",
     "module_section",
+    "supports_sdpa",
 ]
 
 _DROPOUT_KEY = re.compile(r"(dropout|pdrop)$")
@@ -62,7 +62,7 @@ def check_seq_len(name: str, config: dict[str, Any], seq: int, allow_long: bool)
             if seq > limit and not allow_long:
                 raise SetupError(
                     f"{name}: a sequence of {seq} tokens is longer than the model's maximum of "
-                    f"{limit} ({key}); shorten it or allow it explicitly (allow_long_seq)"
+                    f"{limit} ({key}); shorten it or pass --allow-long-seq"
                 )
             return
 

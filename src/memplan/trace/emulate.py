@@ -76,7 +76,8 @@ class CudaEmulation(TorchFunctionMode):
         self.sdpa_backend = sdpa_backend
         self.prefer_cudnn = prefer_cudnn
         self.autocast_dtype = autocast_dtype
-        self.autocast_on = autocast_dtype is not None
+        self.autocast_on = False
+        """Inside an autocast region (the forward, and checkpointing's recomputation)."""
         self.cache_on = True
         self._cache: dict[int, torch.Tensor] = {}
         self.backends_used: dict[str, int] = {}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from memplan.errors import SetupError
-from memplan.report import Item, Phase, Report
+from memplan.report import Phase, Report
 from memplan.specs.inference import InferenceSetup
 from memplan.specs.model import ModelSpec
 from memplan.trace.assemble import (
@@ -52,7 +52,8 @@ def trace_inference(
     progress: Progress | None = None,
     fake: bool = True,
 ) -> Report:
-    """Trace a prefill of ``setup.prompt_len`` tokens and ``setup.gen_len - 1`` decode steps."""
+    """Trace a prefill of ``setup.prompt_len`` tokens and ``setup.gen_len - 1`` decode steps
+    (the first and the last of them; see ``_fast_forward``)."""
     started = time.perf_counter()
     tick = progress or (lambda message, fraction: None)
     name, config = config_of(model)
@@ -86,10 +87,20 @@ def trace_inference(
         token = _forward(net, ids, cache, 0, setup.logits == "last", session)
         del ids
         marks["after_prefill"] = tracker.mark()
+        prefill_flops = tracker.flops
         steps = max(0, setup.gen_len - 1)
-        for step in range(steps):
-            token = _forward(net, token, cache, setup.prompt_len + step, True, session)
-            tick(f"decode step {step + 1} of {steps}", 0.1 + 0.9 * (step + 1) / max(steps, 1))
+        decode_flops = 0
+        for step, position in enumerate(_decode_positions(setup.prompt_len, steps)):
+            if step == 1 and steps > 2:
+                # steps 2 .. n-1 only grow the cache: fast-forward it and trace the last step
+                marks["fast_forward"] = tracker.mark()
+                _fast_forward(cache, position - setup.prompt_len - 1, session)
+                marks["last_step"] = tracker.mark()
+            before = tracker.flops
+            token = _forward(net, token, cache, position, True, session)
+            decode_flops = _decode_flops(decode_flops, tracker.flops - before, step, steps)
+            tick(f"decode step {step + 1}", 0.1 + 0.9 * (step + 1) / 2)
+        tracker.flops = prefill_flops + decode_flops
         marks["after_decode"] = tracker.mark()
         kv_bytes = _flag_cache(cache, session)
         del token
@@ -119,6 +130,48 @@ def _check(name: str, config: dict[str, Any], setup: InferenceSetup) -> torch.dt
     if setup.target not in ("cuda", "cpu"):
         raise SetupError(f"target must be cuda or cpu, got {setup.target!r}")
     return _DTYPES[setup.weights]
+
+
+def _decode_positions(prompt_len: int, steps: int) -> list[int]:
+    """Positions of the decode steps traced: all of them up to two, else the first and last."""
+    if steps <= 2:
+        return [prompt_len + i for i in range(steps)]
+    return [prompt_len, prompt_len + steps - 1]
+
+
+def _decode_flops(total: int, step_flops: int, step: int, steps: int) -> int:
+    """Decode FLOPs: a step's FLOPs are linear in the cache length, so n steps sum to
+    n * (first + last) / 2 when only the first and the last are traced."""
+    if steps <= 2:
+        return total + step_flops
+    if step == 0:
+        return step_flops
+    return (total + step_flops) * steps // 2
+
+
+def _fast_forward(cache: Any, n_tokens: int, session: TraceSession) -> None:
+    """Grow each cache layer by ``n_tokens`` through its own ``update`` (as that many decode
+    steps would: ``torch.cat`` for a DynamicCache, a window for sliding layers; a StaticCache
+    is allocated at its full length already)."""
+    from transformers import StaticCache
+
+    if n_tokens <= 0 or isinstance(cache, StaticCache):
+        return
+    for index, layer in enumerate(cache.layers):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            continue
+        # all but one token at once, then one: a sliding layer keeps a view of its last
+        # concatenation, which must be one token long as after a real decode step
+        for chunk in (n_tokens - 1, 1):
+            if chunk:
+                shape = (*keys.shape[:2], chunk)
+                cache.update(
+                    keys.new_empty((*shape, keys.shape[-1])),
+                    values.new_empty((*shape, values.shape[-1])),
+                    index,
+                )
+    _flag_cache(cache, session)
 
 
 def _make_cache(net: torch.nn.Module, setup: InferenceSetup) -> Any:
@@ -179,7 +232,13 @@ def _report(
     raw = sizes_of(session, rounded=False)
     timeline = Timeline.build(sizes, session.tracker.events)
     prefill = timeline.peak_between(marks["start"], marks["after_prefill"])
-    decode = timeline.peak_between(marks["after_prefill"], marks["after_decode"])
+    if "fast_forward" in marks:
+        decode = max(
+            timeline.peak_between(marks["after_prefill"], marks["fast_forward"]),
+            timeline.peak_between(marks["last_step"], marks["after_decode"]),
+        )
+    else:
+        decode = timeline.peak_between(marks["after_prefill"], marks["after_decode"])
     (peak, where), phase = max(((prefill, "prefill"), (decode, "decode")), key=lambda c: c[0][0])
     live = timeline.live_at(where)
     report = Report(
@@ -213,5 +272,9 @@ def _report(
             f"{k} ({v} calls)" for k, v in sorted(session.emulation.backends_used.items())
         )
         report.notes.append(f"attention kernels emulated: {used}")
-    _ = Item
+    if "fast_forward" in marks:
+        report.notes.append(
+            "decode: the first and the last step traced; the cache was grown to the last "
+            "step's length in between (each step only adds to it), FLOPs summed linearly"
+        )
     return report

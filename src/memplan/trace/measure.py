@@ -38,7 +38,13 @@ PHASES = (
 def measure_training(config: dict[str, Any], setup: TrainingSetup, n_params: int) -> dict[str, Any]:
     """Measured bytes per phase (steady state) and ``reserved_bytes`` / ``rss_bytes``."""
     if torch.cuda.is_available():
-        return _measure_cuda(config, setup)
+        try:
+            return _measure_cuda(config, setup)
+        except torch.cuda.OutOfMemoryError as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else "out of memory"
+            raise SetupError(
+                f"--measure: the real step does not fit on this GPU ({first_line})"
+            ) from exc
     return _measure_cpu(config, setup, n_params)
 
 

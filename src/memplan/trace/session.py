@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,30 +91,59 @@ class TraceSession:
             with torch.autocast("cpu", dtype=self.cpu_autocast_dtype):
                 yield
             return
+        emulation = self.emulation
+        if emulation is not None:
+            emulation.autocast_on = emulation.autocast_dtype is not None
         try:
             yield
         finally:
-            if self.emulation is not None:
-                self.emulation.clear_cache()
+            if emulation is not None:
+                emulation.autocast_on = False
+                emulation.clear_cache()
 
     # Hooks ---------------------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         name = self.names.get(id(module), "other")
         self.tracker.module_stack.append(name)
         self._transitions.append((_sequence_nr(), name))
-        if self.in_backward:
-            self._recompute_depth += 1
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self.tracker.module_stack
         if len(stack) > 1:
             stack.pop()
         self._transitions.append((_sequence_nr(), stack[-1]))
-        if self.in_backward and self._recompute_depth:
+
+    def wrap_checkpointing(self, model: nn.Module) -> None:
+        """Mark the recomputation of checkpointed layers (transformers' per-layer
+        ``_gradient_checkpointing_func``): what it allocates is activations, and it runs in the
+        forward's autocast state (torch.utils.checkpoint restores it), with its own cache."""
+        for module in model.modules():
+            original = getattr(module, "_gradient_checkpointing_func", None)
+            if original is not None:
+                module._gradient_checkpointing_func = functools.partial(self._checkpoint, original)
+
+    def _checkpoint(self, original: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+        def run(*inner_args: Any, **inner_kwargs: Any) -> Any:
+            if not self.in_backward:
+                return function(*inner_args, **inner_kwargs)
+            with self._recompute_region():
+                return function(*inner_args, **inner_kwargs)
+
+        return original(run, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _recompute_region(self) -> Iterator[None]:
+        emulation = self.emulation
+        self._recompute_depth += 1
+        if emulation is not None:
+            emulation.autocast_on = emulation.autocast_dtype is not None
+        try:
+            yield
+        finally:
             self._recompute_depth -= 1
-            if self._recompute_depth == 0 and self.emulation is not None:
-                # torch.utils.checkpoint recomputes each layer in its own autocast region
-                self.emulation.clear_cache()
+            if emulation is not None:
+                emulation.autocast_on = False
+                emulation.clear_cache()
 
     def module_of_node(self, sequence_nr: int) -> str:
         """The innermost module that was running when the node ``sequence_nr`` was made."""

@@ -120,6 +120,7 @@ def run_training(
     with session, grouped_mm_policy(_PARAM_DTYPE[precision]):
         model = _prepare_model(config, setup, attention)
         session.register_model(model)
+        session.wrap_checkpointing(model)
         run.n_params = sum(p.numel() for p in model.parameters())
         run.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         tracker = session.tracker

@@ -1,0 +1,113 @@
+"""``memplan train`` in-process: the README's command, JSON contract, what fits, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from memplan.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _check_sums(node: dict[str, Any]) -> None:
+    children = node.get("children", [])
+    if children:
+        assert node["total"] == sum(child["total"] for child in children), node["key"]
+        for child in children:
+            _check_sums(child)
+
+
+MAKE_RUN = [
+    "train", "meta-llama/Llama-3.1-8B", "--batch", "1", "--seq", "2048",
+    "--precision", "bf16-mixed", "--optimizer", "adamw", "--gpu", "H100-SXM",
+]  # fmt: skip
+
+
+def test_make_run_prints_a_readable_estimate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(MAKE_RUN) == 0
+    out = capsys.readouterr().out
+    for text in ("peak", "parameters", "optimizer_states", "phases", "optimizer_step",
+                 "does NOT fit on H100", "short by", "largest micro-batch"):  # fmt: skip
+        assert text in out, text
+
+
+def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, [*MAKE_RUN, "--json"])
+    assert data["peak_bytes"] == data["breakdown"]["total"]
+    _check_sums(data["breakdown"])
+    keys = [child["key"] for child in data["breakdown"]["children"]]
+    assert keys[:4] == ["parameters", "gradients", "optimizer_states", "activations"]
+    assert [p["name"] for p in data["phases"]] == [
+        "after_load", "end_of_forward", "peak_backward", "after_backward", "optimizer_step",
+        "after_zero_grad",
+    ]  # fmt: skip
+    assert data["peak_phase"] in ("forward", "backward", "optimizer_step")
+    assert data["max_batch_size"] == 0 and data["max_seq_len"] == 0
+    assert data["headroom_bytes"] < 0
+    assert isinstance(data["first_step_peak_bytes"], int)
+
+
+def test_what_fits_on_a_given_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, ["train", "llama-3.2-1b", "--batch", "2", "--seq", "1024",
+                          "--precision", "bf16", "--gpu-memory", "80GiB", "--json"])  # fmt: skip
+    assert data["fits"] is True
+    assert data["headroom_bytes"] == data["usable_bytes"] - data["peak_bytes"] > 0
+    assert data["max_batch_size"] > 2
+    assert data["max_seq_len"] >= 1024
+
+
+def test_seed004_method_and_its_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    data = _json(capsys, ["train", "gpt2-xl", "--precision", "fp32", "--seq", "1024",
+                          "--gpu-memory", "80GB", "--method", "seed004", "--json"])  # fmt: skip
+    assert data["peak_bytes"] == 32_746_342_400 + 15_941_046_272
+    assert data["max_batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch", "0"], "batch must be a positive integer"),
+        (["--seq", "200000"], "exceeds"),
+        (["--optimizer", "adamx"], "unknown optimizer 'adamx'"),
+        (["--precision", "fp8"], "unknown precision 'fp8'"),
+        (["--lora-rank", "5000", "--lora-targets", "q_proj"], "LoRA rank 5000 is larger"),
+        (["--lora-rank", "8", "--lora-targets", "c_attn"], "none of the LoRA targets"),
+        (["--gpu", "H900"], "H900"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(["train", "llama-3.2-1b", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memplan: error:") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_setup_that_does_not_fit_is_an_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "llama-2-70b", "--gpu", "A100-80GB"]) == 0
+    assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_every_optimizer_and_precision_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    for optimizer in ("adamw-fused", "adamw-forloop", "adam", "sgd", "sgd-momentum",
+                      "adafactor", "lion", "adamw-8bit", "paged-adamw-8bit"):  # fmt: skip
+        assert main(["train", "llama-3.2-1b", "--optimizer", optimizer, "--json"]) == 0
+    for precision in ("fp32", "fp16", "bf16", "fp16-mixed", "deepspeed-bf16", "deepspeed-fp16"):
+        assert main(["train", "llama-3.2-1b", "--precision", precision, "--json"]) == 0
+    for extra in (["--checkpointing", "full"], ["--checkpointing", "selective"],
+                  ["--attention", "eager"], ["--qlora", "--lora-rank", "16"],
+                  ["--freeze-layers", "4", "--freeze-embeddings"], ["--target", "cpu"]):  # fmt: skip
+        assert main(["train", "llama-3.2-1b", *extra, "--json"]) == 0
+    capsys.readouterr()
