@@ -25,19 +25,24 @@ def rss_mib() -> float:
 def bench_memplan(model: str, batch: int, seq: int) -> None:
     started = time.perf_counter()
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    import transformers
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from memplan.catalog import resolve
     from memplan.specs.training import Optimizer, Precision, TrainingSetup
     from memplan.trace.training import trace_training
 
-    imported = time.perf_counter()
     spec = resolve(model)
+    # one-off lazy imports: torch._dynamo (through FakeTensorMode) and the model's module
+    FakeTensorMode()
+    getattr(transformers, (spec.hf_config or {}).get("architectures", ["LlamaForCausalLM"])[0])
+    imported = time.perf_counter()
     setup = TrainingSetup(batch=batch, seq=seq, precision=Precision.BF16, optimizer=Optimizer.ADAMW)
     report = trace_training(spec, setup)
     done = time.perf_counter()
-    print(f"import torch+transformers: {imported - started:.2f} s")
+    print(f"imports (torch, transformers, torch._dynamo, model class): {imported - started:.2f} s")
     print(f"memplan trace ({spec.name}): {done - imported:.2f} s, peak RSS {rss_mib():.0f} MiB")
+    print(f"  total wall time in this process: {done - started:.2f} s")
     print(f"  ops traced: {report.scalars['n_ops']}, peak {report.scalars['peak_bytes']:,} B")
     for phase in report.phases:
         print(f"  {phase.name:<28} {phase.bytes / 2**30:9.3f} GiB  {phase.bytes:,} B")

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from memplan.specs.training import Optimizer, Precision, Target, TrainingSetup
+from memplan.specs.training import Checkpointing, Optimizer, Precision, Target, TrainingSetup
 from memplan.trace.training import trace_training
 
 pytestmark = pytest.mark.trace
@@ -152,3 +152,21 @@ def test_parameter_gradient_and_state_bytes_are_closed_forms(
 
 def _n_tensors(cfg: dict) -> int:  # type: ignore[type-arg]
     return 2 + 1 + cfg["num_hidden_layers"] * 9
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"checkpointing": Checkpointing.FULL, "precision": Precision.BF16_MIXED},
+        {"lora_rank": 4, "lora_targets": ("q_proj", "v_proj")},
+        {"freeze_layers": 1, "optimizer": Optimizer.SGD_MOMENTUM},
+    ],
+)
+def test_fake_equals_real_with_checkpointing_lora_freezing(extra: dict) -> None:  # type: ignore[type-arg]
+    values: dict[str, object] = {"batch": 2, "seq": 24, "precision": Precision.FP32}
+    values.update(extra)
+    setup = TrainingSetup(target=Target.CPU, **values)  # type: ignore[arg-type]
+    fake = trace_training(CONFIGS["llama"], setup)
+    real = trace_training(CONFIGS["llama"], setup, fake=False)
+    assert [p.bytes for p in fake.phases] == [p.bytes for p in real.phases]
+    assert fake.breakdown.to_dict() == real.breakdown.to_dict()

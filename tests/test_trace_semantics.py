@@ -171,3 +171,15 @@ def test_decode_fast_forward_equals_every_step(
     assert [(p.name, p.bytes) for p in fast.phases] == [(p.name, p.bytes) for p in full.phases]
     assert fast.scalars["flops"] == full.scalars["flops"]
     assert fast.scalars["kv_cache_bytes"] == full.scalars["kv_cache_bytes"]
+
+
+def test_mixed_precision_checkpointing_recomputes_under_autocast() -> None:
+    setup = TrainingSetup(
+        batch=2, seq=32, precision=Precision.BF16_MIXED, checkpointing=Checkpointing.FULL
+    )
+    report = trace_training(LLAMA, setup)
+    plain = trace_training(LLAMA, TrainingSetup(batch=2, seq=32, precision=Precision.BF16_MIXED))
+    saved = report.sections["activations_end_of_forward"].total
+    assert saved < plain.sections["activations_end_of_forward"].total
+    # layer 1's input, fp32 (the residual stream under autocast)
+    assert report.sections["activations_end_of_forward"].get("layers") == 2 * 32 * 64 * 4

@@ -111,3 +111,25 @@ def test_every_optimizer_and_precision_runs(capsys: pytest.CaptureFixture[str]) 
                   ["--freeze-layers", "4", "--freeze-embeddings"], ["--target", "cpu"]):  # fmt: skip
         assert main(["train", "llama-3.2-1b", *extra, "--json"]) == 0
     capsys.readouterr()
+
+
+def test_train_and_compare_methods_do_not_import_torch() -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import contextlib, io, sys\n"
+        "from memplan.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['train', 'llama-3.1-8b', '--gpu', 'H100-SXM']) == 0\n"
+        "    assert main(['train', 'gpt2-xl', '--method', 'seed004', '--seq', '1024']) == 0\n"
+        "    assert main(['compare', 'gpt2', '--seq', '512', '--methods', '--no-trace']) == 0\n"
+        "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "MEMPLAN_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

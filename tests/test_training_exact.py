@@ -38,6 +38,15 @@ TINY = {
                        intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                        num_key_value_heads=4, max_position_embeddings=1024,
                        tie_word_embeddings=False),
+    "mixtral": dict(model_type="mixtral", vocab_size=512, hidden_size=64, intermediate_size=96,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                    num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=512),
+    "deepseek_v2": dict(model_type="deepseek_v2", vocab_size=512, hidden_size=64,
+                        intermediate_size=160, moe_intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=4,
+                        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                        q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16,
+                        qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=512),
     "gpt2": dict(model_type="gpt2", vocab_size=512, n_embd=64, n_layer=2, n_head=4,
                  n_positions=512, bos_token_id=0, eos_token_id=0),
 }  # fmt: skip
@@ -67,6 +76,9 @@ CASES = [
     ("gpt2", _setup(batch=1, seq=64, precision=Precision.FP32)),
     ("gpt2", _setup(batch=2, seq=48, precision=Precision.BF16, attention=Attention.EAGER)),
     ("llama-gqa", _setup(batch=2, seq=64)),
+    ("mixtral", _setup(batch=2, seq=64)),
+    ("mixtral", _setup(batch=2, seq=64, precision=Precision.FP32)),
+    ("mixtral", _setup(batch=2, seq=48, precision=Precision.BF16)),
     ("llama-wide", _setup(batch=4, seq=256, precision=Precision.BF16)),
     ("llama-wide", _setup(batch=2, seq=256)),
     ("llama-wide", _setup(batch=2, seq=128, precision=Precision.FP32)),
@@ -120,6 +132,8 @@ NEAR_CASES = [
     ("llama", _setup(batch=1, seq=64, lora_rank=8, precision=Precision.BF16)),
     ("llama", _setup(batch=2, seq=48, lora_rank=4, precision=Precision.FP32)),
     ("llama-gqa", _setup(batch=2, seq=64, optimizer=Optimizer.ADAFACTOR)),
+    ("mixtral", _setup(batch=2, seq=64, lora_rank=4)),
+    ("mixtral", _setup(batch=2, seq=64, lora_rank=4, precision=Precision.BF16)),
 ]
 
 
@@ -132,3 +146,22 @@ def test_lora_and_adafactor_within_two_kib(family: str, setup: TrainingSetup) ->
     assert analytic.keys() == trace.keys()
     for key in trace:
         assert abs(analytic[key] - trace[key]) <= 2048, (key, analytic[key], trace[key])
+
+
+def test_deepseek_mla_within_one_percent() -> None:
+    """DeepSeek-V2 (MLA + shared and routed experts): peak and phases within 1 %, saved
+    activations within 2 %: a few tensors of the MLA rotary path (its q_pe/k_pe reshapes and
+    concatenations) are not modelled one by one yet."""
+    config = TINY["deepseek_v2"]
+    spec = spec_from_config(dict(config), name="deepseek_v2")
+    for setup in (_setup(batch=2, seq=64), _setup(batch=2, seq=64, precision=Precision.FP32)):
+        analytic = _lines(estimate_training(spec, setup))
+        trace = _lines(_trace(config, setup))
+        for key in ("peak", "phase/end_of_forward", "phase/peak_backward"):
+            assert abs(analytic[key] - trace[key]) <= 0.01 * trace[key], key
+        assert (
+            abs(analytic["peak/activations"] - trace["peak/activations"])
+            <= 0.02 * trace["peak/activations"]
+        )
+        for key in ("phase/after_load", "phase/after_backward", "phase/optimizer_step"):
+            assert analytic[key] == trace[key], key

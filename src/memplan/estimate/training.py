@@ -1,27 +1,35 @@
 """``estimate_training(spec, setup) -> Report``: per-GPU memory of one training step, no torch.
 
-The step is the one the trace engine runs (``memplan.trace``): ``out = model(input_ids,
-labels=labels)``, ``out.loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad()``
-(``set_to_none``), twice; the steady state is the second iteration (optimizer states live
-throughout), the first step allocates the states inside ``step()``.
+The step is the one the trace engine runs (``memplan.trace.training``) and Trainer runs:
+``loss = model(input_ids=..., labels=...).loss`` (the logits are dropped), ``loss.backward()``,
+``optimizer.step()``, ``optimizer.zero_grad()`` (gradients set to None), twice; the steady
+state is the second iteration (optimizer states live throughout); the first step allocates the
+states inside ``step()``.
 
-Everything that does not depend on the batch and sequence length is computed once per
-(spec, setup) and cached (:func:`training_plan`); the per-(B, S) path (:func:`evaluate`) is plain
-integer arithmetic over a few dozen saved-tensor terms, so an estimate takes microseconds.
+Everything that does not depend on batch and sequence length is computed once per
+(spec, setup) and cached (:func:`training_plan`): parameters tensor by tensor, gradients,
+optimizer states, autocast copies, and the saved-tensor terms of every distinct layer
+(``memplan.formulas.activations``). The per-(B, S) path (:func:`evaluate`) is integer
+arithmetic over a few dozen terms, each rounded to the allocator's 512-byte blocks.
 
-Timeline (phases, in order; ``static`` = parameters + buffers + optimizer states + inputs):
+Timeline (``static`` = parameters + buffers + optimizer states + inputs):
 
-- ``after_load``: static.
-- ``end_of_forward``: + saved activations + autocast cache (the logits are dropped: Trainer's
-  ``model(**batch).loss``). During the loss, ``logits.float()`` adds a transient fp32 copy.
-- ``peak_backward``: the largest of (a) the start of backward: nll_loss's and log_softmax's
-  fp32 (B*S, V) gradients beside everything saved; (b) the layer phase: as each layer's backward
-  runs, its activations and cached weights are freed and its gradients allocated, plus the
-  gradients in flight inside the layer; with full checkpointing the layer's forward is
-  recomputed first, so one layer's full activations come back.
-- ``after_backward``: static + gradients.
-- ``optimizer_step``: + the step's temporaries (``memplan.formulas.optimizer``).
-- ``after_zero_grad``: static.
+- ``after_load``: static (before the forward).
+- ``end_of_forward``: + saved activations + the half weight copies autocast cached (held by the
+  graph) + the loss scalar.
+- inside the forward the loss is the high point: half logits, their fp32 copy and the fp32
+  log-softmax beside everything saved, plus, under AMP, the fp32 k/v copies ``DynamicCache``
+  holds and the final norm's fp32 output (``forward`` when it is the peak).
+- ``peak_backward``: the largest of: log-softmax's backward (two fp32 (B*S, V) gradients, the
+  int64 targets already released); the final RMSNorm's backward (five fp32 (B, S, H)
+  temporaries, lm_head's gradient out); the last layer's MLP multiply (its down-projection's
+  input released, weight gradient out, three (B, S, I) gradients in flight); with full
+  checkpointing the layer being recomputed adds its activations and autocast copies back.
+- ``after_backward``: static + gradients. ``optimizer_step``: + the step's temporaries
+  (``memplan.formulas.optimizer``). ``after_zero_grad``: static.
+
+These are checked against the trace byte for byte on size-reduced configs of seven families
+(``tests/test_training_exact.py``) and at full size (``scripts/accuracy_training.py``).
 """
 
 from __future__ import annotations
@@ -100,6 +108,14 @@ _PEAK_PHASE_NAMES = {
     "after_zero_grad": "zero_grad",
 }
 """The trace engine's ``peak_phase`` vocabulary (memplan.trace.__init__)."""
+_BACKWARD_TEMPORARIES = {
+    "loss_backward": "loss_gradients_fp32",
+    "final_norm_backward": "final_norm_backward_fp32",
+    "last_layer_backward": "mlp_backward_gradients",
+    "first_layer_backward": "layer_backward_gradients",
+    "embedding_backward": "embedding_backward",
+}
+"""How the temporaries at each backward high point are labelled."""
 _LINEAR_ROLES = ("linear", "experts")
 
 
@@ -225,8 +241,10 @@ def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
 
 
 def _cast_for_matmul(t: ParamTensor, spec: ModelSpec) -> bool:
-    """The parameter feeds a matmul (a linear weight, experts, router; tied embeddings)."""
-    if t.role in (*_LINEAR_ROLES, "router"):
+    """The parameter feeds an autocast matmul (a linear weight, the router; tied embeddings).
+
+    Stacked experts go through ``grouped_mm``, which autocast leaves in the weights' dtype."""
+    if t.role in ("linear", "router"):
         return True
     return t.name == "embed_tokens.weight" and spec.tie_word_embeddings
 
@@ -463,7 +481,7 @@ def _frozen_weight_copies(
             f"{t.name.split('.', 2)[-1].rsplit('.', 1)[0]}/weight_half_copy", width, fixed=t.numel
         )
         for t in param_tensors(spec)
-        if t.layer == index and t.role in (*_LINEAR_ROLES, "router") and t.module not in skip
+        if t.layer == index and t.role in ("linear", "router") and t.module not in skip
     )
 
 
@@ -649,6 +667,22 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             ),
         )
     )
+    if "embeddings" in plan.grads:
+        # the embedding's backward, last: its (V, H) gradient beside the others; untied, the
+        # incoming (B, S, H) gradient is still alive; tied, the new gradient and its sum with
+        # lm_head's (out of place) are both alive.
+        vh = alloc_bytes(v * spec.hidden_size * reg.grad_bytes, r)
+        stream = 4 if reg.autocast else reg.compute_bytes
+        if spec.tie_word_embeddings:
+            extra = 2 * vh
+        else:
+            extra = alloc_bytes(tokens * spec.hidden_size * stream, r)
+        candidates.append(
+            (
+                "embedding_backward",
+                phase(gradients=plan.grad_bytes, temporaries=extra + 2 * scalar),
+            )
+        )
     best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
     phases["peak_backward"] = best
     phases["after_backward"] = phase(gradients=plan.grad_bytes)
@@ -674,11 +708,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             sections["final_norm"] = norm_input
             sections["layers"] -= norm_input
         sections = {k: v for k, v in sections.items() if v}
-    temps: dict[str, int] = {}
-    if best_name == "loss_backward":
-        temps["loss_gradients_fp32"] = 2 * fp32_logits + 2 * scalar
-    else:
-        temps["layer_backward"] = transient
+    temps = {_BACKWARD_TEMPORARIES[best_name]: best["temporaries"]}
     return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
 
 
@@ -896,9 +926,7 @@ def _temporaries_at(plan: TrainingPlan, mem: StepMemory, setup: TrainingSetup) -
         return {"optimizer_step": value}
     if mem.peak_phase == "forward_peak":
         return {"logits_and_loss": value}
-    if "loss_gradients_fp32" in mem.temporaries:
-        return {"loss_gradients_fp32": value}
-    return {"layer_backward": value}
+    return {next(iter(mem.temporaries)): value}
 
 
 def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:

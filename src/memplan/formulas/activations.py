@@ -245,16 +245,20 @@ def _attention_core(
         out.append(Saved(f"{key}/rng_seed", 8, fixed=2 if backend == "flash" else 1))
         out.append(Saved(f"{key}/rng_offset", 8, fixed=1))
         if ctx.checkpointing is Checkpointing.SELECTIVE:
-            return []
+            # recomputing the kernel needs q, k, v (kept); the output is o_proj's input anyway
+            return [
+                s for s in out if not s.key.endswith(("logsumexp_fp32", "rng_seed", "rng_offset"))
+            ]
         return out
     if backend == "math":
-        # _scaled_dot_product_attention_math: q*sqrt(scale), k*sqrt(scale) (repeated for GQA),
-        # softmax (fp32 when the inputs are), v repeated.
+        # _scaled_dot_product_attention_math: k and v repeated for GQA, everything in fp32 for
+        # half inputs; q*sqrt(scale) and k*sqrt(scale), the softmax and v are saved, and the
+        # output's transposed copy feeds o_proj.
         out = [
-            Saved(f"{key}/q_scaled", c, per_token=h * d_qk),
-            Saved(f"{key}/k_scaled", c, per_token=h * d_qk),
-            Saved(f"{key}/softmax", c, per_score=h),
-            Saved(f"{key}/v", c, per_token=h * d_v),
+            Saved(f"{key}/q_scaled", 4, per_token=h * d_qk),
+            Saved(f"{key}/k_scaled", 4, per_token=h * d_qk),
+            Saved(f"{key}/softmax", 4, per_score=h),
+            Saved(f"{key}/v", 4, per_token=h * d_v),
             Saved(f"{key}/out", c, per_token=h * d_v),
         ]
         return out
@@ -295,11 +299,7 @@ def _qkv_storages(
     if spec.mla is not None:
         # MLA: q and k are concatenations (nope + rope); v a view of kv_b's output.
         kv_b = spec.n_heads * (spec.mla.qk_nope_head_dim + spec.mla.v_head_dim)
-        return (
-            [q, k, v]
-            if ctx.kv_cache_copies
-            else [q, k, Saved("attention/kv_b_out", c, per_token=kv_b)]
-        )
+        return [q, k, Saved("attention/kv_b_out", c, per_token=kv_b)]
     if not spec.fused_qkv:
         return [q, k, v]
     buffer = Saved("attention/qkv_out", c, per_token=spec.q_dim + 2 * spec.kv_dim)
@@ -365,7 +365,9 @@ def _mlp(
     return out
 
 
-def _moe(spec: ModelSpec, ctx: ActivationContext, in_bytes: int, param_bytes: int) -> list[Saved]:
+def _moe(
+    spec: ModelSpec, ctx: ActivationContext, in_bytes: int, param_bytes: int, trainable: bool
+) -> list[Saved]:
     """A routed MoE block as transformers 5.23 runs it (``integrations/moe.py``, grouped_mm).
 
     The router (a linear, softmax in fp32, top-k, weights divided by their sum), then the
@@ -380,16 +382,21 @@ def _moe(spec: ModelSpec, ctx: ActivationContext, in_bytes: int, param_bytes: in
         return []
     x, hdim, w = param_bytes, spec.hidden_size, moe.expert_intermediate_size
     k, e = moe.top_k, moe.n_experts
-    out = _linear_inputs(ctx, "router", hdim, in_bytes, [True])
+    out = _linear_inputs(ctx, "router", hdim, in_bytes, [trainable])
     out.append(Saved("moe/router_softmax_fp32", 4, per_token=e))
     out.append(Saved("moe/topk_indices", 8, per_token=k))
     out.append(Saved("moe/topk_weights_fp32", 4, per_token=k))
     out.append(Saved("moe/topk_sum_fp32", 4, per_token=1))
     out.append(Saved("moe/sort_indices", 8, per_token=3 * k))
-    out.append(Saved("moe/expert_inputs", x, per_token=k * hdim))
+    # torch's grouped_mm (bf16 weights) saves its input only for the weight's gradient; the
+    # fp32 fallback custom op saves it always.
+    saves_input = trainable or x != 2
+    if saves_input:
+        out.append(Saved("moe/expert_inputs", x, per_token=k * hdim))
     out.append(Saved("moe/expert_gate_up", x, per_token=k * 2 * w))
     out.append(Saved("moe/expert_act", x, per_token=k * w))
-    out.append(Saved("moe/expert_down_input", x, per_token=k * w))
+    if saves_input:
+        out.append(Saved("moe/expert_down_input", x, per_token=k * w))
     out.append(Saved("moe/expert_down_out", x, per_token=k * hdim))
     out.append(Saved("moe/routing_weights", 4, per_token=k))
     out.append(Saved("moe/offsets", 8, fixed=1))
@@ -453,7 +460,7 @@ def _layer_full(
         out += _group(mid, _norm(spec, ctx, hdim, r, True, trainable))
     mlp_in = _norm_out_bytes(spec, ctx, r)
     if spec.is_moe_layer(index):
-        mlp = _moe(spec, ctx, mlp_in, 4 if ctx.autocast else ctx.compute_bytes)
+        mlp = _moe(spec, ctx, mlp_in, 4 if ctx.autocast else ctx.compute_bytes, trainable)
     else:
         mlp = _mlp(spec, ctx, mlp_in, spec.intermediate_size, train)
     mlp += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)

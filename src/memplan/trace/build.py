@@ -30,6 +30,7 @@ __all__ = [
     "layer_index",
     "module_section",
     "supports_sdpa",
+    "unpadded_mask_skips",
 ]
 
 _DROPOUT_KEY = re.compile(r"(dropout|pdrop)$")
@@ -125,6 +126,40 @@ def supports_sdpa(config: dict[str, Any]) -> bool:
     class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
     cls = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
     return bool(getattr(cls, "_supports_sdpa", True))
+
+
+@contextlib.contextmanager
+def unpadded_mask_skips() -> Iterator[None]:
+    """Let transformers skip the causal mask as it does on a GPU.
+
+    ``masking_utils._ignore_causal_mask_sdpa`` refuses to skip the mask (so that sdpa could
+    use ``is_causal`` and the flash kernel) whenever the padding mask or the cache offset is a
+    fake tensor, because it cannot read them, and it takes fake position ids for packed
+    sequences. The traced inputs have no padding (an all-ones
+    padding mask means the same as none), and the offset only matters for a multi-token
+    query, which in a trace is the prefill from position 0: the call gets those values.
+    """
+    from transformers import masking_utils
+
+    original = masking_utils._ignore_causal_mask_sdpa
+
+    def skip(
+        padding_mask: Any, q_length: int, kv_length: int, q_offset: Any, *args: Any, **kwargs: Any
+    ) -> bool:
+        if isinstance(q_offset, torch.Tensor):
+            q_offset = 0 if q_length > 1 else kv_length - q_length
+        return bool(original(None, q_length, kv_length, q_offset, *args, **kwargs))
+
+    packed = masking_utils.find_packed_sequence_indices
+    masking_utils._ignore_causal_mask_sdpa = skip
+    # the traced position ids are one sequence per row (no packing), which transformers cannot
+    # read off fake tensors either
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils._ignore_causal_mask_sdpa = original
+        masking_utils.find_packed_sequence_indices = packed
 
 
 @contextlib.contextmanager

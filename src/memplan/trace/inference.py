@@ -31,6 +31,7 @@ from memplan.trace.build import (
     config_of,
     grouped_mm_policy,
     supports_sdpa,
+    unpadded_mask_skips,
 )
 from memplan.trace.cuda_env import gpu_arch
 from memplan.trace.session import TraceSession
@@ -72,7 +73,7 @@ def trace_inference(
                 f"family, so the {setup.attention} kernel cannot run; use --attention eager"
             )
         attention = "eager"
-    with session, torch.no_grad(), grouped_mm_policy(dtype):
+    with session, torch.no_grad(), grouped_mm_policy(dtype), unpadded_mask_skips():
         net = build_model(config, dtype=dtype, attention=attention, dropout=None).eval()
         session.register_model(net)
         tracker = session.tracker

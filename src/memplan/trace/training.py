@@ -30,6 +30,7 @@ from memplan.trace.build import (
     config_of,
     grouped_mm_policy,
     supports_sdpa,
+    unpadded_mask_skips,
 )
 from memplan.trace.cuda_env import gpu_arch
 from memplan.trace.optim import make_optimizer, step_counters_on_host
@@ -117,7 +118,7 @@ def run_training(
             f"{config.get('model_type')} has no sdpa attention in transformers: traced with eager"
         )
     tick("building the model", 0.0)
-    with session, grouped_mm_policy(_PARAM_DTYPE[precision]):
+    with session, grouped_mm_policy(_PARAM_DTYPE[precision]), unpadded_mask_skips():
         model = _prepare_model(config, setup, attention)
         session.register_model(model)
         session.wrap_checkpointing(model)
