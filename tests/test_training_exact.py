@@ -12,7 +12,7 @@ import pytest
 
 from memplan.estimate.training import estimate_training
 from memplan.specs.hf import spec_from_config
-from memplan.specs.training import Attention, Optimizer, Precision, TrainingSetup
+from memplan.specs.training import Attention, Checkpointing, Optimizer, Precision, TrainingSetup
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -82,6 +82,17 @@ CASES = [
     ("llama-wide", _setup(batch=4, seq=256, precision=Precision.BF16)),
     ("llama-wide", _setup(batch=2, seq=256)),
     ("llama-wide", _setup(batch=2, seq=128, precision=Precision.FP32)),
+    ("llama-wide", _setup(batch=2, seq=256, checkpointing=Checkpointing.FULL)),
+    (
+        "llama-wide",
+        _setup(batch=2, seq=256, precision=Precision.BF16, checkpointing=Checkpointing.FULL),
+    ),
+    (
+        "llama-gqa",
+        _setup(batch=1, seq=64, precision=Precision.BF16, checkpointing=Checkpointing.FULL),
+    ),
+    ("llama", _setup(batch=2, seq=64, freeze_layers=1)),
+    ("llama", _setup(batch=2, seq=64, freeze_layers=1, freeze_embeddings=True)),
     ("llama-gqa", _setup(batch=1, seq=48, precision=Precision.BF16, attention=Attention.EAGER)),
 ]
 
@@ -109,8 +120,12 @@ def _trace(config: dict[str, object], setup: TrainingSetup) -> object:
 
 def _id(case: tuple[str, TrainingSetup]) -> str:
     family, s = case
+    extra = f"-ckpt-{s.checkpointing.value}" if s.checkpointing is not Checkpointing.NONE else ""
+    extra += f"-freeze{s.freeze_layers}" if s.freeze_layers else ""
+    extra += "-frozen-emb" if s.freeze_embeddings else ""
     return (
-        f"{family}-b{s.batch}-s{s.seq}-{s.precision.value}-{s.attention.value}-{s.optimizer.value}"
+        f"{family}-b{s.batch}-s{s.seq}-{s.precision.value}-{s.attention.value}-"
+        f"{s.optimizer.value}{extra}"
     )
 
 

@@ -117,6 +117,7 @@ _BACKWARD_TEMPORARIES = {
 }
 """How the temporaries at each backward high point are labelled."""
 _LINEAR_ROLES = ("linear", "experts")
+_CUDA_FOREACH_DEFAULT = (Optimizer.ADAMW, Optimizer.ADAM)
 
 
 # The plan: everything independent of batch and sequence -------------------------------------------
@@ -150,6 +151,10 @@ class TrainingPlan:
     cache_head: int
     cache_bias: int
     last_down_grad: int
+    first_down_grad: int
+    last_down_cast: int
+    first_down_cast: int
+    """Its cached half copy (AMP), released with the down-projection's saved tensors."""
     """Gradient of the last layer's down-projection: allocated before the MLP's multiply."""
     """Half copies of linear biases: cached by autocast during the forward only."""
     model_saved: tuple[Saved, ...]
@@ -335,8 +340,13 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         largest = max(largest, max(state_sizes, default=0))
     for size in optimizer_shared_state_bytes(setup.optimizer):
         states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
+    step_optimizer = setup.optimizer
+    if setup.target is Target.CPU and step_optimizer in _CUDA_FOREACH_DEFAULT:
+        # on CPU tensors torch picks the for-loop step, and its step counters are CPU memory
+        step_optimizer = Optimizer.ADAMW_FORLOOP
+        states[state_label] = states.get(state_label, 0) + 4 * len(state_sizes)
     step_temp = optimizer_step_temporary_bytes(
-        setup.optimizer, state_sizes, largest, round_to, reg.state_bytes
+        step_optimizer, state_sizes, largest, round_to, reg.state_bytes
     )
 
     embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
@@ -357,20 +367,39 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         buffers=sum(alloc_bytes(b, round_to) for b in buffer_allocations(spec)),
         cache_head=cache_head,
         cache_bias=cache_bias,
-        last_down_grad=sum(
-            alloc_bytes(t.numel * reg.grad_bytes, round_to)
-            for t in tensors
-            if t.layer == spec.n_layers - 1
-            and ".mlp." in t.name
-            and t.name.rsplit(".", 2)[-2] in ("down_proj", "c_proj")
-            and _trainable(t, spec, setup)
-        ),
+        last_down_grad=_down_grad(spec, setup, reg, round_to, spec.n_layers - 1),
+        first_down_grad=_down_grad(spec, setup, reg, round_to, 0),
+        last_down_cast=_down_grad(spec, setup, reg, round_to, spec.n_layers - 1, cast=True),
+        first_down_cast=_down_grad(spec, setup, reg, round_to, 0, cast=True),
         model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
         layers=layer_groups,
         head_saved=head_saved(spec, ctx, head_trainable=head_trainable),
         backend=backend,
         trainable_params=trainable_params,
         notes=tuple(_plan_notes(spec, setup, backend)),
+    )
+
+
+def _down_grad(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    reg: Regime,
+    round_to: int,
+    layer: int,
+    cast: bool = False,
+) -> int:
+    """Gradient bytes of one layer's down-projection (allocated before the MLP's multiply);
+    ``cast``: the bytes of its autocast half copy instead (0 without AMP)."""
+    if cast and not reg.autocast:
+        return 0
+    width = reg.compute_bytes if cast else reg.grad_bytes
+    return sum(
+        alloc_bytes(t.numel * width, round_to)
+        for t in param_tensors(spec)
+        if t.layer == layer
+        and ".mlp." in t.name
+        and t.name.rsplit(".", 2)[-2] in ("down_proj", "c_proj")
+        and _trainable(t, spec, setup)
     )
 
 
@@ -455,8 +484,10 @@ def _layer_groups(
             # each matmul whose input needs a gradient saves its copy for that gradient.
             skip = () if input_grad else ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn")
             copies = _frozen_weight_copies(spec, i, ctx.compute_bytes, skip)
-            full = full + copies if full is not saved else saved + copies
-            saved = saved + copies
+            if ctx.checkpointing is Checkpointing.FULL:
+                full = full + copies  # dropped in the forward, back when recomputed
+            else:
+                saved = full = saved + copies
         key = (saved, full, grad_per_layer.get(i, 0), cache_per_layer.get(i, 0), i == 0)
         if key in groups:
             groups[key][0] += 1
@@ -541,9 +572,13 @@ def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
     if spec.moe is not None:
         width = spec.moe.expert_intermediate_size * spec.moe.top_k
     branches = 3 if spec.mlp_kind is MlpKind.GATED else 2
+    grad_bytes = reg.compute_bytes
+    if spec.activation == "gelu_new":
+        branches = 4  # its tanh formula's backward holds four (B, S, I) gradients at once
+        grad_bytes = 4 if reg.autocast else grad_bytes  # pow runs in fp32 under autocast
     tokens = b * s
     return alloc_bytes(tokens * spec.hidden_size * stream, r) + branches * alloc_bytes(
-        tokens * width * reg.compute_bytes, r
+        tokens * width * grad_bytes, r
     )
 
 
@@ -559,9 +594,6 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     tokens = batch * seq
     v = spec.vocab_size
     a_model = _sum_saved(plan.model_saved, batch, seq, r)
-    a_rotary = _sum_saved(
-        tuple(i for i in plan.model_saved if i.key.startswith("rotary/")), batch, seq, r
-    )
     a_head = _sum_saved(plan.head_saved, batch, seq, r)
     a_layers = 0
     cache_layers = 0
@@ -629,7 +661,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             "last_layer_backward",
             phase(
                 activations=a_model + a_layers + recompute_last - down_input,
-                autocast_cache=last.cache_bytes if ckpt else cache_layers,
+                autocast_cache=(last.cache_bytes if ckpt else cache_layers) - plan.last_down_cast,
                 gradients=grads_head + plan.last_down_grad,
                 temporaries=transient + 2 * scalar,
             ),
@@ -655,15 +687,18 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     first = next(g for g in plan.layers if g.first)
     a_first = _sum_saved(first.saved, batch, seq, r)
     recompute_first = _recompute(plan, first, batch, seq)
+    down_first = _sum_saved(
+        tuple(i for i in first.full_saved if i.key == "mlp/down_input"), batch, seq, r
+    )
     grads_before_first = plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
     candidates.append(
         (
             "first_layer_backward",
             phase(
-                activations=a_model + a_first + recompute_first,
-                autocast_cache=first.cache_bytes,
-                gradients=grads_before_first,
-                temporaries=transient,
+                activations=a_model + a_first + recompute_first - down_first,
+                autocast_cache=first.cache_bytes - plan.first_down_cast,
+                gradients=grads_before_first + plan.first_down_grad,
+                temporaries=transient + 2 * scalar,
             ),
         )
     )
@@ -703,7 +738,15 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     sections: dict[str, int] = {}
     live = best["activations"]
     if best_name in ("last_layer_backward", "first_layer_backward", "final_norm_backward"):
-        sections = {"embedding": a_model - a_rotary, "layers": live - a_model + a_rotary}
+        by_section: dict[str, int] = {}
+        for item in plan.model_saved:
+            key = _model_section(item.key, ckpt)
+            by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
+        if ckpt:
+            first_input = _sum_saved(first.saved, batch, seq, r)
+            by_section["embedding"] = by_section.get("embedding", 0) + first_input
+        sections = {k: v for k, v in by_section.items() if k != "layers"}
+        sections["layers"] = live - sum(sections.values())
         if best_name == "final_norm_backward":
             sections["final_norm"] = norm_input
             sections["layers"] -= norm_input
@@ -735,9 +778,19 @@ def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
 
 
 def _recompute(plan: TrainingPlan, group: LayerGroup, b: int, s: int) -> int:
+    """Activations the recomputed layer saves again, less its input, which checkpointing kept
+    already (the first norm saves that very tensor when the stream is fp32, or a LayerNorm)."""
     if plan.setup.checkpointing is not Checkpointing.FULL:
         return 0
-    return _sum_saved(group.full_saved, b, s, plan.round_to)
+    shared = plan.regime.autocast or plan.regime.compute_bytes == 4
+    if plan.spec.norm_kind is not NormKind.RMSNORM:
+        shared = True
+    items = tuple(
+        i
+        for i in group.full_saved
+        if not (shared and i.key in ("input_layernorm/input_fp32", "input_layernorm/input"))
+    )
+    return _sum_saved(items, b, s, plan.round_to)
 
 
 def training_peak_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
@@ -847,6 +900,17 @@ def _width_label(plan: TrainingPlan, key: str) -> str:
 _NLL_SAVED = ("loss/shift_labels", "loss/total_weight")
 
 
+def _model_section(key: str, ckpt: bool) -> str:
+    """The trace section of a model-level saved tensor: cos/sin are first saved by layer 0's
+    rotary multiply (with checkpointing they are layer inputs, filed with the embeddings);
+    position_ids, made by the model's own forward, are filed under ``loss``."""
+    if key.startswith("rotary/"):
+        return "embedding" if ckpt else "layers"
+    if key == "checkpoint/position_ids":
+        return "loss"
+    return "embedding"
+
+
 def activation_sections(
     plan: TrainingPlan, batch: int, seq: int, *, exclude: tuple[str, ...] = ()
 ) -> dict[str, dict[str, int]]:
@@ -859,13 +923,16 @@ def activation_sections(
         bucket = out.setdefault(section, {})
         bucket[key] = bucket.get(key, 0) + value
 
+    ckpt = plan.setup.checkpointing is Checkpointing.FULL
     for item in plan.model_saved:
-        # cos/sin are first saved by layer 0's rotary multiply; the rest by the embeddings.
-        section = "layers" if item.key.startswith("rotary/") else "embedding"
-        add(section, item.key, _one(item, batch, seq, r))
+        add(_model_section(item.key, ckpt), item.key, _one(item, batch, seq, r))
     for group in plan.layers:
         for item in group.saved:
-            add("layers", item.key, group.count * _one(item, batch, seq, r))
+            value = group.count * _one(item, batch, seq, r)
+            if ckpt and group.first and item.key == "checkpoint/layer_input":
+                add("embedding", "checkpoint/layer_0_input", value)  # made by the embeddings
+            else:
+                add("layers", item.key, value)
     for item in plan.head_saved:
         if item.key in exclude:
             continue

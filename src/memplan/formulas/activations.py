@@ -443,6 +443,8 @@ def _layer_full(
     names = ("q", "k", "v", "qkv", "gate", "up", "gate_up", "down")
     train = dict.fromkeys(names, trainable)
     any_grad = input_grad or trainable or bool(lora_modules)
+    if not any_grad:
+        return []  # a frozen layer whose input needs no gradient saves nothing
     out: list[Saved] = []
     out += _group("input_layernorm", _norm(spec, ctx, hdim, r, input_grad, trainable))
     norm_out = _norm_out_bytes(spec, ctx, r)
@@ -526,6 +528,9 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
         cos_bytes = ctx.stream_bytes
         out.append(Saved("rotary/cos", cos_bytes, per_position=d))
         out.append(Saved("rotary/sin", cos_bytes, per_position=d))
+    if ctx.checkpointing is Checkpointing.FULL and spec.position is PositionKind.ROTARY:
+        # non-reentrant checkpointing keeps every layer call's inputs: position_ids too
+        out.append(Saved("checkpoint/position_ids", 8, per_position=1))
     if spec.position is PositionKind.LEARNED and embed_grad:
         out.append(Saved("embeddings/position_ids", 8, per_position=1))
     out += _dropout(
