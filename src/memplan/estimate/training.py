@@ -133,6 +133,10 @@ class LayerGroup:
     cache_bytes: int
     first: bool
     """Contains the first layer (the end of backward)."""
+    down_input: tuple[Saved, ...] = ()
+    """The down-projection's saved input (released before the MLP's multiply backward)."""
+    recompute: tuple[Saved, ...] = ()
+    """What recomputation saves again beyond the kept layer input (full checkpointing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,9 @@ class TrainingPlan:
     grads: dict[str, int]
     states: dict[str, int]
     step_temporary: int
+    dequant_bytes: int
+    """QLoRA: the bf16 copy bitsandbytes dequantizes one NF4 weight into, for each matmul
+    (forward and backward); the largest linear layer bounds it."""
     buffers: int
     cache_head: int
     cache_bias: int
@@ -162,6 +169,8 @@ class TrainingPlan:
     head_saved: tuple[Saved, ...]
     backend: str
     trainable_params: int
+    nll_saved: tuple[Saved, ...]
+    final_norm_input: tuple[Saved, ...]
     notes: tuple[str, ...]
 
     @property
@@ -354,6 +363,7 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         spec, setup, ctx, embed_grad, lora_targets, grad_per_layer, cache_per_layer
     )
     head_trainable = not setup.is_lora
+    head = head_saved(spec, ctx, head_trainable=head_trainable)
     backend = attention_backend(spec, ctx, has_mask=False)
     return TrainingPlan(
         spec=spec,
@@ -373,7 +383,17 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         first_down_cast=_down_grad(spec, setup, reg, round_to, 0, cast=True),
         model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
         layers=layer_groups,
-        head_saved=head_saved(spec, ctx, head_trainable=head_trainable),
+        head_saved=head,
+        dequant_bytes=max(
+            (
+                alloc_bytes(t.numel * 2, round_to)
+                for t in tensors
+                if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0
+            ),
+            default=0,
+        ),
+        nll_saved=tuple(i for i in head if i.key in _NLL_SAVED),
+        final_norm_input=tuple(i for i in head if i.key == "final_norm/input_fp32"),
         backend=backend,
         trainable_params=trainable_params,
         notes=tuple(_plan_notes(spec, setup, backend)),
@@ -501,7 +521,18 @@ def _layer_groups(
                 i == 0,
             ]
         any_before = any_before or trainable or bool(lora_targets)
-    return tuple(LayerGroup(*values) for values in groups.values())
+    shared = ctx.autocast or ctx.compute_bytes == 4 or spec.norm_kind is not NormKind.RMSNORM
+    out = []
+    for values in groups.values():
+        group = LayerGroup(*values)
+        down = tuple(i for i in group.full_saved if i.key == "mlp/down_input")
+        recompute = tuple(
+            i
+            for i in group.full_saved
+            if not (shared and i.key in ("input_layernorm/input_fp32", "input_layernorm/input"))
+        )
+        out.append(dataclasses.replace(group, down_input=down, recompute=recompute))
+    return tuple(out)
 
 
 def _frozen_weight_copies(
@@ -551,9 +582,20 @@ class StepMemory:
 
 
 def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
+    """Sum of ``item.nbytes(b, s)`` rounded per allocation (inlined: the hot loop)."""
     total = 0
-    for item in items:
-        n = item.nbytes(b, s)
+    bs = b * s
+    bss = bs * s
+    for it in items:
+        n = it.fixed + s * it.per_position
+        if it.per_token:
+            n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
+        if it.per_score:
+            n += bss * it.per_score
+        if it.per_row:
+            a = it.align
+            n += b * (-(-s // a) * a) * it.per_row
+        n *= it.elem_bytes
         if n > 0:
             total += -(-n // round_to) * round_to
     return total
@@ -597,8 +639,10 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     a_head = _sum_saved(plan.head_saved, batch, seq, r)
     a_layers = 0
     cache_layers = 0
+    group_bytes = {}
     for g in plan.layers:
-        a_layers += g.count * _sum_saved(g.saved, batch, seq, r)
+        group_bytes[id(g)] = one = _sum_saved(g.saved, batch, seq, r)
+        a_layers += g.count * one
         cache_layers += g.count * g.cache_bytes
     activations = a_model + a_layers + a_head
     # With full checkpointing the layers' saved tensors (their half weights included) are
@@ -617,15 +661,16 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     }
     held = {"inputs": inputs}
     # nll_loss's saved int64 targets and fp32 total_weight, freed when its backward has run
-    nll_saved = _sum_saved(tuple(i for i in plan.head_saved if i.key in _NLL_SAVED), batch, seq, r)
+    nll_saved = _sum_saved(plan.nll_saved, batch, seq, r)
     scalar = alloc_bytes(4, r)  # the loss (and, in backward, its gradient)
 
+    base = dict.fromkeys(CATEGORIES, 0)
+    base.update(static)
+    base.update(held)
+
     def phase(**parts: int) -> dict[str, int]:
-        out = dict.fromkeys(CATEGORIES, 0)
-        out.update(static)
-        out.update(held)
-        for key, value in parts.items():
-            out[key] = out.get(key, 0) + value
+        out = base.copy()
+        out.update(parts)  # the parts are the step's own categories, never the static ones
         return out
 
     phases: dict[str, dict[str, int]] = {"after_load": phase()}
@@ -650,12 +695,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     # down-projection has released its saved input.
     last = plan.layers[-1]
     recompute_last = _recompute(plan, last, batch, seq)
-    down_input = _sum_saved(
-        tuple(i for i in (last.full_saved if ckpt else last.saved) if i.key == "mlp/down_input"),
-        batch,
-        seq,
-        r,
-    )
+    down_input = _sum_saved(last.down_input, batch, seq, r)
     candidates.append(
         (
             "last_layer_backward",
@@ -663,16 +703,14 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
                 activations=a_model + a_layers + recompute_last - down_input,
                 autocast_cache=(last.cache_bytes if ckpt else cache_layers) - plan.last_down_cast,
                 gradients=grads_head + plan.last_down_grad,
-                temporaries=transient + 2 * scalar,
+                temporaries=transient + 2 * scalar + plan.dequant_bytes,
             ),
         )
     )
     norm_input = 0
     if spec.final_norm and spec.norm_kind is NormKind.RMSNORM:
         # the final norm's backward: lm_head's gradient is out, the norm's fp32 input still saved
-        norm_input = _sum_saved(
-            tuple(i for i in plan.head_saved if i.key == "final_norm/input_fp32"), batch, seq, r
-        )
+        norm_input = _sum_saved(plan.final_norm_input, batch, seq, r)
         candidates.append(
             (
                 "final_norm_backward",
@@ -685,11 +723,9 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             )
         )
     first = next(g for g in plan.layers if g.first)
-    a_first = _sum_saved(first.saved, batch, seq, r)
+    a_first = group_bytes[id(first)]
     recompute_first = _recompute(plan, first, batch, seq)
-    down_first = _sum_saved(
-        tuple(i for i in first.full_saved if i.key == "mlp/down_input"), batch, seq, r
-    )
+    down_first = _sum_saved(first.down_input, batch, seq, r)
     grads_before_first = plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
     candidates.append(
         (
@@ -698,7 +734,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
                 activations=a_model + a_first + recompute_first - down_first,
                 autocast_cache=first.cache_bytes - plan.first_down_cast,
                 gradients=grads_before_first + plan.first_down_grad,
-                temporaries=transient + 2 * scalar,
+                temporaries=transient + 2 * scalar + plan.dequant_bytes,
             ),
         )
     )
@@ -726,7 +762,10 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     phases["forward_peak"] = phase(
         activations=activations,
         autocast_cache=cache_layers + plan.cache_head + plan.cache_bias,
-        temporaries=logits + upcast + _forward_loss_temporaries(plan, batch, seq),
+        temporaries=logits
+        + upcast
+        + _forward_loss_temporaries(plan, batch, seq)
+        + plan.dequant_bytes,
     )
     peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
     states = plan.state_bytes
@@ -743,7 +782,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             key = _model_section(item.key, ckpt)
             by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
         if ckpt:
-            first_input = _sum_saved(first.saved, batch, seq, r)
+            first_input = group_bytes[id(first)]
             by_section["embedding"] = by_section.get("embedding", 0) + first_input
         sections = {k: v for k, v in by_section.items() if k != "layers"}
         sections["layers"] = live - sum(sections.values())
@@ -782,21 +821,31 @@ def _recompute(plan: TrainingPlan, group: LayerGroup, b: int, s: int) -> int:
     already (the first norm saves that very tensor when the stream is fp32, or a LayerNorm)."""
     if plan.setup.checkpointing is not Checkpointing.FULL:
         return 0
-    shared = plan.regime.autocast or plan.regime.compute_bytes == 4
-    if plan.spec.norm_kind is not NormKind.RMSNORM:
-        shared = True
-    items = tuple(
-        i
-        for i in group.full_saved
-        if not (shared and i.key in ("input_layernorm/input_fp32", "input_layernorm/input"))
-    )
-    return _sum_saved(items, b, s, plan.round_to)
+    return _sum_saved(group.recompute, b, s, plan.round_to)
+
+
+_FAST_PLANS: dict[tuple[Any, ...], tuple[ModelSpec, TrainingPlan]] = {}
 
 
 def training_peak_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
-    """The steady-state peak of one step, in bytes (the fast path: no report built)."""
-    plan = training_plan(spec, _plan_key(setup))
-    return evaluate(plan, setup.batch, setup.seq).peak_bytes
+    """The steady-state peak of one step, in bytes (the fast path: no report built).
+
+    Plans are looked up by the spec's identity and the setup's batch-independent fields, which
+    skips hashing the whole spec on every call (searches call this thousands of times).
+    """
+    key = (
+        id(spec), setup.precision, setup.optimizer, setup.attention, setup.checkpointing,
+        setup.dropout, setup.fp32_grad_accumulation, setup.lora_rank, setup.lora_alpha,
+        setup.lora_targets, setup.qlora, setup.freeze_embeddings, setup.freeze_layers,
+        setup.target,
+    )  # fmt: skip
+    cached = _FAST_PLANS.get(key)
+    if cached is None or cached[0] is not spec:
+        if len(_FAST_PLANS) > 512:
+            _FAST_PLANS.clear()
+        cached = (spec, training_plan(spec, _plan_key(setup)))
+        _FAST_PLANS[key] = cached
+    return evaluate(cached[1], setup.batch, setup.seq).peak_bytes
 
 
 def _plan_key(setup: TrainingSetup) -> TrainingSetup:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,15 @@ class TraceSession:
     # Entering ------------------------------------------------------------------------------
     def __enter__(self) -> TraceSession:
         stack = self._stack
+        # Fake tensors take part in reference cycles that real ones do not; when Python's
+        # cyclic collector frees them would make a trace vary by a few bytes from run to run.
+        # It is switched off and run at the iteration boundaries instead (``collect``).
+        if gc.isenabled():
+            gc.disable()
+            stack.callback(gc.enable)
+        # what exists already (torch, transformers) is not scanned by those collections
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         if self.fake_mode is not None:
             stack.enter_context(self.fake_mode)
         stack.enter_context(self.tracker)
@@ -75,6 +85,10 @@ class TraceSession:
 
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
+
+    def collect(self) -> None:
+        """Free what only reference cycles keep alive (at an iteration boundary)."""
+        gc.collect()
 
     def register_model(self, model: nn.Module) -> None:
         """Name every module and flag parameters and buffers."""

@@ -117,6 +117,8 @@ def run_training(
         run.notes.append(
             f"{config.get('model_type')} has no sdpa attention in transformers: traced with eager"
         )
+    if setup.is_lora:
+        import peft.tuners  # noqa: F401  (its module-level tensors must not enter the trace)
     tick("building the model", 0.0)
     with session, grouped_mm_policy(_PARAM_DTYPE[precision]), unpadded_mask_skips():
         model = _prepare_model(config, setup, attention)
@@ -145,6 +147,7 @@ def run_training(
         for iteration in range(2):
             ops_before = tracker.n_ops
             tracker.count_flops = iteration == 1
+            session.collect()
             marks = IterationMarks(start=tracker.mark())
             with session.autocast():
                 loss = model(input_ids=input_ids, labels=labels).loss
@@ -160,6 +163,7 @@ def run_training(
             _flag_optimizer(optimizer, session, cuda)
             marks.after_step = tracker.mark()
             optimizer.zero_grad(set_to_none=True)
+            session.collect()
             marks.after_zero_grad = tracker.mark()
             run.iterations.append(marks)
             if iteration == 0:
