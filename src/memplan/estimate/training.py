@@ -333,6 +333,7 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         largest = max(largest, t.numel * reg.state_bytes)
 
     if setup.is_lora:
+        lora_forward_only = [0]
         trainable_params = _add_lora(
             spec,
             setup,
@@ -345,7 +346,9 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
             state_sizes,
             state_label,
             cache_per_layer,
+            lora_forward_only,
         )
+        cache_bias += lora_forward_only[0]
         largest = max(largest, max(state_sizes, default=0))
     for size in optimizer_shared_state_bytes(setup.optimizer):
         states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
@@ -443,6 +446,7 @@ def _add_lora(
     state_sizes: list[int],
     state_label: str,
     cache_per_layer: dict[int, int],
+    forward_only: list[int],
 ) -> int:
     """LoRA adapters: A (r, in) and B (out, r) per targeted linear, fp32 (peft's
     ``autocast_adapter_dtype`` keeps adapters in fp32), with fp32 gradients and states."""
@@ -465,9 +469,18 @@ def _add_lora(
                 states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
             state_sizes.append(numel * 4)
             if reg.autocast:  # the fp32 adapters are matmul weights: cached half copies
-                cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + alloc_bytes(
-                    numel * reg.compute_bytes, round_to
-                )
+                size = alloc_bytes(numel * reg.compute_bytes, round_to)
+                if (
+                    t.layer == 0
+                    and shape == (r, in_f)
+                    and t.module in ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn")
+                    and setup.checkpointing is not Checkpointing.FULL
+                ):
+                    # layer 0's attention input needs no gradient (frozen embeddings), so
+                    # lora_A's matmul does not save its weight: cached for the forward only
+                    forward_only[0] += size
+                else:
+                    cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + size
     return n
 
 
