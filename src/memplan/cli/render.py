@@ -74,10 +74,10 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
             out.write(line + "\n")
     if report.phases:
         out.write("\nphases\n")
+        width = max(len(phase.name) for phase in report.phases)
         for phase in report.phases:
             note = f"  ({phase.note})" if phase.note else ""
-            out.write(
-                f"  {phase.name:<18} {format_bytes(phase.bytes, decimal=decimal):>12}{note}\n"
-            )
+            size = format_bytes(phase.bytes, decimal=decimal)
+            out.write(f"  {phase.name:<{width}}  {size:>12}{note}\n")
     for note in report.notes:
         out.write(f"note: {note}\n")
