@@ -23,6 +23,12 @@ SCRIPT = textwrap.dedent(
         assert main(["params", "meta-llama/Llama-2-7b-hf", "--json"]) == 0
         assert main(["params", "deepseek-v3"]) == 0
         assert main(["models"]) == 0
+        assert main(["train", "llama-3.2-1b", "--gpu", "H100"]) == 0
+        assert main(["infer", "qwen2.5-7b", "--gpu", "L40S", "--weights", "awq-int4"]) == 0
+        assert main(["serve-capacity", "phi-3-mini", "--gpu", "H100"]) == 0
+        assert main(["time", "gpt2-xl", "--gpu", "A100", "--steps", "10", "--seq", "1024"]) == 0
+        assert main(["gpus"]) == 0
+        assert main(["compare", "gpt2", "--seq", "512", "--no-trace", "--methods"]) == 0
     assert memplan.params("gpt2").scalars["total_params"] == 124439808
     heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
     print(",".join(heavy))

@@ -138,22 +138,36 @@ def test_every_line_equals_the_trace(family: str, setup: TrainingSetup) -> None:
     assert analytic == trace
 
 
-# Within 2 KiB: the trace also records two 8-byte tensors created while the model and optimizer
-# are prepared (before the first step, outside any module), which live through every phase; and
-# under LoRA + autocast a few 512-byte blocks differ in the forward. A relative bound would hide
-# regressions, so the bound is absolute and small.
-NEAR_CASES = [
+LORA_CASES = [
     ("llama", _setup(batch=2, seq=64, lora_rank=8)),
     ("llama", _setup(batch=1, seq=64, lora_rank=8, precision=Precision.BF16)),
     ("llama", _setup(batch=2, seq=48, lora_rank=4, precision=Precision.FP32)),
-    ("llama-gqa", _setup(batch=2, seq=64, optimizer=Optimizer.ADAFACTOR)),
+    ("llama", _setup(batch=2, seq=64, lora_rank=8, checkpointing=Checkpointing.FULL)),
     ("mixtral", _setup(batch=2, seq=64, lora_rank=4)),
     ("mixtral", _setup(batch=2, seq=64, lora_rank=4, precision=Precision.BF16)),
 ]
 
 
+@pytest.mark.parametrize(
+    ("family", "setup"), LORA_CASES, ids=[f"lora-{_id(c)}" for c in LORA_CASES]
+)
+def test_lora_every_line_equals_the_trace(family: str, setup: TrainingSetup) -> None:
+    config = TINY[family]
+    spec = spec_from_config(dict(config), name=family)
+    assert _lines(estimate_training(spec, setup)) == _lines(_trace(config, setup))
+
+
+# Within 2 KiB: with transformers' Adafactor the trace also records two 8-byte tensors that live
+# through every phase, whose origin is not pinned down yet. A relative bound would hide
+# regressions, so the bound is absolute and small.
+NEAR_CASES = [
+    ("llama-gqa", _setup(batch=2, seq=64, optimizer=Optimizer.ADAFACTOR)),
+    ("llama", _setup(batch=1, seq=48, optimizer=Optimizer.ADAFACTOR, precision=Precision.BF16)),
+]
+
+
 @pytest.mark.parametrize(("family", "setup"), NEAR_CASES, ids=[_id(c) for c in NEAR_CASES])
-def test_lora_and_adafactor_within_two_kib(family: str, setup: TrainingSetup) -> None:
+def test_adafactor_within_two_kib(family: str, setup: TrainingSetup) -> None:
     config = TINY[family]
     spec = spec_from_config(dict(config), name=family)
     analytic = _lines(estimate_training(spec, setup))

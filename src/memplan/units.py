@@ -5,6 +5,7 @@ GiB = 2**30 bytes and is labelled GiB; GB = 10**9 bytes and is used only where a
 
 from __future__ import annotations
 
+import math
 import re
 
 from memplan.errors import SetupError
@@ -30,6 +31,8 @@ KB = 10**3
 MB = 10**6
 GB = 10**9
 TB = 10**12
+MAX_SIZE_BYTES = 2**60
+"""Largest size ``parse_size`` accepts (1 EiB): beyond it a value is a typo, not a GPU."""
 
 _SIZE_UNITS = {
     "": 1,
@@ -61,6 +64,8 @@ def parse_size(text: str) -> int:
     value = float(match.group(1)) * _SIZE_UNITS[unit]
     if value <= 0:
         raise SetupError(f"the size {text!r} must be positive")
+    if not math.isfinite(value) or value > MAX_SIZE_BYTES:
+        raise SetupError(f"the size {text!r} is beyond any real memory (at most 1 EiB)")
     return round(value)
 
 

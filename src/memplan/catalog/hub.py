@@ -58,7 +58,7 @@ def fetch_config(repo_id: str) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
         raise ConfigError(f"{repo_id}: the hub's config.json is unreadable: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{repo_id}: the hub's config.json is not a JSON object")

@@ -40,15 +40,21 @@ DTYPE_BYTES: dict[str, float] = {
 def read_config_file(path: Path) -> dict[str, Any]:
     """A config.json as a dict, with a one-line error for unreadable or malformed files."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
     except OSError as exc:
         raise UnknownModelError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}); a config.json is a UTF-8 JSON file"
+        ) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path} is nested too deeply to be a model config") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object (the model's config)")
     return data
@@ -76,15 +82,42 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
             (length,) = struct.unpack("<Q", head)
             if length > _MAX_HEADER_BYTES:
                 raise ConfigError(f"{path}: safetensors header of {length} bytes is not valid")
-            header = json.loads(handle.read(length))
+            raw = handle.read(length)
+            if len(raw) < length:
+                raise ConfigError(
+                    f"{path}: the safetensors header claims {length:,} bytes but the file ends "
+                    f"after {len(raw):,}; the file is truncated"
+                )
+            header = json.loads(raw)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError(f"{path}: the safetensors header is not valid JSON") from exc
     if not isinstance(header, dict):
         raise ConfigError(f"{path}: the safetensors header is not a JSON object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_tensor_entry(path, name, info)
     return header
+
+
+def _check_tensor_entry(path: Path, name: str, info: Any) -> None:
+    """One header entry must be ``{"dtype": str, "shape": [int, ...], "data_offsets": [b, e]}``
+    (the safetensors format); raise ConfigError naming the tensor otherwise."""
+    ok = isinstance(info, dict) and isinstance(info.get("dtype"), str)
+    shape = info.get("shape") if ok else None
+    offsets = info.get("data_offsets") if ok else None
+    ok = ok and isinstance(shape, list) and all(_is_count(d) for d in shape)
+    ok = ok and isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+    if not ok or offsets is None or offsets[1] < offsets[0]:
+        raise ConfigError(
+            f"{path}: tensor {name!r} has a malformed header entry (expected dtype, shape and "
+            "data_offsets); the file is corrupt or not a safetensors file"
+        )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +138,22 @@ def _shard_names(folder: Path) -> tuple[list[str], int | None]:
     if index.is_file():
         data = read_config_file(index)
         weight_map = data.get("weight_map") or {}
-        total = (data.get("metadata") or {}).get("total_size")
-        names = sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
-        return names, int(total) if isinstance(total, int | float) else None
+        metadata = data.get("metadata") or {}
+        total = metadata.get("total_size") if isinstance(metadata, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            _is_shard_name(v) for v in weight_map.values()
+        ):
+            raise ConfigError(
+                f"{index}: weight_map must map tensor names to shard file names in the folder"
+            )
+        names = sorted(set(weight_map.values()))
+        return names, int(total) if isinstance(total, int | float) and total >= 0 else None
     return sorted(p.name for p in folder.glob("*.safetensors")), None
+
+
+def _is_shard_name(name: Any) -> bool:
+    """A plain file name (no folder part), so an index cannot point outside its folder."""
+    return isinstance(name, str) and bool(name) and Path(name).name == name and name != ".."
 
 
 def summarize_checkpoint(folder: Path) -> CheckpointSummary | None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any
 
 from memplan.errors import SetupError
 from memplan.specs.hardware import COMPUTE_DTYPES, Gpu, custom_gpu
 from memplan.units import parse_size
 
-__all__ = ["add_gpu_flags", "gpu_from_args", "parse_bandwidth", "positive_int"]
+__all__ = ["MAX_COUNT", "add_gpu_flags", "gpu_from_args", "parse_bandwidth", "positive_int"]
+
+MAX_COUNT = 2**40
+"""Largest count a flag accepts (batch, lengths, degrees): about 1.1e12, far beyond any real
+setup, and small enough that products of counts stay exact in float arithmetic's range."""
 
 
 def positive_int(text: str) -> int:
@@ -27,6 +32,8 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected at most 2**40, got a {len(text)}-digit number")
     return value
 
 
@@ -80,8 +87,8 @@ def gpu_from_args(args: Any) -> Gpu | None:
         return None
     memory_bytes = parse_size(memory) if memory is not None else None
     bandwidth_bytes = parse_bandwidth(bandwidth) if bandwidth is not None else None
-    if tflops is not None and tflops <= 0:
-        raise SetupError(f"--tflops must be positive, got {tflops}")
+    if tflops is not None and not (math.isfinite(tflops) and 0 < tflops < 1e9):
+        raise SetupError(f"--tflops must be a positive number of TFLOP/s, got {tflops}")
     if name is None:
         if memory_bytes is None:
             raise SetupError("--tflops/--bandwidth describe a GPU: give --gpu-memory SIZE too")

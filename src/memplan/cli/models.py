@@ -64,6 +64,13 @@ def catalog_rows(family: str | None = None) -> list[dict[str, Any]]:
 
 def run(args: Any) -> int:
     rows = catalog_rows(args.family)
+    if not rows:
+        from memplan.errors import UnknownModelError
+
+        families = sorted({r.get("model_type", "") for r in catalog_rows()} - {""})
+        raise UnknownModelError(
+            f"no catalog model of family {args.family!r}; families: {', '.join(families)}"
+        )
     if args.json:
         json.dump({"models": rows}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -13,6 +14,9 @@ from memplan.formulas.time import DEFAULT_MFU
 from memplan.units import format_seconds
 
 __all__ = ["register", "run"]
+
+MAX_RUN_COUNT = 1e18
+"""Most steps or tokens a run may have (1e18; frontier runs train on about 1e13 tokens)."""
 
 EPILOG = """\
 examples:
@@ -27,10 +31,14 @@ Default MFU 0.40 (Llama 3 paper, table 4: 38-43 % on H100).
 
 
 def _count(text: str) -> int:
+    """argparse type: a positive count, written as an integer or in e-notation (``15e12``)."""
     try:
-        value = int(float(text))
+        number = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(number) or number > MAX_RUN_COUNT:
+        raise argparse.ArgumentTypeError(f"expected at most 1e18, got {text!r}")
+    value = int(number)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
@@ -63,6 +71,11 @@ def register(subparsers: Any) -> None:
         help="attention core convention: causal pairs only, or full matmuls",
     )
     parser.add_argument("--recompute", action="store_true", help="full activation recomputation")
+    parser.add_argument(
+        "--allow-long-seq",
+        action="store_true",
+        help="allow a sequence beyond max_position_embeddings",
+    )
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
     add_gpu_flags(parser)
     add_output_flags(parser)
@@ -91,7 +104,13 @@ def run(args: Any) -> int:
         recompute=args.recompute,
         price_per_gpu_hour=args.price_per_gpu_hour,
     )
-    report = training_time_report(resolve(args.model), training, gpu)
+    spec = resolve(args.model)
+    report = training_time_report(spec, training, gpu)
+    if args.seq > spec.max_position_embeddings and not args.allow_long_seq:
+        raise SetupError(
+            f"sequence length {args.seq} exceeds {spec.name}'s max_position_embeddings "
+            f"({spec.max_position_embeddings}); pass --allow-long-seq to estimate anyway"
+        )
     print_report(report, args)
     if not args.json:
         s = report.scalars

@@ -56,6 +56,12 @@ class Efficiency:
     compute: float = DEFAULT_COMPUTE_EFFICIENCY
     bandwidth: float = DEFAULT_BANDWIDTH_EFFICIENCY
 
+    def __post_init__(self) -> None:
+        for name in ("compute", "bandwidth"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 1):  # False for NaN too
+                raise SetupError(f"{name} efficiency must be in (0, 1], got {value}")
+
 
 def compute_dtype_for(fmt: str) -> str:
     """The dtype the matmuls run in: the weights' for plain dtypes; fp16 for GPTQ/AWQ kernels

@@ -114,6 +114,9 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
 
 def meta_params_report(config: dict[str, Any], name: str) -> Report:
     """Counts for an unsupported model_type, by building it on the meta device (needs torch)."""
+    from memplan.trace import require_torch
+
+    require_torch()  # one line with the install command where torch is absent or broken
     from memplan.trace.meta import meta_param_breakdown
 
     tree: Item = meta_param_breakdown(config)

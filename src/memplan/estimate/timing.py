@@ -7,6 +7,7 @@ formula), time from :func:`memplan.formulas.time.training_time_s`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
@@ -47,8 +48,11 @@ class TrainingRun:
         if (self.steps is None) == (self.tokens is None):
             raise SetupError("give the run length as exactly one of --steps or --tokens")
         for name in ("batch", "seq", "n_gpus"):
-            if getattr(self, name) < 1:
-                raise SetupError(f"--{name.replace('n_', '')} must be a positive integer")
+            if not 1 <= getattr(self, name) <= 2**40:
+                raise SetupError(f"--{name.replace('n_', '')} must be an integer in [1, 2**40]")
+        price = self.price_per_gpu_hour
+        if price is not None and not (math.isfinite(price) and price >= 0):
+            raise SetupError(f"--price-per-gpu-hour must be a non-negative number, got {price}")
         if self.method not in METHODS:
             raise SetupError(f"--method must be one of {', '.join(METHODS)}")
 

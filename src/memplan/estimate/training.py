@@ -792,7 +792,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     if best_name in ("last_layer_backward", "first_layer_backward", "final_norm_backward"):
         by_section: dict[str, int] = {}
         for item in plan.model_saved:
-            key = _model_section(item.key, ckpt)
+            key = _model_section(item.key, ckpt, plan.setup.is_lora)
             by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
         if ckpt:
             first_input = group_bytes[id(first)]
@@ -962,14 +962,14 @@ def _width_label(plan: TrainingPlan, key: str) -> str:
 _NLL_SAVED = ("loss/shift_labels", "loss/total_weight")
 
 
-def _model_section(key: str, ckpt: bool) -> str:
+def _model_section(key: str, ckpt: bool, wrapped: bool = False) -> str:
     """The trace section of a model-level saved tensor: cos/sin are first saved by layer 0's
     rotary multiply (with checkpointing they are layer inputs, filed with the embeddings);
     position_ids, made by the model's own forward, are filed under ``loss``."""
     if key.startswith("rotary/"):
         return "embedding" if ckpt else "layers"
     if key == "checkpoint/position_ids":
-        return "loss"
+        return "other" if wrapped else "loss"  # peft wraps the model: another module path
     return "embedding"
 
 
@@ -987,7 +987,7 @@ def activation_sections(
 
     ckpt = plan.setup.checkpointing is Checkpointing.FULL
     for item in plan.model_saved:
-        add(_model_section(item.key, ckpt), item.key, _one(item, batch, seq, r))
+        add(_model_section(item.key, ckpt, plan.setup.is_lora), item.key, _one(item, batch, seq, r))
     for group in plan.layers:
         for item in group.saved:
             value = group.count * _one(item, batch, seq, r)

@@ -106,7 +106,10 @@ def optimizer_step_temporary_bytes(
         # per parameter: ``update = grad**2 + eps``, then ``-update`` beside ``update``: two fp32
         # copies of the largest parameter, and a few 0-d tensors (norms, means).
         fp32_largest = largest // state_bytes * 4 if state_bytes else largest
-        return 2 * (-(-fp32_largest // round_to) * round_to) + 5 * (-(-4 // round_to) * round_to)
+        copies = 2 if state_bytes == 4 else 4  # half parameters: p.float() and grad.float() too
+        return copies * (-(-fp32_largest // round_to) * round_to) + 5 * (
+            -(-4 // round_to) * round_to
+        )
     if optimizer in (Optimizer.ADAMW_FORLOOP, Optimizer.LION):
         return 2 * (-(-largest // round_to) * round_to)
     return 0

@@ -8,6 +8,7 @@ twice as large, in the same table).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from memplan.errors import SetupError
@@ -94,9 +95,11 @@ def custom_gpu(
     """A GPU given by hand: ``tflops`` (if given) is the peak for every compute dtype."""
     if memory_bytes <= 0:
         raise SetupError(f"GPU memory must be positive, got {memory_bytes}")
-    if tflops is not None and tflops <= 0:
+    if tflops is not None and not (math.isfinite(tflops) and tflops > 0):
         raise SetupError(f"--tflops must be positive, got {tflops}")
-    if bandwidth_bytes_per_s is not None and bandwidth_bytes_per_s <= 0:
+    if bandwidth_bytes_per_s is not None and not (
+        math.isfinite(bandwidth_bytes_per_s) and bandwidth_bytes_per_s > 0
+    ):
         raise SetupError(f"--bandwidth must be positive, got {bandwidth_bytes_per_s}")
     peaks = dict.fromkeys(COMPUTE_DTYPES, tflops) if tflops is not None else {}
     return Gpu(

@@ -10,6 +10,7 @@ of the real model built on the meta device.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,19 @@ class _Config:
             raise ConfigError(f"{self.name}: {keys[0]} must be positive, got {value}")
         return value
 
+    def number(self, *keys: str, default: Any = _MISSING) -> float | None:
+        """A finite real number (None where the config has null)."""
+        value = self.get(*keys, default=default)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{self.name}: {keys[0]} must be a finite number, got {value!r}")
+        return float(value)
+
     def bool_(self, *keys: str, default: Any = _MISSING) -> bool:
         return bool(self.get(*keys, default=default))
 
@@ -113,17 +127,42 @@ def _rope_theta(cfg: _Config, default: float = 10000.0) -> float:
     if isinstance(params, dict) and isinstance(params.get("rope_theta"), int | float):
         return float(params["rope_theta"])
     value = cfg.raw.get("rope_theta")
-    return float(value) if isinstance(value, int | float) else default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{cfg.name}: rope_theta must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _partial_rotary(cfg: _Config, key: str, *, default: float) -> float:
+    """The fraction of head_dim that is rotated: ``rope_parameters.partial_rotary_factor``,
+    else ``key`` (``partial_rotary_factor``, NeoX ``rotary_pct``), else ``default``."""
+    params = cfg.raw.get("rope_parameters")
+    value = params.get("partial_rotary_factor") if isinstance(params, dict) else None
+    if value is None:
+        value = cfg.raw.get(key)
+    if not value:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(f"{cfg.name}: {key} must be a fraction in (0, 1], got {value!r}")
+    return float(value)
 
 
 def _layer_types(cfg: _Config, n_layers: int) -> tuple[AttentionType, ...]:
     raw = cfg.raw.get("layer_types")
-    if not isinstance(raw, list) or len(raw) != n_layers:
+    if raw is None:
         return ()
+    known = ", ".join(t.value for t in AttentionType)
+    if not isinstance(raw, list) or len(raw) != n_layers:
+        raise ConfigError(
+            f"{cfg.name}: layer_types must list one attention type per layer ({n_layers}: "
+            f"{known}), got {str(raw)[:60]!r}"
+        )
     try:
         return tuple(AttentionType(item) for item in raw)
     except ValueError:
-        return ()
+        bad = next(item for item in raw if item not in tuple(t.value for t in AttentionType))
+        raise ConfigError(f"{cfg.name}: layer_types holds {bad!r}; memplan knows {known}") from None
 
 
 def _common(cfg: _Config) -> dict[str, Any]:
@@ -143,7 +182,7 @@ def _common(cfg: _Config) -> dict[str, Any]:
         "tie_word_embeddings": cfg.bool_("tie_word_embeddings"),
         "max_position_embeddings": cfg.int_("max_position_embeddings", default=2048),
         "rope_theta": _rope_theta(cfg),
-        "attention_dropout": float(cfg.get("attention_dropout", default=0.0) or 0.0),
+        "attention_dropout": cfg.number("attention_dropout", default=0.0) or 0.0,
         "layer_types": _layer_types(cfg, n_layers),
     }
 
@@ -210,9 +249,19 @@ def _qwen_moe(cfg: _Config, out: dict[str, Any], *, shared: bool) -> dict[str, A
         shared_intermediate_size=shared_size,
         shared_expert_gate=shared,
         layer_freq=cfg.int_("decoder_sparse_step", default=1),
-        dense_layers=tuple(cfg.get("mlp_only_layers", default=None) or ()),
+        dense_layers=_layer_indices(cfg, "mlp_only_layers"),
     )
     return out
+
+
+def _layer_indices(cfg: _Config, key: str) -> tuple[int, ...]:
+    """A list of layer indices (Qwen ``mlp_only_layers``); empty where absent or null."""
+    value = cfg.get(key, default=None) or []
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        raise ConfigError(f"{cfg.name}: {key} must be a list of layer indices, got {value!r}")
+    return tuple(value)
 
 
 def _qwen2_moe(cfg: _Config) -> dict[str, Any]:
@@ -257,8 +306,8 @@ def _gemma2(cfg: _Config) -> dict[str, Any]:
     """Gemma 2: four norms per layer (pre/post attention, pre/post feed-forward)."""
     out = _gemma(cfg, n_norms=4)
     out["sliding_window"] = cfg.int_("sliding_window", default=None)
-    out["attn_logit_softcapping"] = cfg.get("attn_logit_softcapping", default=None)
-    out["final_logit_softcapping"] = cfg.get("final_logit_softcapping", default=None)
+    out["attn_logit_softcapping"] = cfg.number("attn_logit_softcapping", default=None)
+    out["final_logit_softcapping"] = cfg.number("final_logit_softcapping", default=None)
     if not out["layer_types"]:
         pattern = (AttentionType.SLIDING, AttentionType.FULL)
         out["layer_types"] = tuple(pattern[i % 2] for i in range(out["n_layers"]))
@@ -286,12 +335,11 @@ def _phi3(cfg: _Config) -> dict[str, Any]:
         fused_qkv=True,
         fused_gate_up=True,
         sliding_window=cfg.int_("sliding_window", default=None),
-        hidden_dropout=float(cfg.get("resid_pdrop", default=0.0) or 0.0),
-        embedding_dropout=float(cfg.get("embd_pdrop", default=0.0) or 0.0),
+        hidden_dropout=cfg.number("resid_pdrop", default=0.0) or 0.0,
+        embedding_dropout=cfg.number("embd_pdrop", default=0.0) or 0.0,
     )
-    partial = (cfg.raw.get("rope_parameters") or {}).get("partial_rotary_factor")
-    partial = partial or cfg.raw.get("partial_rotary_factor")
-    if partial and partial != 1.0:
+    partial = _partial_rotary(cfg, "partial_rotary_factor", default=1.0)
+    if partial != 1.0:
         out["rotary_dim"] = int(out["head_dim"] * partial)
     return out
 
@@ -320,9 +368,9 @@ def _gpt2(cfg: _Config) -> dict[str, Any]:
         "tie_word_embeddings": cfg.bool_("tie_word_embeddings"),
         "position": PositionKind.LEARNED,
         "max_position_embeddings": cfg.int_("n_positions", "max_position_embeddings"),
-        "attention_dropout": float(cfg.get("attn_pdrop", default=0.1) or 0.0),
-        "hidden_dropout": float(cfg.get("resid_pdrop", default=0.1) or 0.0),
-        "embedding_dropout": float(cfg.get("embd_pdrop", default=0.1) or 0.0),
+        "attention_dropout": cfg.number("attn_pdrop", default=0.1) or 0.0,
+        "hidden_dropout": cfg.number("resid_pdrop", default=0.1) or 0.0,
+        "embedding_dropout": cfg.number("embd_pdrop", default=0.1) or 0.0,
     }
 
 
@@ -348,8 +396,7 @@ def _gpt_neox(cfg: _Config) -> dict[str, Any]:
     out["n_kv_heads"] = out["n_heads"]
     out["head_dim"] = _div(cfg, out["hidden_size"], out["n_heads"])
     bias = cfg.bool_("attention_bias")
-    partial = (cfg.raw.get("rope_parameters") or {}).get("partial_rotary_factor")
-    partial = partial or cfg.raw.get("rotary_pct") or 0.25
+    partial = _partial_rotary(cfg, "rotary_pct", default=0.25)
     out.update(
         mlp_kind=MlpKind.PLAIN,
         activation=str(cfg.get("hidden_act")),
@@ -361,7 +408,7 @@ def _gpt_neox(cfg: _Config) -> dict[str, Any]:
         fused_qkv=True,
         parallel_residual=cfg.bool_("use_parallel_residual"),
         rotary_dim=int(out["head_dim"] * partial),
-        hidden_dropout=float(cfg.get("hidden_dropout", default=0.0) or 0.0),
+        hidden_dropout=cfg.number("hidden_dropout", default=0.0) or 0.0,
     )
     return out
 
@@ -378,7 +425,7 @@ def _falcon(cfg: _Config) -> dict[str, Any]:
         kv = 1
     else:
         kv = heads
-    n_ln = cfg.raw.get("num_ln_in_parallel_attn") or (2 if new_arch else 1)
+    n_ln = cfg.int_("num_ln_in_parallel_attn", default=None) or (2 if new_arch else 1)
     bias = cfg.bool_("bias")
     alibi = cfg.bool_("alibi")
     return {
@@ -403,8 +450,8 @@ def _falcon(cfg: _Config) -> dict[str, Any]:
         "position": PositionKind.ALIBI if alibi else PositionKind.ROTARY,
         "max_position_embeddings": cfg.int_("max_position_embeddings"),
         "rope_theta": _rope_theta(cfg),
-        "hidden_dropout": float(cfg.get("hidden_dropout", default=0.0) or 0.0),
-        "attention_dropout": float(cfg.get("attention_dropout", default=0.0) or 0.0),
+        "hidden_dropout": cfg.number("hidden_dropout", default=0.0) or 0.0,
+        "attention_dropout": cfg.number("attention_dropout", default=0.0) or 0.0,
     }
 
 
@@ -435,8 +482,8 @@ def _starcoder2(cfg: _Config) -> dict[str, Any]:
         o_bias=bias,
         mlp_bias=bias,
         sliding_window=cfg.int_("sliding_window", default=None),
-        hidden_dropout=float(cfg.get("residual_dropout", default=0.0) or 0.0),
-        embedding_dropout=float(cfg.get("embedding_dropout", default=0.0) or 0.0),
+        hidden_dropout=cfg.number("residual_dropout", default=0.0) or 0.0,
+        embedding_dropout=cfg.number("embedding_dropout", default=0.0) or 0.0,
     )
     return out
 
@@ -582,6 +629,10 @@ def spec_from_config(
         raise ConfigError(f"{name or 'config'}: config.json must hold a JSON object")
     label = name or str(config.get("_name_or_path") or config.get("model_type") or "model")
     model_type = config.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError(
+            f'{label}: model_type must be a string such as "llama", got {model_type!r}'
+        )
     if model_type is None:
         raise ConfigError(
             f"{label}: config.json has no 'model_type'; add one of: "
@@ -598,7 +649,12 @@ def spec_from_config(
             label,
         )
     cfg = _Config(config, _DEFAULTS[str(model_type)], label)
-    fields = parser(cfg)
+    try:
+        fields = parser(cfg)
+    except ConfigError as exc:
+        if str(exc).startswith("MoE:"):  # raised by MoeSpec, which does not know the model
+            raise ConfigError(f"{label}: {str(exc)[5:]}") from exc
+        raise
     return ModelSpec(
         name=label,
         model_type=str(model_type),

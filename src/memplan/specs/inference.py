@@ -8,6 +8,9 @@ from memplan.errors import SetupError
 
 __all__ = ["InferenceSetup"]
 
+MAX_COUNT = 2**40
+"""Largest batch, length or degree accepted (about 1.1e12): beyond any real setup."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InferenceSetup:
@@ -36,6 +39,13 @@ class InferenceSetup:
                 )
         if not isinstance(self.gen_len, int) or self.gen_len < 0:
             raise SetupError(f"gen-len must be a non-negative integer, got {self.gen_len!r}")
+        for name in ("batch", "prompt_len", "gen_len", "tp_degree"):
+            value = getattr(self, name)
+            if value > MAX_COUNT:
+                raise SetupError(
+                    f"{name.replace('_', '-')} must be at most 2**40, got a "
+                    f"{len(str(value))}-digit number"
+                )
         if self.logits not in ("all", "last"):
             raise SetupError(f"logits must be 'all' or 'last', got {self.logits!r}")
         if self.cache not in ("dynamic", "static"):

@@ -65,16 +65,22 @@ def manual_spec(
                 "give --head-dim or fix the sizes"
             )
         head_dim = hidden // heads
+    for label, count in (("experts", experts), ("shared-experts", shared_experts)):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{name}: --{label} must be 0 or a positive integer, got {count!r}")
     moe = None
     if experts:
         width = expert_intermediate or intermediate
-        moe = MoeSpec(
-            n_experts=experts,
-            top_k=top_k,
-            expert_intermediate_size=width,
-            n_shared_experts=shared_experts,
-            shared_intermediate_size=shared_experts * width,
-        )
+        try:
+            moe = MoeSpec(
+                n_experts=experts,
+                top_k=top_k,
+                expert_intermediate_size=width,
+                n_shared_experts=shared_experts,
+                shared_intermediate_size=shared_experts * width,
+            )
+        except ConfigError as exc:  # MoeSpec does not know the model's name
+            raise ConfigError(f"{name}: {str(exc).removeprefix('MoE: ')}") from exc
     return ModelSpec(
         name=name,
         model_type="manual",

@@ -7,6 +7,7 @@ common Llama layout, a field says how (fused QKV, parallel residual, extra norms
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from memplan.errors import ConfigError
 
 __all__ = [
+    "MAX_LAYERS",
+    "MAX_SIZE",
     "AttentionType",
     "MlaSpec",
     "MlpKind",
@@ -23,6 +26,33 @@ __all__ = [
     "PositionKind",
     "QkNorm",
 ]
+
+
+MAX_SIZE = 2**40
+"""Largest width, vocabulary or position count memplan accepts (about 1.1e12). Real models stay
+below 2**20 for widths and 2**24 for vocabularies; anything beyond is a typo, and would
+overflow float arithmetic long before it meant anything."""
+MAX_LAYERS = 2048
+"""Most decoder layers memplan accepts. The deepest catalog model has 126 (Llama 3.1 405B); the
+per-layer breakdowns stay under a second up to this depth."""
+
+
+def check_size(owner: str, name: str, value: Any, *, minimum: int = 1) -> None:
+    """Raise ConfigError unless ``value`` is an int in [minimum, MAX_SIZE] (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        low = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{owner}: {name} must be {low}, got {value!r}")
+    if value > MAX_SIZE:
+        shown = f"{value:,}" if value < 10**30 else f"a {len(str(value))}-digit number"
+        raise ConfigError(
+            f"{owner}: {name} = {shown} is beyond any real model (at most 2**40); check it"
+        )
+
+
+def check_probability(owner: str, name: str, value: float) -> None:
+    """Raise ConfigError unless ``value`` is a finite probability in [0, 1)."""
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ConfigError(f"{owner}: {name} must be a probability in [0, 1), got {value!r}")
 
 
 class MlpKind(StrEnum):
@@ -78,6 +108,23 @@ class MoeSpec:
     """Every ``layer_freq``-th layer is MoE (Qwen2-MoE ``decoder_sparse_step``)."""
     dense_layers: tuple[int, ...] = ()
     """Explicit dense layers (Qwen ``mlp_only_layers``)."""
+
+    def __post_init__(self) -> None:
+        check_size("MoE", "the number of experts", self.n_experts)
+        check_size("MoE", "the expert width", self.expert_intermediate_size)
+        check_size("MoE", "num_experts_per_tok", self.top_k)
+        if self.top_k > self.n_experts:
+            raise ConfigError(
+                f"MoE: num_experts_per_tok ({self.top_k}) exceeds the number of experts "
+                f"({self.n_experts}); a token cannot go through more experts than there are"
+            )
+        for name in ("n_shared_experts", "shared_intermediate_size", "first_dense_layers"):
+            check_size("MoE", name, getattr(self, name), minimum=0)
+        check_size("MoE", "layer_freq (decoder_sparse_step)", self.layer_freq)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.dense_layers):
+            raise ConfigError(
+                f"MoE: mlp_only_layers must be a list of layer indices, got {self.dense_layers!r}"
+            )
 
     def is_moe_layer(self, index: int) -> bool:
         if index < self.first_dense_layers or index in self.dense_layers:
@@ -166,11 +213,20 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{self.name}: {name} must be a positive integer, got {value!r}")
-        if self.intermediate_size < 0:
-            raise ConfigError(f"{self.name}: intermediate_size must not be negative")
+            check_size(self.name, name, getattr(self, name))
+        check_size(self.name, "intermediate_size", self.intermediate_size, minimum=0)
+        check_size(self.name, "max_position_embeddings", self.max_position_embeddings)
+        if self.n_layers > MAX_LAYERS:
+            raise ConfigError(
+                f"{self.name}: {self.n_layers:,} layers is beyond any real model (memplan "
+                f"accepts at most {MAX_LAYERS:,}); check num_hidden_layers"
+            )
+        if self.sliding_window is not None:
+            check_size(self.name, "sliding_window", self.sliding_window)
+        if self.rotary_dim is not None:
+            check_size(self.name, "rotary_dim", self.rotary_dim, minimum=0)
+        for name in ("attention_dropout", "hidden_dropout", "embedding_dropout"):
+            check_probability(self.name, name, getattr(self, name))
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"{self.name}: the number of KV heads ({self.n_kv_heads}) must divide the number "

@@ -6,6 +6,7 @@ Shared by the analytic engine (``memplan.estimate.training``) and the trace engi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +20,10 @@ __all__ = [
     "Target",
     "TrainingSetup",
 ]
+
+
+MAX_COUNT = 2**40
+"""Largest batch or sequence length accepted (about 1.1e12): beyond any real setup."""
 
 
 class Precision(StrEnum):
@@ -100,8 +105,20 @@ class TrainingSetup:
             raise SetupError(f"batch must be a positive integer, got {self.batch!r}")
         if not isinstance(self.seq, int) or self.seq < 1:
             raise SetupError(f"sequence length must be a positive integer, got {self.seq!r}")
+        for flag, value in (
+            ("--batch", self.batch),
+            ("--seq", self.seq),
+            ("--lora-rank", self.lora_rank),
+            ("--freeze-layers", self.freeze_layers),
+        ):
+            if value > MAX_COUNT:
+                raise SetupError(
+                    f"{flag} must be at most 2**40, got a {len(str(value))}-digit number"
+                )
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise SetupError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise SetupError(f"--lora-alpha must be a positive number, got {self.lora_alpha}")
         if self.lora_rank < 0:
             raise SetupError(f"LoRA rank must not be negative, got {self.lora_rank}")
         if self.freeze_layers < 0:
