@@ -506,7 +506,7 @@ TRACE_ERRORS = [
     (["trace", "nope-model"], "unknown model 'nope-model'"),
     (["trace", _corpus("malformed.json")], "malformed.json"),
     (["trace", _corpus("folder_no_config")], "has no config.json"),
-    (["trace", _corpus("missing_model_type.json")], "the config has no model_type"),
+    (["trace", _corpus("missing_model_type.json")], "config.json has no 'model_type'"),
     (["trace", "gpt2", "--seq", "0"], "sequence length must be a positive integer, got 0"),
     (["trace", "gpt2", "--batch", "0", "--seq", "16"], "batch must be a positive integer"),
     (["trace", "gpt2", "--seq", "4096"], "longer than the model's maximum of 1024"),
@@ -526,3 +526,15 @@ def test_trace_bad_input(capsys: pytest.CaptureFixture[str], argv: list[str], ph
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     assert phrase in _one_line_error(capsys, argv)
+
+
+@pytest.mark.trace
+def test_trace_refuses_bad_configs_like_the_analytic_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The trace validates a config as every other command does, before transformers sees it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    for name in _CONFIG_ERRORS:
+        line = _one_line_error(capsys, ["trace", _corpus(name), "--seq", "16"])
+        assert CORPUS_ERRORS[name] in line, (name, line)

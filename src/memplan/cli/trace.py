@@ -6,14 +6,12 @@ Importable without torch: torch is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from memplan.cli.render import add_output_flags, print_report
-from memplan.errors import UnknownModelError
 from memplan.report import Report
 from memplan.units import format_bytes
 
@@ -77,18 +75,18 @@ def register(subparsers: Any) -> None:
 
 
 def resolve_model(name: str) -> Any:
-    """A ModelSpec from the catalog, or the config dict of a config.json / model folder."""
-    path = Path(name)
-    if path.is_dir():
-        path = path / "config.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UnknownModelError(f"cannot read {path}: {exc}") from exc
+    """The ModelSpec of a catalog name, config.json or model folder, validated like every
+    other command; for a model_type memplan cannot parse, the raw config dict (transformers
+    still builds it)."""
     from memplan.catalog import resolve
+    from memplan.catalog.local import read_config_file
+    from memplan.specs.hf import UnsupportedModelTypeError
 
-    return resolve(name)
+    try:
+        return resolve(name)
+    except UnsupportedModelTypeError:
+        path = Path(name)
+        return read_config_file(path / "config.json" if path.is_dir() else path)
 
 
 def run(args: argparse.Namespace) -> int:
