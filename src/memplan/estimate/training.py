@@ -114,10 +114,19 @@ _BACKWARD_TEMPORARIES = {
     "last_layer_backward": "mlp_backward_gradients",
     "first_layer_backward": "layer_backward_gradients",
     "embedding_backward": "embedding_backward",
+    "moe_combine_backward": "moe_combine_backward_fp32",
 }
 """How the temporaries at each backward high point are labelled."""
 _LINEAR_ROLES = ("linear", "experts")
 _CUDA_FOREACH_DEFAULT = (Optimizer.ADAMW, Optimizer.ADAM)
+_RELEASED_BEFORE_MLP_MULTIPLY = (
+    "mlp/down_input",
+    "mlp/expert_down_input",
+    "mlp/expert_down_out",
+    "mlp/routing_weights",
+)
+"""Saved tensors the MLP's backward has released by the time its gated multiply runs: the
+down-projection's input (dense or experts), and for MoE the routing multiply's factors."""
 
 
 # The plan: everything independent of batch and sequence -------------------------------------------
@@ -421,7 +430,10 @@ def _down_grad(
         for t in param_tensors(spec)
         if t.layer == layer
         and ".mlp." in t.name
-        and t.name.rsplit(".", 2)[-2] in ("down_proj", "c_proj")
+        and (
+            t.name.rsplit(".", 2)[-2] in ("down_proj", "c_proj")
+            or t.name.endswith("experts.down_proj")
+        )
         and _trainable(t, spec, setup)
     )
 
@@ -538,7 +550,7 @@ def _layer_groups(
     out = []
     for values in groups.values():
         group = LayerGroup(*values)
-        down = tuple(i for i in group.full_saved if i.key == "mlp/down_input")
+        down = tuple(i for i in group.full_saved if i.key in _RELEASED_BEFORE_MLP_MULTIPLY)
         recompute = tuple(
             i
             for i in group.full_saved
@@ -720,6 +732,27 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             ),
         )
     )
+    if spec.moe is not None and spec.is_moe_layer(spec.n_layers - 1):
+        # the last MoE block's combine: proj_out (half) * routing weights (fp32) is fp32, so its
+        # backward holds three fp32 (B*S*k, H) gradients and the half one for proj_out
+        k = spec.moe.top_k
+        wide = alloc_bytes(tokens * k * spec.hidden_size * 4, r)
+        expert_width = 4 if reg.autocast else reg.compute_bytes
+        narrow = alloc_bytes(tokens * k * spec.hidden_size * expert_width, r)
+        out_grad = alloc_bytes(
+            tokens * spec.hidden_size * (4 if reg.autocast else reg.compute_bytes), r
+        )
+        candidates.append(
+            (
+                "moe_combine_backward",
+                phase(
+                    activations=a_model + a_layers,
+                    autocast_cache=0 if ckpt else cache_layers,
+                    gradients=grads_head,
+                    temporaries=3 * wide + narrow + out_grad + 2 * scalar,
+                ),
+            )
+        )
     norm_input = 0
     if spec.final_norm and spec.norm_kind is NormKind.RMSNORM:
         # the final norm's backward: lm_head's gradient is out, the norm's fp32 input still saved
@@ -789,7 +822,12 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
     sections: dict[str, int] = {}
     live = best["activations"]
-    if best_name in ("last_layer_backward", "first_layer_backward", "final_norm_backward"):
+    if best_name in (
+        "last_layer_backward",
+        "first_layer_backward",
+        "final_norm_backward",
+        "moe_combine_backward",
+    ):
         by_section: dict[str, int] = {}
         for item in plan.model_saved:
             key = _model_section(item.key, ckpt, plan.setup.is_lora)
