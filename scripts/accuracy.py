@@ -27,6 +27,7 @@ def load_section(area: str) -> str:
     spec = importlib.util.spec_from_file_location(f"accuracy_{area}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return str(module.section())
 

@@ -16,7 +16,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Item", "Phase", "Report"]
+__all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
+
+TRAINING_PHASES = (
+    "after_load",
+    "end_of_forward",
+    "peak_backward",
+    "after_backward",
+    "optimizer_step",
+    "after_zero_grad",
+)
+"""The phases of a training step, in order: the same in the analytic and the trace engine."""
+
+TRAINING_CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "autocast_cache",
+    "temporaries",
+    "inputs",
+    "buffers",
+)
+"""The children of a training report's ``peak`` breakdown (docs/ARCHITECTURE.md)."""
 
 
 @dataclass(slots=True)

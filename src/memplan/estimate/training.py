@@ -65,7 +65,7 @@ from memplan.formulas.training import (
     param_tensors,
     regime,
 )
-from memplan.report import Item, Phase, Report
+from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES, Item, Phase, Report
 from memplan.specs.model import MlpKind, ModelSpec, NormKind
 from memplan.specs.training import Checkpointing, Optimizer, Target, TrainingSetup
 
@@ -80,24 +80,8 @@ __all__ = [
     "validate_setup",
 ]
 
-PHASES = (
-    "after_load",
-    "end_of_forward",
-    "peak_backward",
-    "after_backward",
-    "optimizer_step",
-    "after_zero_grad",
-)
-CATEGORIES = (
-    "parameters",
-    "gradients",
-    "optimizer_states",
-    "activations",
-    "autocast_cache",
-    "temporaries",
-    "inputs",
-    "buffers",
-)
+PHASES = TRAINING_PHASES
+CATEGORIES = TRAINING_CATEGORIES
 _PEAK_PHASE_NAMES = {
     "forward_peak": "forward",
     "end_of_forward": "forward",

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memplan.report import Item, Phase, Report
+from memplan.report import TRAINING_CATEGORIES, Item, Phase, Report
 from memplan.trace.allocator import CachingAllocatorModel
 from memplan.trace.build import module_section
 from memplan.trace.cuda_env import cublas_workspace_bytes, gpu_arch
@@ -30,16 +30,7 @@ CATEGORIES = (
     (Flag.AUTOCAST_CACHE, "autocast_cache"),
     (Flag.ACTIVATION, "activations"),
 )
-TRAINING_KEYS = (
-    "parameters",
-    "gradients",
-    "optimizer_states",
-    "activations",
-    "autocast_cache",
-    "temporaries",
-    "inputs",
-    "buffers",
-)
+TRAINING_KEYS = TRAINING_CATEGORIES
 ACTIVATION_SECTIONS = ("embedding", "layers", "final_norm", "lm_head", "loss", "other")
 
 

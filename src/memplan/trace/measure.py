@@ -25,15 +25,6 @@ __all__ = ["MAX_CPU_MEASURE_BYTES", "measure_training"]
 MAX_CPU_MEASURE_BYTES = 4 * 2**30
 """Refuse a real CPU run whose parameters alone exceed this (the machine has to hold them)."""
 
-PHASES = (
-    "after_load",
-    "end_of_forward",
-    "peak_backward",
-    "after_backward",
-    "optimizer_step",
-    "after_zero_grad",
-)
-
 
 def measure_training(config: dict[str, Any], setup: TrainingSetup, n_params: int) -> dict[str, Any]:
     """Measured bytes per phase (steady state) and ``reserved_bytes`` / ``rss_bytes``."""
