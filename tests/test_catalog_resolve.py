@@ -30,11 +30,6 @@ TINY: dict[str, Any] = {
 TINY_PARAMS = 1600 + 256 + 128 + 128 + 256 + 3 * 512 + 32 + 16
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
-
-
 def test_catalog_has_forty_models() -> None:
     assert len(list_models()) >= 40
 

@@ -8,43 +8,26 @@ from typing import Any
 
 import pytest
 
+from cli_helpers import check_sums, cli_json
 from memplan.cli import params as cli_params
 from memplan.cli.main import main
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
-
-
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
-    assert main(argv) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def _check_sums(node: dict[str, Any]) -> None:
-    children = node.get("children", [])
-    if children:
-        assert node["total"] == sum(child["total"] for child in children), node["key"]
-        for child in children:
-            _check_sums(child)
 
 
 @pytest.mark.parametrize(
     "model", ["llama-2-7b", "deepseek-v3", "gpt2", "qwen1.5-moe-a2.7b", "falcon-40b"]
 )
 def test_json_contract(capsys: pytest.CaptureFixture[str], model: str) -> None:
-    data = _json(capsys, ["params", model, "--json"])
+    data = cli_json(capsys, ["params", model, "--json"])
     assert isinstance(data["total_params"], int)
     assert data["breakdown"]["total"] == data["total_params"]
-    _check_sums(data["breakdown"])
+    check_sums(data["breakdown"])
     for section in data["sections"].values():
-        _check_sums(section)
+        check_sums(section)
     assert data["weight_bytes"]["bf16"] == 2 * data["total_params"]
 
 
 def test_llama2_json_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["params", "meta-llama/Llama-2-7b-hf", "--json"])
+    data = cli_json(capsys, ["params", "meta-llama/Llama-2-7b-hf", "--json"])
     assert data["total_params"] == 6_738_415_616
     assert data["embedding_params"] == 2 * 32000 * 4096
     assert data["non_embedding_params"] == 6_738_415_616 - 262_144_000
@@ -66,20 +49,20 @@ def test_decimal_units(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_tied_note(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["params", "gemma-2-2b", "--json"])
+    data = cli_json(capsys, ["params", "gemma-2-2b", "--json"])
     assert data["tied"] is True
     assert any(note.startswith("tied:") for note in data["notes"])
 
 
 def test_method_seed000(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["params", "llama-2-7b", "--method", "seed000", "--json"])
+    data = cli_json(capsys, ["params", "llama-2-7b", "--method", "seed000", "--json"])
     assert data["method_params"]["total"] == 8_852_344_832
     assert data["method_params"]["difference"] == 8_852_344_832 - 6_738_415_616
     assert data["total_params"] == 6_738_415_616
 
 
 def test_weights_section(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["params", "llama-2-7b", "--weights", "gptq", "--json"])
+    data = cli_json(capsys, ["params", "llama-2-7b", "--weights", "gptq", "--json"])
     section = data["sections"]["weights (gptq-int4)"]
     assert section["total"] == data["weight_bytes"]["gptq-int4"]
 
@@ -87,14 +70,14 @@ def test_weights_section(capsys: pytest.CaptureFixture[str]) -> None:
 def test_manual(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["params", "--manual", "--hidden", "4096", "--layers", "32", "--heads", "32"]
     argv += ["--kv-heads", "8", "--vocab", "128256", "--intermediate", "14336", "--json"]
-    assert _json(capsys, argv)["total_params"] == 8_030_261_248
+    assert cli_json(capsys, argv)["total_params"] == 8_030_261_248
 
 
 def test_models_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "meta-llama/Llama-2-7b-hf" in out and "6,738,415,616" in out and "llama2-7b" in out
-    data = _json(capsys, ["models", "--json"])
+    data = cli_json(capsys, ["models", "--json"])
     by_id = {row["id"]: row for row in data["models"]}
     assert by_id["openai-community/gpt2"]["total_params"] == 124_439_808
     assert all("error" not in row for row in data["models"])
@@ -169,19 +152,19 @@ def test_unsupported_model_type_falls_back_to_meta_build(
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     config = {**LLAMA, "model_type": "phi", "num_key_value_heads": 4, "partial_rotary_factor": 0.5}
-    data = _json(capsys, ["params", _write(tmp_path, json.dumps(config)), "--json"])
+    data = cli_json(capsys, ["params", _write(tmp_path, json.dumps(config)), "--json"])
     # phi-2 layout: biased q/k/v/dense, fc1/fc2 with bias, 1 LayerNorm per layer, biased lm_head
     per_layer = 4 * (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64) + 2 * 64
     assert data["total_params"] == 100 * 64 + 2 * per_layer + 2 * 64 + (64 * 100 + 100)
     assert "meta device" in data["notes"][0]
-    _check_sums(data["breakdown"])
+    check_sums(data["breakdown"])
 
 
 def test_python_api_returns_the_report_the_cli_prints(capsys: pytest.CaptureFixture[str]) -> None:
     import memplan
 
     report = memplan.params("llama-2-7b", method="seed001")
-    assert report.to_dict() == _json(
+    assert report.to_dict() == cli_json(
         capsys, ["params", "llama-2-7b", "--method", "seed001", "--json"]
     )
     by_hand = memplan.params(hidden=4096, layers=32, heads=32, vocab=32000, intermediate=11008)

@@ -9,11 +9,6 @@ import pytest
 from memplan.cli.main import main
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
-
-
 def test_methods_without_the_trace(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["compare", "gpt2-xl", "--precision", "fp32", "--seq", "1024", "--methods",
             "--no-trace"]  # fmt: skip

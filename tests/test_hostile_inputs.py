@@ -26,11 +26,6 @@ HOSTILE = Path(__file__).parent / "data" / "hostile"
 BIG = "1" + "0" * 400  # an integer no float can hold
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
-
-
 def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
     """Exit status, stdout, stderr of ``memplan ARGV``; argparse's exits are statuses too.
 

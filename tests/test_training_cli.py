@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
+from cli_helpers import check_sums, cli_json
 from memplan.cli.main import main
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEMPLAN_OFFLINE", "1")
-
-
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
-    assert main(argv) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def _check_sums(node: dict[str, Any]) -> None:
-    children = node.get("children", [])
-    if children:
-        assert node["total"] == sum(child["total"] for child in children), node["key"]
-        for child in children:
-            _check_sums(child)
-
 
 MAKE_RUN = [
     "train", "meta-llama/Llama-3.1-8B", "--batch", "1", "--seq", "2048",
@@ -43,9 +22,9 @@ def test_make_run_prints_a_readable_estimate(capsys: pytest.CaptureFixture[str])
 
 
 def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, [*MAKE_RUN, "--json"])
+    data = cli_json(capsys, [*MAKE_RUN, "--json"])
     assert data["peak_bytes"] == data["breakdown"]["total"]
-    _check_sums(data["breakdown"])
+    check_sums(data["breakdown"])
     keys = [child["key"] for child in data["breakdown"]["children"]]
     assert keys[:4] == ["parameters", "gradients", "optimizer_states", "activations"]
     assert [p["name"] for p in data["phases"]] == [
@@ -59,7 +38,7 @@ def test_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_what_fits_on_a_given_memory(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["train", "llama-3.2-1b", "--batch", "2", "--seq", "1024",
+    data = cli_json(capsys, ["train", "llama-3.2-1b", "--batch", "2", "--seq", "1024",
                           "--precision", "bf16", "--gpu-memory", "80GiB", "--json"])  # fmt: skip
     assert data["fits"] is True
     assert data["headroom_bytes"] == data["usable_bytes"] - data["peak_bytes"] > 0
@@ -68,7 +47,7 @@ def test_what_fits_on_a_given_memory(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_seed004_method_and_its_batch(capsys: pytest.CaptureFixture[str]) -> None:
-    data = _json(capsys, ["train", "gpt2-xl", "--precision", "fp32", "--seq", "1024",
+    data = cli_json(capsys, ["train", "gpt2-xl", "--precision", "fp32", "--seq", "1024",
                           "--gpu-memory", "80GB", "--method", "seed004", "--json"])  # fmt: skip
     assert data["peak_bytes"] == 32_746_342_400 + 15_941_046_272
     assert data["max_batch_size"] == 2
