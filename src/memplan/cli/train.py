@@ -189,6 +189,12 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
             )
         out.write(verdict + "\n")
         out.write(f"  limited by: {scalars['limit']}\n")
+        if scalars["max_batch_size"] == 0 and scalars["max_seq_len"] == 0:
+            out.write(
+                "  no batch or sequence fits: the model states alone exceed the GPU; try LoRA,"
+                " pure bf16, activation checkpointing or a larger GPU\n"
+            )
+            return
         out.write(
             f"  largest micro-batch at seq {report.setup['seq']}: {scalars['max_batch_size']}\n"
         )
