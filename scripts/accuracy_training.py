@@ -27,7 +27,7 @@ from memplan.specs.training import (
 )
 from memplan.units import GIB
 
-__all__ = ["CASES", "section"]
+__all__ = ["CASES", "FAMILY_MODELS", "family_cases", "section"]
 
 _LLAMA2 = "meta-llama/Llama-2-7b-hf"
 _LLAMA3 = "meta-llama/Meta-Llama-3-8B"
@@ -104,6 +104,43 @@ class Row:
         return (self.analytic_peak - self.trace_peak) / self.trace_peak
 
 
+FAMILY_MODELS = (
+    "meta-llama/Llama-2-7b-hf",
+    "mistralai/Mistral-7B-v0.1",
+    "mistralai/Mixtral-8x7B-v0.1",
+    "Qwen/Qwen2.5-0.5B",
+    "Qwen/Qwen1.5-MoE-A2.7B",
+    "Qwen/Qwen3-0.6B",
+    "Qwen/Qwen3-30B-A3B",
+    "google/gemma-2b",
+    "google/gemma-2-2b",
+    "google/gemma-3-1b-pt",
+    "microsoft/Phi-3-mini-4k-instruct",
+    "openai-community/gpt2",
+    "EleutherAI/pythia-70m",
+    "bigcode/starcoderbase-1b",
+    "tiiuae/falcon-7b",
+    "allenai/OLMo-1B-hf",
+    "allenai/OLMo-2-1124-7B",
+    "bigcode/starcoder2-3b",
+    "deepseek-ai/DeepSeek-V2-Lite",
+    "deepseek-ai/DeepSeek-V3",
+)
+"""One catalog model of each of the 20 supported model types, traced at full size."""
+
+_EAGER_ONLY = ("gemma-2", "gemma-3")  # transformers' gemma2/gemma3 default to eager attention
+
+
+def family_cases() -> list[tuple[str, TrainingSetup]]:
+    """Every family at full size: batch 1, seq 512, pure bf16, AdamW (foreach)."""
+    cases = []
+    for name in FAMILY_MODELS:
+        eager = any(tag in name for tag in _EAGER_ONLY)
+        attention = Attention.EAGER if eager else Attention.SDPA
+        cases.append((name, _s(batch=1, seq=512, precision=Precision.BF16, attention=attention)))
+    return cases
+
+
 def _describe(setup: TrainingSetup) -> str:
     parts = [f"b{setup.batch} s{setup.seq}", setup.precision.value]
     if setup.optimizer is not Optimizer.ADAMW:
@@ -153,18 +190,8 @@ def run_case(name: str, setup: TrainingSetup) -> Row:
     )
 
 
-def section(cases: list[tuple[str, TrainingSetup]] | None = None) -> str:
-    """The markdown section: one row per (model, setup)."""
-    rows = [run_case(name, setup) for name, setup in (cases or CASES)]
+def _table(rows: list[Row]) -> list[str]:
     lines = [
-        "## Training: analytic engine vs trace engine (full size)",
-        "",
-        "Per-GPU steady-state peak (second iteration, AdamW foreach, H100 kernels, CUDA "
-        "allocator rounding) from `memplan train` beside `memplan trace --train`. *Worst line*: "
-        "the largest error over the categories at the peak and the six phases (relative to the "
-        "line, or to 1 % of the peak for lines smaller than that). Regenerate with "
-        "`python scripts/accuracy_training.py`.",
-        "",
         "| model | setup | trace peak (GiB) | analytic peak (GiB) | peak error | worst line | "
         "its error | trace s |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
@@ -180,12 +207,40 @@ def section(cases: list[tuple[str, TrainingSetup]] | None = None) -> str:
     lines += [
         "",
         f"{exact} of {len(rows)} peaks identical to the byte; {within} of {len(rows)} within 1 %.",
+    ]
+    return lines
+
+
+def section(cases: list[tuple[str, TrainingSetup]] | None = None) -> str:
+    """The markdown section: one row per (model, setup), then one model per family."""
+    rows = [run_case(name, setup) for name, setup in (cases or CASES)]
+    family_rows = [run_case(name, setup) for name, setup in family_cases()]
+    lines = [
+        "## Training: analytic engine vs trace engine (full size)",
+        "",
+        "Per-GPU steady-state peak (second iteration, AdamW foreach, H100 kernels, CUDA "
+        "allocator rounding) from `memplan train` beside `memplan trace --train`. *Worst line*: "
+        "the largest error over the categories at the peak and the six phases (relative to the "
+        "line, or to 1 % of the peak for lines smaller than that). Regenerate with "
+        "`python scripts/accuracy_training.py`.",
+        "",
+    ]
+    lines += _table(rows)
+    lines += [
         "",
         "Notes. MoE rows assume tokens spread evenly over the experts, as the trace routes its "
         "fake tokens. The CUDA context and cuBLAS workspace (outside the allocator) are not in "
         "these peaks; `memplan train --gpu` subtracts them before it says what fits.",
         "",
+        "### Every model type at full size",
+        "",
+        "One catalog model of each of the 20 supported model types, batch 1, sequence 512, "
+        "pure bf16, AdamW (foreach); eager attention where transformers defaults to it "
+        "(Gemma 2 and 3).",
+        "",
     ]
+    lines += _table(family_rows)
+    lines.append("")
     return "\n".join(lines)
 
 
