@@ -399,7 +399,7 @@ ANSWERS = [
     (["train", "llama-3.2-1b", "--gpu-memory", "1"], "does NOT fit on custom (1 B)"),
     (
         ["train", "gpt2", "--batch", "1000000000", "--seq", "1000000000", *LONG_ON_H100],
-        "largest micro-batch at seq 1000000000: 0",
+        "no micro-batch fits at seq 1000000000, and no sequence at batch 1000000000",
     ),
     (["train", "llama-3.1-405b", "--gpu", "RTX-4090"], "does NOT fit on"),
     (["serve-capacity", "gpt2", "--gpu-memory", "1"], "vLLM would fail: No available memory"),

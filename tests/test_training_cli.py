@@ -17,7 +17,7 @@ def test_make_run_prints_a_readable_estimate(capsys: pytest.CaptureFixture[str])
     assert main(MAKE_RUN) == 0
     out = capsys.readouterr().out
     for text in ("peak", "parameters", "optimizer_states", "phases", "optimizer_step",
-                 "does NOT fit on H100", "short by", "no batch or sequence fits"):  # fmt: skip
+                 "does NOT fit on H100", "short by", "no micro-batch fits at seq 2048, and no sequence at batch 1"):  # fmt: skip
         assert text in out, text
 
 

@@ -191,8 +191,9 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
         out.write(f"  limited by: {scalars['limit']}\n")
         if scalars["max_batch_size"] == 0 and scalars["max_seq_len"] == 0:
             out.write(
-                "  no batch or sequence fits: the model states alone exceed the GPU; try LoRA,"
-                " pure bf16, activation checkpointing or a larger GPU\n"
+                f"  no micro-batch fits at seq {report.setup['seq']}, and no sequence at batch"
+                f" {report.setup['batch']}: shrink them, or try LoRA, pure bf16, activation"
+                " checkpointing or a larger GPU\n"
             )
             return
         out.write(
