@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
-from memplan.specs.model import AttentionType, MlpKind, ModelSpec, NormKind, PositionKind
+from memplan.specs.model import AttentionType, MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
 from memplan.specs.training import Attention, Checkpointing
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
 
 _SOFTMAX_IN_INPUT_DTYPE = frozenset({"gpt2"})
 _ROTARY_CAT = frozenset({"phi3", "gpt_neox", "stablelm", "persimmon", "phi"})
+_NORM_WEIGHT_IN_FP32 = frozenset({"olmo2"})
 """Families whose rotary embedding concatenates the rotated and passed-through parts."""
 """Families whose eager attention calls softmax without ``dtype=torch.float32``."""
 SOURCE = "transformers 5.23 modeling code + torch 2.13 derivatives.yaml (saved tensors)"
@@ -165,32 +166,57 @@ def attention_backend(spec: ModelSpec, ctx: ActivationContext, *, has_mask: bool
 
 # Ops ---------------------------------------------------------------------------------------------
 def _norm(
-    spec: ModelSpec, ctx: ActivationContext, width: int, in_bytes: int, x_grad: bool, w_train: bool
+    spec: ModelSpec,
+    ctx: ActivationContext,
+    width: int,
+    in_bytes: int,
+    x_grad: bool,
+    w_train: bool,
+    *,
+    rows: int = 1,
 ) -> list[Saved]:
-    """A norm over ``width`` fed a tensor of ``in_bytes`` per element.
+    """A norm over ``width`` fed a tensor of ``in_bytes`` per element, normalising ``rows``
+    groups per token (the heads of a per-head QK-norm; 1 otherwise).
 
     RMSNorm always keeps a fp32 input: the input itself when it is fp32, else the copy made by
     ``.to(float32)`` / ``.float()``. LayerNorm keeps its input (cast to fp32 under autocast).
+    OLMo-2's RMSNorm multiplies by the weight before casting back, so the weight's gradient
+    reads a fp32 normed tensor (modeling_olmo2.py, Olmo2RMSNorm.forward).
     """
     out: list[Saved] = []
     if spec.norm_kind is NormKind.RMSNORM:
         gemma = spec.model_type.startswith("gemma")
         if x_grad:
             out.append(Saved("input_fp32", 4, per_token=width))
-            out.append(Saved("rsqrt_fp32", 4, per_token=1))
+            out.append(Saved("rsqrt_fp32", 4, per_token=rows))
         if gemma:
             if w_train:
                 out.append(Saved("normed_fp32", 4, per_token=width))
             if x_grad:
                 out.append(Saved("one_plus_weight_fp32", 4, fixed=width))
         elif w_train:
-            out.append(Saved("normed", in_bytes, per_token=width))
+            normed_bytes = 4 if spec.model_type in _NORM_WEIGHT_IN_FP32 else in_bytes
+            out.append(Saved("normed", normed_bytes, per_token=width))
         return out
     ln_in = 4 if ctx.autocast else in_bytes
     if x_grad or w_train:
         out.append(Saved("input", ln_in, per_token=width))
         out.append(Saved("mean_fp32", 4, per_token=1))
         out.append(Saved("rstd_fp32", 4, per_token=1))
+    return out
+
+
+def _qk_norms(spec: ModelSpec, ctx: ActivationContext, trainable: bool) -> list[Saved]:
+    """Norms on the query and key projections' outputs (Qwen3, Gemma 3: RMSNorm(head_dim) per
+    head; OLMo 2: RMSNorm over all heads), applied before rotary."""
+    if spec.qk_norm is QkNorm.NONE or spec.mla is not None:
+        return []
+    c, d = ctx.compute_bytes, spec.head_dim
+    per_head = spec.qk_norm is QkNorm.PER_HEAD
+    out: list[Saved] = []
+    for name, heads in (("q_norm", spec.n_heads), ("k_norm", spec.n_kv_heads)):
+        rows = heads if per_head else 1
+        out += _group(name, _norm(spec, ctx, heads * d, c, True, trainable, rows=rows))
     return out
 
 
@@ -451,6 +477,7 @@ def _layer_full(
     layer_type = spec.attention_type(index)
     backend = attention_backend(spec, ctx, has_mask=False)
     attn = _projections(spec, ctx, norm_out, train, input_grad)
+    attn += _qk_norms(spec, ctx, trainable)
     if any_grad:
         attn += _attention_core(spec, ctx, backend, layer_type)
         attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
