@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from cli_helpers import cli_json
 from memplan.catalog import resolve
 from memplan.catalog.gpus import resolve_gpu
 from memplan.cli.main import main
@@ -14,8 +13,7 @@ from memplan.specs.inference import InferenceSetup
 
 
 def _json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
-    assert main(["infer", *argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)
+    return cli_json(capsys, ["infer", *argv, "--json"])
 
 
 def test_llama2_kv_and_peak(capsys: pytest.CaptureFixture[str]) -> None:
