@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from memplan.catalog.gpus import DEFAULT_KERNEL_GPU, resolve_gpu
 from memplan.estimate.train_setup import _lora_widths
 from memplan.formulas.activations import (
     ActivationContext,
+    AttentionKernel,
     Saved,
-    attention_backend,
+    attention_kernel,
+    cpu_attention_kernel,
     head_saved,
     layer_saved,
     model_saved,
@@ -35,8 +38,9 @@ from memplan.formulas.training import (
     param_tensors,
     regime,
 )
+from memplan.specs.hardware import CudaDevice
 from memplan.specs.model import ModelSpec, NormKind
-from memplan.specs.training import Checkpointing, Optimizer, Target, TrainingSetup
+from memplan.specs.training import Checkpointing, Optimizer, Precision, Target, TrainingSetup
 
 _LINEAR_ROLES = ("linear", "experts")
 _CUDA_FOREACH_DEFAULT = (Optimizer.ADAMW, Optimizer.ADAM)
@@ -100,7 +104,8 @@ class TrainingPlan:
     model_saved: tuple[Saved, ...]
     layers: tuple[LayerGroup, ...]
     head_saved: tuple[Saved, ...]
-    backend: str
+    kernels: tuple[AttentionKernel, AttentionKernel]
+    """Attention kernel of full-attention and of sliding-window layers (:func:`attention_kernels`)."""
     trainable_params: int
     nll_saved: tuple[Saved, ...]
     final_norm_input: tuple[Saved, ...]
@@ -119,7 +124,63 @@ class TrainingPlan:
         return sum(self.states.values())
 
 
-def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationContext:
+Kernels = tuple[AttentionKernel, AttentionKernel]
+_HALF_PRECISIONS = {
+    Precision.FP16: "float16",
+    Precision.FP16_MIXED: "float16",
+    Precision.DEEPSPEED_FP16: "float16",
+}
+
+
+def compute_dtype_name(setup: TrainingSetup, reg: Regime) -> str:
+    """The dtype q, k and v reach the attention in: fp32, or the half type of the precision."""
+    if reg.compute_bytes == 4:
+        return "float32"
+    return _HALF_PRECISIONS.get(setup.precision, "bfloat16")
+
+
+@lru_cache(maxsize=64)
+def kernel_device(name: str | None) -> tuple[CudaDevice, str]:
+    """The CUDA device whose kernel choice the estimate follows, and how it was chosen.
+
+    The GPU named in the setup (the same catalog facts the trace reads); the default kernel GPU
+    when none is named, or when the named one is not a CUDA GPU (memplan models CUDA's choice).
+    """
+    gpu = resolve_gpu(name or DEFAULT_KERNEL_GPU)
+    device = gpu.cuda_device()
+    how = "" if name else " (no --gpu given)"
+    if device is None:
+        fallback = resolve_gpu(DEFAULT_KERNEL_GPU).cuda_device()
+        assert fallback is not None  # the catalog's default kernel GPU is a CUDA GPU
+        device = fallback
+        how = f" ({gpu.name} is not a CUDA GPU: CUDA's choice shown)"
+    return device, f"chosen as on {device.name}, sm{device.major}{device.minor}{how}"
+
+
+def attention_kernels(spec: ModelSpec, setup: TrainingSetup, batch: int, seq: int) -> Kernels:
+    """The attention kernel of full-attention and of sliding-window layers at (batch, seq):
+    one choice rule for both engines (:func:`memplan.formulas.activations.attention_kernel`)."""
+    reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
+    if setup.target is Target.CPU:
+        kernel = cpu_attention_kernel(spec, setup.attention, half=reg.compute_bytes == 2)
+        return (kernel, kernel)
+    device = kernel_device(setup.gpu)[0]
+    dropout = spec.attention_dropout if setup.dropout is None else setup.dropout
+    dtype = compute_dtype_name(setup, reg)
+
+    def one(sliding: bool) -> AttentionKernel:
+        return attention_kernel(
+            spec, setup.attention, device, dtype=dtype, dropout=dropout,
+            sliding=sliding, batch=batch, seq=seq,
+        )  # fmt: skip
+
+    full = one(False)
+    return (full, one(True) if spec.sliding_window is not None else full)
+
+
+def _context(
+    spec: ModelSpec, setup: TrainingSetup, reg: Regime, kernels: Kernels
+) -> ActivationContext:
     p = setup.dropout
     stream = 4 if reg.autocast else reg.param_bytes
     if setup.qlora or (setup.is_lora and reg.param_bytes == 2):
@@ -135,6 +196,7 @@ def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationCo
         embedding_dropout=spec.embedding_dropout if p is None else p,
         mask_bytes=1 if setup.target is Target.CUDA else 0,
         kv_cache_copies=setup.checkpointing is not Checkpointing.FULL,
+        kernels=kernels,
     )
 
 
@@ -167,12 +229,22 @@ def _param_group(t: ParamTensor) -> str:
     return "final_norm"
 
 
+def training_plan(
+    spec: ModelSpec, setup: TrainingSetup, kernels: Kernels | None = None
+) -> TrainingPlan:
+    """The (B, S)-independent part of the estimate, for the attention ``kernels`` (by default
+    those at ``setup.batch``, ``setup.seq``; :func:`memplan.estimate.train_step.evaluate` swaps
+    in the plan of another (B, S) when its kernels differ). Cached."""
+    if kernels is None:
+        kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
+    return _training_plan(spec, setup, kernels)
+
+
 @lru_cache(maxsize=512)
-def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
-    """The (B, S)-independent part of the estimate (cached; ``setup.batch/seq`` are ignored)."""
+def _training_plan(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> TrainingPlan:
     reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
     round_to = 512 if setup.target is Target.CUDA else 1
-    ctx = _context(spec, setup, reg)
+    ctx = _context(spec, setup, reg, kernels)
     tensors = param_tensors(spec)
     lora_targets = (
         frozenset(_lora_widths(spec, setup.lora_targets)) if setup.is_lora else frozenset()
@@ -261,7 +333,6 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
     )
     head_trainable = not setup.is_lora
     head = head_saved(spec, ctx, head_trainable=head_trainable)
-    backend = attention_backend(spec, ctx, has_mask=False)
     return TrainingPlan(
         spec=spec,
         setup=setup,
@@ -291,9 +362,9 @@ def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
         ),
         nll_saved=tuple(i for i in head if i.key in _NLL_SAVED),
         final_norm_input=tuple(i for i in head if i.key == "final_norm/input_fp32"),
-        backend=backend,
+        kernels=kernels,
         trainable_params=trainable_params,
-        notes=tuple(_plan_notes(spec, setup, backend)),
+        notes=tuple(_plan_notes(spec, setup, kernels)),
     )
 
 
@@ -457,8 +528,26 @@ def _frozen_weight_copies(
     )
 
 
-def _plan_notes(spec: ModelSpec, setup: TrainingSetup, backend: str) -> list[str]:
-    notes = [f"attention kernel: {backend}"]
+def _kernel_words(kernel: AttentionKernel, spec: ModelSpec) -> str:
+    words = kernel.backend
+    if kernel.has_mask and kernel.backend != "eager":
+        words += " (transformers builds a mask)"
+    if kernel.gqa == "repeat_kv" and kernel.backend != "eager":
+        words += f", K/V repeated to {spec.n_heads} heads"
+    elif kernel.gqa == "enable_gqa" and kernel.backend == "math":
+        words += ", grouped K/V heads (the memory-efficient kernel takes none)"
+    return words
+
+
+def _plan_notes(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> list[str]:
+    full, sliding = kernels
+    notes = [f"attention kernel: {_kernel_words(full, spec)}"]
+    if setup.target is Target.CUDA:
+        notes[0] += f"; {kernel_device(setup.gpu)[1]} (torch 2.13 sdp_utils.cpp)"
+    if spec.sliding_window is not None and any(spec.slides(i) for i in range(spec.n_layers)):
+        notes.append(
+            f"sliding-window layers (window {spec.sliding_window}): {_kernel_words(sliding, spec)}"
+        )
     if spec.moe is not None:
         notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
     if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:

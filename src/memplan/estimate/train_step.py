@@ -8,7 +8,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from memplan.estimate.train_plan import LayerGroup, TrainingPlan, training_plan
+from memplan.estimate.train_plan import (
+    LayerGroup,
+    TrainingPlan,
+    attention_kernels,
+    training_plan,
+)
 from memplan.formulas.activations import Saved
 from memplan.formulas.training import alloc_bytes
 from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES
@@ -60,7 +65,8 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
         if it.per_token:
             n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
         if it.per_score:
-            n += bss * it.per_score
+            keys = -(-s // it.score_align) * it.score_align
+            n += (bss if keys == s else bs * keys) * it.per_score
         if it.per_row:
             a = it.align
             n += b * (-(-s // a) * a) * it.per_row
@@ -101,6 +107,9 @@ def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
 
 def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     """Live memory of the steady-state step at (batch, seq), per phase and category."""
+    kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
+    if kernels != plan.kernels:  # a mask or a kernel limit changes with (batch, seq)
+        plan = training_plan(plan.spec, plan.setup, kernels)
     r, spec, reg = plan.round_to, plan.spec, plan.regime
     tokens = batch * seq
     v = spec.vocab_size
@@ -332,7 +341,7 @@ def training_peak_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
         id(spec), setup.precision, setup.optimizer, setup.attention, setup.checkpointing,
         setup.dropout, setup.fp32_grad_accumulation, setup.lora_rank, setup.lora_alpha,
         setup.lora_targets, setup.qlora, setup.freeze_embeddings, setup.freeze_layers,
-        setup.target,
+        setup.target, setup.gpu,
     )  # fmt: skip
     cached = _FAST_PLANS.get(key)
     if cached is None or cached[0] is not spec:

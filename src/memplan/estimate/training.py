@@ -34,7 +34,7 @@ These are checked against the trace byte for byte on size-reduced configs of sev
 
 from __future__ import annotations
 
-from memplan.estimate.train_plan import TrainingPlan, training_plan
+from memplan.estimate.train_plan import TrainingPlan, attention_kernels, training_plan
 from memplan.estimate.train_report import _report
 from memplan.estimate.train_setup import validate_setup
 from memplan.estimate.train_step import (
@@ -71,6 +71,7 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup, *, method: str = "e
         from memplan.formulas.methods_training import method_report
 
         return method_report(spec, setup, method)
-    plan = training_plan(spec, _plan_key(setup))
+    kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
+    plan = training_plan(spec, _plan_key(setup), kernels)
     mem = evaluate(plan, setup.batch, setup.seq)
     return _report(plan, setup, mem)

@@ -135,6 +135,7 @@ def _gemma(cfg: _Config, n_norms: int = 2) -> dict[str, Any]:
         cfg, out["hidden_size"], out["n_heads"], explicit=cfg.get("head_dim")
     )
     out["embedding_multiplier"] = float(out["hidden_size"]) ** 0.5
+    out["norm_one_plus_weight"] = True
     out["n_layer_norms"] = n_norms
     out["mlp_bias"] = False
     return out
@@ -172,6 +173,7 @@ def _phi3(cfg: _Config) -> dict[str, Any]:
         head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]),
         fused_qkv=True,
         fused_gate_up=True,
+        rotary_concat=True,
         sliding_window=cfg.int_("sliding_window", default=None),
         hidden_dropout=cfg.number("resid_pdrop", default=0.0) or 0.0,
         embedding_dropout=cfg.number("embd_pdrop", default=0.0) or 0.0,
@@ -209,6 +211,7 @@ def _gpt2(cfg: _Config) -> dict[str, Any]:
         "attention_dropout": cfg.number("attn_pdrop", default=0.1) or 0.0,
         "hidden_dropout": cfg.number("resid_pdrop", default=0.1) or 0.0,
         "embedding_dropout": cfg.number("embd_pdrop", default=0.1) or 0.0,
+        "softmax_in_input_dtype": True,
     }
 
 
@@ -233,6 +236,7 @@ def _gpt_neox(cfg: _Config) -> dict[str, Any]:
     out = _common(cfg)
     out["n_kv_heads"] = out["n_heads"]
     out["head_dim"] = _div(cfg, out["hidden_size"], out["n_heads"])
+    out["rotary_concat"] = True
     bias = cfg.bool_("attention_bias")
     partial = _partial_rotary(cfg, "rotary_pct", default=0.25)
     out.update(
@@ -303,7 +307,7 @@ def _olmo(cfg: _Config) -> dict[str, Any]:
 def _olmo2(cfg: _Config) -> dict[str, Any]:
     """OLMo 2: post-attention and post-feed-forward RMSNorms; RMSNorm over all q and all k."""
     out = _llama(cfg)
-    out.update(qk_norm=QkNorm.FULL, mlp_bias=False)
+    out.update(qk_norm=QkNorm.FULL, mlp_bias=False, norm_weight_fp32=True)
     return out
 
 

@@ -198,6 +198,16 @@ class ModelSpec:
     final_logit_softcapping: float | None = None
     embedding_multiplier: float | None = None
     """Gemma scales embeddings by sqrt(hidden)."""
+    rotary_concat: bool = False
+    """The rotary embedding concatenates the rotated and the passed-through parts
+    (``torch.cat``), so q comes out (B, H, S, D) contiguous (Phi-3, GPT-NeoX)."""
+    softmax_in_input_dtype: bool = False
+    """Eager attention calls softmax without ``dtype=torch.float32`` (GPT-2)."""
+    norm_one_plus_weight: bool = False
+    """RMSNorm scales by ``1 + weight`` in fp32 and saves the fp32 normalised tensor (Gemma)."""
+    norm_weight_fp32: bool = False
+    """RMSNorm multiplies by the weight before casting back, so the weight's gradient reads a
+    fp32 normed tensor (OLMo 2, ``Olmo2RMSNorm.forward``)."""
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     """Residual dropout (GPT-2 resid_pdrop, NeoX hidden_dropout)."""
@@ -262,3 +272,13 @@ class ModelSpec:
         if not self.layer_types:
             return AttentionType.FULL
         return self.layer_types[index]
+
+    def slides(self, index: int) -> bool:
+        """transformers gives layer ``index`` a sliding-window mask: its ``sliding_attention``
+        layers, or every layer of a family without ``layer_types`` whose ``sliding_window`` is
+        set (Mistral, Mixtral, Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
+        if self.sliding_window is None:
+            return False
+        if self.layer_types:
+            return self.layer_types[index] is AttentionType.SLIDING
+        return True
