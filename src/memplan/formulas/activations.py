@@ -37,6 +37,7 @@ rounded up by the allocator (``memplan.formulas.training.alloc_bytes``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
@@ -605,11 +606,7 @@ def _group(prefix: str, items: list[Saved]) -> list[Saved]:
 
 
 def _prefixed(prefix: str, item: Saved) -> Saved:
-    tail = item.key.split("/")[-1]
-    return Saved(
-        f"{prefix}/{tail}", item.elem_bytes, item.per_token, item.per_score, item.per_row,
-        item.align, item.per_position, item.fixed, item.category,
-    )  # fmt: skip
+    return dataclasses.replace(item, key=f"{prefix}/{item.key.split('/')[-1]}")
 
 
 _LORA_SOURCES = {
@@ -634,8 +631,10 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
     if spec.position is PositionKind.ROTARY:
         d = spec.rotary_dim or (spec.mla.qk_rope_head_dim if spec.mla else spec.head_dim)
         cos_bytes = ctx.stream_bytes
-        out.append(Saved("rotary/cos", cos_bytes, per_position=d))
-        out.append(Saved("rotary/sin", cos_bytes, per_position=d))
+        for table in range(spec.n_rotary_tables):
+            suffix = f"_{table}" if table else ""
+            out.append(Saved(f"rotary/cos{suffix}", cos_bytes, per_position=d))
+            out.append(Saved(f"rotary/sin{suffix}", cos_bytes, per_position=d))
     if ctx.checkpointing is Checkpointing.FULL and spec.position is PositionKind.ROTARY:
         # non-reentrant checkpointing keeps every layer call's inputs: position_ids too
         out.append(Saved("checkpoint/position_ids", 8, per_position=1))

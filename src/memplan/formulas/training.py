@@ -237,12 +237,7 @@ def buffer_allocations(spec: ModelSpec) -> tuple[int, ...]:
     out: list[int] = []
     if spec.position is PositionKind.ROTARY and spec.model_type not in ("gpt2", "gpt_bigcode"):
         rot = spec.mla.qk_rope_head_dim if spec.mla else (spec.rotary_dim or spec.head_dim)
-        tables = (
-            len(set(spec.layer_types))
-            if spec.model_type == "gemma3_text" and spec.layer_types
-            else 1
-        )
-        out += [(rot + 1) // 2 * 4] * (2 * tables)
+        out += [(rot + 1) // 2 * 4] * (2 * spec.n_rotary_tables)
     if spec.model_type in ("gemma", "gemma2", "gemma3_text"):
         out.append(4)
     if spec.model_type == "gpt_bigcode":

@@ -157,6 +157,7 @@ def _gemma3_text(cfg: _Config) -> dict[str, Any]:
     """Gemma 3 text: Gemma 2's four norms plus RMSNorm(head_dim) on q and k."""
     out = _gemma2(cfg)
     out["qk_norm"] = QkNorm.PER_HEAD
+    out["rotary_per_layer_type"] = True
     if not isinstance(cfg.raw.get("layer_types"), list):
         period = int(cfg.raw.get("sliding_window_pattern") or 6)
         out["layer_types"] = tuple(

@@ -198,6 +198,9 @@ class ModelSpec:
     final_logit_softcapping: float | None = None
     embedding_multiplier: float | None = None
     """Gemma scales embeddings by sqrt(hidden)."""
+    rotary_per_layer_type: bool = False
+    """One rotary table (inv_freq buffers, cos/sin) per distinct layer type (Gemma 3: local
+    and global bases)."""
     rotary_concat: bool = False
     """The rotary embedding concatenates the rotated and the passed-through parts
     (``torch.cat``), so q comes out (B, H, S, D) contiguous (Phi-3, GPT-NeoX)."""
@@ -272,6 +275,13 @@ class ModelSpec:
         if not self.layer_types:
             return AttentionType.FULL
         return self.layer_types[index]
+
+    @property
+    def n_rotary_tables(self) -> int:
+        """Rotary embeddings the model computes per forward (one per layer type for Gemma 3)."""
+        if self.rotary_per_layer_type and self.layer_types:
+            return len(set(self.layer_types))
+        return 1
 
     def slides(self, index: int) -> bool:
         """transformers gives layer ``index`` a sliding-window mask: its ``sliding_attention``
