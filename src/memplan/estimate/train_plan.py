@@ -232,11 +232,16 @@ def _param_group(t: ParamTensor) -> str:
 def training_plan(
     spec: ModelSpec, setup: TrainingSetup, kernels: Kernels | None = None
 ) -> TrainingPlan:
-    """The (B, S)-independent part of the estimate, for the attention ``kernels`` (by default
-    those at ``setup.batch``, ``setup.seq``; :func:`memplan.estimate.train_step.evaluate` swaps
-    in the plan of another (B, S) when its kernels differ). Cached."""
+    """The (B, S)-independent part of the estimate, for the attention ``kernels``. Cached.
+
+    By default the kernels of ``setup.batch`` and of a sequence of ``setup.seq`` tokens, but at
+    least two: a (1, 1) setup is a plan key (``_plan_key``, the fit search), and a one-token
+    sequence would pick kernels no training sequence gets (cuDNN refuses kv_len 1).
+    :func:`memplan.estimate.train_step.evaluate` swaps in the plan of its own (B, S) when the
+    kernels there differ.
+    """
     if kernels is None:
-        kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
+        kernels = attention_kernels(spec, setup, setup.batch, max(setup.seq, 2))
     return _training_plan(spec, setup, kernels)
 
 
@@ -464,6 +469,8 @@ def _layer_groups(
     groups: dict[tuple[Any, ...], list[Any]] = {}
     # The recomputed forward runs with use_cache off (transformers turns it off with checkpointing).
     full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE, kv_cache_copies=False)
+    # a layer's saved tensors depend on its index only through these (computed once each)
+    memo: dict[tuple[Any, ...], tuple[tuple[Saved, ...], tuple[Saved, ...]]] = {}
     any_before = embed_grad
     for i in range(spec.n_layers):
         trainable = not setup.is_lora and i >= setup.freeze_layers
@@ -474,12 +481,16 @@ def _layer_groups(
             "lora_modules": lora_targets,
             "lora_rank": setup.lora_rank,
         }
-        saved = layer_saved(spec, ctx, i, **kwargs)
-        full = (
-            layer_saved(spec, full_ctx, i, **kwargs)
-            if ctx.checkpointing is Checkpointing.FULL
-            else saved
-        )
+        signature = (trainable, input_grad, i == 0, spec.slides(i), spec.is_moe_layer(i))
+        if signature not in memo:
+            one = layer_saved(spec, ctx, i, **kwargs)
+            recomputed = (
+                layer_saved(spec, full_ctx, i, **kwargs)
+                if ctx.checkpointing is Checkpointing.FULL
+                else one
+            )
+            memo[signature] = (one, recomputed)
+        saved, full = memo[signature]
         if ctx.autocast and not trainable and (input_grad or setup.is_lora):
             # Frozen fp32 weights: autocast does not cache their half copies (no grad), but
             # each matmul whose input needs a gradient saves its copy for that gradient.

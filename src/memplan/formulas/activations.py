@@ -37,7 +37,6 @@ rounded up by the allocator (``memplan.formulas.training.alloc_bytes``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
@@ -298,7 +297,9 @@ def _dropout(ctx: ActivationContext, key: str, p: float, width: int, in_bytes: i
     return [Saved(f"{key}/mask", mask, per_token=width)]
 
 
-def _attention_core(spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel) -> list[Saved]:
+def _attention_core(
+    spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel
+) -> list[Saved]:
     """What the attention kernel (or the eager ops) saves; q/k/v already rotated."""
     if kernel.backend in ("flash", "cudnn", "mem-efficient"):
         out = _fused_kernel_saved(spec, ctx, kernel)
@@ -334,10 +335,8 @@ def _fused_kernel_saved(
     d_v = mla.v_head_dim if mla else spec.head_dim
     storages = _qkv_storages(spec, ctx, spec.n_kv_heads, d_qk, d_v)
     if kernel.gqa == "repeat_kv":
-        storages = storages[:1] + [
-            Saved("attention/k", c, per_token=h * d_qk),
-            Saved("attention/v", c, per_token=h * d_v),
-        ]
+        k = Saved("attention/k", c, per_token=h * d_qk)
+        storages = [storages[0], k, Saved("attention/v", c, per_token=h * d_v)]
     out = [*storages, Saved("attention/out", c, per_token=h * d_v)]
     if spec.rotary_concat and backend != "mem-efficient":
         out.append(Saved("o_proj/input", c, per_token=h * d_v))
@@ -606,7 +605,12 @@ def _group(prefix: str, items: list[Saved]) -> list[Saved]:
 
 
 def _prefixed(prefix: str, item: Saved) -> Saved:
-    return dataclasses.replace(item, key=f"{prefix}/{item.key.split('/')[-1]}")
+    # positional: dataclasses.replace costs seconds over a 2048-layer model's tensors
+    return Saved(
+        f"{prefix}/{item.key.split('/')[-1]}", item.elem_bytes, item.per_token, item.per_score,
+        item.per_row, item.align, item.per_position, item.fixed, item.category,
+        item.whole_buffer_at_batch_1, item.score_align,
+    )  # fmt: skip
 
 
 _LORA_SOURCES = {

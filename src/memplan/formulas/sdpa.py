@@ -155,9 +155,9 @@ def _cudnn_head_dim_limit(call: SdpaCall, device: CudaDevice) -> int:
     limit = 128
     if device.cudnn_version >= 9_10_00 and device.sm == (9, 0):
         limit = 256
-    if device.cudnn_version >= 9_11_00 and device.major == 10:
-        if (call.head_dim_qk, call.head_dim_v) == (192, 128):
-            limit = 192
+    pair = (call.head_dim_qk, call.head_dim_v)
+    if device.cudnn_version >= 9_11_00 and device.major == 10 and pair == (192, 128):
+        limit = 192
     return limit
 
 
@@ -195,7 +195,7 @@ _USABLE = {"flash": flash_usable, "mem-efficient": mem_efficient_usable, "cudnn"
 def sdpa_backend(call: SdpaCall, device: CudaDevice) -> str:
     """The kernel PyTorch runs: "cudnn", "flash", "mem-efficient" or "math"
     (``select_sdp_backend``: the first usable backend in priority order)."""
-    order = ("flash", "mem-efficient")
+    order: tuple[str, ...] = ("flash", "mem-efficient")
     if prefers_cudnn(device):
         order = ("cudnn", *order)
     for backend in order:

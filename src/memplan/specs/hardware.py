@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 from memplan.errors import SetupError
 
-__all__ = ["COMPUTE_DTYPES", "TORCH_CUDNN_VERSION", "CudaDevice", "Gpu", "compute_dtype", "custom_gpu"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "TORCH_CUDNN_VERSION",
+    "CudaDevice",
+    "Gpu",
+    "compute_dtype",
+    "custom_gpu",
+]
 
 COMPUTE_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 """Dtypes whose dense peak a :class:`Gpu` may know."""
