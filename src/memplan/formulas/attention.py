@@ -17,7 +17,13 @@ from memplan.specs.hardware import CudaDevice
 from memplan.specs.model import ModelSpec
 from memplan.specs.training import Attention
 
-__all__ = ["AttentionKernel", "attention_kernel", "cpu_attention_kernel"]
+__all__ = [
+    "AttentionKernel",
+    "attention_kernel",
+    "cpu_attention_kernel",
+    "generate_attention_kernel",
+    "generate_kv_lengths",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +34,8 @@ class AttentionKernel:
     """``eager``, ``flash``, ``cudnn``, ``mem-efficient`` or ``math``."""
     gqa: str = "none"
     """How grouped KV heads reach the kernel (:func:`memplan.formulas.sdpa.transformers_sdpa_call`):
-    ``none``, ``enable_gqa`` or ``repeat_kv``; eager always repeats them."""
+    ``none``, ``enable_gqa``, ``repeat_kv`` or (one query token) ``pack_gqa``; eager always
+    repeats them."""
     has_mask: bool = False
     """transformers passed a real mask tensor (:func:`memplan.formulas.masks.sdpa_mask_built`)."""
 
@@ -105,3 +112,92 @@ def cpu_attention_kernel(spec: ModelSpec, attention: Attention, *, half: bool) -
         return AttentionKernel("flash")
     gqa = spec.n_kv_heads < spec.n_heads and mla is None
     return AttentionKernel("math", "enable_gqa") if gqa else AttentionKernel("mem-efficient")
+
+
+def generate_kv_lengths(
+    spec: ModelSpec, *, sliding: bool, static_cache: bool, cache_len: int, past: int, q_len: int
+) -> tuple[int, int]:
+    """(key length the mask code sees, key length sdpa gets) in one forward of ``generate``
+    with ``past`` tokens cached (transformers 5.23 ``cache_utils``, ``get_mask_sizes`` and
+    ``update`` of each layer class).
+
+    DynamicCache: ``past + q_len``; a sliding layer keeps its last ``window - 1`` tokens
+    once full (``DynamicSlidingWindowLayer``). StaticCache: the full ``cache_len`` (sdpa crops
+    it to q_len for a causal prefill); a static sliding layer: ``min(cache_len, window)``, or
+    past + q_len while it overflows (``StaticSlidingWindowLayer``).
+    """
+    window = spec.sliding_window if sliding else None
+    if static_cache:
+        if window is None:
+            return cache_len, cache_len
+        size = min(cache_len, window)
+        if past >= size:
+            length = size + q_len - 1
+        elif past + q_len > size:
+            length = past + q_len
+        else:
+            length = size
+        return length, length
+    full = window is not None and past >= window
+    length = (window or 0) - 1 + q_len if full else past + q_len
+    return length, length
+
+
+def generate_attention_kernel(
+    spec: ModelSpec,
+    attention: str,
+    device: CudaDevice,
+    *,
+    dtype: str,
+    batch: int,
+    q_len: int,
+    past: int,
+    sliding: bool,
+    static_cache: bool = False,
+    cache_len: int = 0,
+) -> AttentionKernel:
+    """The kernel one attention call of ``generate`` runs (prefill: ``past`` 0, ``q_len`` the
+    prompt; decode: ``q_len`` 1), with no padding, under ``torch.no_grad``.
+
+    The mask follows ``masking_utils`` (:func:`memplan.formulas.masks.sdpa_mask_built`: a
+    sliding layer once its keys reach the window, a static cache's decode always), the call
+    ``sdpa_attention_forward`` (grouped heads: ``enable_gqa`` without a mask, else ``pack_gqa``
+    for one query token, else ``repeat_kv``), the kernel ``select_sdp_backend``.
+    """
+    mask_kv, sdpa_kv = generate_kv_lengths(
+        spec, sliding=sliding, static_cache=static_cache, cache_len=cache_len, past=past,
+        q_len=q_len,
+    )  # fmt: skip
+    mask = sdpa_mask_built(
+        eager=attention == "eager",
+        local_size=spec.sliding_window if sliding else None,
+        q_len=q_len,
+        kv_len=mask_kv,
+        q_offset=past,
+        compileable_decode=static_cache and q_len == 1,
+    )
+    grouped = spec.mla is None and spec.n_kv_heads < spec.n_heads
+    if attention == "eager":
+        return AttentionKernel("eager", "repeat_kv" if grouped else "none", mask)
+    mla = spec.mla
+    call, gqa = transformers_sdpa_call(
+        dtype=dtype,
+        batch=batch,
+        q_heads=spec.n_heads,
+        kv_heads=spec.n_heads if mla else spec.n_kv_heads,
+        head_dim_qk=mla.qk_head_dim if mla else spec.head_dim,
+        head_dim_v=mla.v_head_dim if mla else spec.head_dim,
+        q_len=q_len,
+        kv_len=sdpa_kv,
+        has_mask=mask,
+        dropout_p=0.0,
+        requires_grad=False,
+    )
+    if attention == "sdpa":
+        return AttentionKernel(sdpa_backend(call, device), gqa, mask)
+    if not backend_usable(attention, call, device):
+        raise SetupError(
+            f"{spec.name}: the {attention} kernel cannot run this call on {device.name} "
+            "(sdp_utils.cpp); use --attention sdpa"
+        )
+    return AttentionKernel(attention, gqa, mask)

@@ -82,6 +82,8 @@ class CudaEmulation(TorchFunctionMode):
         self.cache_on = True
         self._cache: dict[int, torch.Tensor] = {}
         self.backends_used: dict[str, int] = {}
+        self.calls: list[tuple[str, SdpaCall]] = []
+        """Every sdpa call emulated, with the kernel it ran (for tests of the choice)."""
 
     def clear_cache(self) -> None:
         """End of the autocast region: drop the cached casts (as leaving ``torch.autocast``)."""
@@ -194,6 +196,7 @@ class CudaEmulation(TorchFunctionMode):
         )
         backend = self._backend(call)
         self.backends_used[backend] = self.backends_used.get(backend, 0) + 1
+        self.calls.append((backend, call))
         if backend == "math":
             # the composite is the same code on every device (attention.cpp); with enable_gqa it
             # repeats K and V itself (pre_process_group_query_attention_input)
