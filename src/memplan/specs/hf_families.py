@@ -213,6 +213,7 @@ def _gpt2(cfg: _Config) -> dict[str, Any]:
         "hidden_dropout": cfg.number("resid_pdrop", default=0.1) or 0.0,
         "embedding_dropout": cfg.number("embd_pdrop", default=0.1) or 0.0,
         "softmax_in_input_dtype": True,
+        "conv1d_names": True,
     }
 
 
@@ -227,6 +228,9 @@ def _div(cfg: _Config, hidden: int, heads: int) -> int:
 def _gpt_bigcode(cfg: _Config) -> dict[str, Any]:
     """GPT-BigCode (SantaCoder/StarCoder 1): GPT-2 with multi-query attention (one KV head)."""
     out = _gpt2(cfg)
+    # its eager softmax runs in fp32 (attention_softmax_in_fp32); its modules are named like
+    # Llama's in memplan's tensor list; it registers a (P, P) causal mask
+    out.update(softmax_in_input_dtype=False, conv1d_names=False, causal_mask_buffer=True)
     if cfg.bool_("multi_query"):
         out["n_kv_heads"] = 1
     return out

@@ -204,6 +204,11 @@ class ModelSpec:
     rotary_concat: bool = False
     """The rotary embedding concatenates the rotated and the passed-through parts
     (``torch.cat``), so q comes out (B, H, S, D) contiguous (Phi-3, GPT-NeoX)."""
+    conv1d_names: bool = False
+    """GPT-2's Conv1D module names: ``c_attn``, ``c_proj``, ``c_fc`` (LoRA targets, tensor
+    names)."""
+    causal_mask_buffer: bool = False
+    """A registered bool (P, P) causal-mask buffer (GPT-BigCode)."""
     softmax_in_input_dtype: bool = False
     """Eager attention calls softmax without ``dtype=torch.float32`` (GPT-2)."""
     norm_one_plus_weight: bool = False
