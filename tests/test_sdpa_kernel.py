@@ -171,3 +171,28 @@ def test_when_transformers_builds_a_mask() -> None:
     assert sdpa_mask_built(q_len=16, kv_len=512, q_offset=100)  # chunked prefill
     assert sdpa_mask_storage_bytes(batch=4, q_len=10, kv_len=12, padded=False) == 120
     assert sdpa_mask_storage_bytes(batch=4, q_len=10, kv_len=12, padded=True) == 480
+
+
+def test_the_analytic_kernel_follows_the_gpu_and_the_plan_cache_knows_it() -> None:
+    """Item 10 of issue 8: the estimate's kernel depends on the GPU (catalog facts), and the
+    fast path's plan cache is keyed by it. Llama-3.2-1B in fp16 AMP: on A100 flash takes the
+    grouped heads; V100 (sm70) has no flash and the memory-efficient kernel takes no grouped
+    heads, so the math kernel keeps fp32 (B, H, S, S) softmaxes."""
+    from memplan.catalog import resolve
+    from memplan.estimate.training import estimate_training, training_peak_bytes
+    from memplan.specs.training import Precision, TrainingSetup
+
+    spec = resolve("meta-llama/Llama-3.2-1B")
+    peaks, saved = {}, {}
+    for gpu in ("A100", "V100", "H100", None):
+        setup = TrainingSetup(batch=4, seq=2048, precision=Precision.FP16_MIXED, gpu=gpu)
+        report = estimate_training(spec, setup)
+        peaks[gpu] = training_peak_bytes(spec, setup)
+        assert peaks[gpu] == report.scalars["peak_bytes"]
+        saved[gpu] = {p.name: p.bytes for p in report.phases}["end_of_forward"]
+        kernel = {"A100": "flash", "V100": "math", "H100": "cudnn", None: "cudnn"}[gpu]
+        assert report.notes[0].startswith(f"attention kernel: {kernel}")
+    # math keeps fp32 softmaxes: 16 layers x (4, 32, 2048, 2048) x 4 B beyond flash's tensors
+    assert saved["V100"] - saved["A100"] > 16 * 4 * 32 * 2048 * 2048 * 4
+    assert peaks["V100"] > peaks["A100"]
+    assert peaks[None] == peaks["H100"]
