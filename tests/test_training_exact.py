@@ -65,6 +65,12 @@ TINY = {
     "gemma3-swa": dict(model_type="gemma3_text", num_attention_heads=4, num_key_value_heads=2,
                        head_dim=16, max_position_embeddings=512, sliding_window=32,
                        layer_types=["sliding_attention", "full_attention"], **_COMMON),
+    # one KV head: repeat_kv is a view, the kernel keeps the one-head K/V; per-head QK-norm
+    # weights of head_dim 64 (their (1 + weight) is 256 B, not heads x 256 B)
+    "gemma3-mqa": dict(model_type="gemma3_text", vocab_size=512, hidden_size=256,
+                       intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+                       sliding_window=32, layer_types=["sliding_attention", "full_attention"]),
 }  # fmt: skip
 
 
@@ -186,6 +192,7 @@ KERNEL_CASES = [
     ("mistral-swa", _setup(batch=2, seq=64)),  # cudnn, mask
     ("mistral-swa", _setup(batch=2, seq=24, precision=Precision.FP32)),  # seq < window: math
     ("gemma3-swa", _setup(batch=2, seq=64, precision=Precision.BF16)),
+    ("gemma3-mqa", _setup(batch=2, seq=64, precision=Precision.BF16)),
 ]
 
 

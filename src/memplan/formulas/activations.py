@@ -152,7 +152,8 @@ def _norm(
             if w_train:
                 out.append(Saved("normed_fp32", 4, per_token=width))
             if x_grad:
-                out.append(Saved("one_plus_weight_fp32", 4, fixed=width))
+                # one weight per row: RMSNorm(head_dim) shared by the heads of a QK-norm
+                out.append(Saved("one_plus_weight_fp32", 4, fixed=width // rows))
         elif w_train:
             normed_bytes = 4 if spec.norm_weight_fp32 else in_bytes
             out.append(Saved("normed", normed_bytes, per_token=width))
@@ -229,7 +230,9 @@ def _fused_kernel_saved(
     """flash, cuDNN and memory-efficient: q, k, v, the output, a fp32 logsumexp and the RNG
     state (TRACE-NOTES.md); with a mask, the additive mask in the query dtype.
 
-    With ``repeat_kv`` the kernel saves transformers' full-head copies of k and v. The
+    With ``repeat_kv`` the kernel saves transformers' full-head copies of k and v, except for
+    one KV head, where ``expand(...).reshape(...)`` is a view (stride 0 over the heads) and the
+    kernel keeps the cache's one-head tensors. The
     memory-efficient kernel pads its logsumexp to 32 positions (``_meta_registrations.py``) and
     the mask's last dim to a multiple of 8 (attention.cpp ``preprocess_mask``: ``pad_bias<8>``);
     cuDNN saves the mask as converted. Flash keeps a (2,) uint64 seed and an unused offset,
@@ -243,7 +246,7 @@ def _fused_kernel_saved(
     d_qk = mla.qk_head_dim if mla else spec.head_dim
     d_v = mla.v_head_dim if mla else spec.head_dim
     storages = _qkv_storages(spec, ctx, spec.n_kv_heads, d_qk, d_v)
-    if kernel.gqa == "repeat_kv":
+    if kernel.gqa == "repeat_kv" and spec.n_kv_heads > 1:
         k = Saved("attention/k", c, per_token=h * d_qk)
         storages = [storages[0], k, Saved("attention/v", c, per_token=h * d_v)]
     out = [*storages, Saved("attention/out", c, per_token=h * d_v)]
