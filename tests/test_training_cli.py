@@ -64,12 +64,12 @@ def test_seed004_method_and_its_batch(capsys: pytest.CaptureFixture[str]) -> Non
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--batch", "0"], "batch must be a positive integer"),
+        (["--batch", "0"], "argument --batch: expected a positive integer, got '0'"),
         (["--seq", "200000"], "exceeds"),
         (["--optimizer", "adamx"], "unknown optimizer 'adamx'"),
         (["--precision", "fp8"], "unknown precision 'fp8'"),
         (["--lora-rank", "5000", "--lora-targets", "q_proj"], "LoRA rank 5000 is larger"),
-        (["--lora-rank", "8", "--lora-targets", "c_attn"], "none of the LoRA targets"),
+        (["--lora-rank", "8", "--lora-targets", "c_attn"], "unknown LoRA target c_attn"),
         (["--gpu", "H900"], "H900"),
     ],
 )

@@ -81,7 +81,9 @@ def run(args: Any) -> int:
         setup,
         gpu_from_args(args),
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
-        cuda_context_bytes=parse_size(args.cuda_context) if args.cuda_context else None,
+        cuda_context_bytes=parse_size(args.cuda_context, flag="--cuda-context")
+        if args.cuda_context
+        else None,
     )
     print_report(report, args)
     return 0

@@ -8,6 +8,7 @@ from typing import Any
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
 from memplan.cli.render import add_output_flags, print_report
 from memplan.errors import SetupError
+from memplan.formulas.serving import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 from memplan.units import parse_size
 
 __all__ = ["register", "run"]
@@ -47,7 +48,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-num-seqs", type=positive_int, metavar="N", help="default as vllm serve: 1024 or 256"
     )
-    parser.add_argument("--block-size", type=positive_int, default=16, metavar="N")
+    parser.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=DEFAULT_BLOCK_SIZE,
+        choices=BLOCK_SIZES,
+        metavar="N",
+        help=f"tokens per KV block: {', '.join(map(str, BLOCK_SIZES))} (vLLM's choices; "
+        f"default {DEFAULT_BLOCK_SIZE})",
+    )
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     parser.add_argument("--dtype", default="auto", help="auto, bf16, fp16")
     parser.add_argument("--weights", metavar="FORMAT", help="awq-int4, gptq-int4, fp8, ...")
@@ -83,7 +92,9 @@ def run(args: Any) -> int:
         kv_cache_dtype=args.kv_cache_dtype,
         dtype=args.dtype,
         weights=weight_format_alias(args.weights),
-        non_torch_bytes=parse_size(args.non_torch_memory) if args.non_torch_memory else 0,
+        non_torch_bytes=parse_size(args.non_torch_memory, flag="--non-torch-memory")
+        if args.non_torch_memory
+        else 0,
     )
     report = serving_report(resolve(args.model), setup, gpu)
     print_report(report, args)

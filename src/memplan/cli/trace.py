@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from memplan.cli.common import non_negative_int, positive_int
 from memplan.cli.render import add_output_flags, print_report
 from memplan.report import Report
 from memplan.units import format_bytes
@@ -48,23 +49,28 @@ def register(subparsers: Any) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="trace a training step (default)")
     mode.add_argument("--infer", action="store_true", help="trace prefill and decode")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq", type=int, default=2048, help="training sequence length")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument(
+        "--seq",
+        type=positive_int,
+        default=None,
+        help="training sequence length (default 2048, or the model's context when shorter)",
+    )
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--checkpointing", default="none")
     parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--lora-rank", type=non_negative_int, default=0)
     parser.add_argument("--lora-alpha", type=float, default=16.0)
     parser.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj")
-    parser.add_argument("--freeze-layers", type=int, default=0)
+    parser.add_argument("--freeze-layers", type=non_negative_int, default=0)
     parser.add_argument("--freeze-embeddings", action="store_true")
     parser.add_argument("--target", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--gpu", default=None, help="GPU whose kernels to emulate (default H100)")
     parser.add_argument("--allow-long-seq", action="store_true")
-    parser.add_argument("--prompt-len", type=int, default=512)
-    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--prompt-len", type=positive_int, default=512)
+    parser.add_argument("--gen-len", type=non_negative_int, default=128)
     parser.add_argument("--weights", default="bf16", help="inference weight dtype")
     parser.add_argument("--kv-dtype", default="auto")
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
@@ -120,7 +126,7 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
 
     setup = TrainingSetup(
         batch=args.batch,
-        seq=args.seq,
+        seq=args.seq if args.seq is not None else _default_seq(model),
         precision=_choice(Precision, args.precision, "--precision"),
         optimizer=_choice(Optimizer, args.optimizer, "--optimizer"),
         attention=_choice(Attention, args.attention, "--attention"),
@@ -144,6 +150,16 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         measured = measure_training(config, setup, int(report.scalars["total_params"]))
         report.scalars["measured"] = measured
     return report
+
+
+def _default_seq(model: Any) -> int:
+    """2048, or the model's context when shorter (a ModelSpec or a raw config dict)."""
+    from memplan.specs.training import DEFAULT_SEQ
+
+    if isinstance(model, dict):
+        context = model.get("max_position_embeddings") or model.get("n_positions") or DEFAULT_SEQ
+        return min(DEFAULT_SEQ, int(context))
+    return min(DEFAULT_SEQ, model.max_position_embeddings)
 
 
 def _infer(model: Any, args: argparse.Namespace, progress: Any) -> Report:

@@ -59,7 +59,7 @@ def _checkpoint_note(spec: ModelSpec, total: int) -> str | None:
 def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = None) -> Report:
     """Exact parameter counts of ``spec``, its weight memory per format and its buffers.
 
-    ``method`` adds a textbook formula's count (``seed000``, ``seed001``, ...) beside the exact
+    ``method`` adds a textbook formula's count (``dense-ffn-4e``, ``matrices-only``, ...) beside the exact
     one; ``weights`` picks the format whose byte breakdown is shown (default: stored dtype).
     """
     totals = param_totals(spec)
@@ -100,7 +100,7 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
         sections["buffers"] = buffers
     setup = {"model_type": spec.model_type, "source": spec.source, "dtype": spec.dtype}
     if method != "exact":
-        setup["method"] = method
+        setup["method"] = scalars["method_params"]["method"]
     return Report(
         kind="params",
         model=spec.name,
