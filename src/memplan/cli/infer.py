@@ -40,8 +40,9 @@ def register(subparsers: Any) -> None:
         "--weights",
         default=None,
         metavar="FORMAT",
-        help="bf16 (default: the checkpoint dtype), fp16, fp32, fp8, int8, bnb-int8, bnb-nf4, "
-        "gptq-int4, awq-int4 (also int4-awq)",
+        help="default: the checkpoint's format (its quantization_config, else its dtype); "
+        "bf16, fp16, fp32, fp8, fp8-block, fp8-rowwise, int8, bnb-int8, bnb-nf4, gptq-int4, "
+        "awq-int4 (also int4-awq)",
     )
     parser.add_argument("--kv-dtype", default="auto", help="auto, fp16, bf16, fp8, fp32")
     parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
@@ -62,7 +63,7 @@ def register(subparsers: Any) -> None:
 def run(args: Any) -> int:
     from memplan.catalog import resolve
     from memplan.estimate.inference import Efficiency, inference_report
-    from memplan.estimate.params import default_weight_format
+    from memplan.estimate.params import default_weight_format, weight_format_note
     from memplan.specs.inference import InferenceSetup
 
     spec = resolve(args.model)
@@ -85,5 +86,9 @@ def run(args: Any) -> int:
         if args.cuda_context
         else None,
     )
+    if args.weights is None:
+        note = weight_format_note(spec, setup.weights)
+        if note:
+            report.notes.insert(0, note)
     print_report(report, args)
     return 0

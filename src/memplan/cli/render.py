@@ -59,7 +59,8 @@ def render_tree(
     """The tree as indented rows: name, value, share of the root, formula.
 
     With ``fold``, rows under :data:`FOLD_SHARE` of the root's total fold into their parent:
-    one ``(N rows under 0.1 %)`` line per parent carries their sum."""
+    one ``(N rows under 0.1 %)`` line per parent carries their sum (none where every child
+    is that small: the parent's row is their sum)."""
     rows: list[tuple[str, str, str, str]] = []
     grand = root.total or 1
     shares = root.unit in ("bytes", "params")
@@ -75,7 +76,7 @@ def render_tree(
         for child in item.children:
             if child not in small:
                 walk(child, depth + 1)
-        if small:
+        if small and len(small) < len(item.children):  # all small: the parent row says it
             total = sum(c.total for c in small)
             label = "  " * (depth + 1) + f"({len(small)} row{'s' * (len(small) > 1)} under 0.1%)"
             value = format_value(total, item.unit, decimal=decimal)

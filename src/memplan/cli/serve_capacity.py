@@ -59,7 +59,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     parser.add_argument("--dtype", default="auto", help="auto, bf16, fp16")
-    parser.add_argument("--weights", metavar="FORMAT", help="awq-int4, gptq-int4, fp8, ...")
+    parser.add_argument(
+        "--weights",
+        metavar="FORMAT",
+        help="default: the checkpoint's quantization_config (DeepSeek-V3: fp8-block), else "
+        "--dtype; awq-int4, gptq-int4, fp8, ...",
+    )
     parser.add_argument(
         "--non-torch-memory", metavar="SIZE", help="non-torch memory vLLM measures (default 0)"
     )
@@ -77,11 +82,16 @@ def weight_format_alias(text: str | None) -> str | None:
 
 def run(args: Any) -> int:
     from memplan.catalog import resolve
+    from memplan.estimate.params import checkpoint_quantization, weight_format_note
     from memplan.estimate.serving import ServingSetup, serving_report
 
     gpu = gpu_from_args(args)
     if gpu is None:
         raise SetupError("serve-capacity needs a GPU: give --gpu NAME (or --gpu-memory SIZE)")
+    spec = resolve(args.model)
+    weights = weight_format_alias(args.weights)
+    if weights is None and args.dtype == "auto":
+        weights = checkpoint_quantization(spec.hf_config or {})
     setup = ServingSetup(
         tp_degree=args.tp,
         gpu_memory_utilization=args.gpu_memory_utilization,
@@ -91,11 +101,15 @@ def run(args: Any) -> int:
         block_size=args.block_size,
         kv_cache_dtype=args.kv_cache_dtype,
         dtype=args.dtype,
-        weights=weight_format_alias(args.weights),
+        weights=weights,
         non_torch_bytes=parse_size(args.non_torch_memory, flag="--non-torch-memory")
         if args.non_torch_memory
         else 0,
     )
-    report = serving_report(resolve(args.model), setup, gpu)
+    report = serving_report(spec, setup, gpu)
+    if weights is not None and args.weights is None:
+        note = weight_format_note(spec, weights)
+        if note:
+            report.notes.insert(0, note)
     print_report(report, args)
     return 0
