@@ -1,21 +1,35 @@
 # The two commands of the README's Quick start: `make run` and `make test`.
+#
+# `make run` installs only what the CLI (and, once the `web` extra exists, the web page) needs:
+# memplan's core has no dependencies, so this takes seconds, not the minutes torch takes.
+# `make test` installs everything the tests need (the trace engine's torch and transformers,
+# the linters) into the same .venv.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+RUN_STAMP := $(VENV)/.run-installed
 STAMP := $(VENV)/.installed
+# the web page's extra, where pyproject.toml defines one (memplan serve)
+RUN_EXTRAS := $(shell grep -q '^web *=' pyproject.toml && echo '[web]')
 
-.PHONY: run test lint setup bench accuracy clean
+.PHONY: run test lint setup bench accuracy readme clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.$(RUN_EXTRAS)'
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[trace,dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.[trace,dev,hub]'
+	touch $(STAMP) $(RUN_STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/memplan train meta-llama/Llama-3.1-8B --batch 1 --seq 2048 --precision bf16-mixed --optimizer adamw --gpu H100-SXM
+run: $(RUN_STAMP)
+	$(BIN)/memplan train meta-llama/Llama-3.1-8B --qlora --gpu RTX-4090
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
@@ -30,6 +44,9 @@ bench: $(STAMP)
 
 accuracy: $(STAMP)
 	$(BIN)/python scripts/accuracy.py
+
+readme: $(RUN_STAMP)
+	$(BIN)/python scripts/readme_output.py --write
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -486,7 +486,7 @@ def test_trace_without_the_extra_says_how_to_install_it() -> None:
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == (
             "memplan: error: the trace engine needs torch and transformers: "
-            "pip install 'memplan[trace]'"
+            f"pip install -e '.[trace]' (in {Path(memplan.__file__).resolve().parents[2]})"
         )
 
 

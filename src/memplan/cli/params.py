@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from memplan.cli.render import add_output_flags, render_tree
+from memplan.cli.render import add_output_flags, render_tree, verdict_line
 from memplan.report import Report
 from memplan.units import format_bytes, format_count, render_marks
 
@@ -155,12 +155,24 @@ def run(args: Any) -> int:
         report = meta_params_report(exc.config, exc.name)
     else:
         report = params_report(spec, method=args.method, weights=args.weights)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
     if args.json:
         json.dump(report.to_dict(decimal=args.decimal), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_params(report, decimal=args.decimal, out=sys.stdout, fold=not args.all)
     return 0
+
+
+def _verdict(report: Report, decimal: bool) -> str:
+    s = report.scalars
+    answer = f"{format_count(s['total_params'])} parameters"
+    weights = [name for name in report.sections if name.startswith("weights (")]
+    if weights:
+        fmt = weights[0][len("weights (") : -1]
+        size = format_bytes(report.sections[weights[0]].total, decimal=decimal)
+        answer += f"; its {fmt} weights take {size}"
+    return verdict_line(f"parameters of {report.model}", answer)
 
 
 def render_params(report: Report, *, decimal: bool = False, out: TextIO, fold: bool = True) -> None:
@@ -196,3 +208,5 @@ def render_params(report: Report, *, decimal: bool = False, out: TextIO, fold: b
             out.write(line + "\n")
     for note in report.notes:
         out.write(f"note: {render_marks(note, decimal=decimal)}\n")
+    if "verdict" in s:
+        out.write(str(s["verdict"]) + "\n")

@@ -15,7 +15,15 @@ from memplan.units import (
     render_marks,
 )
 
-__all__ = ["add_output_flags", "format_value", "print_report", "render_tree"]
+__all__ = [
+    "add_output_flags",
+    "fit_phrase",
+    "format_value",
+    "none_if_zero",
+    "print_report",
+    "render_tree",
+    "verdict_line",
+]
 
 
 FOLD_SHARE = 0.001
@@ -117,3 +125,27 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
             out.write(f"  {phase.name:<{width}}  {size:>12}{note}\n")
     for note in report.notes:
         out.write(f"note: {render_marks(note, decimal=decimal)}\n")
+
+
+def fit_phrase(gpu: str, memory_bytes: int, headroom_bytes: int, *, decimal: bool = False,
+               usable_bytes: int | None = None) -> str:  # fmt: skip
+    """``fits on H100-SXM-80GB (79.65 GiB): 12.30 GiB to spare`` or ``does not fit on ...:
+    short by ...``; ``usable_bytes`` when the budget is less than the GPU's memory."""
+    size = format_bytes(memory_bytes, decimal=decimal)
+    if usable_bytes is not None and usable_bytes != memory_bytes:
+        size += f", {format_bytes(usable_bytes, decimal=decimal)} usable"
+    if headroom_bytes >= 0:
+        return f"fits on {gpu} ({size}): {format_bytes(headroom_bytes, decimal=decimal)} to spare"
+    return (
+        f"does not fit on {gpu} ({size}): short by {format_bytes(-headroom_bytes, decimal=decimal)}"
+    )
+
+
+def verdict_line(question: str, answer: str, fit: str = "") -> str:
+    """The one line every command ends with: what was asked, the answer, and the fit."""
+    return f"verdict: {question}: {answer}" + (f"; {fit}" if fit else "")
+
+
+def none_if_zero(value: int) -> str:
+    """A largest-that-fits count: ``none`` when not even one fits."""
+    return f"{value:,}" if value else "none"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import (
+    add_output_flags,
+    fit_phrase,
+    none_if_zero,
+    print_report,
+    verdict_line,
+)
 from memplan.errors import SetupError
 from memplan.formulas.serving import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
-from memplan.units import parse_size
+from memplan.units import format_bytes, parse_size
 
 __all__ = ["register", "run"]
 
@@ -28,7 +35,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve-capacity",
         help="vLLM KV cache capacity and concurrency on a GPU",
-        description="How many tokens of KV cache vLLM allocates, and how many requests fit.",
+        description="What `vllm serve` allocates at start-up on one GPU (or each of a "
+        "tensor-parallel group): its weights, profiling peak and KV-cache blocks, the tokens "
+        "and concurrency it logs, whether it starts, the smallest tensor-parallel degree that "
+        "does, and the longest max_model_len that fits. Capacity, not latency (see infer).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -111,5 +121,67 @@ def run(args: Any) -> int:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
+    _add_answers(report, spec, setup, gpu)
+    if not args.json:
+        # vLLM's refusal is the verdict line, not a trailing note
+        report.notes = [n for n in report.notes if not n.startswith("vLLM would fail")]
     print_report(report, args)
+    if not args.json:
+        _print_answers(report, args.decimal)
     return 0
+
+
+def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
+    """KV bytes per token, the smallest tensor-parallel degree that starts, the largest
+    max_model_len that fits, and the verdict."""
+    import dataclasses
+
+    from memplan.estimate.serving import serving_report
+    from memplan.formulas import serving as vllm
+
+    s = report.scalars
+    layout = vllm.kv_cache_layout(spec)
+    layers = layout.group_size * len(layout.groups)  # every layer's page, padded groups too
+    s["kv_cache_bytes_per_token"] = s["page_size_bytes"] * layers // setup.block_size
+    max_len = report.setup["max_model_len"]
+    s["max_model_len_that_fits"] = max_len if s["fits"] else s.get("estimated_max_model_len", 0)
+    s["min_tp"] = None
+    for tp in (1, 2, 4, 8, 16, 32, 64):
+        try:
+            trial = serving_report(spec, dataclasses.replace(setup, tp_degree=tp), gpu)
+        except SetupError:  # heads not divisible by this degree
+            continue
+        if trial.scalars["fits"]:
+            s["min_tp"] = tp
+            break
+
+
+def _print_answers(report: Any, decimal: bool) -> None:
+    s, setup = report.scalars, report.setup
+    out = sys.stdout
+    out.write(
+        f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
+    )
+    out.write(f" per GPU (tp {setup['tp']})\n" if setup["tp"] > 1 else "\n")
+    min_tp = s["min_tp"]
+    out.write(
+        f"smallest tensor-parallel degree that starts: {min_tp if min_tp else 'none up to 64'}; "
+        f"largest max_model_len that fits at tp {setup['tp']}: "
+        f"{none_if_zero(s['max_model_len_that_fits'])}\n"
+    )
+    question = (
+        f"vllm serve {report.model} (tp {setup['tp']}, max_model_len {setup['max_model_len']:,},"
+        f" {setup['weights']})"
+    )
+    available = s["available_kv_cache_bytes"]
+    needed = s["kv_cache_needed_bytes"]
+    gpu = f"{setup['gpu']} x {setup['tp']}" if setup["tp"] > 1 else setup["gpu"]
+    fit = fit_phrase(gpu, s["gpu_memory_bytes"], available - needed, decimal=decimal)
+    if s["fits"]:
+        answer = (
+            f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
+            f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
+        )
+    else:
+        answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
+    out.write(verdict_line(question, answer, fit) + "\n")

@@ -13,7 +13,7 @@ from memplan.cli.common import (
     non_negative_int,
     positive_int,
 )
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import add_output_flags, print_report, verdict_line
 from memplan.errors import SetupError
 from memplan.formulas.time import DEFAULT_MFU
 from memplan.units import format_seconds, format_sig
@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "time",
         help="training time, GPU-hours and cost",
-        description="How long a training run takes, from its exact FLOPs and an MFU.",
+        description="How long a training run takes on N GPUs, from the exact matmul FLOPs of "
+        "its steps (full training, LoRA or QLoRA) and a model FLOPs utilisation (MFU); "
+        "GPU-hours and cost. Compute time only: no data loading, checkpoints or failures.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -142,12 +144,21 @@ def run(args: Any) -> int:
             f"({spec.max_position_embeddings}); pass --allow-long-seq to estimate anyway"
         )
     report = training_time_report(spec, training, gpu)
+    s = report.scalars
+    answer = f"{format_seconds(s['seconds'])}, {format_sig(s['gpu_hours'])} GPU-hours"
+    if "cost_usd" in s:
+        answer += f", ${format_sig(s['cost_usd'])}"
+    question = (
+        f"{s['tokens']:.3g} tokens of {report.model} on {args.gpus} x {gpu.name} "
+        f"at MFU {args.mfu:g}"
+    )
+    s["verdict"] = verdict_line(question, answer)
     print_report(report, args)
     if not args.json:
-        s = report.scalars
         out = sys.stdout
         out.write(f"\ntime: {format_seconds(s['seconds'])} ({format_sig(s['seconds'])} s)\n")
         out.write(f"GPU-hours: {format_sig(s['gpu_hours'])}\n")
         if "cost_usd" in s:
             out.write(f"cost: ${format_sig(s['cost_usd'])}\n")
+        out.write(s["verdict"] + "\n")
     return 0

@@ -41,7 +41,9 @@ def register(subparsers: Any) -> None:
         "trace",
         help="trace the real model's memory under fake tensors (needs the trace extra)",
         description="Build the transformers model with no weights under PyTorch fake tensors, "
-        "run a real training step (twice) or a generation pass, and record every allocation.",
+        "run a real training step (twice) or a generation pass with the CUDA kernels' "
+        "semantics, and record every allocation: the oracle the analytic commands are checked "
+        "against. Needs the trace extra; no GPU.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -107,10 +109,44 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         # one row per layer and saved field: JSON only (too long for a terminal)
         report.sections.pop("activations_end_of_forward", None)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
     print_report(report, args)
-    if not args.json and report.kind == "trace/training":
-        print_step_table(report, sys.stdout)
+    if not args.json:
+        if report.kind == "trace/training":
+            print_step_table(report, sys.stdout, decimal=args.decimal)
+        _print_answers(report, sys.stdout, args.decimal)
     return 0
+
+
+def _verdict(report: Report, decimal: bool) -> str:
+    from memplan.cli.render import verdict_line
+
+    s = report.scalars
+    what = "training step" if report.kind == "trace/training" else "generate"
+    answer = (
+        f"peak {format_bytes(s['peak_bytes'], decimal=decimal)} allocated "
+        f"({s.get('peak_phase', '?')}), {format_bytes(s.get('reserved_bytes', 0), decimal=decimal)}"
+        " reserved"
+    )
+    return verdict_line(f"traced {what} of {report.model}", answer)
+
+
+def _print_answers(report: Report, out: TextIO, decimal: bool) -> None:
+    """Allocated and reserved peaks side by side, the FLOPs, and the verdict."""
+    s = report.scalars
+    out.write(
+        f"\npeak allocated: {format_bytes(s['peak_bytes'], decimal=decimal)}; reserved by the "
+        f"caching allocator: {format_bytes(s.get('reserved_bytes', 0), decimal=decimal)} "
+        "(nvidia-smi shows this plus the CUDA context)\n"
+    )
+    if "flops" in s:
+        scope = (
+            "forward + backward of one step"
+            if report.kind == "trace/training"
+            else ("prefill + decode")
+        )
+        out.write(f"FLOPs: {s['flops']:.4g} ({scope}, torch.utils.flop_counter formulas)\n")
+    out.write(str(s["verdict"]) + "\n")
 
 
 def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:

@@ -12,7 +12,13 @@ import sys
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, non_negative_int, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import (
+    add_output_flags,
+    fit_phrase,
+    none_if_zero,
+    print_report,
+    verdict_line,
+)
 from memplan.errors import SetupError
 from memplan.estimate.train_setup import lora_targets_for
 from memplan.report import Report
@@ -203,6 +209,20 @@ def _add_fit(report: Report, spec: Any, setup: TrainingSetup, gpu: Any, method: 
         max_seq_len=fit.max_seq_len,
         limit=fit.limit,
     )
+    if not fit.fits:
+        from memplan.estimate.advice import what_to_try
+
+        report.scalars["what_to_try"] = [
+            {
+                "lever": lever.name.split(" (")[0],
+                "name": lever.name,
+                "flags": lever.flags,
+                "saved_bytes": lever.saved_bytes,
+                "peak_bytes": lever.peak_bytes,
+                "fits": lever.fits,
+            }
+            for lever in what_to_try(spec, setup, fit.usable_bytes)
+        ]
 
 
 def _print_text(report: Report, args: Any, out: TextIO) -> None:
@@ -217,33 +237,37 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
     if first is not None and first != peak:
         out.write(f"; first step {format_bytes(first, decimal=decimal)}")
     out.write("\n")
+    setup = report.setup
+    question = f"training step of {report.model} (batch {setup['batch']} x seq {setup['seq']})"
+    answer = f"peak {format_bytes(peak, decimal=decimal)} per GPU"
     if "gpu" not in scalars:
+        out.write(verdict_line(question, answer, "give --gpu NAME to check a fit") + "\n")
         return
-    gpu_line = f"{scalars['gpu']} ({format_bytes(scalars['gpu_memory_bytes'], decimal=decimal)})"
-    headroom = scalars.get("headroom_bytes", 0)
-    if "fits" in scalars:
-        usable = format_bytes(scalars["usable_bytes"], decimal=decimal)
-        if scalars["fits"]:
-            verdict = f"fits on {gpu_line}: {format_bytes(headroom, decimal=decimal)} free of {usable} usable"
-        else:
-            verdict = (
-                f"does NOT fit on {gpu_line}: short by {format_bytes(-headroom, decimal=decimal)} "
-                f"({usable} usable after the CUDA context)"
-            )
-        out.write(verdict + "\n")
-        out.write(f"  limited by: {scalars['limit']}\n")
-        if scalars["max_batch_size"] == 0 and scalars["max_seq_len"] == 0:
+    if "fits" not in scalars:  # a textbook method: its own budget
+        if "max_batch_size" in scalars:
+            out.write(f"the method's largest batch: {none_if_zero(scalars['max_batch_size'])}\n")
+        fit = fit_phrase(scalars["gpu"], scalars["gpu_memory_bytes"], scalars["headroom_bytes"],
+                         decimal=decimal)  # fmt: skip
+        out.write(verdict_line(question, answer, fit) + "\n")
+        return
+    out.write(f"limited by: {scalars['limit']}\n")
+    out.write(
+        f"largest micro-batch at seq {setup['seq']}: {none_if_zero(scalars['max_batch_size'])}\n"
+    )
+    out.write(
+        f"longest sequence at batch {setup['batch']}: {none_if_zero(scalars['max_seq_len'])}\n"
+    )
+    levers = scalars.get("what_to_try") or []
+    if levers:
+        out.write("what to try (each alone, levers not already on):\n")
+        width = max(len(lever["flags"]) for lever in levers)
+        for lever in levers:
+            then = "fits" if lever["fits"] else "still short"
             out.write(
-                f"  no micro-batch fits at seq {report.setup['seq']}, and no sequence at batch"
-                f" {report.setup['batch']}: shrink them, or try LoRA, pure bf16, activation"
-                " checkpointing or a larger GPU\n"
+                f"  {lever['flags']:<{width}}  -{format_bytes(lever['saved_bytes'], decimal=decimal)}"
+                f" -> peak {format_bytes(lever['peak_bytes'], decimal=decimal)} ({then}): "
+                f"{lever['name']}\n"
             )
-            return
-        out.write(
-            f"  largest micro-batch at seq {report.setup['seq']}: {scalars['max_batch_size']}\n"
-        )
-        out.write(
-            f"  longest sequence at batch {report.setup['batch']}: {scalars['max_seq_len']:,}\n"
-        )
-    elif "max_batch_size" in scalars:
-        out.write(f"{gpu_line}: the method's largest batch is {scalars['max_batch_size']}\n")
+    fit = fit_phrase(scalars["gpu"], scalars["gpu_memory_bytes"], scalars["headroom_bytes"],
+                     decimal=decimal, usable_bytes=scalars["usable_bytes"])  # fmt: skip
+    out.write(verdict_line(question, answer, fit) + "\n")

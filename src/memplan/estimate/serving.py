@@ -309,6 +309,8 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
             "kv_cache_tokens": tokens,
             "max_concurrency": round(concurrency, 4),
             "fits": needed <= available,
+            "kv_cache_needed_bytes": needed,
+            "gpu_memory_bytes": gpu.memory_bytes,
             "weights_bytes": int(weights.total),
             **scalars,
         },
