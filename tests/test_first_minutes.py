@@ -248,9 +248,92 @@ def test_time_prints_three_significant_figures(capsys: pytest.CaptureFixture[str
     argv = ["time", "meta-llama/Llama-2-7b-hf", "--tokens", "2T", "--seq", "4096", "--batch",
             "1024", "--gpu", "A100", "--gpus", "2048", "--price-per-gpu-hour", "1.5"]  # fmt: skip
     _, out, _ = _run(capsys, argv)
-    assert out.endswith("time: 3.88 days (335,000 s)\nGPU-hours: 191,000\ncost: $286,000\n")
+    # Llama 2 paper, table 2: 184,320 A100-80GB GPU-hours for the 7B model
+    assert "\ntime: 3.88 days (335,000 s)\nGPU-hours: 191,000\ncost: $286,000\nverdict: " in out
     assert (format_sig(32732), format_sig(1.2345), format_sig(0.045678)) == (
         "32,700",
         "1.23",
         "0.0457",
+    )
+
+
+# The answer first: verdicts and inverse questions ------------------------------------------
+def test_train_verdict_none_and_what_to_try(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, ["train", "llama-3.1-8b", "--gpu", "H100"])
+    lines = out.splitlines()
+    assert "largest micro-batch at seq 2048: none" in lines
+    assert "longest sequence at batch 1: none" in lines
+    assert lines[-1] == (
+        "verdict: training step of meta-llama/Llama-3.1-8B (batch 1 x seq 2048): peak 149.58 GiB"
+        " per GPU; does not fit on H100-SXM-80GB (79.65 GiB, 79.12 GiB usable): short by 70.46 GiB"
+    )
+    levers = _json(capsys, ["train", "llama-3.1-8b", "--gpu", "H100"])["what_to_try"]
+    flags = [lever["flags"] for lever in levers]
+    # fused AdamW: the foreach step temporaries set this peak; checkpointing would not lower it
+    assert "--optimizer adamw-fused" in flags and "--checkpointing full" not in flags
+    assert flags[0] == "--qlora" and levers[0]["fits"] is True
+    assert all(lever["saved_bytes"] > 0 for lever in levers)
+
+
+def test_advice_lists_only_levers_not_already_on(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "llama-3.1-8b", "--lora-rank", "16", "--precision", "bf16",
+            "--checkpointing", "full", "--batch", "4", "--gpu", "T4"]  # fmt: skip
+    levers = _json(capsys, argv)["what_to_try"]
+    flags = {lever["flags"] for lever in levers}
+    assert "--qlora" in flags and "--batch 1" in flags
+    assert not flags & {"--checkpointing full", "--precision bf16", "--lora-rank 16"}
+
+
+def test_infer_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["infer", "meta-llama/Meta-Llama-3-8B", "--gpu", "H100", "--prompt-len", "1000"]
+    data = _json(capsys, argv)
+    assert data["kv_cache_bytes_per_token"] == 131072  # 32 layers x 2 x 8 heads x 128 x 2 B
+    assert data["max_batch_size"] > 1 and data["max_prompt_len"] == 8192 - 128  # the context
+    _, out, _ = _run(capsys, argv)
+    assert "\nKV cache per token: 128.00 KiB\n" in out
+    assert "\ntime to first token: 24 ms; decode: " in out and " tokens/s over the batch" in out
+    assert out.splitlines()[-1].startswith(
+        "verdict: generate with meta-llama/Meta-Llama-3-8B (batch 1, prompt 1,000, 128 new tokens,"
+        " bf16): peak 15.71 GiB, first token 24 ms, "
+    )
+    assert out.splitlines()[-1].endswith("fits on H100-SXM-80GB (79.65 GiB): 63.94 GiB to spare")
+
+
+def test_infer_longest_prompt_is_memory_bound_when_memory_binds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = _json(capsys, ["infer", "llama-3.1-8b", "--gpu", "L4", "--batch", "4"])
+    assert 0 < data["max_prompt_len"] < 131072 - 128
+    longer = _json(capsys, ["infer", "llama-3.1-8b", "--gpu", "L4", "--batch", "4",
+                            "--prompt-len", str(data["max_prompt_len"] + 1)])  # fmt: skip
+    assert longer["headroom_bytes"] < 0
+
+
+def test_serve_capacity_refusal_is_the_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["serve-capacity", "llama-3.1-8b", "--gpu", "L4"]
+    data = _json(capsys, argv)
+    assert (data["fits"], data["min_tp"], data["kv_cache_bytes_per_token"]) == (False, 2, 131072)
+    assert data["max_model_len_that_fits"] == data["estimated_max_model_len"] > 0
+    _, out, _ = _run(capsys, argv)
+    assert "vLLM would fail" not in out  # no trailing note: the verdict says it
+    assert out.splitlines()[-2] == (
+        f"smallest tensor-parallel degree that starts: 2; largest max_model_len that fits at "
+        f"tp 1: {data['max_model_len_that_fits']:,}"
+    )
+    assert out.splitlines()[-1].startswith(
+        "verdict: vllm serve meta-llama/Llama-3.1-8B (tp 1, max_model_len 131,072, bf16): vLLM "
+        "would refuse to start (KV cache for one max_model_len request); does not fit on L4 "
+    )
+
+
+def test_params_and_time_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = _run(capsys, ["params", "llama-3.1-8b"])
+    assert out.splitlines()[-1] == (
+        "verdict: parameters of meta-llama/Llama-3.1-8B: 8,030,261,248 parameters; its bf16 "
+        "weights take 14.96 GiB"
+    )
+    argv = ["time", "llama-3.1-8b", "--tokens", "15T", "--gpu", "H100", "--gpus", "1024"]
+    assert _json(capsys, argv)["verdict"] == (
+        "verdict: 1.5e+13 tokens of meta-llama/Llama-3.1-8B on 1024 x H100-SXM-80GB at MFU 0.4: "
+        "20 days, 491,000 GPU-hours"
     )

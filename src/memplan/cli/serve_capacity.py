@@ -122,6 +122,7 @@ def run(args: Any) -> int:
         if note:
             report.notes.insert(0, note)
     _add_answers(report, spec, setup, gpu)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
     if not args.json:
         # vLLM's refusal is the verdict line, not a trailing note
         report.notes = [n for n in report.notes if not n.startswith("vLLM would fail")]
@@ -169,6 +170,12 @@ def _print_answers(report: Any, decimal: bool) -> None:
         f"largest max_model_len that fits at tp {setup['tp']}: "
         f"{none_if_zero(s['max_model_len_that_fits'])}\n"
     )
+    out.write(s["verdict"] + "\n")
+
+
+def _verdict(report: Any, decimal: bool) -> str:
+    """Whether vLLM starts (its refusal is the verdict), with what, and by how much."""
+    s, setup = report.scalars, report.setup
     question = (
         f"vllm serve {report.model} (tp {setup['tp']}, max_model_len {setup['max_model_len']:,},"
         f" {setup['weights']})"
@@ -184,4 +191,4 @@ def _print_answers(report: Any, decimal: bool) -> None:
         )
     else:
         answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
-    out.write(verdict_line(question, answer, fit) + "\n")
+    return verdict_line(question, answer, fit)

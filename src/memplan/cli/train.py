@@ -178,6 +178,7 @@ def run(args: Any, out: TextIO | None = None) -> int:
     gpu = gpu_from_args(args)
     if gpu is not None:
         _add_fit(report, spec, setup, gpu, method)
+    report.scalars["verdict"] = _verdict(report, getattr(args, "decimal", False))
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
@@ -238,17 +239,13 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
         out.write(f"; first step {format_bytes(first, decimal=decimal)}")
     out.write("\n")
     setup = report.setup
-    question = f"training step of {report.model} (batch {setup['batch']} x seq {setup['seq']})"
-    answer = f"peak {format_bytes(peak, decimal=decimal)} per GPU"
     if "gpu" not in scalars:
-        out.write(verdict_line(question, answer, "give --gpu NAME to check a fit") + "\n")
+        out.write(scalars["verdict"] + "\n")
         return
     if "fits" not in scalars:  # a textbook method: its own budget
         if "max_batch_size" in scalars:
             out.write(f"the method's largest batch: {none_if_zero(scalars['max_batch_size'])}\n")
-        fit = fit_phrase(scalars["gpu"], scalars["gpu_memory_bytes"], scalars["headroom_bytes"],
-                         decimal=decimal)  # fmt: skip
-        out.write(verdict_line(question, answer, fit) + "\n")
+        out.write(scalars["verdict"] + "\n")
         return
     out.write(f"limited by: {scalars['limit']}\n")
     out.write(
@@ -268,6 +265,20 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
                 f" -> peak {format_bytes(lever['peak_bytes'], decimal=decimal)} ({then}): "
                 f"{lever['name']}\n"
             )
-    fit = fit_phrase(scalars["gpu"], scalars["gpu_memory_bytes"], scalars["headroom_bytes"],
-                     decimal=decimal, usable_bytes=scalars["usable_bytes"])  # fmt: skip
-    out.write(verdict_line(question, answer, fit) + "\n")
+    out.write(scalars["verdict"] + "\n")
+
+
+def _verdict(report: Report, decimal: bool) -> str:
+    scalars, setup = report.scalars, report.setup
+    question = f"training step of {report.model} (batch {setup['batch']} x seq {setup['seq']})"
+    answer = f"peak {format_bytes(scalars['peak_bytes'], decimal=decimal)} per GPU"
+    if "gpu" not in scalars:
+        return verdict_line(question, answer, "give --gpu NAME to check a fit")
+    fit = fit_phrase(
+        scalars["gpu"],
+        scalars["gpu_memory_bytes"],
+        scalars["headroom_bytes"],
+        decimal=decimal,
+        usable_bytes=scalars.get("usable_bytes"),
+    )
+    return verdict_line(question, answer, fit)
