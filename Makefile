@@ -14,15 +14,17 @@ RUN_EXTRAS := $(shell grep -q '^web *=' pyproject.toml && echo '[web]')
 
 .PHONY: run test lint setup bench accuracy readme clean
 
+# The venv starts without pip (ensurepip costs more than installing memplan); the
+# interpreter's own pip installs into it. `make test` puts pip in for the developer.
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv --without-pip $(VENV)
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.$(RUN_EXTRAS)'
+	$(PY) -m pip -q --python $(BIN)/python install -e '.$(RUN_EXTRAS)'
 	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip
+	$(PY) -m pip -q --python $(BIN)/python install --upgrade pip
 	$(BIN)/pip install -q -e '.[trace,dev,hub]'
 	touch $(STAMP) $(RUN_STAMP)
 
