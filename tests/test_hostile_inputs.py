@@ -402,15 +402,15 @@ def test_argparse_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[st
 # Absurd but answerable: quick answers, not errors ------------------------------------------
 LONG_ON_H100 = ["--allow-long-seq", "--gpu", "H100"]
 ANSWERS = [
-    (["train", "llama-3.2-1b", "--gpu-memory", "1B"], "does NOT fit on custom (1 B)"),
+    (["train", "llama-3.2-1b", "--gpu-memory", "1B"], "does not fit on custom (1 B, 0 B usable)"),
     (
         ["train", "gpt2", "--batch", "1000000000", "--seq", "1000000000", *LONG_ON_H100],
-        "no micro-batch fits at seq 1000000000, and no sequence at batch 1000000000",
+        "largest micro-batch at seq 1000000000: none\nlongest sequence at batch 1000000000: none",
     ),
-    (["train", "llama-3.1-405b", "--gpu", "RTX-4090"], "does NOT fit on"),
-    (["serve-capacity", "gpt2", "--gpu-memory", "1B"], "vLLM would fail: No available memory"),
-    (["serve-capacity", "llama-3.1-405b", "--gpu", "L4"], "vLLM would fail"),
-    (["serve-capacity", "gpt2", "--gpu", "H100", "--non-torch-memory", "1e15B"], "vLLM would fail"),
+    (["train", "llama-3.1-405b", "--gpu", "RTX-4090"], "does not fit on RTX-4090"),
+    (["serve-capacity", "gpt2", "--gpu-memory", "1B"], "vLLM would refuse to start"),
+    (["serve-capacity", "llama-3.1-405b", "--gpu", "L4"], "vLLM would refuse to start"),
+    (["serve-capacity", "gpt2", "--gpu", "H100", "--non-torch-memory", "1e15B"], "refuse"),
     (["infer", "llama-3.2-1b", "--batch", "1000000000000", "--gpu", "H100"], "kv_cache"),
     (["time", "gpt2", "--gpu", "H100", "--steps", "1e18", "--seq", "1024"], "days"),
     (["time", "gpt2", "--gpu", "H100", "--steps", "9", "--seq", "4096", "--allow-long-seq"], "s"),

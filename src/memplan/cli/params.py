@@ -155,12 +155,12 @@ def run(args: Any) -> int:
         report = meta_params_report(exc.config, exc.name)
     else:
         report = params_report(spec, method=args.method, weights=args.weights)
-    report.scalars["verdict"] = _verdict(report, args.decimal)
-    if args.json:
+    if args.json:  # the Python API's report, as it is (memplan.params)
         json.dump(report.to_dict(decimal=args.decimal), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_params(report, decimal=args.decimal, out=sys.stdout, fold=not args.all)
+        sys.stdout.write(_verdict(report, args.decimal) + "\n")
     return 0
 
 
@@ -208,5 +208,3 @@ def render_params(report: Report, *, decimal: bool = False, out: TextIO, fold: b
             out.write(line + "\n")
     for note in report.notes:
         out.write(f"note: {render_marks(note, decimal=decimal)}\n")
-    if "verdict" in s:
-        out.write(str(s["verdict"]) + "\n")

@@ -222,7 +222,13 @@ def _add_fit(report: Report, spec: Any, setup: TrainingSetup, gpu: Any, method: 
                 "peak_bytes": lever.peak_bytes,
                 "fits": lever.fits,
             }
-            for lever in what_to_try(spec, setup, fit.usable_bytes)
+            for lever in what_to_try(
+                spec,
+                setup,
+                fit.usable_bytes,
+                peak_bytes=int(report.scalars["peak_bytes"]),
+                peak_phase=str(report.scalars.get("peak_phase", "")),
+            )
         ]
 
 

@@ -108,11 +108,21 @@ def _levers(
         )
 
 
-def what_to_try(spec: ModelSpec, setup: TrainingSetup, usable_bytes: int) -> list[Lever]:
-    """The levers not already on that lower the peak, largest saving first."""
-    report = estimate_training(spec, setup)
-    peak = int(report.scalars["peak_bytes"])
-    phase = str(report.scalars.get("peak_phase", ""))
+def what_to_try(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    usable_bytes: int,
+    *,
+    peak_bytes: int | None = None,
+    peak_phase: str | None = None,
+) -> list[Lever]:
+    """The levers not already on that lower the peak, largest saving first (``peak_bytes``
+    and ``peak_phase``: the setup's own, when the caller has them)."""
+    if peak_bytes is None or peak_phase is None:
+        report = estimate_training(spec, setup)
+        peak_bytes = int(report.scalars["peak_bytes"])
+        peak_phase = str(report.scalars.get("peak_phase", ""))
+    peak, phase = peak_bytes, peak_phase
     out = []
     for name, flags, changed in _levers(spec, setup, phase):
         try:
