@@ -196,3 +196,12 @@ def test_the_analytic_kernel_follows_the_gpu_and_the_plan_cache_knows_it() -> No
     assert saved["V100"] - saved["A100"] > 16 * 4 * 32 * 2048 * 2048 * 4
     assert peaks["V100"] > peaks["A100"]
     assert peaks[None] == peaks["H100"]
+
+
+def test_every_nvidia_catalog_gpu_has_a_compute_capability() -> None:
+    """The kernel choice of both engines reads it; an NVIDIA entry without one would fail."""
+    from memplan.catalog.gpus import list_gpus
+
+    missing = [g.name for g in list_gpus() if g.vendor == "NVIDIA" and g.compute_capability is None]
+    assert missing == []
+    assert all(g.compute_capability is None for g in list_gpus() if g.vendor == "AMD")
