@@ -86,12 +86,33 @@ def _head_dim(cfg: _Config, hidden: int, heads: int, *, explicit: Any = None) ->
 
 
 def _dtype(cfg: _Config) -> str:
-    value = cfg.raw.get("torch_dtype") or cfg.raw.get("dtype") or "float32"
+    """``torch_dtype`` (``dtype`` in transformers 5), else the text model's (multimodal
+    configs that give it only inside ``text_config``), else bf16 for an MXFP4 checkpoint,
+    else float32."""
+    text = cfg.raw.get("text_config")
+    text = text if isinstance(text, dict) else {}
+    quant = cfg.raw.get("quantization_config")
+    packed = isinstance(quant, dict) and quant.get("quant_method") == "mxfp4"
+    value = (
+        cfg.raw.get("torch_dtype")
+        or cfg.raw.get("dtype")
+        or text.get("torch_dtype")
+        or text.get("dtype")
+        # gpt-oss names no dtype: its tensors outside the MXFP4 experts are bf16 (model card,
+        # section 2.1; the checkpoint's safetensors)
+        or ("bfloat16" if packed else "float32")
+    )
     return str(value).replace("torch.", "")
 
 
-def _rope_theta(cfg: _Config, default: float = 10000.0) -> float:
+def _rope_theta(cfg: _Config) -> float:
+    """``rope_parameters.rope_theta`` (transformers 5), else ``rope_theta``, else the family's
+    default (the config class's ``default_theta``: 10000, Mixtral 1e6). Where
+    ``rope_parameters`` is given per layer type (Gemma 3), the full-attention layers' theta."""
+    default = float(cfg.defaults.get("rope_theta", 10000.0))
     params = cfg.raw.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+        params = params["full_attention"]
     if isinstance(params, dict) and isinstance(params.get("rope_theta"), int | float):
         return float(params["rope_theta"])
     value = cfg.raw.get("rope_theta")

@@ -1,0 +1,176 @@
+"""gpt-oss, Llama 4, Gemma 3 (multimodal), Mistral 3 and Qwen3-Next: catalog, parsers, published
+counts and gpt-oss's MXFP4 weights (no torch; the meta-device counts are in
+``test_params_exact.py``)."""
+
+from __future__ import annotations
+
+import json
+from math import ceil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memplan.catalog import resolve
+from memplan.estimate.params import default_weight_format, params_report
+from memplan.formulas.params import layer_params, linear_params, norm_params, total_params
+from memplan.formulas.vision import vision_params
+from memplan.formulas.weights import weights_total_bytes
+from memplan.specs.hf import spec_from_config
+from memplan.specs.model import AttentionType, ModelSpec, QkNorm
+from memplan.specs.vision import VisionKind
+
+INDEX = Path(__file__).resolve().parent.parent / "src" / "memplan" / "catalog" / "models.json"
+ENTRIES: dict[str, dict[str, Any]] = {e["id"]: e for e in json.loads(INDEX.read_text())["models"]}
+NEW = [
+    "openai/gpt-oss-20b",
+    "openai/gpt-oss-120b",
+    "meta-llama/Llama-4-Scout-17B-16E",
+    "meta-llama/Llama-4-Maverick-17B-128E",
+    "google/gemma-3-4b-pt",
+    "google/gemma-3-12b-pt",
+    "google/gemma-3-27b-pt",
+    "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "Qwen/Qwen3-Next-80B-A3B-Instruct",
+]
+
+
+def _mtp_module(spec: ModelSpec) -> int:
+    """Qwen3-Next's multi-token-prediction module (``mtp.*`` in the checkpoint, not built by
+    transformers): one decoder layer with full attention and the MoE, ``fc`` Linear(2h, h)
+    and three RMSNorm(h) (pre_fc_norm_embedding, pre_fc_norm_hidden, norm)."""
+    full_moe = next(
+        i
+        for i in range(spec.n_layers)
+        if spec.attention_type(i) is AttentionType.FULL and spec.is_moe_layer(i)
+    )
+    h = spec.hidden_size
+    return layer_params(spec, full_moe) + linear_params(2 * h, h) + 3 * norm_params(spec, h)
+
+
+BEYOND_THE_MODEL = {"mtp_module_not_built": _mtp_module}
+
+
+@pytest.mark.parametrize("model_id", NEW)
+def test_published_count_is_the_exact_count(model_id: str) -> None:
+    entry = ENTRIES[model_id]
+    spec = resolve(model_id)
+    if entry["published_params"] is None:
+        assert entry["published_params_note"]
+        return
+    kind = entry.get("published_params_exception")
+    beyond = BEYOND_THE_MODEL[kind](spec) if kind else 0
+    assert total_params(spec) + beyond == entry["published_params"]
+
+
+def test_qwen3_next_mtp_module_is_the_published_difference() -> None:
+    spec = resolve("Qwen/Qwen3-Next-80B-A3B-Instruct")
+    assert total_params(spec) == 79_674_391_296
+    assert _mtp_module(spec) == 81_324_862_720 - 79_674_391_296
+
+
+def test_instruct_variants_resolve_with_their_own_context() -> None:
+    scout = resolve("meta-llama/Llama-4-Scout-17B-16E-Instruct")
+    assert scout.max_position_embeddings == 10_485_760
+    assert resolve("llama-4-scout").max_position_embeddings == 262_144
+    assert total_params(scout) == total_params(resolve("llama-4-scout"))
+    for name in ("gemma-3-4b-it", "google/gemma-3-27b-it", "mistral-small-3.2"):
+        assert resolve(name).vision is not None
+    assert resolve("Qwen/Qwen3-Next-80B-A3B-Thinking").model_type == "qwen3_next"
+
+
+# gpt-oss ---------------------------------------------------------------------------------------
+def test_gpt_oss_layers_alternate_sliding_and_full_with_sinks() -> None:
+    spec = resolve("openai/gpt-oss-20b")
+    assert spec.layer_types[:2] == (AttentionType.SLIDING, AttentionType.FULL)
+    assert spec.sliding_window == 128 and spec.attention_sinks
+    assert spec.moe is not None and (spec.moe.n_experts, spec.moe.top_k) == (32, 4)
+    assert spec.moe.router_bias_param and spec.moe.expert_bias
+    tree = params_report(spec).breakdown
+    assert tree.find("layers/attention/sinks").value == 24 * 64
+    assert tree.find("layers/moe/router").value == 24 * (32 * 2880 + 32)
+
+
+def test_gpt_oss_defaults_to_its_mxfp4_experts() -> None:
+    """MXFP4 (OCP MX v1.0): per expert matrix (out, in), out * in / 32 blocks of 16 bytes of
+    packed E2M1 values and one E8M0 scale byte each; every other tensor bf16."""
+    spec = resolve("openai/gpt-oss-20b")
+    assert default_weight_format(spec) == "mxfp4" and spec.dtype == "bfloat16"
+    h, width, layers, experts = 2880, 2880, 24, 32
+    matrices = [(2 * width, h), (h, width)]  # gate_up (out, in), down (out, in)
+    packed = sum(out * ceil(n_in / 32) * (16 + 1) for out, n_in in matrices)
+    expert_weights = sum(out * n_in for out, n_in in matrices)
+    rest = total_params(spec) - layers * experts * expert_weights
+    assert weights_total_bytes(spec, "mxfp4") == layers * experts * packed + 2 * rest
+    assert "weights (mxfp4)" in params_report(spec).sections
+
+
+# Llama 4 ---------------------------------------------------------------------------------------
+def test_llama4_scout_nope_chunked_and_moe_layers() -> None:
+    spec = resolve("meta-llama/Llama-4-Scout-17B-16E")
+    assert spec.nope_layers == tuple(range(3, 48, 4))
+    assert spec.layer_types[:4] == (AttentionType.CHUNKED,) * 3 + (AttentionType.FULL,)
+    assert spec.attention_chunk_size == 8192 and spec.qk_norm is QkNorm.L2
+    assert spec.attn_temperature_tuning and not spec.uses_rotary(3) and spec.uses_rotary(0)
+    assert spec.moe is not None and spec.moe.all_experts_per_token
+    assert all(spec.is_moe_layer(i) for i in range(48))
+    assert spec.intermediate_size == 16384 and spec.moe.shared_intermediate_size == 8192
+
+
+def test_llama4_maverick_interleaves_dense_and_moe() -> None:
+    spec = resolve("meta-llama/Llama-4-Maverick-17B-128E")
+    assert [spec.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert spec.qk_norm is QkNorm.NONE
+
+
+def test_llama4_empty_no_rope_layers_means_the_interval() -> None:
+    text = {"model_type": "llama4_text", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "num_hidden_layers": 8,
+            "intermediate_size": 32, "vocab_size": 100, "no_rope_layers": []}  # fmt: skip
+    assert spec_from_config(text).nope_layers == (3, 7)
+
+
+# Qwen3-Next ------------------------------------------------------------------------------------
+def test_qwen3_next_three_linear_layers_per_full_one() -> None:
+    spec = resolve("qwen3-next")
+    linear = [i for i in range(48) if spec.is_linear_attention(i)]
+    assert len(linear) == 36 and spec.n_attention_layers == 12
+    assert spec.attention_type(3) is AttentionType.FULL and spec.attention_output_gate
+    assert spec.q_proj_width == 2 * 16 * 256 and spec.rotary_dim == 64
+    lin = spec.linear_attention
+    assert lin is not None and (lin.key_dim, lin.value_dim, lin.conv_dim) == (2048, 4096, 8192)
+
+
+# Multimodal ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("model_id", "kind", "tied"),
+    [
+        ("google/gemma-3-4b-pt", VisionKind.SIGLIP, True),
+        ("meta-llama/Llama-4-Scout-17B-16E", VisionKind.LLAMA4, False),
+        ("mistralai/Mistral-Small-3.1-24B-Instruct-2503", VisionKind.PIXTRAL, False),
+    ],
+)
+def test_multimodal_text_model_and_vision_tower(
+    model_id: str, kind: VisionKind, tied: bool
+) -> None:
+    spec = resolve(model_id)
+    assert spec.vision is not None and spec.vision.kind is kind
+    assert spec.tie_word_embeddings is tied
+    tree = params_report(spec).breakdown
+    vision = tree.find("vision_tower").total + tree.find("multi_modal_projector").total
+    assert vision == vision_params(spec) > 0
+
+
+def test_mistral3_ties_as_its_text_config_says() -> None:
+    """Mistral3Config defaults the top-level flag to True; the checkpoint stores lm_head apart,
+    and from_pretrained keeps it: memplan follows text_config (MistralConfig: untied)."""
+    spec = resolve("mistral-small-3.1")
+    assert not spec.tie_word_embeddings
+    assert params_report(spec).breakdown.find("lm_head").value == 131072 * 5120
+
+
+def test_multimodal_config_without_text_config_is_one_clear_error() -> None:
+    from memplan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a text_config"):
+        spec_from_config({"model_type": "gemma3"})
