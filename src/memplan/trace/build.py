@@ -109,7 +109,7 @@ def build_model(
     impl = "eager" if attention == "eager" else "sdpa"
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _untruncated_init():
             warnings.simplefilter("ignore")
             return auto_model_class(str(config.get("model_type"))).from_config(
                 hf, dtype=dtype, attn_implementation=impl
@@ -122,6 +122,29 @@ def build_model(
                 f"family; use --attention eager"
             ) from exc
         raise ConfigError(f"transformers cannot build this model: {message}") from exc
+
+
+@contextlib.contextmanager
+def _untruncated_init() -> Iterator[None]:
+    """Initialise with ``normal_`` where a module asks for ``trunc_normal_`` (SigLIP's LeCun
+    init in Gemma 3's vision tower).
+
+    torch 2.13's ``trunc_normal_`` resamples until no value lies outside the bounds, reading
+    the tensor (``.item()``, ``mask.any()``), which fake tensors cannot answer. A trace needs
+    shapes and dtypes, not values; ``normal_`` allocates nothing more.
+    """
+    from transformers import initialization
+
+    def normal(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, *args: Any, **kw: Any):
+        with torch.no_grad():
+            return tensor.normal_(mean, std)
+
+    original = initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"]
+    initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"] = normal
+    try:
+        yield
+    finally:
+        initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"] = original
 
 
 def supports_sdpa(config: dict[str, Any]) -> bool:
