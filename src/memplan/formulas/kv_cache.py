@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from memplan.errors import SetupError
 from memplan.report import Item
-from memplan.specs.model import AttentionType, ModelSpec
+from memplan.specs.model import ModelSpec
 
 __all__ = [
     "KV_DTYPE_BYTES",
@@ -84,12 +84,11 @@ def layer_window(spec: ModelSpec, index: int) -> int | None:
 
     ``layer_types`` decides where given (Gemma-2 alternates); without it a model-wide
     ``sliding_window`` makes every layer sliding, as transformers' ``get_layer_types_and_kwargs``
-    infers it (Mistral)."""
-    if spec.sliding_window is None:
+    infers it (Mistral). Llama 4's chunked layers keep ``attention_chunk_size`` tokens the
+    same way (``DynamicSlidingWindowLayer``)."""
+    if spec.local_attention_size is None:
         return None
-    if spec.layer_types:
-        return spec.sliding_window if spec.layer_types[index] is AttentionType.SLIDING else None
-    return spec.sliding_window
+    return spec.local_attention_size if spec.slides(index) else None
 
 
 def cached_tokens(

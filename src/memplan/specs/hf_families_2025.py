@@ -30,6 +30,10 @@ def gpt_oss(cfg: _Config) -> dict[str, Any]:
         o_bias=bias,
         attention_sinks=True,
         sliding_window=cfg.int_("sliding_window", default=None),
+        sdpa_unsupported=True,
+        rotary_table_halved=True,
+        # GptOssRMSNorm: (weight * x).to(input_dtype), the fp32 product first
+        norm_weight_fp32=True,
     )
     if not out["layer_types"]:
         pattern = (AttentionType.SLIDING, AttentionType.FULL)
@@ -92,6 +96,7 @@ def llama4_text(cfg: _Config) -> dict[str, Any]:
         nope_layers=tuple(i for i in range(n) if not rope[i]),
         attn_temperature_tuning=cfg.bool_("attn_temperature_tuning"),
         attention_chunk_size=cfg.int_("attention_chunk_size", default=None),
+        rotary_complex=True,
     )
     if not out["layer_types"]:
         out["layer_types"] = tuple(

@@ -89,6 +89,7 @@ def multimodal(
     text_cfg = _Config(text, defaults[text_type], cfg.name)
     out = parsers[text_type](text_cfg)
     out["vision"] = _vision(cfg, model_type, out["hidden_size"])
+    out["loss_after_text_model"] = model_type == "llama4"
     return out
 
 

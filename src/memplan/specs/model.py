@@ -269,6 +269,18 @@ class ModelSpec:
     norm_weight_fp32: bool = False
     """RMSNorm multiplies by the weight before casting back, so the weight's gradient reads a
     fp32 normed tensor (OLMo 2, ``Olmo2RMSNorm.forward``)."""
+    sdpa_unsupported: bool = False
+    """transformers gives the family no sdpa attention (``_supports_sdpa = False``: gpt-oss,
+    whose sinks sdpa cannot take): ``--attention sdpa`` runs eager attention."""
+    loss_after_text_model: bool = False
+    """Llama 4's multimodal model computes the loss after its text model has returned, so the
+    final norm's output is freed by then (``Llama4ForConditionalGeneration.forward``)."""
+    rotary_complex: bool = False
+    """Llama 4: the rotary table is one complex64 tensor of head_dim / 2 frequencies
+    (``freqs_cis``), and q, k are rotated as complex numbers."""
+    rotary_table_halved: bool = False
+    """The rotary cos/sin tables hold head_dim / 2 frequencies, not duplicated (gpt-oss's
+    ``_apply_rotary_emb`` rotates the two halves with the same table)."""
     attention_sinks: bool = False
     """A learned sink logit per head joins every softmax (gpt-oss ``sinks``, (n_heads,) per
     layer): the probabilities of the real keys sum to less than one."""
@@ -384,12 +396,25 @@ class ModelSpec:
             return len(set(self.layer_types))
         return 1
 
+    @property
+    def local_attention_size(self) -> int | None:
+        """The window of the layers with a local mask: ``sliding_window``, or Llama 4's
+        ``attention_chunk_size`` (its chunked layers: transformers masks them with
+        ``local_size=attention_chunk_size`` and caches them in a
+        ``DynamicSlidingWindowLayer`` of that size, ``cache_utils.py``)."""
+        if self.sliding_window is not None:
+            return self.sliding_window
+        if AttentionType.CHUNKED in self.layer_types:
+            return self.attention_chunk_size
+        return None
+
     def slides(self, index: int) -> bool:
-        """transformers gives layer ``index`` a sliding-window mask: its ``sliding_attention``
-        layers, or every layer of a family without ``layer_types`` whose ``sliding_window`` is
-        set (Mistral, Mixtral, Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
-        if self.sliding_window is None:
+        """transformers gives layer ``index`` a local mask of ``local_attention_size``: its
+        ``sliding_attention`` (or Llama 4's ``chunked_attention``) layers, or every layer of a
+        family without ``layer_types`` whose ``sliding_window`` is set (Mistral, Mixtral,
+        Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
+        if self.local_attention_size is None:
             return False
         if self.layer_types:
-            return self.layer_types[index] is AttentionType.SLIDING
+            return self.layer_types[index] in (AttentionType.SLIDING, AttentionType.CHUNKED)
         return True

@@ -19,7 +19,7 @@ from torch import nn
 
 from memplan.errors import ConfigError, SetupError
 from memplan.specs.model import ModelSpec
-from memplan.trace.meta import as_loaded, auto_model_class, strict_values
+from memplan.trace.meta import MULTIMODAL_TYPES, as_loaded, auto_model_class, strict_values
 
 __all__ = [
     "apply_freezing",
@@ -266,8 +266,13 @@ def apply_lora(
             f"LoRA targets {', '.join(missing)} are not modules of this model; its linear "
             f"layers are: {', '.join(linear)}"
         )
+    modules: list[str] | str = list(targets)
+    if getattr(model.config, "model_type", None) in MULTIMODAL_TYPES:
+        # the text model only: peft matches module names anywhere, and the vision tower has
+        # q_proj, fc1, ... of its own, which text inputs never run
+        modules = rf".*language_model\..*\.({'|'.join(map(re.escape, targets))})"
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+        r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=dropout,
         task_type="CAUSAL_LM",
     )  # fmt: skip
     from peft.tuners import tuners_utils
