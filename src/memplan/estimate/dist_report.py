@@ -20,6 +20,7 @@ from memplan.errors import MemplanError
 from memplan.estimate.dist_time import collectives, comm_seconds, step_time
 from memplan.estimate.distributed import DIST_CATEGORIES, RankGroup, local_step, rank_groups
 from memplan.estimate.fit import usable_bytes
+from memplan.estimate.timing import TrainingRun
 from memplan.estimate.train_report import _PEAK_PHASE_NAMES, _setup_dict
 from memplan.report import TRAINING_PHASES, Item, Phase, Report
 from memplan.specs.hardware import Gpu
@@ -28,7 +29,7 @@ from memplan.specs.parallel import ParallelPlan, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 from memplan.units import format_bytes
 
-__all__ = ["parallel_training_report", "plan_dict", "worst_peak_bytes"]
+__all__ = ["parallel_time_report", "parallel_training_report", "plan_dict", "worst_peak_bytes"]
 
 NOTES = (
     "per rank: the single-GPU engine's saved tensors for the rank's local model (heads / tp, "
@@ -197,3 +198,53 @@ def parallel_training_report(
         phases=phases,
         notes=notes + list(local.plan.notes),
     )
+
+
+def parallel_time_report(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    plan: ParallelPlan,
+    gpu: Gpu,
+    run: TrainingRun,
+    *,
+    mfu: float | None = None,
+) -> Report:
+    """Time, GPU-hours and cost of ``run`` (global batch ``run.batch``) under ``plan``."""
+    from memplan.formulas.time import cost_usd, gpu_hours
+
+    rank_groups(spec, setup, plan)  # validates the plan against the model and the batch
+    local = local_step(spec, setup, plan)
+    t = step_time(spec, setup, plan, local, gpu, dtype=run.dtype, mfu=mfu)
+    steps = run.n_steps
+    seconds = t.step_s * steps
+    hours = gpu_hours(seconds, plan.world_size)
+    step = Item("step", unit="s", note=t.overlap)
+    step.leaf("compute", t.compute_s, "per-rank FLOPs / (peak x matmul efficiency)")
+    step.leaf("pipeline_bubble", t.bubble_s, "(p - 1) / (v M) x compute")
+    step.leaf("exposed_communication", t.exposed_comm_s, "tp/cp/ep/pp + dp beyond the backward")
+    tokens = steps * run.batch * run.seq
+    scalars: dict[str, Any] = {
+        "seconds": seconds,
+        "days": seconds / 86400,
+        "flops": t.model_flops * steps,
+        "flops_per_step": t.model_flops,
+        "steps": steps,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "gpu_hours": hours,
+        "step_seconds": t.step_s,
+        "mfu": t.mfu,
+        "communication_seconds": t.comm_s,
+        "plan": plan_dict(plan),
+    }
+    if run.price_per_gpu_hour is not None:
+        scalars["cost_usd"] = cost_usd(hours, run.price_per_gpu_hour)
+    return Report(
+        kind="time",
+        model=spec.name,
+        breakdown=step,
+        setup={"gpu": gpu.name, "gpus": plan.world_size, "global_batch": run.batch,
+               "micro_batch": setup.batch, "seq": run.seq, "steps": steps},
+        scalars=scalars,
+        notes=[f"time: {t.overlap}", "MFU = model FLOPs / (step time x gpus x peak)"],
+    )  # fmt: skip

@@ -25,13 +25,14 @@ from memplan.errors import SetupError
 from memplan.formulas.params import total_params
 from memplan.report import Item, Report
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import ParallelPlan
+from memplan.specs.parallel import ParallelPlan, Sharding
 from memplan.specs.training import TrainingSetup
 
 __all__ = [
     "PARALLEL_METHODS",
     "deepspeed_zero2_gpu_bytes",
     "deepspeed_zero3_gpu_bytes",
+    "equivalent_zero_stage",
     "korthikanti_sp_bytes_per_layer",
     "korthikanti_tp_bytes_per_layer",
     "largest_layer_params",
@@ -101,12 +102,21 @@ def _report(spec: ModelSpec, method: str, parts: dict[str, float], source: str) 
     )  # fmt: skip
 
 
+def equivalent_zero_stage(plan: ParallelPlan) -> int:
+    """The ZeRO stage whose sharding the plan's matches (FSDP full: 3, shard-grad-op: 2)."""
+    if plan.sharding.is_deepspeed:
+        return plan.sharding.zero_stage
+    return {Sharding.FSDP_FULL: 3, Sharding.FSDP_HYBRID: 3, Sharding.FSDP_SHARD_GRAD_OP: 2}.get(
+        plan.sharding, 0
+    )
+
+
 def parallel_method_report(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, method: str
 ) -> Report:
     """A labelled textbook figure for ``plan`` (see the module docstring)."""
     psi = total_params(spec)
-    stage = max(plan.sharding.zero_stage, 0)
+    stage = equivalent_zero_stage(plan)
     if method == "zero-paper":
         parts = zero_paper_bytes(psi, plan.dp, stage)
         return _report(spec, method, parts, "Rajbhandari et al. 2020, figure 1 (K = 12)")
