@@ -68,7 +68,7 @@ def run_parallel(args: Any, spec: Any, setup: Any, plan: ParallelPlan, out: Text
     analytic = parallel_training_report(spec, setup, plan)
     trace = None if args.no_trace else _trace(spec, setup, plan)
     rows = parallel_rows(analytic, trace)
-    methods = []
+    methods: list[dict[str, Any]] = []
     if args.methods:
         exact = int(analytic.scalars["peak_bytes"])
         for name in PARALLEL_METHODS:
@@ -95,6 +95,6 @@ def run_parallel(args: Any, spec: Any, setup: Any, plan: ParallelPlan, out: Text
         mine = format_bytes(r.analytic, decimal=decimal)
         out.write(f"{r.line:<{width}}  {their:>13}  {mine:>13}  {_fmt_error(r.error):>8}\n")
     for m in methods:
-        value = format_bytes(m["bytes"], decimal=decimal)
-        out.write(f"method {m['method']:<15} {value:>13}  {_fmt_error(m['error']):>8} vs exact\n")
+        shown = format_bytes(m["bytes"], decimal=decimal)
+        out.write(f"method {m['method']:<15} {shown:>13}  {_fmt_error(m['error']):>8} vs exact\n")
     return 0
