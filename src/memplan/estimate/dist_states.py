@@ -101,6 +101,12 @@ class StageStates:
     root_unsharded_bytes: int
     """FSDP root (embeddings, final norm, lm_head) gathered, compute dtype."""
     trainable_numel: int
+    grads_embedding: int = 0
+    """Of the gradients: the input embeddings' (filled last in the backward)."""
+    grads_head: int = 0
+    """Of the gradients: those outside the decoder layers and the embeddings (norm, lm_head)."""
+    grads_persistent: bool = False
+    """The gradient buffer lives through the whole step (ZeRO-2/3 partitions)."""
 
 
 def activation_precision(setup: TrainingSetup, plan: ParallelPlan) -> Precision:
@@ -199,12 +205,18 @@ def stage_tensors(
 def _shard_world(plan: ParallelPlan, expert: bool) -> int:
     """Ranks a tensor's states are sharded over: dp (x cp, as torchtitan's ``dp_shard_cp``);
     expert tensors over the expert-data-parallel ranks ``dp * cp / ep``."""
+    return _shard_worlds(plan)[expert]
+
+
+@lru_cache(maxsize=4096)
+def _shard_worlds(plan: ParallelPlan) -> tuple[int, int]:
+    """(dense, expert) shard worlds of ``plan`` (see :func:`_shard_world`)."""
     if plan.sharding in (Sharding.DDP, Sharding.ZERO_0, Sharding.FSDP_NO_SHARD):
-        return 1
+        return 1, 1
     world = plan.dp * plan.cp_degree
     if plan.sharding is Sharding.FSDP_HYBRID:
         world = plan.hybrid_shard_degree
-    return world // plan.ep_degree if expert else world
+    return world, world // plan.ep_degree
 
 
 def stage_states(
@@ -256,10 +268,19 @@ def _torch_states(
             states += round_up(view * reg.master_bytes, r)
         sizes.append(view * reg.state_bytes)
         largest = max(largest, view * reg.state_bytes)
+    emb = head = 0
     if fsdp:  # the reduce-scatter output of each FSDP unit is one flat allocation
         grads = sum(round_up(g, r) for g in grads_by_group.values())
+        root = round_up(grads_by_group.get("root", 0), r)
+        embed = [t for t in tensors if t.trainable and t.group == "root" and "embed" in t.name]
+        emb = round_up(sum(fsdp_padded_shard_numel(t.d0, t.rest, _shard_world(plan, False))
+                           for t in embed) * reg.grad_bytes, r)  # fmt: skip
+        emb, head = min(emb, root), root - min(emb, root)
     else:
-        grads = sum(round_up(t.numel * reg.grad_bytes, r) for t in tensors if t.trainable)
+        sizes_by = [(t, round_up(t.numel * reg.grad_bytes, r)) for t in tensors if t.trainable]
+        grads = sum(v for _, v in sizes_by)
+        emb = sum(v for t, v in sizes_by if t.layer < 0 and "embed" in t.name)
+        head = sum(v for t, v in sizes_by if t.layer < 0) - emb
     for size in optimizer_shared_state_bytes(setup.optimizer):
         states += round_up(size, r)
     step_optimizer = setup.optimizer
@@ -277,6 +298,8 @@ def _torch_states(
     return StageStates(
         params={"sharded" if fsdp else "replicated": params},
         grads={"sharded" if fsdp else "replicated": grads} if grads else {},
+        grads_embedding=emb if grads else 0,
+        grads_head=head if grads else 0,
         states={"optimizer_states": states} if states else {},
         persistent_comm=comm,
         step_temporary=step_temp,
@@ -386,6 +409,21 @@ def _deepspeed_states(
     return StageStates(
         params={"partition" if stage == 3 else "flat_half": params},
         grads={"partition" if stage >= 2 else "full_half": grads},
+        grads_embedding=sum(
+            round_up(t.numel * reg.grad_bytes, r)
+            for t in train
+            if t.layer < 0 and "embed" in t.name
+        )
+        if stage <= 1
+        else 0,
+        grads_head=sum(
+            round_up(t.numel * reg.grad_bytes, r)
+            for t in train
+            if t.layer < 0 and "embed" not in t.name
+        )
+        if stage <= 1
+        else 0,
+        grads_persistent=stage >= 2,
         states=states,
         persistent_comm=comm,
         step_temporary=step_temp,

@@ -55,6 +55,7 @@ from memplan.estimate.train_step import (
     _plan_key,
     evaluate,
 )
+from memplan.formulas.activations import Saved
 from memplan.formulas.parallel import (
     fsdp_local_view_numel,
     in_flight_chunks,
@@ -110,10 +111,8 @@ class LocalStep:
     memory: StepMemory
     batch: int
     seq: int
-    sp_saving: int
-    """Bytes sequence parallelism removes from all saved activations of the whole model."""
     layer_acts: int
-    """Saved bytes of all decoder layers (one micro-batch), before the SP saving."""
+    """Saved bytes of all decoder layers (one micro-batch)."""
     model_acts: int
     head_acts: int
 
@@ -133,19 +132,42 @@ def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Loc
             f"not {tplan.backend}: choose --attention flash or sdpa with half precision"
         )
     b = setup.batch
-    mem = evaluate(tplan, b, seq)
-    saving = 0
     if plan.sequence_parallel:
-        t, r = plan.tp_degree, tplan.round_to
-        items = [(g.count, i) for g in tplan.layers for i in g.saved]
-        items += [(1, i) for i in tplan.model_saved + tplan.head_saved]
-        for count, item in items:
-            if sp_split(item.key):
-                full = alloc_bytes(item.nbytes(b, seq), r)
-                saving += count * (full - alloc_bytes(item.nbytes(b, seq) // t, r))
+        tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
+    mem = evaluate(tplan, b, seq)
     acts = mem.activations
-    return LocalStep(
-        tplan, mem, b, seq, saving, acts["layers"], acts["model"], acts["head_and_loss"]
+    return LocalStep(tplan, mem, b, seq, acts["layers"], acts["model"], acts["head_and_loss"])
+
+
+def _sp_item(item: Saved, b: int, seq: int, tp: int) -> Saved:
+    """``item`` at ``seq / tp`` of its tokens when sequence parallelism splits it, as a fixed
+    size at this (batch, seq): ``b * (seq / tp) * per_token`` elements (seq % tp == 0)."""
+    if not (sp_split(item.key) and item.per_token):
+        return item
+    numel = b * (seq // tp) * item.per_token + seq * item.per_position + item.fixed
+    return Saved(item.key, item.elem_bytes, fixed=numel, category=item.category)
+
+
+def _sequence_parallel_plan(tplan: TrainingPlan, b: int, seq: int, tp: int) -> TrainingPlan:
+    """The local plan with the saved tensors sequence parallelism splits divided by ``tp``
+    (the single-GPU engine then evaluates every phase and backward candidate with them)."""
+
+    def split(items: tuple[Saved, ...]) -> tuple[Saved, ...]:
+        return tuple(_sp_item(i, b, seq, tp) for i in items)
+
+    layers = tuple(
+        dataclasses.replace(
+            g, saved=split(g.saved), full_saved=split(g.full_saved),
+            down_input=split(g.down_input), recompute=split(g.recompute),
+        )
+        for g in tplan.layers
+    )  # fmt: skip
+    return dataclasses.replace(
+        tplan,
+        layers=layers,
+        model_saved=split(tplan.model_saved),
+        head_saved=split(tplan.head_saved),
+        final_norm_input=split(tplan.final_norm_input),
     )
 
 
@@ -253,30 +275,44 @@ def _group(
     )
 
 
-def _sp_scaled(local: LocalStep, activations: int) -> int:
-    """``activations`` less sequence parallelism's share of them (exact when all are live)."""
-    total = local.layer_acts + local.model_acts + local.head_acts
-    return activations - local.sp_saving * activations // max(total, 1)
+def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
+    """The local plan with the rank's model states in place of the single GPU's, so that the
+    single-GPU engine picks the backward high point with the rank's own gradients: layers'
+    gradients scaled to the rank's (sharded) sizes, the embeddings' and the head's exact."""
+    tplan = local.plan
+    rank = 0 if states.grads_persistent else sum(states.grads.values())
+    emb = states.grads_embedding
+    head = states.grads_head
+    layers_rank = max(rank - emb - head, 0)
+    layers_local = sum(g.count * g.grad_bytes for g in tplan.layers)
+    groups = tuple(
+        dataclasses.replace(g, grad_bytes=g.grad_bytes * layers_rank // max(layers_local, 1))
+        for g in tplan.layers
+    )
+    return dataclasses.replace(
+        tplan,
+        params={"rank": sum(states.params.values())},
+        states={"rank": sum(states.states.values())},
+        grads={"embeddings": emb, "layers": layers_rank, "head": rank - emb - layers_rank},
+        layers=groups,
+        step_temporary=states.step_temporary,
+    )
 
 
 def _single_stage_phases(
     local: LocalStep, states: StageStates, micro_batches: int
 ) -> dict[str, dict[str, int]]:
-    """The single-GPU phases of the local model with the rank's model states swapped in."""
-    full_grads = max(local.plan.grad_bytes, 1)
+    """The single-GPU phases of the local model with the rank's model states in place."""
+    rank_plan = _rank_plan(local, states)
+    memory = evaluate(rank_plan, local.batch, local.seq)
     rank_grads = sum(states.grads.values())
     out = {}
-    for name, parts in local.memory.phases.items():
+    for name, parts in memory.phases.items():
         d = dict.fromkeys(DIST_CATEGORIES, 0)
         d.update(parts)
-        d["parameters"] = sum(states.params.values())
-        d["optimizer_states"] = sum(states.states.values())
-        live = parts["gradients"] * rank_grads // full_grads
-        # from the second micro-batch on, every gradient exists during the backward
-        d["gradients"] = where((micro_batches > 1) * (name in _STEP_PHASES), rank_grads, live)
-        d["activations"] = _sp_scaled(local, parts["activations"])
-        if name == "optimizer_step":
-            d["temporaries"] = states.step_temporary
+        # from the second micro-batch on (or with persistent partitions) every gradient exists
+        whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
+        d["gradients"] = where(whole, rank_grads, parts["gradients"])
         out[name] = d
     return out
 
@@ -297,8 +333,8 @@ def _stage_phases(
     gpipe = plan.schedule is Schedule.GPIPE
     chunks = in_flight_chunks(stage, p, micro_batches, v, gpipe)
     layer_share = local.layer_acts * n_layers // spec.n_layers
-    per_chunk = _sp_scaled(local, layer_share // v + local.model_acts)
-    head = _sp_scaled(local, local.head_acts) * last * where(gpipe, micro_batches, 1)
+    per_chunk = layer_share // v + local.model_acts
+    head = local.head_acts * last * where(gpipe, micro_batches, 1)
     acts = chunks * per_chunk + head
     cache_layers = sum(g.count * g.cache_bytes for g in tplan.layers) * n_layers // spec.n_layers
     cache = chunks * cache_layers // v + tplan.cache_head * last
