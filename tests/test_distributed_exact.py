@@ -173,3 +173,25 @@ def test_zero_paper_table() -> None:
 
     got = [round(sum(zero_paper_bytes(7.5e9, 64, s).values()) / GB, 1) for s in range(4)]
     assert got == [120.0, 31.4, 16.6, 1.9]
+
+
+def test_offload_moves_states_to_the_host() -> None:
+    from memplan.specs.parallel import Offload
+
+    spec = _tiny()
+    fsdp = _plan(2, sharding=Sharding.FSDP_FULL)
+    on_gpu = stage_states(spec, CPU, fsdp, 0, 0)
+    off = stage_states(spec, CPU, dataclasses.replace(fsdp, offload=Offload.PARAMS), 0, 0)
+    assert off.params == off.grads == off.states == {}
+    moved = sum(on_gpu.params.values()) + sum(on_gpu.grads.values()) + sum(on_gpu.states.values())
+    assert sum(off.offloaded.values()) == moved + on_gpu.step_temporary
+    z2 = _plan(2, sharding=Sharding.ZERO_2)
+    setup = dataclasses.replace(CPU, precision=Precision.BF16)
+    kept = stage_states(spec, setup, z2, 0, 0)
+    off = stage_states(spec, setup, dataclasses.replace(z2, offload=Offload.OPTIMIZER), 0, 0)
+    assert off.params == kept.params and off.states == {} and off.grads == {}
+    assert off.offloaded["optimizer/master_weights_fp32"] == kept.states["master_weights_fp32"]
+    report = parallel_training_report(
+        spec, setup, dataclasses.replace(z2, offload=Offload.OPTIMIZER)
+    )
+    assert report.scalars["host_bytes_per_node"] == 2 * sum(off.offloaded.values())

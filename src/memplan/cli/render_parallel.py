@@ -102,6 +102,9 @@ def print_parallel_report(report: Report, args: Any, out: TextIO) -> None:
     if s["communication"]:
         out.write("\ncommunication per rank and step\n")
         _comm_table(s["communication"], decimal, out)
+    if "host_bytes_per_node" in s:
+        host = format_bytes(s["host_bytes_per_node"], decimal=decimal)
+        out.write(f"\noffloaded: {host} per node ({plan['offload_device']})")
     out.write(f"\npeak: {format_bytes(s['peak_bytes'], decimal=decimal)} on rank {s['worst_rank']}")
     out.write(f" ({s['peak_phase']})\n")
     if "gpu" in s:

@@ -89,6 +89,9 @@ def _group_dict(group: RankGroup, gpu: Gpu | None) -> dict[str, Any]:
             for n in TRAINING_PHASES
         ],
     }
+    if group.states.offloaded:
+        out["host_bytes"] = sum(group.states.offloaded.values())
+        out["host_breakdown"] = dict(group.states.offloaded)
     if gpu is not None:
         usable = usable_bytes(gpu.memory_bytes)
         out["headroom_bytes"] = usable - group.peak_bytes
@@ -157,6 +160,14 @@ def parallel_training_report(
         "global_batch": plan.global_batch_size(setup.batch),
     }
     notes = list(NOTES)
+    host = max((sum(g.states.offloaded.values()) for g in groups), default=0)
+    if host:
+        where_ = "NVMe" if plan.offload_device.value == "nvme" else "host memory"
+        scalars["host_bytes_per_node"] = host * plan.gpus_per_node
+        notes.append(
+            f"offload: {format_bytes(host)} per rank in {where_}, "
+            f"{format_bytes(host * plan.gpus_per_node)} per node of {plan.gpus_per_node} GPUs"
+        )
     if plan.pp_degree > 1:
         notes.append(
             "pipeline stages: activations of the micro-batches in flight per schedule plus the "

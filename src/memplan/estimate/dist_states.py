@@ -40,7 +40,7 @@ from memplan.formulas.parallel import (
 )
 from memplan.formulas.training import Regime, param_tensors, regime
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import DDP_FIRST_BUCKET_BYTES, ParallelPlan, Sharding
+from memplan.specs.parallel import DDP_FIRST_BUCKET_BYTES, Offload, ParallelPlan, Sharding
 from memplan.specs.training import Optimizer, Precision, Target, TrainingSetup
 
 __all__ = [
@@ -107,6 +107,8 @@ class StageStates:
     """Of the gradients: those outside the decoder layers and the embeddings (norm, lm_head)."""
     grads_persistent: bool = False
     """The gradient buffer lives through the whole step (ZeRO-2/3 partitions)."""
+    offloaded: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Bytes this rank keeps in host memory (or on NVMe) instead of the GPU, by line."""
 
 
 def activation_precision(setup: TrainingSetup, plan: ParallelPlan) -> Precision:
@@ -229,8 +231,32 @@ def stage_states(
     reg = state_regime(setup, plan)
     r = 512 if setup.target is Target.CUDA else 1
     if plan.sharding.is_deepspeed:
-        return _deepspeed_states(setup, plan, tensors, reg, r)
-    return _torch_states(setup, plan, tensors, reg, r, dp_rank)
+        states = _deepspeed_states(setup, plan, tensors, reg, r)
+    else:
+        states = _torch_states(setup, plan, tensors, reg, r, dp_rank)
+    return _offload(states, plan)
+
+
+def _offload(states: StageStates, plan: ParallelPlan) -> StageStates:
+    """Move what ``--offload`` names to the host: ZeRO-Offload the fp32 master weights, the
+    optimizer states and the step (its fp32 gradient partition) with ``optimizer``; ZeRO-3's
+    parameter partitions too with ``params``; FSDP2's ``CPUOffloadPolicy`` the sharded
+    parameters, gradients and optimizer states (the step runs on the CPU)."""
+    if plan.offload is Offload.NONE:
+        return states
+    host = {f"optimizer/{k}": v for k, v in states.states.items()}
+    if states.step_temporary:
+        host["optimizer/step_fp32_gradients"] = states.step_temporary
+    changes: dict[str, object] = {"states": {}, "step_temporary": 0}
+    if states.grads_persistent or (plan.offload is Offload.PARAMS and plan.sharding.is_fsdp):
+        # ZeRO-2/3 accumulate gradient partitions in the host's buffers when offloading
+        host.update({f"gradients/{k}": v for k, v in states.grads.items()})
+        changes.update(grads={}, grads_embedding=0, grads_head=0)
+    if plan.offload is Offload.PARAMS:
+        host.update({f"parameters/{k}": v for k, v in states.params.items()})
+        changes["params"] = {}
+    changes["offloaded"] = {k: v for k, v in host.items() if v}
+    return dataclasses.replace(states, **changes)  # type: ignore[arg-type]
 
 
 def _compute_width(setup: TrainingSetup, plan: ParallelPlan, reg: Regime) -> int:
