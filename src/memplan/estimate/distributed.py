@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_states import (
@@ -50,9 +51,8 @@ from memplan.estimate.dist_states import (
 from memplan.estimate.train_plan import TrainingPlan, training_plan
 from memplan.estimate.train_setup import validate_setup
 from memplan.estimate.train_step import (
-    StepMemory,
     _layer_transient,
-    _plan_key,
+    _sum_saved,
     evaluate,
 )
 from memplan.formulas.activations import Saved
@@ -105,27 +105,59 @@ def sp_split(key: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LocalStep:
-    """The single-GPU engine's answer for one rank's local model at (micro-batch, seq / cp)."""
+    """One rank's local model (the single-GPU engine's plan) at (micro-batch, seq / cp)."""
 
     plan: TrainingPlan
-    memory: StepMemory
     batch: int
     seq: int
-    layer_acts: int
-    """Saved bytes of all decoder layers (one micro-batch)."""
-    model_acts: int
-    head_acts: int
+
+    @property
+    def layer_acts(self) -> int:
+        """Saved bytes of all decoder layers (one micro-batch)."""
+        r = self.plan.round_to
+        return sum(g.count * _sum_saved(g.saved, self.batch, self.seq, r) for g in self.plan.layers)
+
+    @property
+    def model_acts(self) -> int:
+        """Saved bytes outside the layers before them (rotary tables, embedding dropout)."""
+        return _sum_saved(self.plan.model_saved, self.batch, self.seq, self.plan.round_to)
+
+    @property
+    def head_acts(self) -> int:
+        """Saved bytes of the final norm, lm_head and loss."""
+        return _sum_saved(self.plan.head_saved, self.batch, self.seq, self.plan.round_to)
 
 
 @lru_cache(maxsize=256)
 def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
-    """Evaluate the rank-local model with the single-GPU engine (cached per plan)."""
+    """The rank-local model at the setup's micro-batch and sequence (cached per plan)."""
+    return _make_local_step(spec, setup, plan)
+
+
+_FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan]] = {}
+
+
+def _local_plan(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> TrainingPlan:
+    """The single-GPU engine's plan of the rank-local model, found by the identity of
+    ``spec`` and ``plan`` (``training_plan``'s own cache hashes the whole spec)."""
+    fast_key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+    hit = _FAST_PLAN.get(fast_key)
+    if hit is not None and hit[0] is spec and hit[1] is plan:
+        return hit[2]
+    if len(_FAST_PLAN) > 1024:
+        _FAST_PLAN.clear()
+    key = dataclasses.replace(
+        setup, precision=activation_precision(setup, plan), batch=1, seq=1, allow_long_seq=True
+    )
+    tplan = training_plan(local_spec(spec, plan), key)
+    _FAST_PLAN[fast_key] = (spec, plan, tplan)
+    return tplan
+
+
+def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
     cp = plan.cp_degree
     seq = setup.seq // cp
-    act_setup = dataclasses.replace(
-        setup, precision=activation_precision(setup, plan), seq=seq, allow_long_seq=True
-    )
-    tplan = training_plan(local_spec(spec, plan), _plan_key(act_setup))
+    tplan = _local_plan(spec, setup, plan)
     if cp > 1 and tplan.backend in ("eager", "math"):
         raise SetupError(
             f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
@@ -134,9 +166,23 @@ def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Loc
     b = setup.batch
     if plan.sequence_parallel:
         tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
-    mem = evaluate(tplan, b, seq)
-    acts = mem.activations
-    return LocalStep(tplan, mem, b, seq, acts["layers"], acts["model"], acts["head_and_loss"])
+    return LocalStep(tplan, b, seq)
+
+
+_FAST_LOCAL: dict[tuple[int, int, TrainingSetup], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
+
+
+def _local_step_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
+    """:func:`local_step` looked up by the identity of ``spec`` and ``plan``."""
+    key = (id(spec), id(plan), setup)
+    hit = _FAST_LOCAL.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is plan:
+        return hit[2]
+    if len(_FAST_LOCAL) > 4096:
+        _FAST_LOCAL.clear()
+    local = _make_local_step(spec, setup, plan)
+    _FAST_LOCAL[key] = (spec, plan, local)
+    return local
 
 
 def _sp_item(item: Saved, b: int, seq: int, tp: int) -> Saved:
@@ -207,11 +253,19 @@ def _dp_classes(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> list[tuple[int, ...]]:
     """Data-parallel ranks grouped by identical states: under FSDP the ranks past a tensor's
-    last full chunk keep smaller optimizer states (unpadded views)."""
+    last full chunk keep smaller optimizer states (unpadded views). Cached per plan."""
+    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return list(_dp_classes_cached(spec, key, plan, stage))
+
+
+@lru_cache(maxsize=1024)
+def _dp_classes_cached(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> tuple[tuple[int, ...], ...]:
     fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
     dp = plan.dp
     if not fsdp or dp == 1:
-        return [tuple(range(dp))]
+        return (tuple(range(dp)),)
     world = plan.dp * plan.cp_degree
     if plan.sharding is Sharding.FSDP_HYBRID:
         world = plan.hybrid_shard_degree
@@ -231,7 +285,7 @@ def _dp_classes(
     bounds = [*cuts, dp]
     for i, r in enumerate(cuts):
         classes.setdefault(signature[i], []).extend(range(r, bounds[i + 1]))
-    return [tuple(v) for v in classes.values()]
+    return tuple(tuple(v) for v in classes.values())
 
 
 def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> list[RankGroup]:
@@ -243,13 +297,50 @@ def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> li
             f"sequence parallelism splits the sequence: seq({setup.seq}) / cp({plan.cp_degree}) "
             f"must be divisible by tp({plan.tp_degree})"
         )
-    local = local_step(spec, setup, plan)
+    local = _local_step_fast(spec, setup, plan)
+    out = []
+    for stage, dp_ranks, states, ranks in _static_groups_fast(spec, setup, plan):
+        out.append(_group(spec, setup, plan, local, stage, dp_ranks, states, ranks))
+    return out
+
+
+_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
+_FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[Any, ...]]] = {}
+
+
+def _static_groups_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Any:
+    """:func:`_static_groups` looked up by the identity of ``spec`` and ``plan`` (hashing a
+    whole ModelSpec on every call would cost more than the estimate; searches call this in a
+    loop, as ``training_peak_bytes`` does)."""
+    key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+    hit = _FAST_STATIC.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is plan:
+        return hit[2]
+    if len(_FAST_STATIC) > 1024:
+        _FAST_STATIC.clear()
+    groups = _static_groups(spec, _static_key(setup), plan)
+    _FAST_STATIC[key] = (spec, plan, groups)
+    return groups
+
+
+def _static_key(setup: TrainingSetup) -> TrainingSetup:
+    """``setup`` without what model states do not depend on (micro-batch, sequence)."""
+    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
+        return setup
+    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+
+
+@lru_cache(maxsize=1024)
+def _static_groups(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan
+) -> tuple[tuple[int, tuple[int, ...], StageStates, tuple[int, ...]], ...]:
+    """(stage, data-parallel ranks, their model states, global ranks) of every rank group."""
     out = []
     for stage in range(plan.pp_degree):
-        for dp_ranks in _dp_classes(spec, setup, plan, stage):
+        for dp_ranks in _dp_classes_cached(spec, setup, plan, stage):
             states = stage_states(spec, setup, plan, stage, dp_ranks[0])
-            out.append(_group(spec, setup, plan, local, stage, dp_ranks, states))
-    return out
+            out.append((stage, dp_ranks, states, rank_ids(plan, stage, dp_ranks)))
+    return tuple(out)
 
 
 def _group(
@@ -260,6 +351,7 @@ def _group(
     stage: int,
     dp_ranks: tuple[int, ...],
     states: StageStates,
+    ranks: tuple[int, ...],
 ) -> RankGroup:
     comm = _comm_lines(spec, setup, plan, local, stage, states)
     m = plan.resolved_micro_batches(setup.batch)
@@ -270,9 +362,7 @@ def _group(
     for name, lines in comm.items():
         phases[name]["communication"] = sum(lines.values())
     peak = max((*TRAINING_PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
-    return RankGroup(
-        stage, dp_ranks, rank_ids(plan, stage, dp_ranks), phases, peak, states, comm, in_flight
-    )
+    return RankGroup(stage, dp_ranks, ranks, phases, peak, states, comm, in_flight)
 
 
 def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
@@ -299,22 +389,35 @@ def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
     )
 
 
+_RANK_PLANS: dict[tuple[int, int], tuple[TrainingPlan, StageStates, TrainingPlan]] = {}
+
+
+def _cached_rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
+    """:func:`_rank_plan`, kept per (local plan, states) object pair (both are cached)."""
+    key = (id(local.plan), id(states))
+    hit = _RANK_PLANS.get(key)
+    if hit is not None and hit[0] is local.plan and hit[1] is states:
+        return hit[2]
+    if len(_RANK_PLANS) > 1024:
+        _RANK_PLANS.clear()
+    rank_plan = _rank_plan(local, states)
+    _RANK_PLANS[key] = (local.plan, states, rank_plan)
+    return rank_plan
+
+
 def _single_stage_phases(
     local: LocalStep, states: StageStates, micro_batches: int
 ) -> dict[str, dict[str, int]]:
     """The single-GPU phases of the local model with the rank's model states in place."""
-    rank_plan = _rank_plan(local, states)
+    rank_plan = _cached_rank_plan(local, states)
     memory = evaluate(rank_plan, local.batch, local.seq)
     rank_grads = sum(states.grads.values())
-    out = {}
-    for name, parts in memory.phases.items():
-        d = dict.fromkeys(DIST_CATEGORIES, 0)
-        d.update(parts)
+    for name, parts in memory.phases.items():  # fresh dicts: filled in place
+        parts["communication"] = 0
         # from the second micro-batch on (or with persistent partitions) every gradient exists
         whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
-        d["gradients"] = where(whole, rank_grads, parts["gradients"])
-        out[name] = d
-    return out
+        parts["gradients"] = where(whole, rank_grads, parts["gradients"])
+    return memory.phases
 
 
 def _stage_phases(
