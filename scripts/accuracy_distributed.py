@@ -209,7 +209,7 @@ def status() -> list[str]:
         "plus one backward transient, not op by op); FSDP2's and ZeRO-3's gathered-parameter "
         "buffers (current + prefetched layer for every backward high point); context "
         "parallelism's ring buffers; expert parallelism under balanced routing; offload "
-        "(host memory not yet reported); NCCL's own buffers (outside PyTorch's allocator).",
+        "(host memory per node is reported; the time of the host transfers is not modelled); NCCL's own buffers (outside PyTorch's allocator).",
         "",
     ]
 
