@@ -353,12 +353,13 @@ def _group(
     states: StageStates,
     ranks: tuple[int, ...],
 ) -> RankGroup:
-    comm = _comm_lines(spec, setup, plan, local, stage, states)
     m = plan.resolved_micro_batches(setup.batch)
     if plan.pp_degree == 1:
-        phases, in_flight = _single_stage_phases(local, states, m), 1.0
+        (phases, candidate), in_flight = _single_stage_phases(local, states, m), 1.0
     else:
         phases, in_flight = _stage_phases(spec, plan, local, stage, states, m)
+        candidate = "mlp_backward_gradients"
+    comm = _comm_lines(spec, setup, plan, local, stage, states, candidate)
     for name, lines in comm.items():
         phases[name]["communication"] = sum(lines.values())
     peak = max((*TRAINING_PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
@@ -407,7 +408,7 @@ def _cached_rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
 
 def _single_stage_phases(
     local: LocalStep, states: StageStates, micro_batches: int
-) -> dict[str, dict[str, int]]:
+) -> tuple[dict[str, dict[str, int]], str]:
     """The single-GPU phases of the local model with the rank's model states in place."""
     rank_plan = _cached_rank_plan(local, states)
     memory = evaluate(rank_plan, local.batch, local.seq)
@@ -417,7 +418,7 @@ def _single_stage_phases(
         # from the second micro-batch on (or with persistent partitions) every gradient exists
         whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
         parts["gradients"] = where(whole, rank_grads, parts["gradients"])
-    return memory.phases
+    return memory.phases, next(iter(memory.temporaries))
 
 
 def _stage_phases(
@@ -473,6 +474,32 @@ def _stage_phases(
     return phases, chunks / v
 
 
+def _fsdp_backward_lines(states: StageStates, candidate: str) -> dict[str, int]:
+    """FSDP2's gathered layers at the backward high point: the root stays unsharded from the
+    forward; in the loss (or final norm) backward the last layer is already prefetched; inside
+    the last layer it is current and the next prefetched; inside the first layer the second's
+    gradients wait in the reduce-scatter input; at the embeddings, the first layer's."""
+    layer, grads = states.layer_unsharded_bytes, states.layer_grad_unsharded_bytes
+    lines = {
+        "loss_gradients_fp32": {"fsdp_all_gather_prefetched_layer": layer},
+        "final_norm_backward_fp32": {"fsdp_all_gather_prefetched_layer": layer},
+        "mlp_backward_gradients": {
+            "fsdp_all_gather_current_layer": layer,
+            "fsdp_all_gather_prefetched_layer": layer,
+        },
+        "moe_combine_backward_fp32": {
+            "fsdp_all_gather_current_layer": layer,
+            "fsdp_all_gather_prefetched_layer": layer,
+        },
+        "layer_backward_gradients": {
+            "fsdp_all_gather_current_layer": layer,
+            "fsdp_reduce_scatter_input": grads,
+        },
+        "embedding_backward": {"fsdp_reduce_scatter_input": grads},
+    }
+    return lines.get(candidate, lines["mlp_backward_gradients"])
+
+
 def _comm_lines(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -480,8 +507,10 @@ def _comm_lines(
     local: LocalStep,
     stage: int,
     states: StageStates,
+    candidate: str,
 ) -> dict[str, dict[str, int]]:
-    """Named communication buffers live in each phase."""
+    """Named communication buffers live in each phase; in the backward they depend on where
+    its high point is (``candidate``, the single-GPU engine's label of it)."""
     persistent = dict(states.persistent_comm)
     step: dict[str, int] = {}
     forward: dict[str, int] = {}
@@ -490,9 +519,7 @@ def _comm_lines(
     sharding = plan.sharding
     if sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID):
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
-        step["fsdp_all_gather_current_layer"] = states.layer_unsharded_bytes
-        step["fsdp_all_gather_prefetched_layer"] = states.layer_unsharded_bytes
-        backward["fsdp_reduce_scatter_input"] = states.layer_grad_unsharded_bytes
+        backward.update(_fsdp_backward_lines(states, candidate))
     elif sharding is Sharding.FSDP_SHARD_GRAD_OP:
         n = len(stage_layers(spec, plan, stage))
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
@@ -523,5 +550,7 @@ def _comm_lines(
             lines.update(forward)
         if name == "peak_backward":
             lines.update(backward)
+            if plan.pp_degree > 1 and "fsdp_all_gather_prefetched_layer" in lines:
+                lines["fsdp_reduce_scatter_input"] = states.layer_grad_unsharded_bytes
         out[name] = {k: v for k, v in lines.items() if v}
     return out
