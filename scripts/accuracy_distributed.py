@@ -231,7 +231,9 @@ def measured_table() -> list[str]:
             )
     lines += [
         "",
-        "The peak differs because the measured high point comes after lm_head's gradient exists "
+        "The analytic backward keeps the current and the prefetched layer gathered at every high "
+        "point (monotone peaks), one layer more than measured at the loss backward; and the "
+        "measured high point comes after lm_head's gradient exists "
         "(MemTracker's GRAD 110,848 B there) while the analytic one is the loss backward; a "
         "strict xfail holds the gap (tests/test_distributed_exact.py).",
         "",

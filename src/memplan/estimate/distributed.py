@@ -39,23 +39,20 @@ from functools import lru_cache
 from typing import Any
 
 from memplan.errors import SetupError
+from memplan.estimate.dist_local import LocalStep, local_step, local_step_fast, sp_split
 from memplan.estimate.dist_states import (
     StageStates,
-    activation_precision,
-    local_spec,
     stage_layers,
     stage_states,
     stage_tensors,
     state_regime,
 )
-from memplan.estimate.train_plan import TrainingPlan, training_plan
+from memplan.estimate.train_plan import TrainingPlan
 from memplan.estimate.train_setup import validate_setup
 from memplan.estimate.train_step import (
     _layer_transient,
-    _sum_saved,
     evaluate,
 )
-from memplan.formulas.activations import Saved
 from memplan.formulas.parallel import (
     fsdp_local_view_numel,
     in_flight_chunks,
@@ -82,139 +79,9 @@ __all__ = [
 
 DIST_CATEGORIES = (*TRAINING_CATEGORIES, "communication")
 """A rank's categories: the single-GPU ones plus the communication buffers."""
-
-_SP_PREFIXES = (
-    "input_layernorm/",
-    "post_attention_layernorm/",
-    "pre_feedforward_layernorm/",
-    "post_feedforward_layernorm/",
-    "final_norm/",
-)
-_SP_KEYS = ("self_attn/mask", "mlp/mask", "checkpoint/layer_input", "embeddings/dropout/mask")
 _FORWARD_PHASES = ("end_of_forward", "forward_peak")
 _STEP_PHASES = ("end_of_forward", "forward_peak", "peak_backward")
-
-
-def sp_split(key: str) -> bool:
-    """Whether sequence parallelism splits this saved tensor over the sequence (the norms,
-    the residual dropouts, a checkpointed layer input; not a norm's fixed weight copy)."""
-    if key.endswith("one_plus_weight_fp32"):
-        return False
-    return key.startswith(_SP_PREFIXES) or key in _SP_KEYS
-
-
-@dataclass(frozen=True, slots=True)
-class LocalStep:
-    """One rank's local model (the single-GPU engine's plan) at (micro-batch, seq / cp)."""
-
-    plan: TrainingPlan
-    batch: int
-    seq: int
-
-    @property
-    def layer_acts(self) -> int:
-        """Saved bytes of all decoder layers (one micro-batch)."""
-        r = self.plan.round_to
-        return sum(g.count * _sum_saved(g.saved, self.batch, self.seq, r) for g in self.plan.layers)
-
-    @property
-    def model_acts(self) -> int:
-        """Saved bytes outside the layers before them (rotary tables, embedding dropout)."""
-        return _sum_saved(self.plan.model_saved, self.batch, self.seq, self.plan.round_to)
-
-    @property
-    def head_acts(self) -> int:
-        """Saved bytes of the final norm, lm_head and loss."""
-        return _sum_saved(self.plan.head_saved, self.batch, self.seq, self.plan.round_to)
-
-
-@lru_cache(maxsize=256)
-def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
-    """The rank-local model at the setup's micro-batch and sequence (cached per plan)."""
-    return _make_local_step(spec, setup, plan)
-
-
-_FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan]] = {}
-
-
-def _local_plan(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> TrainingPlan:
-    """The single-GPU engine's plan of the rank-local model, found by the identity of
-    ``spec`` and ``plan`` (``training_plan``'s own cache hashes the whole spec)."""
-    fast_key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
-    hit = _FAST_PLAN.get(fast_key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
-        return hit[2]
-    if len(_FAST_PLAN) > 1024:
-        _FAST_PLAN.clear()
-    key = dataclasses.replace(
-        setup, precision=activation_precision(setup, plan), batch=1, seq=1, allow_long_seq=True
-    )
-    tplan = training_plan(local_spec(spec, plan), key)
-    _FAST_PLAN[fast_key] = (spec, plan, tplan)
-    return tplan
-
-
-def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
-    cp = plan.cp_degree
-    seq = setup.seq // cp
-    tplan = _local_plan(spec, setup, plan)
-    if cp > 1 and tplan.backend in ("eager", "math"):
-        raise SetupError(
-            f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
-            f"not {tplan.backend}: choose --attention flash or sdpa with half precision"
-        )
-    b = setup.batch
-    if plan.sequence_parallel:
-        tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
-    return LocalStep(tplan, b, seq)
-
-
-_FAST_LOCAL: dict[tuple[int, int, TrainingSetup], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
-
-
-def _local_step_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
-    """:func:`local_step` looked up by the identity of ``spec`` and ``plan``."""
-    key = (id(spec), id(plan), setup)
-    hit = _FAST_LOCAL.get(key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
-        return hit[2]
-    if len(_FAST_LOCAL) > 4096:
-        _FAST_LOCAL.clear()
-    local = _make_local_step(spec, setup, plan)
-    _FAST_LOCAL[key] = (spec, plan, local)
-    return local
-
-
-def _sp_item(item: Saved, b: int, seq: int, tp: int) -> Saved:
-    """``item`` at ``seq / tp`` of its tokens when sequence parallelism splits it, as a fixed
-    size at this (batch, seq): ``b * (seq / tp) * per_token`` elements (seq % tp == 0)."""
-    if not (sp_split(item.key) and item.per_token):
-        return item
-    numel = b * (seq // tp) * item.per_token + seq * item.per_position + item.fixed
-    return Saved(item.key, item.elem_bytes, fixed=numel, category=item.category)
-
-
-def _sequence_parallel_plan(tplan: TrainingPlan, b: int, seq: int, tp: int) -> TrainingPlan:
-    """The local plan with the saved tensors sequence parallelism splits divided by ``tp``
-    (the single-GPU engine then evaluates every phase and backward candidate with them)."""
-
-    def split(items: tuple[Saved, ...]) -> tuple[Saved, ...]:
-        return tuple(_sp_item(i, b, seq, tp) for i in items)
-
-    layers = tuple(
-        dataclasses.replace(
-            g, saved=split(g.saved), full_saved=split(g.full_saved),
-            down_input=split(g.down_input), recompute=split(g.recompute),
-        )
-        for g in tplan.layers
-    )  # fmt: skip
-    return dataclasses.replace(
-        tplan,
-        layers=layers,
-        model_saved=split(tplan.model_saved),
-        head_saved=split(tplan.head_saved),
-        final_norm_input=split(tplan.final_norm_input),
-    )
+_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,14 +164,13 @@ def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> li
             f"sequence parallelism splits the sequence: seq({setup.seq}) / cp({plan.cp_degree}) "
             f"must be divisible by tp({plan.tp_degree})"
         )
-    local = _local_step_fast(spec, setup, plan)
+    local = local_step_fast(spec, setup, plan)
     out = []
     for stage, dp_ranks, states, ranks in _static_groups_fast(spec, setup, plan):
         out.append(_group(spec, setup, plan, local, stage, dp_ranks, states, ranks))
     return out
 
 
-_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
 _FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[Any, ...]]] = {}
 
 
@@ -355,11 +221,10 @@ def _group(
 ) -> RankGroup:
     m = plan.resolved_micro_batches(setup.batch)
     if plan.pp_degree == 1:
-        (phases, candidate), in_flight = _single_stage_phases(local, states, m), 1.0
+        phases, in_flight = _single_stage_phases(local, states, m), 1.0
     else:
         phases, in_flight = _stage_phases(spec, plan, local, stage, states, m)
-        candidate = "mlp_backward_gradients"
-    comm = _comm_lines(spec, setup, plan, local, stage, states, candidate)
+    comm = _comm_lines(spec, setup, plan, local, stage, states)
     for name, lines in comm.items():
         phases[name]["communication"] = sum(lines.values())
     peak = max((*TRAINING_PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
@@ -408,7 +273,7 @@ def _cached_rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
 
 def _single_stage_phases(
     local: LocalStep, states: StageStates, micro_batches: int
-) -> tuple[dict[str, dict[str, int]], str]:
+) -> dict[str, dict[str, int]]:
     """The single-GPU phases of the local model with the rank's model states in place."""
     rank_plan = _cached_rank_plan(local, states)
     memory = evaluate(rank_plan, local.batch, local.seq)
@@ -418,7 +283,7 @@ def _single_stage_phases(
         # from the second micro-batch on (or with persistent partitions) every gradient exists
         whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
         parts["gradients"] = where(whole, rank_grads, parts["gradients"])
-    return memory.phases, next(iter(memory.temporaries))
+    return memory.phases
 
 
 def _stage_phases(
@@ -474,30 +339,17 @@ def _stage_phases(
     return phases, chunks / v
 
 
-def _fsdp_backward_lines(states: StageStates, candidate: str) -> dict[str, int]:
-    """FSDP2's gathered layers at the backward high point: the root stays unsharded from the
-    forward; in the loss (or final norm) backward the last layer is already prefetched; inside
-    the last layer it is current and the next prefetched; inside the first layer the second's
-    gradients wait in the reduce-scatter input; at the embeddings, the first layer's."""
+def _fsdp_backward_lines(states: StageStates) -> dict[str, int]:
+    """FSDP2's gathered layers in the backward, beside the root (unsharded from the forward):
+    inside a layer it is current and the next one prefetched, or, in the first layer, the
+    second's gradients wait in the reduce-scatter input. The larger set is kept at every
+    backward high point (a gloo run shows only the prefetched layer at the loss backward, one
+    layer less: tests/test_distributed_exact.py), so that peaks stay monotone in batch and
+    sequence whichever high point the single-GPU engine picks."""
     layer, grads = states.layer_unsharded_bytes, states.layer_grad_unsharded_bytes
-    lines = {
-        "loss_gradients_fp32": {"fsdp_all_gather_prefetched_layer": layer},
-        "final_norm_backward_fp32": {"fsdp_all_gather_prefetched_layer": layer},
-        "mlp_backward_gradients": {
-            "fsdp_all_gather_current_layer": layer,
-            "fsdp_all_gather_prefetched_layer": layer,
-        },
-        "moe_combine_backward_fp32": {
-            "fsdp_all_gather_current_layer": layer,
-            "fsdp_all_gather_prefetched_layer": layer,
-        },
-        "layer_backward_gradients": {
-            "fsdp_all_gather_current_layer": layer,
-            "fsdp_reduce_scatter_input": grads,
-        },
-        "embedding_backward": {"fsdp_reduce_scatter_input": grads},
-    }
-    return lines.get(candidate, lines["mlp_backward_gradients"])
+    if grads > layer:
+        return {"fsdp_all_gather_current_layer": layer, "fsdp_reduce_scatter_input": grads}
+    return {"fsdp_all_gather_current_layer": layer, "fsdp_all_gather_prefetched_layer": layer}
 
 
 def _comm_lines(
@@ -507,10 +359,8 @@ def _comm_lines(
     local: LocalStep,
     stage: int,
     states: StageStates,
-    candidate: str,
 ) -> dict[str, dict[str, int]]:
-    """Named communication buffers live in each phase; in the backward they depend on where
-    its high point is (``candidate``, the single-GPU engine's label of it)."""
+    """Named communication buffers live in each phase."""
     persistent = dict(states.persistent_comm)
     step: dict[str, int] = {}
     forward: dict[str, int] = {}
@@ -519,7 +369,7 @@ def _comm_lines(
     sharding = plan.sharding
     if sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID):
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
-        backward.update(_fsdp_backward_lines(states, candidate))
+        backward.update(_fsdp_backward_lines(states))
     elif sharding is Sharding.FSDP_SHARD_GRAD_OP:
         n = len(stage_layers(spec, plan, stage))
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
@@ -550,7 +400,5 @@ def _comm_lines(
             lines.update(forward)
         if name == "peak_backward":
             lines.update(backward)
-            if plan.pp_degree > 1 and "fsdp_all_gather_prefetched_layer" in lines:
-                lines["fsdp_reduce_scatter_input"] = states.layer_grad_unsharded_bytes
         out[name] = {k: v for k, v in lines.items() if v}
     return out
