@@ -190,7 +190,8 @@ def _stage_tensors(
         in_stage = t.layer in layers or (
             t.layer < 0
             and (
-                (t.role == "embedding" and (first or (last and spec.tie_word_embeddings)))
+                (t.role == "embedding" and first)
+                or (last and spec.tie_word_embeddings and t.name == "embed_tokens.weight")
                 or (t.role != "embedding" and last)
             )
         )
