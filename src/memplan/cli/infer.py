@@ -6,12 +6,14 @@ import argparse
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import add_output_flags, add_plot_flag, plot_if_asked, print_report
 from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run"]
 
 EPILOG = """\
 examples:
@@ -56,16 +58,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cuda-context", metavar="SIZE", help="CUDA context size (default 512MiB)")
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan infer`` prints (the web API calls it too); ``spec`` replaces
+    ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.inference import Efficiency, inference_report
     from memplan.estimate.params import default_weight_format
     from memplan.specs.inference import InferenceSetup
 
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     setup = InferenceSetup(
         batch=args.batch,
         prompt_len=args.prompt_len,
@@ -83,5 +88,11 @@ def run(args: Any) -> int:
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
         cuda_context_bytes=parse_size(args.cuda_context) if args.cuda_context else None,
     )
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     print_report(report, args)
     return 0

@@ -26,6 +26,8 @@ COMMANDS = (
     "gpus",
     "trace",
     "compare",
+    "sweep",
+    "serve",
 )
 
 EPILOG = """\
@@ -45,8 +47,12 @@ Sizes are shown in GiB (2^30 bytes) and labelled so; pass --decimal for GB (10^9
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """The ``memplan`` parser with every command's subparser. ``parser_class`` lets the web API
+    parse the same flags with a parser that raises instead of exiting (``memplan.cli.schema``)."""
+    parser = parser_class(
         prog="memplan",
         description="Will this model fit, where does the memory go, how long will it take.",
         epilog=EPILOG,

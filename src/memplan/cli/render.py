@@ -9,7 +9,15 @@ from typing import Any, TextIO
 from memplan.report import Item, Report
 from memplan.units import format_bytes, format_count, format_flops, format_seconds
 
-__all__ = ["add_output_flags", "format_value", "print_report", "render_tree"]
+__all__ = [
+    "add_output_flags",
+    "add_plot_flag",
+    "format_value",
+    "plot_if_asked",
+    "print_report",
+    "render_tree",
+    "report_json",
+]
 
 
 def add_output_flags(parser: Any) -> None:
@@ -18,6 +26,29 @@ def add_output_flags(parser: Any) -> None:
     parser.add_argument(
         "--decimal", action="store_true", help="show memory in GB (10^9) instead of GiB (2^30)"
     )
+
+
+def add_plot_flag(parser: Any) -> None:
+    """``--plot FILE``: the breakdown bar and the phase timeline as a PNG or SVG image."""
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the breakdown and the phases to FILE (.png or .svg; needs the plot extra)",
+    )
+
+
+def plot_if_asked(report: Report, args: Any) -> None:
+    """Draw ``report`` to ``args.plot`` when given; matplotlib is imported only then."""
+    path = getattr(args, "plot", None)
+    if path:
+        from memplan.cli.plot import plot_report
+
+        plot_report(report.to_dict(), path)
+
+
+def report_json(report: Report) -> str:
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
+    return json.dumps(report.to_dict(), indent=2) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
@@ -58,8 +89,7 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
     """Print ``report`` as JSON (``--json``) or as a table with notes."""
     out = out or sys.stdout
     if getattr(args, "json", False):
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
+        out.write(report_json(report))
         return
     decimal = getattr(args, "decimal", False)
     out.write(f"{report.model}: {report.kind}\n")

@@ -6,11 +6,13 @@ import argparse
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import add_output_flags, add_plot_flag, plot_if_asked, print_report
 from memplan.errors import SetupError
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run", "weight_format_alias"]
 
 EPILOG = """\
 examples:
@@ -55,6 +57,7 @@ def register(subparsers: Any) -> None:
         "--non-torch-memory", metavar="SIZE", help="non-torch memory vLLM measures (default 0)"
     )
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,7 +69,9 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
+    replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.serving import ServingSetup, serving_report
 
@@ -85,6 +90,11 @@ def run(args: Any) -> int:
         weights=weight_format_alias(args.weights),
         non_torch_bytes=parse_size(args.non_torch_memory) if args.non_torch_memory else 0,
     )
-    report = serving_report(resolve(args.model), setup, gpu)
+    return serving_report(spec or resolve(args.model), setup, gpu)
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     print_report(report, args)
     return 0

@@ -8,12 +8,14 @@ import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import add_output_flags, add_plot_flag, plot_if_asked, print_report
 from memplan.errors import SetupError
 from memplan.formulas.time import DEFAULT_MFU
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import format_seconds
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run"]
 
 MAX_RUN_COUNT = 1e18
 """Most steps or tokens a run may have (1e18; frontier runs train on about 1e13 tokens)."""
@@ -79,10 +81,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan time`` prints (the web API calls it too); ``spec`` replaces
+    ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.timing import TrainingRun, training_time_report
 
@@ -104,13 +109,19 @@ def run(args: Any) -> int:
         recompute=args.recompute,
         price_per_gpu_hour=args.price_per_gpu_hour,
     )
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     report = training_time_report(spec, training, gpu)
     if args.seq > spec.max_position_embeddings and not args.allow_long_seq:
         raise SetupError(
             f"sequence length {args.seq} exceeds {spec.name}'s max_position_embeddings "
             f"({spec.max_position_embeddings}); pass --allow-long-seq to estimate anyway"
         )
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     print_report(report, args)
     if not args.json:
         s = report.scalars

@@ -12,9 +12,10 @@ import sys
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import add_output_flags, add_plot_flag, plot_if_asked, print_report
 from memplan.errors import SetupError
 from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.specs.training import (
     Attention,
     Checkpointing,
@@ -24,7 +25,7 @@ from memplan.specs.training import (
 )
 from memplan.units import format_bytes
 
-__all__ = ["add_training_flags", "register", "run", "setup_from_args"]
+__all__ = ["add_training_flags", "build_report", "register", "run", "setup_from_args"]
 
 EPILOG = """\
 examples:
@@ -115,20 +116,29 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--method", default="exact", help="exact, korthikanti, seed004, ...")
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any, out: TextIO | None = None) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan train`` prints for these arguments (the web API calls it too);
+    ``spec`` replaces ``args.model`` when the model is already resolved (a pasted config)."""
     from memplan.catalog import resolve
     from memplan.estimate.training import estimate_training
 
-    out = out or sys.stdout
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     setup = setup_from_args(args)
     report = estimate_training(spec, setup, method=args.method)
     gpu = gpu_from_args(args)
     if gpu is not None:
         _add_fit(report, spec, setup, gpu, args.method)
+    return report
+
+
+def run(args: Any, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    report = build_report(args)
+    plot_if_asked(report, args)
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
