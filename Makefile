@@ -4,12 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint setup bench accuracy clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run serve test lint setup browser screenshots bench accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[trace,dev]'
+	$(BIN)/pip install -q -e '.[trace,dev,web,plot]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -22,8 +24,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# The browser tests drive Debian's chromium (Playwright cannot download its own offline).
+browser:
+	@test -x $(CHROMIUM) || { if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && apt-get install -y -q chromium; \
+	else echo "make: $(CHROMIUM) is missing: apt-get install -y chromium (as root)"; fi; }
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest
+
+serve: $(STAMP)
+	$(BIN)/memplan serve --open
+
+# The README's picture of the page, taken by the browser tests.
+screenshots: $(STAMP) browser
+	MEMPLAN_SCREENSHOTS=docs/img $(BIN)/python -m pytest -q tests/test_web_browser.py
 
 bench: $(STAMP)
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
