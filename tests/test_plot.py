@@ -165,3 +165,17 @@ def test_sweep_plot_draws_the_sweeps_points(
     assert json.dumps(data["series"][0][1]) == json.dumps(
         [p["peak_bytes"] for p in sweep["points"]]
     )
+
+
+def test_per_rank_reports_get_one_column_per_rank(capsys: pytest.CaptureFixture[str]) -> None:
+    """The distributed reports' shape (a ``ranks`` list, each with its breakdown and phases):
+    the plot data has one bar and one timeline per rank; built here from two real reports."""
+    from memplan.cli.plot import report_plot_data
+
+    small = cli_json(capsys, ["train", "gpt2", "--seq", "512", "--json"])
+    large = cli_json(capsys, ["train", "gpt2", "--seq", "1024", "--json"])
+    data = {**small, "ranks": [{"name": "stage 0", **small}, {"name": "stage 1", **large}]}
+    plot = report_plot_data(data)
+    assert [label for label, _ in plot["bars"]] == ["stage 0", "stage 1"]
+    assert sum(v for _, v in plot["bars"][1][1]) == large["peak_bytes"]
+    assert [name for name, _ in plot["phases"]] == ["stage 0 steady state", "stage 1 steady state"]

@@ -32,7 +32,7 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 const state = { job: DEFAULTS.job, model: DEFAULTS.model, config: null, configName: null, values: {} };
 const page = window.memplan = {
   schema: null, report: null, reportText: null, sweeps: {}, error: null, busy: 0,
-  generation: 0, expanded: new Set(), firstChartMs: null, t0: performance.now(), colors: {},
+  generation: 0, expanded: new Set(), firstChartMs: null, colors: {},
 };
 const $ = (id) => document.getElementById(id);
 
@@ -283,7 +283,7 @@ function renderReport(report) {
   renderVerdict(report);
   breakdownChart($("chart-breakdown"), report);
   phasesChart($("chart-phases"), report);
-  if (page.firstChartMs === null) page.firstChartMs = performance.now() - page.t0;
+  if (page.firstChartMs === null) page.firstChartMs = performance.now(); // since navigation start
   renderTree(report);
   $("notes").innerHTML = (report.notes || []).map((n) => `<li>${esc(n)}</li>`).join("");
 }
@@ -318,7 +318,7 @@ function renderVerdict(report) {
     if (extra.length) html += `<small>${extra.join(" · ")}</small>`;
   } else if (typeof report.seconds === "number") {
     html = `<span id="time" data-seconds="${report.seconds}">${fmtSeconds(report.seconds)}</span>`
-      + ` <small>${Math.round(report.gpu_hours).toLocaleString("en-US")} GPU-hours`
+      + ` <small>${report.gpu_hours < 100 ? Number(report.gpu_hours.toPrecision(3)) : Math.round(report.gpu_hours).toLocaleString("en-US")} GPU-hours`
       + (typeof report.cost_usd === "number" ? ` · $${Math.round(report.cost_usd).toLocaleString("en-US")}` : "")
       + ` · ${report.flops.toExponential(3)} FLOP</small>`;
   } else if (typeof report.total_params === "number") {
@@ -381,7 +381,8 @@ function breakdownChart(el, report) {
     annotations.push({ xref: "paper", x: 1, xanchor: "right", y: line[1] / scale, yanchor: "bottom", text: `${line[0]} ${fmtBytes(line[1])}`, showarrow: false, font: { size: 11 } });
   }
   const root = cols[0].breakdown.key;
-  const title = (unit === "bytes" ? "memory at the " + root : `${root} (${label})`) + " · click a segment to expand it";
+  const what = unit !== "bytes" ? `${root} (${label})` : root === "peak" ? "memory at the peak" : "memory: " + root;
+  const title = what + " · click a segment to expand it";
   Plotly.react(el, traces, {
     title: { text: title, font: { size: 14 } }, barmode: "stack", yaxis: { title: { text: label } },
     shapes, annotations, margin: { t: 40, r: 10, b: 40, l: 60 }, legend: { font: { size: 10 } },
@@ -438,7 +439,7 @@ function phasesChart(el, report) {
   if (typeof report.peak_bytes === "number") shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: report.peak_bytes / GIB, y1: report.peak_bytes / GIB, line: { dash: "dot", color: "#b42318" } });
   Plotly.react(el, traces, {
     title: { text: "memory at each phase (dotted: the peak)", font: { size: 14 } }, barmode: "stack",
-    yaxis: { title: { text: "GiB" } }, xaxis: { tickangle: -30, tickfont: { size: 10 } }, shapes,
+    yaxis: { title: { text: "GiB" } }, xaxis: { tickangle: -60, tickfont: { size: 9 } }, shapes,
     margin: { t: 40, r: 10, b: 90, l: 60 }, legend: { font: { size: 10 } },
   }, { displaylogo: false, responsive: true });
 }
@@ -446,13 +447,15 @@ function sweepChart(el, sweep, wanted) {
   const good = sweep.points.filter((p) => !("error" in p));
   const metrics = (wanted || sweep.metrics).filter((m) => sweep.metrics.includes(m)).slice(0, 2);
   const units = { _bytes: [GIB, " (GiB)"], seconds: [3600, " (hours)"], cost_usd: [1, " (USD)"] };
+  const names = { seconds: "time", cost_usd: "cost" };
+  const nameOf = (metric) => names[metric] || metric;
   const unitOf = (metric) => units[Object.keys(units).find((k) => metric.endsWith(k))] || [1, ""];
   const traces = metrics.map((metric, i) => {
     const [scale, suffix] = unitOf(metric);
     return {
-      type: "scatter", mode: "lines+markers", name: metric + suffix, yaxis: i ? "y2" : "y",
+      type: "scatter", mode: "lines+markers", name: nameOf(metric) + suffix, yaxis: i ? "y2" : "y",
       x: good.map((p) => p.value), y: good.map((p) => p[metric] / scale),
-      marker: { size: 8, color: good.map((p) => (p.fits === false ? "#b42318" : p.fits === true ? "#157f3b" : colorOf(metric))) },
+      marker: { size: 8, color: good.map((p) => (p.fits === false ? "#b42318" : colorOf(metric))) },
       line: { color: colorOf(metric) },
       hovertemplate: `${esc(sweep.over)} %{x}: %{y:,.4g}${suffix}<extra>${esc(metric)}</extra>`,
     };
@@ -471,14 +474,14 @@ function sweepChart(el, sweep, wanted) {
     const exact = sweep.exact_limit ? ` (exact: ${sweep.exact_limit.value.toLocaleString("en-US")})` : "";
     annotations.push({ x: xPos(sweep.last_fit), yref: "paper", y: 1, text: `largest that fits: ${sweep.last_fit.toLocaleString("en-US")}${exact}`, showarrow: false, xanchor: "right", font: { size: 11, color: "#157f3b" } });
   }
-  const axis = (metric) => ({ title: { text: metric ? metric + unitOf(metric)[1] : "" }, rangemode: "tozero" });
+  const axis = (metric) => ({ title: { text: metric ? nameOf(metric) + unitOf(metric)[1] : "" }, rangemode: "tozero" });
   const layout = {
-    title: { text: `${metrics.join(", ")} against ${sweep.over}` + (good.length < sweep.points.length ? ` (${sweep.points.length - good.length} not evaluated)` : ""), font: { size: 14 } },
+    title: { text: `${metrics.map(nameOf).join(", ")} against ${sweep.over}` + (good.length < sweep.points.length ? ` (${sweep.points.length - good.length} not evaluated)` : ""), font: { size: 14 } },
     xaxis: log
       ? {
-        title: { text: sweep.over }, type: "log", tickvals: sweep.points.map((p) => p.value),
-        ticktext: sweep.points.map((p) => shortCount(p.value)), // the range is in log10 units
-        range: [Math.log10(sweep.points[0].value) - 0.1, Math.log10(sweep.points[sweep.points.length - 1].value) + 0.1],
+        title: { text: sweep.over }, type: "log", tickvals: good.map((p) => p.value),
+        ticktext: good.map((p) => shortCount(p.value)), // the range is in log10 units
+        range: [Math.log10(good[0].value) - 0.1, Math.log10(good[good.length - 1].value) + 0.1],
       }
       : { title: { text: sweep.over } },
     yaxis: axis(metrics[0]),
