@@ -69,7 +69,8 @@ def run(args: Any) -> int:
             "use the page (there is no authentication)",
             file=sys.stderr,
         )
-    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}/"
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{args.port}/"
     print(f"memplan: serving on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     if args.open:
         import threading

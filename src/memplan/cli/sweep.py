@@ -212,7 +212,7 @@ def sweep_json(
         if ok is True:
             out["last_fit"] = point["value"]
     limit = LIMIT_SCALARS.get(args_dest(flag))
-    if limit and limit in first and job == "train":
+    if limit and isinstance(first.get(limit), int):
         out["exact_limit"] = {"scalar": limit, "value": first[limit]}
     out["points"] = points
     return out

@@ -330,7 +330,7 @@ function columns(report) {
   if (Array.isArray(report.ranks) && report.ranks.length) {
     return report.ranks.map((r, i) => ({ label: String(r.name || r.label || "rank " + i), breakdown: r.breakdown, phases: r.phases || [] }));
   }
-  return [{ label: "peak", breakdown: report.breakdown, phases: report.phases || [] }];
+  return [{ label: report.breakdown.key, breakdown: report.breakdown, phases: report.phases || [] }];
 }
 function hoverText(node) {
   const lines = [`<b>${esc(node.key)}</b>`];
@@ -409,10 +409,12 @@ function findNode(root, path) {
 }
 function phasesChart(el, report) {
   const timelines = [];
+  const ranked = Array.isArray(report.ranks) && report.ranks.length > 0;
+  const first = Array.isArray(report.first_step_phases) && !ranked ? report.first_step_phases : null;
   for (const col of columns(report)) {
-    if (col.phases.length) timelines.push([(col.label === "peak" ? "" : col.label + " ") + "steady state", col.phases]);
+    if (col.phases.length) timelines.push([(ranked ? col.label + " " : "") + (first ? "steady state" : ""), col.phases]);
   }
-  if (Array.isArray(report.first_step_phases) && !report.ranks) timelines.push(["first step", report.first_step_phases]);
+  if (first) timelines.push(["first step", first]);
   el.hidden = !timelines.length;
   if (!timelines.length) { Plotly.purge(el); return; }
   const categories = [];
@@ -421,15 +423,17 @@ function phasesChart(el, report) {
       for (const key of Object.keys(phase.breakdown || { total: 1 })) if (!categories.includes(key)) categories.push(key);
     }
   }
+  // several timelines: a two-level axis (timeline, phase); one: the phase names alone
   const x = [[], []];
   for (const [name, phases] of timelines) for (const phase of phases) { x[0].push(name); x[1].push(phase.name); }
+  const xs = timelines.length > 1 ? x : x[1];
   const traces = categories.map((key) => {
     const values = [];
     for (const [, phases] of timelines) {
       for (const phase of phases) values.push(((phase.breakdown ? phase.breakdown[key] : phase.bytes) || 0) / GIB);
     }
     return {
-      type: "bar", name: key, x, y: values, marker: { color: colorOf(key) },
+      type: "bar", name: key, x: xs, y: values, marker: { color: colorOf(key) },
       hovertemplate: `<b>${esc(key)}</b> at %{x}: %{y:.3f} GiB<extra></extra>`,
     };
   }).filter((t) => t.y.some((v) => v));
