@@ -101,7 +101,7 @@ def test_serving_sweep_over_a_decimal_flag(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_a_flag_the_job_lacks(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweep", "gpt2", "--job", "time", "--over", "lora-rank=1..4"]) == 2
-    assert "memplan time has no flag --lora-rank" in capsys.readouterr().err
+    assert main(["sweep", "gpt2", "--job", "time", "--over", "prompt-len=1..4"]) == 2
+    assert "memplan time has no flag --prompt-len" in capsys.readouterr().err
     assert main(["sweep", "gpt2", "--seq", "512"]) == 2
     assert "sweep needs --over" in capsys.readouterr().err

@@ -166,7 +166,7 @@ def test_bad_configs_get_the_resolvers_one_line_error(
         (
             "/api/train",
             {"model": "llama-3.2-1b", "batch": "many"},
-            "argument --batch: invalid int value",
+            "argument --batch: expected a positive integer, got 'many' (see `memplan train --help`)",
         ),
         ("/api/train", {"model": "llama-3.2-1b", "batch": 2**50}, "batch"),
         ("/api/infer", {"model": "gpt2", "prompt-len": "1" + "0" * 400}, "--prompt-len"),
@@ -240,7 +240,7 @@ def test_openapi_and_docs_work_offline(client: TestClient) -> None:
     for command in (*web_app.WEB_COMMANDS, "sweep"):
         assert f"/api/{command}" in openapi["paths"]
     train = openapi["paths"]["/api/train"]["post"]["requestBody"]["content"]["application/json"]
-    assert train["schema"]["properties"]["seq"]["default"] == 2048
+    assert train["schema"]["properties"]["batch"]["default"] == 1
     docs = client.get("/docs").text
     assert "/static/swagger-ui-bundle.js" in docs and "cdn." not in docs
     assert client.get("/static/swagger-ui-bundle.js").status_code == 200

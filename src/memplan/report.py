@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from memplan.units import render_marks
+
 __all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
 
 TRAINING_PHASES = (
@@ -154,8 +156,10 @@ class Report:
     first_step_phases: list[Phase] = field(default_factory=list)
     """Training: the same phases in the first iteration (before the optimizer states exist)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": dict(self.setup)}
+    def to_dict(self, *, decimal: bool = False) -> dict[str, Any]:
+        """The JSON form; sizes inside notes in GiB (GB with ``decimal``)."""
+        setup = {key: value for key, value in self.setup.items() if value is not None}
+        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": setup}
         out.update(self.scalars)
         out["breakdown"] = self.breakdown.to_dict()
         if self.sections:
@@ -163,5 +167,5 @@ class Report:
         out["phases"] = [phase.to_dict() for phase in self.phases]
         if self.first_step_phases:
             out["first_step_phases"] = [phase.to_dict() for phase in self.first_step_phases]
-        out["notes"] = list(self.notes)
+        out["notes"] = [render_marks(note, decimal=decimal) for note in self.notes]
         return out

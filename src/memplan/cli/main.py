@@ -11,10 +11,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from memplan.errors import MemplanError
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["OneLineParser", "build_parser", "main", "run"]
 
 COMMANDS = (
     "params",
@@ -47,9 +48,21 @@ Sizes are shown in GiB (2^30 bytes) and labelled so; pass --decimal for GB (10^9
 """
 
 
-def build_parser(
-    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
-) -> argparse.ArgumentParser:
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``memplan: error: ...``, exit 2), not the
+    usage dump: the same form as every other input error. Subcommand parsers inherit it."""
+
+    def error_line(self, message: str) -> str:
+        """The one line the CLI prints for an argparse error (the web API answers it too)."""
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see `memplan {command} --help`)" if command else " (see `memplan --help`)"
+        return f"memplan: error: {message}{hint}"
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, self.error_line(message) + "\n")
+
+
+def build_parser(parser_class: type[OneLineParser] = OneLineParser) -> argparse.ArgumentParser:
     """The ``memplan`` parser with every command's subparser. ``parser_class`` lets the web API
     parse the same flags with a parser that raises instead of exiting (``memplan.cli.schema``)."""
     parser = parser_class(
@@ -75,7 +88,10 @@ def build_parser(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error
+        return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -5,7 +5,8 @@ help, group), so a flag added to a command's parser appears on the web page and 
 with no web change. ``FieldParser`` turns a JSON object of those fields into the very
 ``argparse.Namespace`` the CLI gets from the same flags: same types, same defaults, same
 validation; an invalid value raises :class:`FieldError` with argparse's own message on one
-line (``memplan train: error: argument --batch: invalid int value: 'x'``) instead of exiting.
+line, the CLI's own (``memplan: error: argument --batch: ... (see `memplan train --help`)``),
+instead of exiting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from memplan.cli.main import OneLineParser
 from memplan.errors import SetupError
 
 __all__ = ["OUTPUT_DESTS", "ArgumentsError", "FieldError", "FieldParser", "command_fields"]
@@ -31,14 +33,14 @@ class ArgumentsError(FieldError):
     argument --batch: ...``)."""
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """argparse's parser, raising :class:`ArgumentsError` where the CLI would print and exit."""
+class _RaisingParser(OneLineParser):
+    """The CLI's parser, raising :class:`ArgumentsError` with the line the CLI would print."""
 
     def error(self, message: str) -> NoReturn:
-        raise ArgumentsError(f"{self.prog}: error: {message}")
+        raise ArgumentsError(self.error_line(message))
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        raise ArgumentsError(f"{self.prog}: error: {message or f'exit {status}'}".strip())
+        raise ArgumentsError((message or self.error_line(f"exit {status}")).strip())
 
 
 def _flag_name(action: argparse.Action) -> str:
