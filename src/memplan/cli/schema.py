@@ -20,7 +20,7 @@ from memplan.errors import SetupError
 
 __all__ = ["OUTPUT_DESTS", "ArgumentsError", "FieldError", "FieldParser", "command_fields"]
 
-OUTPUT_DESTS = frozenset({"help", "version", "json", "decimal", "plot"})
+OUTPUT_DESTS = frozenset({"help", "version", "json", "decimal", "plot", "all"})
 """Flags that choose how a report is printed, not what it says: the API always answers JSON."""
 
 

@@ -166,7 +166,8 @@ function fieldInput(field) {
     input = document.createElement("input");
     input.type = "text";
     input.value = value ?? (field.default ?? "");
-    input.placeholder = field.metavar || "";
+    const stated = /\(default:? ([^)]*)\)/.exec(field.help || ""); // "(default 2048, or ...)"
+    input.placeholder = stated ? "default: " + stated[1] : field.metavar || "";
     if (field.name === "gpu") input.setAttribute("list", "gpus-list");
   }
   input.id = id;
@@ -324,6 +325,7 @@ function renderVerdict(report) {
   } else if (typeof report.total_params === "number") {
     html = `<span id="params" data-params="${report.total_params}">${report.total_params.toLocaleString("en-US")} parameters</span>`;
   }
+  if (typeof report.verdict === "string") html += `<small id="cli-verdict">${esc(report.verdict)}</small>`;
   box.innerHTML = html;
 }
 function columns(report) {
