@@ -105,3 +105,11 @@ def test_a_flag_the_job_lacks(capsys: pytest.CaptureFixture[str]) -> None:
     assert "memplan time has no flag --prompt-len" in capsys.readouterr().err
     assert main(["sweep", "gpt2", "--seq", "512"]) == 2
     assert "sweep needs --over" in capsys.readouterr().err
+
+
+def test_a_prompt_sweep_reports_the_longest_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--gpu", "L4", "--batch", "8"]
+    sweep = cli_json(capsys, ["sweep", "qwen2.5-7b", "--job", "infer", "--over", "prompt-len=4096..32768", *flags, "--json"])  # fmt: skip
+    single = cli_json(capsys, ["infer", "qwen2.5-7b", *flags, "--json"])
+    assert sweep["exact_limit"] == {"scalar": "max_prompt_len", "value": single["max_prompt_len"]}
+    assert sweep["last_fit"] <= single["max_prompt_len"] < sweep["first_no_fit"]  # it crosses

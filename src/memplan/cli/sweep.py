@@ -40,7 +40,7 @@ SWEEP_JOBS = ("train", "infer", "serve-capacity", "time")
 """Commands a sweep can run, in the order ``--over`` picks one by its flag."""
 METRICS = ("peak_bytes", "kv_cache_tokens", "max_concurrency", "seconds", "cost_usd")
 """The report scalars a sweep plots, in this order, those the job reports."""
-LIMIT_SCALARS = {"batch": "max_batch_size", "seq": "max_seq_len"}
+LIMIT_SCALARS = {"batch": "max_batch_size", "seq": "max_seq_len", "prompt_len": "max_prompt_len"}
 """Swept flag -> the scalar in which the job reports the exact largest value that fits."""
 _STRUCTURE = frozenset({"kind", "model", "setup", "breakdown", "sections", "phases", "notes"})
 
