@@ -10,7 +10,10 @@ Everything that does not depend on batch and sequence length is computed once pe
 (spec, setup) and cached (:func:`training_plan`): parameters tensor by tensor, gradients,
 optimizer states, autocast copies, and the saved-tensor terms of every distinct layer
 (``memplan.formulas.activations``). The per-(B, S) path (:func:`evaluate`) is integer
-arithmetic over a few dozen terms, each rounded to the allocator's 512-byte blocks.
+arithmetic over a few dozen terms, each rounded to the allocator's 512-byte blocks. The one
+thing (B, S) can change in a plan is the attention kernel (``memplan.estimate.train_kernels``:
+a sliding window the sequence reaches makes transformers build a mask; cuDNN's limits): a plan
+is cached per kernel choice, which follows the setup's GPU as the trace does.
 
 Timeline (``static`` = parameters + buffers + optimizer states + inputs):
 
