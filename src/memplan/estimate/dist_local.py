@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_states import activation_precision, local_spec
+from memplan.estimate.train_kernels import attention_kernels
 from memplan.estimate.train_plan import TrainingPlan, training_plan
 from memplan.estimate.train_step import _sum_saved
 from memplan.formulas.activations import Saved
@@ -101,12 +102,13 @@ def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) 
     cp = plan.cp_degree
     seq = setup.seq // cp
     tplan = _local_plan(spec, setup, plan)
-    if cp > 1 and tplan.backend in ("eager", "math"):
+    b = setup.batch
+    backend = attention_kernels(tplan.spec, tplan.setup, b, max(seq, 2))[0].backend
+    if cp > 1 and backend in ("eager", "math"):
         raise SetupError(
             f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
-            f"not {tplan.backend}: choose --attention flash or sdpa with half precision"
+            f"not {backend}: choose --attention flash or sdpa with half precision"
         )
-    b = setup.batch
     if plan.sequence_parallel:
         tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
     return LocalStep(tplan, b, seq)
