@@ -50,9 +50,18 @@ def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
         pcie_bytes_per_s=entry.get("pcie_gb_s", 0) * GB or None,
         vendor=entry.get("vendor", ""),
         aliases=tuple(entry.get("aliases", ())),
+        compute_capability=_capability(entry.get("compute_capability")),
         sources=tuple(entry.get("sources", ())),
         notes=tuple(entry.get("notes", ())),
     )
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    """``"9.0"`` -> (9, 0)."""
+    if text is None:
+        return None
+    major, minor = text.split(".")
+    return int(major), int(minor)
 
 
 @cache

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
+from memplan.cli.render import add_output_flags, fit_lines, print_report
 from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
-from memplan.units import parse_size
 
 __all__ = ["register", "run"]
 
@@ -53,7 +52,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--bandwidth-efficiency", type=float, default=DEFAULT_BANDWIDTH_EFFICIENCY, metavar="F"
     )
-    parser.add_argument("--cuda-context", metavar="SIZE", help="CUDA context size (default 512MiB)")
     add_gpu_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
@@ -81,7 +79,14 @@ def run(args: Any) -> int:
         setup,
         gpu_from_args(args),
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
-        cuda_context_bytes=parse_size(args.cuda_context) if args.cuda_context else None,
+        cuda_context_bytes=cuda_context_from_args(args),
     )
     print_report(report, args)
+    if not getattr(args, "json", False):
+        for line in fit_lines(report.scalars, decimal=getattr(args, "decimal", False)):
+            print(line)
+        if "max_batch_size" in report.scalars:
+            print(
+                f"  largest batch at this prompt and generation: {report.scalars['max_batch_size']}"
+            )
     return 0

@@ -9,7 +9,14 @@ from typing import Any, TextIO
 from memplan.report import Item, Report
 from memplan.units import format_bytes, format_count, format_flops, format_seconds
 
-__all__ = ["add_output_flags", "format_value", "print_report", "render_tree"]
+__all__ = [
+    "OUTSIDE_LINES",
+    "add_output_flags",
+    "fit_lines",
+    "format_value",
+    "print_report",
+    "render_tree",
+]
 
 
 def add_output_flags(parser: Any) -> None:
@@ -81,3 +88,31 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
             out.write(f"  {phase.name:<{width}}  {size:>12}{note}\n")
     for note in report.notes:
         out.write(f"note: {note}\n")
+
+
+OUTSIDE_LINES = ("cuda_context", "cublas_workspace", "allocator_reserved")
+"""The named lines outside the tensors a fit verdict counts (memplan.estimate.fit)."""
+
+
+def fit_lines(scalars: dict[str, Any], *, decimal: bool = False) -> list[str]:
+    """The fit verdict as text: fits or not, the outside lines, what limits the peak."""
+    if "fits" not in scalars:
+        return []
+    size = {key: format_bytes(value, decimal=decimal) for key, value in scalars.items()
+            if key.endswith("_bytes") and isinstance(value, int | float)}  # fmt: skip
+    gpu = f"{scalars.get('gpu', 'the GPU')} ({size['gpu_memory_bytes']})"
+    headroom = int(scalars["headroom_bytes"])
+    if scalars["fits"]:
+        head = f"fits on {gpu}: {format_bytes(headroom, decimal=decimal)} free"
+    else:
+        head = f"does NOT fit on {gpu}: short by {format_bytes(-headroom, decimal=decimal)}"
+    outside = ", ".join(
+        f"{name} {size[name + '_bytes']}" for name in OUTSIDE_LINES if name + "_bytes" in size
+    )
+    lines = [
+        f"{head} ({size['usable_bytes']} usable for tensors of {size['peak_bytes']} at the peak)",
+        f"  outside the tensors: {outside}",
+    ]
+    if scalars.get("limit"):
+        lines.append(f"  limited by: {scalars['limit']}")
+    return lines

@@ -77,7 +77,7 @@ def register(subparsers: Any) -> None:
         help="allow a sequence beyond max_position_embeddings",
     )
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
-    add_gpu_flags(parser)
+    add_gpu_flags(parser, cuda_context=False)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 

@@ -11,10 +11,9 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args
+from memplan.cli.render import add_output_flags, fit_lines, print_report
 from memplan.errors import SetupError
-from memplan.report import Report
 from memplan.specs.training import (
     Attention,
     Checkpointing,
@@ -124,11 +123,13 @@ def run(args: Any, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     spec = resolve(args.model)
-    setup = setup_from_args(args)
-    report = estimate_training(spec, setup, method=args.method)
-    gpu = gpu_from_args(args)
-    if gpu is not None:
-        _add_fit(report, spec, setup, gpu, args.method)
+    report = estimate_training(
+        spec,
+        setup_from_args(args),
+        method=args.method,
+        gpu=gpu_from_args(args),
+        cuda_context_bytes=cuda_context_from_args(args),
+    )
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
@@ -136,33 +137,7 @@ def run(args: Any, out: TextIO | None = None) -> int:
     return 0
 
 
-def _add_fit(report: Report, spec: Any, setup: TrainingSetup, gpu: Any, method: str) -> None:
-    from memplan.estimate.fit import fit_training, usable_bytes
-    from memplan.formulas.methods_training import seed004_max_batch
-
-    report.scalars["gpu"] = gpu.name
-    report.scalars["gpu_memory_bytes"] = gpu.memory_bytes
-    if method == "seed004":
-        report.scalars["max_batch_size"] = seed004_max_batch(spec, setup.seq, gpu.memory_bytes)
-        report.scalars["headroom_bytes"] = gpu.memory_bytes - report.scalars["peak_bytes"]
-        return
-    if method != "exact":
-        report.scalars["headroom_bytes"] = (
-            usable_bytes(gpu.memory_bytes) - report.scalars["peak_bytes"]
-        )
-        return
-    fit = fit_training(spec, setup, gpu.memory_bytes)
-    report.scalars.update(
-        fits=fit.fits,
-        usable_bytes=fit.usable_bytes,
-        headroom_bytes=fit.headroom_bytes,
-        max_batch_size=fit.max_batch_size,
-        max_seq_len=fit.max_seq_len,
-        limit=fit.limit,
-    )
-
-
-def _print_text(report: Report, args: Any, out: TextIO) -> None:
+def _print_text(report: Any, args: Any, out: TextIO) -> None:
     decimal = getattr(args, "decimal", False)
     scalars = report.scalars
     print_report(report, args, out)
@@ -176,31 +151,18 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
     out.write("\n")
     if "gpu" not in scalars:
         return
-    gpu_line = f"{scalars['gpu']} ({format_bytes(scalars['gpu_memory_bytes'], decimal=decimal)})"
-    headroom = scalars.get("headroom_bytes", 0)
-    if "fits" in scalars:
-        usable = format_bytes(scalars["usable_bytes"], decimal=decimal)
-        if scalars["fits"]:
-            verdict = f"fits on {gpu_line}: {format_bytes(headroom, decimal=decimal)} free of {usable} usable"
-        else:
-            verdict = (
-                f"does NOT fit on {gpu_line}: short by {format_bytes(-headroom, decimal=decimal)} "
-                f"({usable} usable after the CUDA context)"
-            )
-        out.write(verdict + "\n")
-        out.write(f"  limited by: {scalars['limit']}\n")
-        if scalars["max_batch_size"] == 0 and scalars["max_seq_len"] == 0:
-            out.write(
-                f"  no micro-batch fits at seq {report.setup['seq']}, and no sequence at batch"
-                f" {report.setup['batch']}: shrink them, or try LoRA, pure bf16, activation"
-                " checkpointing or a larger GPU\n"
-            )
-            return
+    for line in fit_lines(scalars, decimal=decimal):
+        out.write(line + "\n")
+    if "max_seq_len" not in scalars:
+        if "max_batch_size" in scalars:
+            out.write(f"  the method's own largest batch: {scalars['max_batch_size']}\n")
+        return
+    if scalars["max_batch_size"] == 0 and scalars["max_seq_len"] == 0:
         out.write(
-            f"  largest micro-batch at seq {report.setup['seq']}: {scalars['max_batch_size']}\n"
+            f"  no micro-batch fits at seq {report.setup['seq']}, and no sequence at batch"
+            f" {report.setup['batch']}: shrink them, or try LoRA, pure bf16, activation"
+            " checkpointing or a larger GPU\n"
         )
-        out.write(
-            f"  longest sequence at batch {report.setup['batch']}: {scalars['max_seq_len']:,}\n"
-        )
-    elif "max_batch_size" in scalars:
-        out.write(f"{gpu_line}: the method's largest batch is {scalars['max_batch_size']}\n")
+        return
+    out.write(f"  largest micro-batch at seq {report.setup['seq']}: {scalars['max_batch_size']}\n")
+    out.write(f"  longest sequence at batch {report.setup['batch']}: {scalars['max_seq_len']:,}\n")

@@ -64,6 +64,8 @@ class Gpu:
     datasheet_memory_bytes: int | None = None
     """The capacity on the datasheet (binary, as HBM/GDDR stacks are built)."""
     aliases: tuple[str, ...] = ()
+    compute_capability: tuple[int, int] | None = None
+    """CUDA compute capability (major, minor); None: not a CUDA device (ROCm) or not known."""
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 

@@ -1,0 +1,203 @@
+"""``inference_memory(spec, setup) -> InferenceMemory``: the live bytes of ``generate``, by phase.
+
+The same phases as the trace engine's inference mode (``memplan trace --infer``):
+``after_load`` (weights, buffers, the cache's counters), ``prefill_peak``, ``after_prefill``
+(the prompt's KV cache and the first token), ``decode_peak`` (the last decode step, the one
+with the longest cache), ``after_decode``. The two peaks come from replaying the forward op by
+op (:mod:`memplan.formulas.forward_memory`); everything is in allocated bytes (CUDA target:
+each storage rounded up to 512 B), the quantity ``torch.cuda.max_memory_allocated`` reports.
+Memory outside the tensors (CUDA context, library workspaces) is not in these figures: see
+:mod:`memplan.estimate.fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.formulas.activations import ActivationContext, attention_backend
+from memplan.formulas.forward_memory import ForwardShape, Replay, forward_replay, kv_row_bytes
+from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_window
+from memplan.formulas.serving import vllm_kv_heads_per_rank
+from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
+from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_bytes
+from memplan.specs.inference import InferenceSetup
+from memplan.specs.model import ModelSpec
+from memplan.specs.training import Attention, Checkpointing
+
+__all__ = [
+    "INFERENCE_PHASES",
+    "InferenceMemory",
+    "activation_bytes",
+    "attention_kernel",
+    "inference_memory",
+    "inference_peak_bytes",
+]
+
+INFERENCE_PHASES = ("after_load", "prefill_peak", "after_prefill", "decode_peak", "after_decode")
+"""The phases of a generate call, in order: the same in the analytic and the trace engine."""
+
+_ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
+_TOKEN_BYTES = 8  # the greedy token, (batch, 1) int64
+
+
+def activation_bytes(fmt: str) -> int:
+    """Bytes of an activation element: the weights' float width, 2 for quantized formats."""
+    return _ACTIVATION.get(normalize_format(fmt), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceMemory:
+    """Live bytes of one generate call (per rank with tensor parallelism)."""
+
+    fixed: dict[str, int]
+    """``parameters``, ``buffers`` and ``cache_counters`` (live from the start)."""
+    phases: dict[str, int]
+    """Live bytes at each of :data:`INFERENCE_PHASES` (``decode_peak`` 0 without decoding)."""
+    peak_phase: str
+    """``prefill`` or ``decode``."""
+    at_peak: Replay
+    """The replay of the forward that holds the peak (its ``at_peak``: tensor -> bytes)."""
+    kv_end_bytes: int
+    """The cache after the last step (tensors and counters)."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phases["prefill_peak"], self.phases["decode_peak"])
+
+
+def attention_kernel(spec: ModelSpec, setup: InferenceSetup, act: int) -> str:
+    """The attention kernel of an inference forward: ``eager`` for soft-capped logits
+    (transformers' default for Gemma 2) or when asked, else the one
+    :func:`memplan.formulas.activations.attention_backend` picks (PyTorch's
+    ``select_sdp_backend``); the single place the inference estimate asks."""
+    if setup.attention == "eager" or spec.attn_logit_softcapping is not None:
+        return "eager"
+    ctx = ActivationContext(
+        compute_bytes=act,
+        stream_bytes=act,
+        autocast=False,
+        attention=Attention(setup.attention),
+        checkpointing=Checkpointing.NONE,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        embedding_dropout=0.0,
+        mask_bytes=1,
+    )
+    return attention_backend(spec, ctx, has_mask=False)
+
+
+def _round_to(setup: InferenceSetup) -> int:
+    return 512 if setup.target == "cuda" else 1
+
+
+def parameter_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> int:
+    """Weights of one rank: plain dtypes tensor by tensor, each allocation rounded; quantized
+    formats from their packed layouts (:mod:`memplan.formulas.weights`)."""
+    if fmt in ("fp32", "fp16", "bf16") and setup.tp_degree == 1:
+        width = int(DTYPE_BYTES[fmt])
+        return sum(alloc_bytes(t.numel * width, _round_to(setup)) for t in param_tensors(spec))
+    total = int(weights_bytes(spec, fmt).total)
+    return -(total // -setup.tp_degree)
+
+
+def _fixed_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> dict[str, int]:
+    r = _round_to(setup)
+    counters = cache_counter_bytes(spec, setup.cache) // 8
+    return {
+        "parameters": parameter_bytes(spec, setup, fmt),
+        "buffers": sum(alloc_bytes(n, r) for n in buffer_allocations(spec)),
+        "cache_counters": counters * alloc_bytes(8, r),
+    }
+
+
+def _shape(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int, *, past: int, q_len: int
+) -> ForwardShape:
+    act = activation_bytes(fmt)
+    return ForwardShape(
+        batch=setup.batch,
+        q_len=q_len,
+        past=past,
+        act=act,
+        kv_bytes=kv_bytes,
+        kernel=attention_kernel(spec, setup, act),
+        cache=setup.cache,
+        max_cache_len=setup.total_len,
+        logits_all=setup.logits == "all" and past == 0,
+        tp_degree=setup.tp_degree,
+        kv_heads=vllm_kv_heads_per_rank(spec, setup.tp_degree),
+    )
+
+
+def _cached(spec: ModelSpec, setup: InferenceSetup, index: int, seen: int, decoded: bool) -> int:
+    """Tokens layer ``index``'s cache storage holds after ``seen`` tokens."""
+    return cached_tokens(
+        seen,
+        layer_window(spec, index),
+        cache=setup.cache,
+        decoded=decoded,
+        max_cache_len=setup.total_len,
+    )
+
+
+def _replay(
+    spec: ModelSpec, setup: InferenceSetup, shape: ForwardShape, seen: int, decoded: bool
+) -> Replay:
+    """One forward replayed on top of the cache of ``seen`` tokens (none in the prefill)."""
+    replay = Replay(round_to=_round_to(setup))
+    if seen:
+        k_row, v_row = kv_row_bytes(spec, shape)
+        for index in range(spec.n_layers):
+            tokens = _cached(spec, setup, index, seen, decoded)
+            replay.new(f"kv/{index}/k", k_row * tokens, "kv_cache")
+            replay.new(f"kv/{index}/v", v_row * tokens, "kv_cache")
+    return forward_replay(spec, shape, replay)
+
+
+def _kv_bytes(
+    spec: ModelSpec, setup: InferenceSetup, shape: ForwardShape, seen: int, decoded: bool
+) -> int:
+    """The cache's tensors after ``seen`` tokens (rounded per tensor)."""
+    k_row, v_row = kv_row_bytes(spec, shape)
+    r = _round_to(setup)
+    total = 0
+    for index in range(spec.n_layers):
+        tokens = _cached(spec, setup, index, seen, decoded)
+        total += alloc_bytes(k_row * tokens, r) + alloc_bytes(v_row * tokens, r)
+    return total
+
+
+def inference_memory(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int
+) -> InferenceMemory:
+    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens)."""
+    fixed = _fixed_bytes(spec, setup, fmt)
+    base = sum(fixed.values())
+    prompt, steps = setup.prompt_len, max(setup.gen_len - 1, 0)
+    prefill = _replay(
+        spec, setup, _shape(spec, setup, fmt, kv_bytes, past=0, q_len=prompt), 0, False
+    )
+    token = alloc_bytes(setup.batch * _TOKEN_BYTES, _round_to(setup))
+    step = _shape(spec, setup, fmt, kv_bytes, past=prompt + steps - 1, q_len=1)
+    kv_prompt = _kv_bytes(spec, setup, step, prompt, False)
+    end = prompt + steps
+    kv_end = _kv_bytes(spec, setup, step, end, steps > 0)
+    phases = {
+        "after_load": base,
+        "prefill_peak": base + prefill.peak,
+        "after_prefill": base + kv_prompt + token,
+        "decode_peak": 0,
+        "after_decode": base + kv_end + token,
+    }
+    at_peak, peak_phase = prefill, "prefill"
+    if steps:
+        last = _replay(spec, setup, step, end - 1, steps > 1)
+        phases["decode_peak"] = base + last.peak
+        if last.peak > prefill.peak:
+            at_peak, peak_phase = last, "decode"
+    return InferenceMemory(fixed, phases, peak_phase, at_peak, kv_end + fixed["cache_counters"])
+
+
+def inference_peak_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int) -> int:
+    """The peak of ``generate`` in allocated bytes (for searches over batch or length)."""
+    return inference_memory(spec, setup, fmt, kv_bytes).peak_bytes
