@@ -1,7 +1,7 @@
 """The analytic KV cache against the trace engine's inference mode (fake CUDA tensors).
 
 The trace rounds every CUDA storage up to 512 B as the caching allocator does; its
-``kv_cache`` line holds the K/V tensors (the cache layers' int64 counters are not in it).
+``kv_cache`` line holds the K/V tensors and the cache layers' int64 counters.
 A 12-token prompt with ``gen_len=2`` puts the peak at the end of the prefill, where sliding
 layers of a DynamicCache still hold the whole prompt; a 6-token prompt with ``gen_len=20``
 ends with ``6 + 19`` tokens cached (sliding layers capped); the trace's ``kv_cache_bytes``
@@ -47,12 +47,12 @@ def test_kv_cache_matches_trace(
     common = dict(batch=2, dtype_bytes=width, cache=cache, max_cache_len=prompt + gen)
     # the cache after the last step (storages of keys and values, as the trace sums them)
     end = kv_cache_item(spec, n_tokens=prompt + gen - 1, decoded=True, **common)
-    assert report.scalars["kv_cache_bytes"] == end.total - end.get("cache_counters")
+    assert report.scalars["kv_cache_bytes"] == end.total
     assert gen != 2 or report.scalars["peak_phase"] == "prefill"
     if report.scalars["peak_phase"] == "prefill":
         # the kv_cache line at the peak, CUDA storages rounded up to 512 B
         ours = kv_cache_item(spec, n_tokens=prompt, decoded=False, round_to=512, **common)
-        assert report.breakdown.get("kv_cache") == ours.total - ours.get("cache_counters")
+        assert report.breakdown.get("kv_cache") == ours.total
 
 
 @pytest.mark.trace

@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
+__all__ = [
+    "INFERENCE_PHASES",
+    "TRAINING_CATEGORIES",
+    "TRAINING_PHASES",
+    "Item",
+    "Phase",
+    "Report",
+]
 
 TRAINING_PHASES = (
     "after_load",
@@ -27,6 +34,9 @@ TRAINING_PHASES = (
     "after_zero_grad",
 )
 """The phases of a training step, in order: the same in the analytic and the trace engine."""
+
+INFERENCE_PHASES = ("after_load", "prefill_peak", "after_prefill", "decode_peak", "after_decode")
+"""The phases of a generate call, in order: the same in the analytic and the trace engine."""
 
 TRAINING_CATEGORIES = (
     "parameters",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import add_output_flags, print_report
 from memplan.errors import SetupError
 from memplan.units import parse_size
@@ -85,6 +85,8 @@ def run(args: Any) -> int:
         weights=weight_format_alias(args.weights),
         non_torch_bytes=parse_size(args.non_torch_memory) if args.non_torch_memory else 0,
     )
-    report = serving_report(resolve(args.model), setup, gpu)
+    report = serving_report(
+        resolve(args.model), setup, gpu, cuda_context_bytes=cuda_context_from_args(args)
+    )
     print_report(report, args)
     return 0

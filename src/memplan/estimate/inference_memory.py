@@ -20,6 +20,7 @@ from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_
 from memplan.formulas.serving import vllm_kv_heads_per_rank
 from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
 from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_bytes
+from memplan.report import INFERENCE_PHASES
 from memplan.specs.inference import InferenceSetup
 from memplan.specs.model import ModelSpec
 from memplan.specs.training import Attention, Checkpointing
@@ -32,9 +33,6 @@ __all__ = [
     "inference_memory",
     "inference_peak_bytes",
 ]
-
-INFERENCE_PHASES = ("after_load", "prefill_peak", "after_prefill", "decode_peak", "after_decode")
-"""The phases of a generate call, in order: the same in the analytic and the trace engine."""
 
 _ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
 _TOKEN_BYTES = 8  # the greedy token, (batch, 1) int64
@@ -58,7 +56,7 @@ class InferenceMemory:
     at_peak: Replay
     """The replay of the forward that holds the peak (its ``at_peak``: tensor -> bytes)."""
     kv_end_bytes: int
-    """The cache after the last step (tensors and counters)."""
+    """The cache after the last step: its tensors' bytes (not rounded) and counters."""
 
     @property
     def peak_bytes(self) -> int:
@@ -155,11 +153,17 @@ def _replay(
 
 
 def _kv_bytes(
-    spec: ModelSpec, setup: InferenceSetup, shape: ForwardShape, seen: int, decoded: bool
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    shape: ForwardShape,
+    seen: int,
+    decoded: bool,
+    *,
+    round_to: int,
 ) -> int:
-    """The cache's tensors after ``seen`` tokens (rounded per tensor)."""
+    """The cache's tensors after ``seen`` tokens (each rounded up to ``round_to``)."""
     k_row, v_row = kv_row_bytes(spec, shape)
-    r = _round_to(setup)
+    r = round_to
     total = 0
     for index in range(spec.n_layers):
         tokens = _cached(spec, setup, index, seen, decoded)
@@ -179,9 +183,12 @@ def inference_memory(
     )
     token = alloc_bytes(setup.batch * _TOKEN_BYTES, _round_to(setup))
     step = _shape(spec, setup, fmt, kv_bytes, past=prompt + steps - 1, q_len=1)
-    kv_prompt = _kv_bytes(spec, setup, step, prompt, False)
+    r = _round_to(setup)
+    kv_prompt = _kv_bytes(spec, setup, step, prompt, False, round_to=r)
     end = prompt + steps
-    kv_end = _kv_bytes(spec, setup, step, end, steps > 0)
+    kv_end = _kv_bytes(spec, setup, step, end, steps > 0, round_to=r)
+    kv_end_tensors = _kv_bytes(spec, setup, step, end, steps > 0, round_to=1)
+    counters = cache_counter_bytes(spec, setup.cache)
     phases = {
         "after_load": base,
         "prefill_peak": base + prefill.peak,
@@ -195,7 +202,7 @@ def inference_memory(
         phases["decode_peak"] = base + last.peak
         if last.peak > prefill.peak:
             at_peak, peak_phase = last, "decode"
-    return InferenceMemory(fixed, phases, peak_phase, at_peak, kv_end + fixed["cache_counters"])
+    return InferenceMemory(fixed, phases, peak_phase, at_peak, kv_end_tensors + counters)
 
 
 def inference_peak_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int) -> int:

@@ -173,10 +173,46 @@ def _prologue(spec: ModelSpec, shape: ForwardShape, r: Replay) -> None:
     r.new("input_ids", t * _INT64, "inputs" if shape.past == 0 else "temporaries")
     r.new("cache_position", shape.q_len * _INT64)
     r.new("inputs_embeds", t * spec.hidden_size * shape.act)
+    if _builds_sliding_mask(spec):
+        _sliding_mask(shape, r)
     if spec.mla is not None:
         _complex_rotary_table(spec, shape, r)
     else:
         _rotary_tables(spec, shape, r)
+
+
+def _builds_sliding_mask(spec: ModelSpec) -> bool:
+    """``Qwen2MoeModel`` builds a sliding-window mask in every forward, used by no layer when
+    ``use_sliding_window`` is false: its config then sets ``sliding_window = 0``, which no
+    key count is below, so ``masking_utils`` cannot skip it (transformers 5.23)."""
+    config = spec.hf_config or {}
+    return spec.model_type == "qwen2_moe" and not config.get("use_sliding_window", False)
+
+
+def _sliding_mask(shape: ForwardShape, r: Replay) -> None:
+    """``create_sliding_window_causal_mask`` -> ``sdpa_mask``: index vectors over the batch,
+    the heads, the queries and the keys, then the (1, 1, q, keys) bool mask composed in steps
+    (causal and sliding-window conditions); the last one stays until the forward returns."""
+    q, keys = shape.q_len, shape.past + shape.q_len
+    cells = q * keys
+    r.new("mask/batch_index", shape.batch * _INT64)
+    r.new("mask/head_index", _INT64)
+    r.new("mask/q_arange", q * _INT64)
+    r.new("mask/q_index", q * _INT64)
+    r.free("mask/q_arange")
+    r.new("mask/kv_arange", keys * _INT64)
+    r.new("mask/kv_index", keys * _INT64)
+    r.free("mask/kv_arange")
+    r.new("mask/flag", 1)
+    r.new("mask/q_column", q * _INT64)
+    r.new("mask/step1", cells)
+    r.free("mask/q_column")
+    r.new("mask/step2", cells)
+    r.free("mask/step1", "mask/flag")
+    r.new("mask/step3", cells)
+    r.new("sliding_mask", cells)
+    r.free("mask/step3", "mask/step2")
+    r.free("mask/batch_index", "mask/head_index", "mask/q_index", "mask/kv_index")
 
 
 def _rotary_tables(spec: ModelSpec, shape: ForwardShape, r: Replay) -> None:
@@ -224,7 +260,8 @@ def _epilogue(spec: ModelSpec, shape: ForwardShape, r: Replay, stream: str) -> N
     _norm(spec, shape, r, stream, "final_norm")
     if stream != "inputs_embeds":
         r.free(stream)
-    r.free("inputs_embeds", *(name for name in ("cos", "sin", "freqs_cis") if name in r.live))
+    tables = ("cos", "sin", "freqs_cis", "sliding_mask")
+    r.free("inputs_embeds", *(name for name in tables if name in r.live))
     rows = shape.tokens if shape.logits_all else b
     r.new("logits", rows * v * shape.act)
     r.free("final_norm")
