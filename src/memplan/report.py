@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from memplan.units import render_marks
+
 __all__ = [
     "INFERENCE_PHASES",
     "TRAINING_CATEGORIES",
@@ -161,12 +163,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     sections: dict[str, Item] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": dict(self.setup)}
+    def to_dict(self, *, decimal: bool = False) -> dict[str, Any]:
+        """The JSON form; sizes inside notes in GiB (GB with ``decimal``)."""
+        setup = {key: value for key, value in self.setup.items() if value is not None}
+        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": setup}
         out.update(self.scalars)
         out["breakdown"] = self.breakdown.to_dict()
         if self.sections:
             out["sections"] = {name: item.to_dict() for name, item in self.sections.items()}
         out["phases"] = [phase.to_dict() for phase in self.phases]
-        out["notes"] = list(self.notes)
+        out["notes"] = [render_marks(note, decimal=decimal) for note in self.notes]
         return out

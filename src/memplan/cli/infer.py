@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, fit_lines, print_report
+from memplan.cli.render import (
+    add_output_flags,
+    fit_phrase,
+    none_if_zero,
+    outside_lines,
+    print_report,
+    verdict_line,
+)
 from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
+from memplan.units import format_bytes, format_seconds
 
 __all__ = ["register", "run"]
 
@@ -27,7 +36,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "infer",
         help="memory and latency of generation (transformers generate)",
-        description="Peak memory of generate (weights, KV cache, transients) and its latency.",
+        description="Peak memory of transformers' generate() for one batch of requests "
+        "(weights, KV cache, transients; the CUDA context and cuBLAS workspace beside them) on one GPU or a tensor-parallel group, "
+        "its latency (roofline), and the largest batch and prompt that fit. For a vLLM server's "
+        "capacity, see serve-capacity.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,8 +51,9 @@ def register(subparsers: Any) -> None:
         "--weights",
         default=None,
         metavar="FORMAT",
-        help="bf16 (default: the checkpoint dtype), fp16, fp32, fp8, int8, bnb-int8, bnb-nf4, "
-        "gptq-int4, awq-int4 (also int4-awq)",
+        help="default: the checkpoint's format (its quantization_config, else its dtype); "
+        "bf16, fp16, fp32, fp8, fp8-block, fp8-rowwise, int8, bnb-int8, bnb-nf4, gptq-int4, "
+        "awq-int4 (also int4-awq)",
     )
     parser.add_argument("--kv-dtype", default="auto", help="auto, fp16, bf16, fp8, fp32")
     parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
@@ -60,7 +73,7 @@ def register(subparsers: Any) -> None:
 def run(args: Any) -> int:
     from memplan.catalog import resolve
     from memplan.estimate.inference import Efficiency, inference_report
-    from memplan.estimate.params import default_weight_format
+    from memplan.estimate.params import default_weight_format, weight_format_note
     from memplan.specs.inference import InferenceSetup
 
     spec = resolve(args.model)
@@ -81,12 +94,76 @@ def run(args: Any) -> int:
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
         cuda_context_bytes=cuda_context_from_args(args),
     )
+    if args.weights is None:
+        note = weight_format_note(spec, setup.weights)
+        if note:
+            report.notes.insert(0, note)
+    kv_per_token = kv_bytes_per_token(spec, report)
+    report.scalars["kv_cache_bytes_per_token"] = kv_per_token
+    report.scalars["verdict"] = _verdict(report, args.decimal)
     print_report(report, args)
-    if not getattr(args, "json", False):
-        for line in fit_lines(report.scalars, decimal=getattr(args, "decimal", False)):
-            print(line)
-        if "max_batch_size" in report.scalars:
-            print(
-                f"  largest batch at this prompt and generation: {report.scalars['max_batch_size']}"
-            )
+    if not args.json:
+        _print_answers(report, args.decimal)
     return 0
+
+
+def kv_bytes_per_token(spec: Any, report: Any) -> int:
+    """KV cache bytes one more token costs (every layer, per tensor-parallel rank; a
+    sliding-window layer counts while the context is inside its window)."""
+    from memplan.estimate.inference import activation_bytes
+    from memplan.formulas import serving as vllm
+    from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
+
+    setup = report.setup
+    act = activation_bytes(setup["weights"])
+    element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
+    heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
+    return int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+
+
+def _verdict(report: Any, decimal: bool) -> str:
+    s, setup = report.scalars, report.setup
+    question = (
+        f"generate with {report.model} (batch {setup['batch']}, prompt {setup['prompt_len']:,},"
+        f" {setup['gen_len']:,} new tokens, {setup['weights']})"
+    )
+    answer = f"peak {format_bytes(s['peak_bytes'], decimal=decimal)}"
+    if "ttft_s" in s:
+        answer += (
+            f", first token {format_seconds(s['ttft_s'])}, {s['decode_tokens_per_s']:,.0f} tokens/s"
+        )
+    if "gpu_memory_bytes" not in s:
+        return verdict_line(question, answer, "give --gpu NAME to check a fit")
+    gpu = setup["gpu"]
+    fit = fit_phrase(
+        gpu,
+        s["gpu_memory_bytes"],
+        s["headroom_bytes"],
+        decimal=decimal,
+        usable_bytes=s["usable_bytes"],
+    )
+    return verdict_line(question, answer, fit)
+
+
+def _print_answers(report: Any, decimal: bool) -> None:
+    s, setup = report.scalars, report.setup
+    out = sys.stdout
+    out.write(
+        f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
+    )
+    out.write(" per GPU\n" if setup["tp"] > 1 else "\n")
+    if "ttft_s" in s:
+        out.write(
+            f"time to first token: {format_seconds(s['ttft_s'])}; decode: "
+            f"{format_seconds(s['time_per_output_token_s'])} per token, "
+            f"{s['decode_tokens_per_s']:,.0f} tokens/s over the batch; whole request "
+            f"{format_seconds(s['e2e_s'])}\n"
+        )
+    for line in outside_lines(s, decimal=decimal):
+        out.write(line + "\n")
+    if "max_batch_size" in s:
+        out.write(
+            f"largest batch at prompt {setup['prompt_len']:,}: {none_if_zero(s['max_batch_size'])};"
+            f" longest prompt at batch {setup['batch']}: {none_if_zero(s['max_prompt_len'])}\n"
+        )
+    out.write(s["verdict"] + "\n")

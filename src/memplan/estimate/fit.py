@@ -169,26 +169,56 @@ def training_fit_scalars(
     peak_bytes: int,
     *,
     method: str = "exact",
+    peak_phase: str = "",
     cuda_context_bytes: int | None = None,
 ) -> dict[str, object]:
     """The verdict's JSON fields for a training report (``peak_bytes`` from ``method``).
 
-    The exact method adds the largest batch and the longest sequence; a textbook method is
-    judged by the same verdict on its own peak, and seed 004 adds its own answer to its
+    The exact method adds the largest batch, the longest sequence and, when the step does not
+    fit, what to try (:func:`memplan.estimate.advice.what_to_try`); a textbook method is judged
+    by the same verdict on its own peak, and seed 004's method adds its own answer to its
     question (``max_batch_size`` by its formula, on the whole memory, as the seed does)."""
+    from memplan.formulas.methods_training import canonical_method, seed004_max_batch
+
+    method = canonical_method(method)
     scalars: dict[str, object] = {"gpu": gpu.name}
     if method == "exact":
         found = fit_training(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
         scalars.update(fit_scalars(found.fit))
         scalars.update(max_batch_size=found.max_batch_size, max_seq_len=found.max_seq_len)
+        if not found.fit.fits:
+            scalars["what_to_try"] = _levers(spec, setup, found.fit, peak_phase)
         return scalars
     outside = outside_tensors_item(
         gpu, cuda_context_bytes=cuda_context_bytes, n_workspaces=TRAINING_WORKSPACES
     )
     verdict = fit_on_gpu(gpu.memory_bytes, peak_bytes, outside, f"the {method} method's peak")
     scalars.update(fit_scalars(verdict))
-    if method == "seed004":
-        from memplan.formulas.methods_training import seed004_max_batch
-
+    if method == "fp32-adamw-count":
         scalars["max_batch_size"] = seed004_max_batch(spec, setup.seq, gpu.memory_bytes)
     return scalars
+
+
+def _levers(
+    spec: ModelSpec, setup: TrainingSetup, verdict: Fit, peak_phase: str
+) -> list[dict[str, object]]:
+    """The levers of :func:`memplan.estimate.advice.what_to_try` as JSON records."""
+    from memplan.estimate.advice import what_to_try
+
+    return [
+        {
+            "lever": lever.name.split(" (")[0],
+            "name": lever.name,
+            "flags": lever.flags,
+            "saved_bytes": lever.saved_bytes,
+            "peak_bytes": lever.peak_bytes,
+            "fits": lever.fits,
+        }
+        for lever in what_to_try(
+            spec,
+            setup,
+            verdict.usable_bytes,
+            peak_bytes=verdict.required_bytes,
+            peak_phase=peak_phase,
+        )
+    ]

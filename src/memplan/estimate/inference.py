@@ -47,6 +47,7 @@ from memplan.specs.model import ModelSpec
 
 __all__ = [
     "Efficiency",
+    "InferenceFit",
     "activation_bytes",
     "check_setup",
     "compute_dtype_for",
@@ -165,25 +166,44 @@ def _limit(mem: InferenceMemory) -> str:
     return f"the {mem.peak_phase} ({biggest} {share:.0f}% of the peak)"
 
 
+@dataclass(frozen=True, slots=True)
+class InferenceFit:
+    """A generate call's verdict on one GPU, and the inverse questions at its setup."""
+
+    fit: Fit
+    max_batch_size: int
+    """Largest batch at the setup's prompt and generation lengths (0: not even 1)."""
+    max_prompt_len: int
+    """Longest prompt at the setup's batch and generation length (0: not even 1 token)."""
+
+
 def fit_inference(
     spec: ModelSpec,
     setup: InferenceSetup,
     gpu: Gpu,
     *,
     cuda_context_bytes: int | None = None,
-) -> tuple[Fit, int]:
-    """The verdict for ``setup`` on ``gpu``, and the largest batch that fits there."""
+) -> InferenceFit:
+    """The verdict for ``setup`` on ``gpu``; the largest batch and the longest prompt that
+    fit there (bisections over the same replay)."""
     formats = _formats(spec, setup)
     mem = inference_memory(spec, setup, formats.weights, formats.kv)
     outside = outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes)
     verdict = fit_on_gpu(gpu.memory_bytes, mem.peak_bytes, outside, _limit(mem))
 
-    def fits(batch: int) -> bool:
-        at_batch = dataclasses.replace(setup, batch=batch)
-        peak = inference_peak_bytes(spec, at_batch, formats.weights, formats.kv)
+    def fits(batch: int, prompt_len: int) -> bool:
+        changed = dataclasses.replace(setup, batch=batch, prompt_len=prompt_len)
+        peak = inference_peak_bytes(spec, changed, formats.weights, formats.kv)
         return peak <= verdict.usable_bytes
 
-    return verdict, largest(fits, _MAX_BATCH)
+    prompt_limit = spec.max_position_embeddings - setup.gen_len
+    return InferenceFit(
+        fit=verdict,
+        max_batch_size=largest(lambda b: fits(b, setup.prompt_len), _MAX_BATCH),
+        max_prompt_len=largest(lambda p: fits(setup.batch, p), prompt_limit)
+        if prompt_limit > 0
+        else 0,
+    )
 
 
 def _decode_context(setup: InferenceSetup) -> int:
@@ -286,8 +306,9 @@ def inference_report(
     sections: dict[str, Item] = {"outside_tensors": outside}
     notes = _notes(setup, formats)
     if gpu is not None:
-        verdict, max_batch = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
-        scalars.update(gpu=gpu.name, **fit_scalars(verdict), max_batch_size=max_batch)
+        found = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
+        scalars.update(gpu=gpu.name, **fit_scalars(found.fit))
+        scalars.update(max_batch_size=found.max_batch_size, max_prompt_len=found.max_prompt_len)
         if gpu.memory_bandwidth_bytes_per_s is not None and gpu.tflops:
             weights_total = int(weights_bytes(spec, formats.weights).total)
             latency, extra = latency_item(

@@ -18,7 +18,7 @@ from memplan.formulas.weights import linear_layers, normalize_format, weights_by
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import MlpKind, ModelSpec, NormKind
-from memplan.units import GIB, format_bytes
+from memplan.units import GIB, bytes_mark
 
 __all__ = [
     "ServingSetup",
@@ -283,8 +283,8 @@ def serving_report(
     notes = [
         f"vLLM: GPU KV cache size: {tokens:,} tokens",
         f"vLLM: Maximum concurrency for {max_len:,} tokens per request: {concurrency:.2f}x",
-        f"requested memory = {format_bytes(gpu.memory_bytes)} x {setup.gpu_memory_utilization}"
-        f" = {format_bytes(requested)}; the CUDA context comes on top of it",
+        f"requested memory = {bytes_mark(gpu.memory_bytes)} x {setup.gpu_memory_utilization}"
+        f" = {bytes_mark(requested)}; the CUDA context comes on top of it",
         "the profiling run's activation peak is memplan's estimate; vLLM measures it",
         *setup.notes,
     ]
@@ -337,6 +337,7 @@ def serving_report(
             "page_size_bytes": page,
             "kv_cache_tokens": tokens,
             "max_concurrency": round(concurrency, 4),
+            "kv_cache_needed_bytes": needed,
             "weights_bytes": int(weights.total),
             **verdict,
             **scalars,
@@ -367,7 +368,7 @@ def _not_enough_message(
     )
     return (
         f"vLLM would fail: To serve at least one request with the models's max seq len "
-        f"({max_len}), ({needed / GIB:.2f} GiB KV cache is needed, which is larger than the "
-        f"available KV cache memory ({available / GIB:.2f} GiB). {hint}Try increasing "
+        f"({max_len}), ({bytes_mark(needed)} KV cache is needed, which is larger than the "
+        f"available KV cache memory ({bytes_mark(available)}). {hint}Try increasing "
         f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
     )

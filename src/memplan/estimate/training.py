@@ -94,6 +94,7 @@ def estimate_training(
                 gpu,
                 int(report.scalars["peak_bytes"]),
                 method=method,
+                peak_phase=str(report.scalars.get("peak_phase", "")),
                 cuda_context_bytes=cuda_context_bytes,
             )
         )
