@@ -97,15 +97,22 @@ def fit_scalars(fit: Fit) -> dict[str, object]:
     return scalars
 
 
-def largest(fits: Callable[[int], bool], limit: int) -> int:
+def largest(fits: Callable[[int], bool], limit: int, start: int = 1) -> int:
     """The largest n in [1, limit] with ``fits(n)``, or 0 when not even 1 fits (``fits`` must
-    be monotone: true up to some n, false beyond)."""
-    if not fits(1):
-        return 0
-    low, high = 1, 2
-    while high <= limit and fits(high):
-        low, high = high, high * 2
-    high = min(high, limit + 1)
+    be monotone: true up to some n, false beyond). The search brackets the answer by doubling
+    (or halving) from ``start`` (the setup's own value is a good one), then bisects."""
+    start = min(max(start, 1), limit)
+    if fits(start):
+        low, high = start, start * 2
+        while high <= limit and fits(high):
+            low, high = high, high * 2
+        high = min(high, limit + 1)
+    else:
+        low, high = start // 2, start
+        while low >= 1 and not fits(low):
+            low, high = low // 2, low
+        if low < 1:
+            return 0
     while high - low > 1:
         middle = (low + high) // 2
         if fits(middle):
@@ -157,8 +164,8 @@ def fit_training(
     seq_limit = _MAX_SEQ if setup.allow_long_seq else spec.max_position_embeddings
     return TrainingFit(
         fit=verdict,
-        max_batch_size=largest(lambda b: fits(b, setup.seq), _MAX_BATCH),
-        max_seq_len=largest(lambda s: fits(setup.batch, s), seq_limit),
+        max_batch_size=largest(lambda b: fits(b, setup.seq), _MAX_BATCH, setup.batch),
+        max_seq_len=largest(lambda s: fits(setup.batch, s), seq_limit, setup.seq),
     )
 
 

@@ -199,10 +199,12 @@ def fit_inference(
     prompt_limit = spec.max_position_embeddings - setup.gen_len
     return InferenceFit(
         fit=verdict,
-        max_batch_size=largest(lambda b: fits(b, setup.prompt_len), _MAX_BATCH),
-        max_prompt_len=largest(lambda p: fits(setup.batch, p), prompt_limit)
-        if prompt_limit > 0
-        else 0,
+        max_batch_size=largest(lambda b: fits(b, setup.prompt_len), _MAX_BATCH, setup.batch),
+        max_prompt_len=(
+            largest(lambda p: fits(setup.batch, p), prompt_limit, setup.prompt_len)
+            if prompt_limit > 0
+            else 0
+        ),
     )
 
 

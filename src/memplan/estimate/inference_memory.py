@@ -13,9 +13,16 @@ Memory outside the tensors (CUDA context, library workspaces) is not in these fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from memplan.formulas.activations import ActivationContext, attention_backend
-from memplan.formulas.forward_memory import ForwardShape, Replay, forward_replay, kv_row_bytes
+from memplan.formulas.forward_memory import (
+    ForwardShape,
+    Replay,
+    forward_replay,
+    kv_row_bytes,
+    layer_runs,
+)
 from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_window
 from memplan.formulas.serving import vllm_kv_heads_per_rank
 from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
@@ -91,21 +98,31 @@ def _round_to(setup: InferenceSetup) -> int:
 def parameter_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> int:
     """Weights of one rank: plain dtypes tensor by tensor, each allocation rounded; quantized
     formats from their packed layouts (:mod:`memplan.formulas.weights`)."""
-    if fmt in ("fp32", "fp16", "bf16") and setup.tp_degree == 1:
+    return _parameter_bytes(spec, fmt, setup.tp_degree, _round_to(setup))
+
+
+@lru_cache(maxsize=256)
+def _parameter_bytes(spec: ModelSpec, fmt: str, tp_degree: int, round_to: int) -> int:
+    if fmt in ("fp32", "fp16", "bf16") and tp_degree == 1:
         width = int(DTYPE_BYTES[fmt])
-        return sum(alloc_bytes(t.numel * width, _round_to(setup)) for t in param_tensors(spec))
+        return sum(alloc_bytes(t.numel * width, round_to) for t in param_tensors(spec))
     total = int(weights_bytes(spec, fmt).total)
-    return -(total // -setup.tp_degree)
+    return -(total // -tp_degree)
 
 
 def _fixed_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> dict[str, int]:
     r = _round_to(setup)
-    counters = cache_counter_bytes(spec, setup.cache) // 8
+    counters = _counters(spec, setup.cache) // 8
     return {
         "parameters": parameter_bytes(spec, setup, fmt),
         "buffers": sum(alloc_bytes(n, r) for n in buffer_allocations(spec)),
         "cache_counters": counters * alloc_bytes(8, r),
     }
+
+
+@lru_cache(maxsize=256)
+def _counters(spec: ModelSpec, cache: str) -> int:
+    return cache_counter_bytes(spec, cache)
 
 
 def _shape(
@@ -139,16 +156,21 @@ def _cached(spec: ModelSpec, setup: InferenceSetup, index: int, seen: int, decod
 
 
 def _replay(
-    spec: ModelSpec, setup: InferenceSetup, shape: ForwardShape, seen: int, decoded: bool
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    shape: ForwardShape,
+    seen: int,
+    decoded: bool,
+    detail: bool = True,
 ) -> Replay:
     """One forward replayed on top of the cache of ``seen`` tokens (none in the prefill)."""
-    replay = Replay(round_to=_round_to(setup))
+    replay = Replay(round_to=_round_to(setup), keep_log=detail)
     if seen:
         k_row, v_row = kv_row_bytes(spec, shape)
-        for index in range(spec.n_layers):
-            tokens = _cached(spec, setup, index, seen, decoded)
-            replay.new(f"kv/{index}/k", k_row * tokens, "kv_cache")
-            replay.new(f"kv/{index}/v", v_row * tokens, "kv_cache")
+        for start, stop, _ in layer_runs(spec):
+            tokens = _cached(spec, setup, start, seen, decoded)
+            replay.new(f"kv/{start}/k", k_row * tokens, "kv_cache", stop - start)
+            replay.new(f"kv/{start}/v", v_row * tokens, "kv_cache", stop - start)
     return forward_replay(spec, shape, replay)
 
 
@@ -163,24 +185,24 @@ def _kv_bytes(
 ) -> int:
     """The cache's tensors after ``seen`` tokens (each rounded up to ``round_to``)."""
     k_row, v_row = kv_row_bytes(spec, shape)
-    r = round_to
     total = 0
-    for index in range(spec.n_layers):
-        tokens = _cached(spec, setup, index, seen, decoded)
-        total += alloc_bytes(k_row * tokens, r) + alloc_bytes(v_row * tokens, r)
+    for start, stop, _ in layer_runs(spec):
+        tokens = _cached(spec, setup, start, seen, decoded)
+        per_layer = alloc_bytes(k_row * tokens, round_to) + alloc_bytes(v_row * tokens, round_to)
+        total += (stop - start) * per_layer
     return total
 
 
 def inference_memory(
-    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int, *, detail: bool = True
 ) -> InferenceMemory:
-    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens)."""
+    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens);
+    ``detail=False`` skips what only the breakdown at the peak needs (for searches)."""
     fixed = _fixed_bytes(spec, setup, fmt)
     base = sum(fixed.values())
     prompt, steps = setup.prompt_len, max(setup.gen_len - 1, 0)
-    prefill = _replay(
-        spec, setup, _shape(spec, setup, fmt, kv_bytes, past=0, q_len=prompt), 0, False
-    )
+    first = _shape(spec, setup, fmt, kv_bytes, past=0, q_len=prompt)
+    prefill = _replay(spec, setup, first, 0, False, detail)
     token = alloc_bytes(setup.batch * _TOKEN_BYTES, _round_to(setup))
     step = _shape(spec, setup, fmt, kv_bytes, past=prompt + steps - 1, q_len=1)
     r = _round_to(setup)
@@ -188,7 +210,7 @@ def inference_memory(
     end = prompt + steps
     kv_end = _kv_bytes(spec, setup, step, end, steps > 0, round_to=r)
     kv_end_tensors = _kv_bytes(spec, setup, step, end, steps > 0, round_to=1)
-    counters = cache_counter_bytes(spec, setup.cache)
+    counters = _counters(spec, setup.cache)
     phases = {
         "after_load": base,
         "prefill_peak": base + prefill.peak,
@@ -198,7 +220,7 @@ def inference_memory(
     }
     at_peak, peak_phase = prefill, "prefill"
     if steps:
-        last = _replay(spec, setup, step, end - 1, steps > 1)
+        last = _replay(spec, setup, step, end - 1, steps > 1, detail)
         phases["decode_peak"] = base + last.peak
         if last.peak > prefill.peak:
             at_peak, peak_phase = last, "decode"
@@ -207,4 +229,4 @@ def inference_memory(
 
 def inference_peak_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int) -> int:
     """The peak of ``generate`` in allocated bytes (for searches over batch or length)."""
-    return inference_memory(spec, setup, fmt, kv_bytes).peak_bytes
+    return inference_memory(spec, setup, fmt, kv_bytes, detail=False).peak_bytes

@@ -28,6 +28,8 @@ meta function in torch 2.13 (``_meta_registrations.py``). Sizes are rounded per 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from memplan.formulas.kv_cache import layer_window
 from memplan.formulas.replay_attention import attention, cache_growth
 from memplan.formulas.replay_mlp import mlp
@@ -41,40 +43,56 @@ from memplan.formulas.replay_ops import (
 )
 from memplan.specs.model import ModelSpec
 
-__all__ = ["ForwardShape", "Replay", "forward_replay", "kv_row_bytes"]
+__all__ = ["ForwardShape", "Replay", "forward_replay", "kv_row_bytes", "layer_runs"]
 
 
 def forward_replay(spec: ModelSpec, shape: ForwardShape, replay: Replay) -> Replay:
     """Replay one forward on ``replay`` (which holds the cache of ``shape.past`` tokens as
-    ``kv/<layer>/k`` and ``kv/<layer>/v`` when ``past > 0``); returns it.
+    ``kv/<first layer of its run>/k`` and ``.../v``, see :func:`layer_runs`, when
+    ``past > 0``); returns it.
 
     Layers of one kind (dense or MoE, full or sliding attention) run the same ops on the same
     shapes, and each leaves only its cache's growth behind, so the level a layer starts from
     never falls from one layer to the next: the highest point of a kind is in its last layer.
     Layer 0 (whose input is ``inputs_embeds`` itself) and the last layer of each kind are
-    replayed op by op; the others only grow their cache."""
+    replayed op by op; the runs of layers between them only grow their caches."""
     _prologue(spec, shape, replay)
-    replayed = {0} | set(_last_layer_of_each_kind(spec).values())
     stream = "inputs_embeds"
-    for index in range(spec.n_layers):
-        output = f"layer_output/{index}"
-        if index in replayed:
-            _decoder_layer(spec, shape, replay, index, stream, output)
+    for start, stop, replayed in layer_runs(spec):
+        output = f"layer_output/{stop - 1}"
+        if replayed:
+            _decoder_layer(spec, shape, replay, start, stream, output)
             if stream != "inputs_embeds":
                 replay.free(stream)
         else:
-            cache_growth(spec, shape, replay, index)
+            cache_growth(spec, shape, replay, start, stop - start)
             replay.rename(stream, output)
         stream = output
     _epilogue(spec, shape, replay, stream)
     return replay
 
 
-def _last_layer_of_each_kind(spec: ModelSpec) -> dict[tuple[bool, int | None], int]:
-    kinds: dict[tuple[bool, int | None], int] = {}
+@lru_cache(maxsize=256)
+def layer_runs(spec: ModelSpec) -> tuple[tuple[int, int, bool], ...]:
+    """(start, stop, replayed) over the layers: each replayed layer alone (layer 0 and the
+    last layer of each kind), the others in maximal runs of one kind."""
+    last: dict[tuple[bool, int | None], int] = {}
     for index in range(spec.n_layers):
-        kinds[(spec.is_moe_layer(index), layer_window(spec, index))] = index
-    return kinds
+        last[_kind(spec, index)] = index
+    replayed = {0} | set(last.values())
+    runs: list[tuple[int, int, bool]] = []
+    for index in range(spec.n_layers):
+        if index in replayed:
+            runs.append((index, index + 1, True))
+        elif runs and not runs[-1][2] and _kind(spec, runs[-1][0]) == _kind(spec, index):
+            runs[-1] = (runs[-1][0], index + 1, False)
+        else:
+            runs.append((index, index + 1, False))
+    return tuple(runs)
+
+
+def _kind(spec: ModelSpec, index: int) -> tuple[bool, int | None]:
+    return spec.is_moe_layer(index), layer_window(spec, index)
 
 
 # Prologue and epilogue -------------------------------------------------------------------------

@@ -115,8 +115,11 @@ def _cache_update(
     return keys
 
 
-def cache_growth(spec: ModelSpec, shape: ForwardShape, r: Replay, index: int) -> int:
-    """The cache tensors of layer ``index`` after this forward; returns the keys it holds.
+def cache_growth(
+    spec: ModelSpec, shape: ForwardShape, r: Replay, index: int, count: int = 1
+) -> int:
+    """The cache tensors of layer ``index`` (and the ``count - 1`` layers of the same kind
+    after it, held as one entry) after this forward; returns the keys a layer holds.
 
     ``DynamicLayer.update``: ``keys = cat([keys, k])`` then ``values = cat([values, v])``, each
     old tensor freed once its successor exists; a sliding layer (``DynamicSlidingWindowLayer``)
@@ -127,15 +130,15 @@ def cache_growth(spec: ModelSpec, shape: ForwardShape, r: Replay, index: int) ->
     key, value = f"kv/{index}/k", f"kv/{index}/v"
     if shape.cache == "static":
         if key not in r.live:
-            r.new(key, k_row * shape.max_cache_len, "kv_cache")
-            r.new(value, v_row * shape.max_cache_len, "kv_cache")
+            r.new(key, k_row * shape.max_cache_len, "kv_cache", count)
+            r.new(value, v_row * shape.max_cache_len, "kv_cache", count)
         return shape.max_cache_len
     window = layer_window(spec, index)
     kept = shape.past if window is None else min(shape.past, window - 1)
     tokens = kept + shape.q_len
     pairs = ((key, k_row), (value, v_row))
     for name, row in pairs:
-        r.new(f"{name}/new", row * tokens, "kv_cache")
+        r.new(f"{name}/new", row * tokens, "kv_cache", count)
         if window is None and name in r.live:
             r.free(name)
     for name, _ in pairs:

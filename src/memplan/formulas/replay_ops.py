@@ -41,15 +41,18 @@ class Replay:
     the new name)."""
     peak_index: int = 0
     """Events in the log when the peak was reached."""
+    keep_log: bool = True
+    """False: record the level and the peak only (searches that need no breakdown)."""
 
-    def new(self, name: str, n_bytes: int, category: str = "temporaries") -> None:
-        """Allocate ``name`` (``n_bytes`` rounded up to the allocator's block; 0 allocates
-        nothing)."""
+    def new(self, name: str, n_bytes: int, category: str = "temporaries", count: int = 1) -> None:
+        """Allocate ``name``: ``count`` tensors of ``n_bytes`` each, every one rounded up to
+        the allocator's block (0 allocates nothing)."""
         if name in self.live:
             raise ValueError(f"{name} is already live")
-        size = -(-n_bytes // self.round_to) * self.round_to if n_bytes > 0 else 0
+        size = count * -(-n_bytes // self.round_to) * self.round_to if n_bytes > 0 else 0
         self.live[name] = (size, category)
-        self.log.append(("new", name, size, category))
+        if self.keep_log:
+            self.log.append(("new", name, size, category))
         self.level += size
         if self.level > self.peak:
             self.peak = self.level
@@ -58,12 +61,14 @@ class Replay:
     def free(self, *names: str) -> None:
         for name in names:
             self.level -= self.live.pop(name)[0]
-            self.log.append(("free", name, 0, ""))
+            if self.keep_log:
+                self.log.append(("free", name, 0, ""))
 
     def rename(self, old: str, new: str) -> None:
         """The same storage under another name (a variable handed on)."""
         self.live[new] = self.live.pop(old)
-        self.log.append(("rename", old, 0, new))
+        if self.keep_log:
+            self.log.append(("rename", old, 0, new))
 
     def at_peak(self) -> dict[str, tuple[int, str]]:
         """What was live at the peak: name -> (bytes, category)."""
