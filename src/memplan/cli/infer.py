@@ -9,17 +9,21 @@ from typing import Any
 from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import (
     add_output_flags,
+    add_plot_flag,
     fit_phrase,
     none_if_zero,
     outside_lines,
+    plot_if_asked,
     print_report,
     verdict_line,
 )
 from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import format_bytes, format_seconds
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run"]
 
 EPILOG = """\
 examples:
@@ -67,16 +71,19 @@ def register(subparsers: Any) -> None:
     )
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan infer`` prints (the web API calls it too); ``spec`` replaces
+    ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.inference import Efficiency, inference_report
     from memplan.estimate.params import default_weight_format, weight_format_note
     from memplan.specs.inference import InferenceSetup
 
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     setup = InferenceSetup(
         batch=args.batch,
         prompt_len=args.prompt_len,
@@ -101,6 +108,12 @@ def run(args: Any) -> int:
     kv_per_token = kv_bytes_per_token(spec, report)
     report.scalars["kv_cache_bytes_per_token"] = kv_per_token
     report.scalars["verdict"] = _verdict(report, args.decimal)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     print_report(report, args)
     if not args.json:
         _print_answers(report, args.decimal)

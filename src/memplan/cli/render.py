@@ -18,12 +18,15 @@ from memplan.units import (
 __all__ = [
     "OUTSIDE_LINES",
     "add_output_flags",
+    "add_plot_flag",
     "fit_phrase",
     "format_value",
     "none_if_zero",
     "outside_lines",
+    "plot_if_asked",
     "print_report",
     "render_tree",
+    "report_json",
     "verdict_line",
 ]
 
@@ -44,6 +47,29 @@ def add_output_flags(parser: Any) -> None:
     parser.add_argument(
         "--all", action="store_true", help="show every row (rows under 0.1 %% of the total fold)"
     )
+
+
+def add_plot_flag(parser: Any) -> None:
+    """``--plot FILE``: the breakdown bar and the phase timeline as a PNG or SVG image."""
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the breakdown and the phases to FILE (.png or .svg; needs the plot extra)",
+    )
+
+
+def plot_if_asked(report: Report, args: Any) -> None:
+    """Draw ``report`` to ``args.plot`` when given; matplotlib is imported only then."""
+    path = getattr(args, "plot", None)
+    if path:
+        from memplan.cli.plot import plot_report
+
+        plot_report(report.to_dict(), path)
+
+
+def report_json(report: Report, *, decimal: bool = False) -> str:
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
+    return json.dumps(report.to_dict(decimal=decimal), indent=2) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
@@ -103,8 +129,7 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     decimal = getattr(args, "decimal", False)
     if getattr(args, "json", False):
-        json.dump(report.to_dict(decimal=decimal), out, indent=2)
-        out.write("\n")
+        out.write(report_json(report, decimal=decimal))
         return
     fold = not getattr(args, "all", False)
     out.write(f"{report.model}: {report.kind}\n")

@@ -9,16 +9,20 @@ from typing import Any
 from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import (
     add_output_flags,
+    add_plot_flag,
     fit_phrase,
     none_if_zero,
+    plot_if_asked,
     print_report,
     verdict_line,
 )
 from memplan.errors import SetupError
 from memplan.formulas.serving import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import format_bytes, parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run", "weight_format_alias"]
 
 EPILOG = """\
 examples:
@@ -79,6 +83,7 @@ def register(subparsers: Any) -> None:
         "--non-torch-memory", metavar="SIZE", help="non-torch memory vLLM measures (default 0)"
     )
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,7 +95,9 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
+    replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.params import checkpoint_quantization, weight_format_note
     from memplan.estimate.serving import ServingSetup, serving_report
@@ -98,7 +105,7 @@ def run(args: Any) -> int:
     gpu = gpu_from_args(args)
     if gpu is None:
         raise SetupError("serve-capacity needs a GPU: give --gpu NAME (or --gpu-memory SIZE)")
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     weights = weight_format_alias(args.weights)
     if weights is None and args.dtype == "auto":
         weights = checkpoint_quantization(spec.hf_config or {})
@@ -124,6 +131,12 @@ def run(args: Any) -> int:
             report.notes.insert(0, note)
     _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     if not args.json:
         # vLLM's refusal is the verdict line, not a trailing note
         report.notes = [n for n in report.notes if not n.startswith("vLLM would fail")]

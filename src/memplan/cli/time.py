@@ -13,12 +13,20 @@ from memplan.cli.common import (
     non_negative_int,
     positive_int,
 )
-from memplan.cli.render import add_output_flags, print_report, verdict_line
+from memplan.cli.render import (
+    add_output_flags,
+    add_plot_flag,
+    plot_if_asked,
+    print_report,
+    verdict_line,
+)
 from memplan.errors import SetupError
 from memplan.formulas.time import DEFAULT_MFU
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import format_seconds, format_sig
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run"]
 
 EPILOG = """\
 examples:
@@ -97,10 +105,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
     add_gpu_flags(parser, cuda_context=False)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan time`` prints (the web API calls it too); ``spec`` replaces
+    ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.cli.train import default_seq
     from memplan.estimate.timing import TrainingRun, training_time_report
@@ -112,7 +123,7 @@ def run(args: Any) -> int:
         raise SetupError("time needs a GPU: give --gpu NAME (or --gpu-memory SIZE --tflops X)")
     if args.steps is None and args.tokens is None:
         raise SetupError("give the run length: --steps N or --tokens N")
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     seq = args.seq if args.seq is not None else default_seq(spec)
     recipe = QLORA_RECIPE if args.qlora else PLAIN_DEFAULTS
     rank = args.lora_rank if args.lora_rank is not None else recipe.lora_rank
@@ -153,6 +164,13 @@ def run(args: Any) -> int:
         f"at MFU {args.mfu:g}"
     )
     s["verdict"] = verdict_line(question, answer)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
+    s = report.scalars
     print_report(report, args)
     if not args.json:
         out = sys.stdout

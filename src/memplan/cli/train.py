@@ -20,9 +20,11 @@ from memplan.cli.common import (
 )
 from memplan.cli.render import (
     add_output_flags,
+    add_plot_flag,
     fit_phrase,
     none_if_zero,
     outside_lines,
+    plot_if_asked,
     print_report,
     verdict_line,
 )
@@ -43,7 +45,14 @@ from memplan.specs.training import (
 )
 from memplan.units import format_bytes
 
-__all__ = ["add_training_flags", "default_seq", "register", "run", "setup_from_args"]
+__all__ = [
+    "add_training_flags",
+    "build_report",
+    "default_seq",
+    "register",
+    "run",
+    "setup_from_args",
+]
 
 EPILOG = """\
 examples:
@@ -168,16 +177,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--method", default="exact", help="exact or a textbook method (below)")
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any, out: TextIO | None = None) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan train`` prints for these arguments (the web API calls it too);
+    ``spec`` replaces ``args.model`` when the model is already resolved (a pasted config)."""
     from memplan.catalog import resolve
     from memplan.estimate.training import estimate_training
     from memplan.formulas.methods_training import canonical_method
 
-    out = out or sys.stdout
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     setup = setup_from_args(args, spec)
     report = estimate_training(
         spec,
@@ -187,6 +198,13 @@ def run(args: Any, out: TextIO | None = None) -> int:
         cuda_context_bytes=cuda_context_from_args(args),
     )
     report.scalars["verdict"] = _verdict(report, getattr(args, "decimal", False))
+    return report
+
+
+def run(args: Any, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    report = build_report(args)
+    plot_if_asked(report, args)
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
