@@ -18,11 +18,11 @@ Inverse questions (the largest batch, the longest sequence) bisect a monotone pe
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from memplan.estimate.training import evaluate, training_plan
+from memplan.estimate.train_step import _plan_key
+from memplan.estimate.training import TrainingPlan, evaluate, training_plan
 from memplan.formulas.overheads import outside_tensors_item
 from memplan.report import Item
 from memplan.specs.hardware import Gpu
@@ -133,8 +133,9 @@ class TrainingFit:
     """Longest sequence at the setup's batch (0: not even one token)."""
 
 
-def _training_limit(spec: ModelSpec, setup: TrainingSetup) -> str:
-    mem = evaluate(training_plan(spec, setup), setup.batch, setup.seq)
+def _training_limit(plan: TrainingPlan, setup: TrainingSetup) -> str:
+    """What holds the peak of ``setup`` (evaluated on ``plan``), in words."""
+    mem = evaluate(plan, setup.batch, setup.seq)
     at_peak = mem.phases[mem.peak_phase]
     biggest = max(at_peak, key=lambda k: at_peak[k])
     phase = {"forward_peak": "the loss in the forward"}.get(mem.peak_phase, mem.peak_phase)
@@ -150,12 +151,12 @@ def fit_training(
     cuda_context_bytes: int | None = None,
 ) -> TrainingFit:
     """The verdict for ``setup`` on ``gpu``, the largest batch and the longest sequence."""
-    plan = training_plan(spec, dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True))
+    plan = training_plan(spec, _plan_key(setup))
     outside = outside_tensors_item(
         gpu, cuda_context_bytes=cuda_context_bytes, n_workspaces=TRAINING_WORKSPACES
     )
     peak = evaluate(plan, setup.batch, setup.seq).peak_bytes
-    verdict = fit_on_gpu(gpu.memory_bytes, peak, outside, _training_limit(spec, setup))
+    verdict = fit_on_gpu(gpu.memory_bytes, peak, outside, _training_limit(plan, setup))
     budget = verdict.usable_bytes
 
     def fits(batch: int, seq: int) -> bool:
