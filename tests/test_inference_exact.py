@@ -3,7 +3,8 @@
 The analytic engine replays the prefill and the last decode step op by op
 (``memplan.formulas.forward_memory``); the trace engine runs the real transformers model under
 fake tensors with CUDA semantics. Size-reduced configs of each family the replay covers (dense
-GQA and MHA, sliding window, MoE with and without shared experts, MLA), several batch sizes,
+GQA and MHA, fp32 GQA on the math kernel, sliding window, MoE with and without shared
+experts, MLA), several batch sizes,
 prompt lengths and generation lengths (one decode step, and many: the trace then fast-forwards
 the cache), both caches, last or all logits. Known disagreements are strict xfails with the
 measured gap and its reason; the full-size comparison is ``scripts/accuracy_inference.py``.
@@ -38,6 +39,12 @@ CASES = [
         id="llama-mha-fp32-mem-efficient",
     ),
     pytest.param(
+        "llama",
+        {},
+        dict(batch=2, prompt_len=24, gen_len=3, weights="fp32"),
+        id="llama-gqa-fp32-math",
+    ),
+    pytest.param(
         "qwen2", {}, dict(batch=3, prompt_len=100, gen_len=2, logits="all"), id="qwen2-all-logits"
     ),
     pytest.param("mistral", {}, dict(batch=3, prompt_len=6, gen_len=8), id="mistral-sliding"),
@@ -65,8 +72,9 @@ CASES = [
         marks=pytest.mark.xfail(
             strict=True,
             reason="decode_peak -512 B (peak equal): with a StaticCache the decode step builds "
-            "a (1, 1, 1, max_cache_len) bool mask and runs the memory-efficient kernel with "
-            "it; masks are not replayed yet (formulas/masks.py, issue 8 item 8)",
+            "a (1, 1, 1, max_cache_len) bool mask and the kernel (cuDNN on H100) takes it as an "
+            "additive mask; the masks' memory is not replayed yet (formulas/masks.py says when "
+            "they exist)",
         ),
     ),
     pytest.param(
@@ -78,7 +86,7 @@ CASES = [
             strict=True,
             reason="prefill_peak -1,024 B (-0.31 % of the peak), decode_peak -4,096 B: once the "
             "keys reach the 16-token window transformers builds a sliding mask and the kernel "
-            "becomes memory-efficient with it; masks are not replayed yet (issue 8 item 8)",
+            "(cuDNN on H100) takes it; the masks' memory is not replayed yet",
         ),
     ),
     pytest.param(

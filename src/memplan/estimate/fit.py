@@ -38,6 +38,7 @@ __all__ = [
     "fit_training",
     "largest",
     "training_fit_scalars",
+    "training_usable_bytes",
 ]
 
 TRAINING_WORKSPACES = 2
@@ -120,6 +121,15 @@ def largest(fits: Callable[[int], bool], limit: int, start: int = 1) -> int:
         else:
             high = middle
     return low
+
+
+def training_usable_bytes(gpu: Gpu, *, cuda_context_bytes: int | None = None) -> int:
+    """What a training step's tensors may use on ``gpu``: its memory less the CUDA context and
+    the two cuBLAS workspaces of its architecture (the per-rank verdicts of a plan use it)."""
+    outside = outside_tensors_item(
+        gpu, cuda_context_bytes=cuda_context_bytes, n_workspaces=TRAINING_WORKSPACES
+    )
+    return max(0, gpu.memory_bytes - int(outside.total))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

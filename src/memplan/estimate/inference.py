@@ -31,6 +31,7 @@ from memplan.estimate.inference_memory import (
 from memplan.estimate.serving import check_weight_format
 from memplan.formulas import serving as vllm
 from memplan.formulas.flops import forward_flops_item
+from memplan.formulas.forward_memory import REPLAYED_FAMILIES
 from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
 from memplan.formulas.overheads import outside_tensors_item
 from memplan.formulas.time import (
@@ -306,7 +307,7 @@ def inference_report(
         **{f"{child.key}_bytes": int(child.total) for child in outside.children},
     }
     sections: dict[str, Item] = {"outside_tensors": outside}
-    notes = _notes(setup, formats)
+    notes = _notes(spec, setup, formats)
     if gpu is not None:
         found = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
         scalars.update(gpu=gpu.name, **fit_scalars(found.fit))
@@ -345,7 +346,7 @@ def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> di
     }
 
 
-def _notes(setup: InferenceSetup, formats: _Formats) -> list[str]:
+def _notes(spec: ModelSpec, setup: InferenceSetup, formats: _Formats) -> list[str]:
     end = setup.prompt_len + max(setup.gen_len - 1, 0)
     notes = [
         f"KV cache: {setup.cache} cache, {formats.kv} B per element; after generating "
@@ -353,6 +354,12 @@ def _notes(setup: InferenceSetup, formats: _Formats) -> list[str]:
         "peak_bytes counts the tensors (allocated bytes, as torch.cuda.max_memory_allocated); "
         "the CUDA context and the cuBLAS workspace are the outside_tensors lines",
     ]
+    if spec.model_type not in REPLAYED_FAMILIES:
+        notes.append(
+            f"{spec.model_type}: the forward is replayed with the Llama layout; this family's "
+            "own ops (projections, norms, activations, eager scores) are not followed one by "
+            "one, so the temporaries line is an approximation (docs/accuracy.md: its gap)"
+        )
     if formats.weights not in ("fp32", "fp16", "bf16"):
         notes.append(
             f"{formats.weights}: the forward is replayed in the {formats.act}-byte compute "

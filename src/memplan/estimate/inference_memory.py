@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from memplan.formulas.activations import ActivationContext, attention_backend
+from memplan.estimate.train_kernels import kernel_device
+from memplan.formulas.attention import AttentionKernel, generate_attention_kernel
 from memplan.formulas.forward_memory import (
     ForwardShape,
     Replay,
@@ -30,13 +31,12 @@ from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_byte
 from memplan.report import INFERENCE_PHASES
 from memplan.specs.inference import InferenceSetup
 from memplan.specs.model import ModelSpec
-from memplan.specs.training import Attention, Checkpointing
 
 __all__ = [
     "INFERENCE_PHASES",
     "InferenceMemory",
     "activation_bytes",
-    "attention_kernel",
+    "attention_kernels",
     "inference_memory",
     "inference_peak_bytes",
 ]
@@ -70,25 +70,33 @@ class InferenceMemory:
         return max(self.phases["prefill_peak"], self.phases["decode_peak"])
 
 
-def attention_kernel(spec: ModelSpec, setup: InferenceSetup, act: int) -> str:
-    """The attention kernel of an inference forward: ``eager`` for soft-capped logits
-    (transformers' default for Gemma 2) or when asked, else the one
-    :func:`memplan.formulas.activations.attention_backend` picks (PyTorch's
-    ``select_sdp_backend``); the single place the inference estimate asks."""
-    if setup.attention == "eager" or spec.attn_logit_softcapping is not None:
-        return "eager"
-    ctx = ActivationContext(
-        compute_bytes=act,
-        stream_bytes=act,
-        autocast=False,
-        attention=Attention(setup.attention),
-        checkpointing=Checkpointing.NONE,
-        attention_dropout=0.0,
-        hidden_dropout=0.0,
-        embedding_dropout=0.0,
-        mask_bytes=1,
+def attention_kernels(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, *, past: int, q_len: int
+) -> tuple[AttentionKernel, AttentionKernel]:
+    """The kernels of full-attention and sliding-window layers in one forward: the rule both
+    engines share (:func:`memplan.formulas.attention.generate_attention_kernel`), on the GPU
+    whose kernels the trace emulates by default; ``eager`` for soft-capped logits
+    (transformers' default for Gemma 2) or when asked."""
+    attention = setup.attention
+    if spec.attn_logit_softcapping is not None:
+        attention = "eager"
+    device, _ = kernel_device(None)
+    dtype = {"fp32": "float32", "fp16": "float16"}.get(normalize_format(fmt), "bfloat16")
+    return tuple(  # type: ignore[return-value]
+        generate_attention_kernel(
+            spec,
+            attention,
+            device,
+            dtype=dtype,
+            batch=setup.batch,
+            q_len=q_len,
+            past=past,
+            sliding=sliding,
+            static_cache=setup.cache == "static",
+            cache_len=setup.total_len,
+        )
+        for sliding in (False, True)
     )
-    return attention_backend(spec, ctx, has_mask=False)
 
 
 def _round_to(setup: InferenceSetup) -> int:
@@ -135,7 +143,7 @@ def _shape(
         past=past,
         act=act,
         kv_bytes=kv_bytes,
-        kernel=attention_kernel(spec, setup, act),
+        kernels=attention_kernels(spec, setup, fmt, past=past, q_len=q_len),
         cache=setup.cache,
         max_cache_len=setup.total_len,
         logits_all=setup.logits == "all" and past == 0,

@@ -33,7 +33,7 @@ def attention(spec: ModelSpec, shape: ForwardShape, r: Replay, index: int) -> No
     _apply_rotary(shape, r, "k", kv_heads * d)
     r.free("q_proj", "k_proj")
     keys = _cache_update(spec, shape, r, index, "k", "v_proj")
-    _attention_kernel(spec, shape, r, keys, kv_heads, d, d)
+    _attention_kernel(spec, shape, r, index, keys, kv_heads, d, d)
     r.new("attn_out", t * spec.hidden_size * act)
     r.free("attn_core", "q")
 
@@ -83,7 +83,7 @@ def _mla_attention(spec: ModelSpec, shape: ForwardShape, r: Replay, index: int) 
     ctx_rows = shape.batch * keys
     r.new("kv_b", ctx_rows * heads * (mla.qk_nope_head_dim + mla.v_head_dim) * act)
     r.new("key_states", ctx_rows * heads * mla.qk_head_dim * act)
-    _attention_kernel(spec, shape, r, keys, heads, mla.qk_head_dim, mla.v_head_dim)
+    _attention_kernel(spec, shape, r, index, keys, heads, mla.qk_head_dim, mla.v_head_dim)
     r.new("attn_out", t * spec.hidden_size * act)
     r.free("attn_core", "q_proj", "q", "compressed_kv", "query_states", "key_states", "kv_b")
 
@@ -149,32 +149,44 @@ def cache_growth(
 
 
 def _attention_kernel(
-    spec: ModelSpec, shape: ForwardShape, r: Replay, keys: int, kv_heads: int, d_qk: int, d_v: int
+    spec: ModelSpec,
+    shape: ForwardShape,
+    r: Replay,
+    index: int,
+    keys: int,
+    kv_heads: int,
+    d_qk: int,
+    d_v: int,
 ) -> None:
-    """The attention over ``keys`` keys, by kernel; leaves ``attn_core`` (B, q, H, d_v)."""
-    if shape.kernel == "math":
+    """The attention over ``keys`` keys with the kernel of layer ``index``'s type; leaves
+    ``attn_core`` (B, q, H, d_v). ``repeat_kv`` (transformers' copies of K and V to every
+    query head, made when a mask rules ``enable_gqa`` out) lives until the call returns."""
+    kernel = shape.kernels[0 if layer_window(spec, index) is None else 1]
+    heads, _ = heads_per_rank(spec, shape)
+    repeated = kernel.gqa == "repeat_kv" and heads != kv_heads
+    if repeated:
+        r.new("sdpa/k_repeated", shape.batch * heads * keys * d_qk * shape.act)
+        r.new("sdpa/v_repeated", shape.batch * heads * keys * d_v * shape.act)
+        kv_heads = heads
+    if kernel.backend == "math":
         _math_kernel(spec, shape, r, keys, kv_heads, d_qk, d_v)
     else:
-        _fused_kernel(spec, shape, r, keys, kv_heads, d_qk, d_v)
+        _fused_kernel(spec, shape, r, kernel.backend, d_v)
+    if repeated:
+        r.free("sdpa/k_repeated", "sdpa/v_repeated")
 
 
-def _fused_kernel(
-    spec: ModelSpec, shape: ForwardShape, r: Replay, keys: int, kv_heads: int, d_qk: int, d_v: int
-) -> None:
-    """A fused CUDA kernel's outputs (the attention output stays; the rest is freed at once).
+def _fused_kernel(spec: ModelSpec, shape: ForwardShape, r: Replay, backend: str, d_v: int) -> None:
+    """A fused CUDA kernel's outputs (the attention output stays; the rest is freed at once),
+    as their meta functions allocate them (torch 2.13 ``_meta_registrations.py``):
 
     * flash: the output, a fp32 logsumexp (B, H, q), the RNG state (two uint64) and seed;
     * memory-efficient: the output, an empty logsumexp (no gradient), seed and offset (int64
-      scalars); with grouped KV heads the trace's emulation first copies K and V to every
-      query head (``memplan.trace.emulate``), two (B, H, keys, d) tensors;
+      scalars);
     * cuDNN: the output and its fp32 statistics (B, H, q, 1), seed and offset.
     """
     b, q, act = shape.batch, shape.q_len, shape.act
     heads, _ = heads_per_rank(spec, shape)
-    expanded = shape.kernel == "mem-efficient" and heads != kv_heads
-    if expanded:
-        r.new("kernel/k_expanded", b * heads * keys * d_qk * act)
-        r.new("kernel/v_expanded", b * heads * keys * d_v * act)
     r.new("attn_core", b * q * heads * d_v * act)
     extra = {
         "flash": {
@@ -184,12 +196,10 @@ def _fused_kernel(
         },
         "mem-efficient": {"seed": INT64_BYTES, "offset": INT64_BYTES},
         "cudnn": {"stats": b * heads * q * FP32_BYTES, "seed": INT64_BYTES, "offset": INT64_BYTES},
-    }.get(shape.kernel, {})
+    }.get(backend, {})
     for name, size in extra.items():
         r.new(f"kernel/{name}", size)
     r.free(*(f"kernel/{name}" for name in extra))
-    if expanded:
-        r.free("kernel/k_expanded", "kernel/v_expanded")
 
 
 def _math_kernel(

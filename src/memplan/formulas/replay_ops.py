@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from memplan.formulas.attention import AttentionKernel
 from memplan.specs.model import ModelSpec, NormKind
 
 __all__ = [
@@ -107,8 +108,10 @@ class ForwardShape:
     """Bytes of an activation element (the compute dtype)."""
     kv_bytes: int
     """Bytes of a cached element."""
-    kernel: str
-    """Attention kernel: ``flash``, ``mem-efficient``, ``cudnn``, ``math`` or ``eager``."""
+    kernels: tuple[AttentionKernel, AttentionKernel]
+    """The attention kernel of full-attention and of sliding-window layers in this forward
+    (:func:`memplan.formulas.attention.generate_attention_kernel`: backend, how grouped KV
+    heads reach it, whether transformers built a mask)."""
     cache: str = "dynamic"
     max_cache_len: int = 0
     """StaticCache length (``cache == "static"``)."""
