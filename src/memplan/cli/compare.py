@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args
 from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags
 from memplan.cli.train import add_training_flags, setup_from_args
@@ -172,15 +172,15 @@ def _seed004_question(spec: Any, setup: Any, args: Any) -> dict[str, Any]:
     """Seed 004's question for this model: the largest batch on the GPU (80 GB by default)."""
     from memplan.estimate.fit import fit_training
     from memplan.formulas.methods_training import seed004_max_batch
+    from memplan.specs.hardware import custom_gpu
 
-    gpu = gpu_from_args(args)
-    memory = gpu.memory_bytes if gpu is not None else 80 * GB
-    fit = fit_training(spec, setup, memory)
+    gpu = gpu_from_args(args) or custom_gpu(memory_bytes=80 * GB, name="80 GB")
+    found = fit_training(spec, setup, gpu, cuda_context_bytes=cuda_context_from_args(args))
     return {
-        "memory_bytes": memory,
+        "memory_bytes": gpu.memory_bytes,
         "seq": setup.seq,
-        "seed004_max_batch": seed004_max_batch(spec, setup.seq, memory),
-        "exact_max_batch": fit.max_batch_size,
+        "seed004_max_batch": seed004_max_batch(spec, setup.seq, gpu.memory_bytes),
+        "exact_max_batch": found.max_batch_size,
     }
 
 

@@ -16,11 +16,13 @@ from memplan.units import (
 )
 
 __all__ = [
+    "OUTSIDE_LINES",
     "add_output_flags",
     "add_plot_flag",
     "fit_phrase",
     "format_value",
     "none_if_zero",
+    "outside_lines",
     "plot_if_asked",
     "print_report",
     "render_tree",
@@ -174,3 +176,23 @@ def verdict_line(question: str, answer: str, fit: str = "") -> str:
 def none_if_zero(value: int) -> str:
     """A largest-that-fits count: ``none`` when not even one fits."""
     return f"{value:,}" if value else "none"
+
+
+OUTSIDE_LINES = ("cuda_context", "cublas_workspace", "allocator_reserved")
+"""The named lines outside the tensors that a fit verdict counts (memplan.estimate.fit)."""
+
+
+def outside_lines(scalars: dict[str, Any], *, decimal: bool = False) -> list[str]:
+    """What the verdict counts beside the tensors' peak, by name, and what holds the peak."""
+    if "usable_bytes" not in scalars:
+        return []
+    parts = [
+        f"{name} {format_bytes(scalars[name + '_bytes'], decimal=decimal)}"
+        for name in OUTSIDE_LINES
+        if name + "_bytes" in scalars
+    ]
+    usable = format_bytes(scalars["usable_bytes"], decimal=decimal)
+    lines = [f"outside the tensors: {', '.join(parts)} ({usable} usable for tensors)"]
+    if scalars.get("limit"):
+        lines.append(f"limited by: {scalars['limit']}")
+    return lines

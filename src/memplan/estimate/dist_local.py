@@ -17,7 +17,6 @@ from functools import lru_cache
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_states import activation_precision, local_spec
-from memplan.estimate.train_kernels import attention_kernels
 from memplan.estimate.train_plan import TrainingPlan, training_plan
 from memplan.estimate.train_step import _sum_saved
 from memplan.formulas.activations import Saved
@@ -102,13 +101,13 @@ def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) 
     cp = plan.cp_degree
     seq = setup.seq // cp
     tplan = _local_plan(spec, setup, plan)
-    b = setup.batch
-    backend = attention_kernels(tplan.spec, tplan.setup, b, max(seq, 2))[0].backend
-    if cp > 1 and backend in ("eager", "math"):
+    unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"})
+    if cp > 1 and unfused:
         raise SetupError(
             f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
-            f"not {backend}: choose --attention flash or sdpa with half precision"
+            f"not {unfused[0]}: choose --attention flash or sdpa with half precision"
         )
+    b = setup.batch
     if plan.sequence_parallel:
         tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
     return LocalStep(tplan, b, seq)
