@@ -92,6 +92,8 @@ CASES: list[tuple[str, TrainingSetup]] = [
     # sequence, so every layer gets a mask (cuDNN saves it); Gemma 3's sliding layers (512)
     # get one too, with K/V repeated to the query heads
     ("microsoft/Phi-3-mini-4k-instruct", _s(batch=1, seq=2048, precision=Precision.BF16)),
+    # Mistral-7B-v0.1: a sequence as long as its window (4096) already gets the mask
+    ("mistralai/Mistral-7B-v0.1", _s(batch=1, seq=4096, precision=Precision.BF16)),
     ("google/gemma-3-1b-pt", _s(batch=2, seq=1024, precision=Precision.BF16)),
 ]
 

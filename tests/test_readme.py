@@ -100,6 +100,10 @@ def test_example_runs_offline(example: str) -> None:
         args = build_parser().parse_args(argv)
         assert resolve_model(args.model) is not None
         return
+    if argv[0] == "serve":  # starts a server: parsed here, run in tests/test_web_browser.py
+        args = build_parser().parse_args(argv)
+        assert 0 < args.port < 65536
+        return
     if argv[0] == "compare" and "--no-trace" not in argv:
         argv.append("--no-trace")
     out, err = io.StringIO(), io.StringIO()

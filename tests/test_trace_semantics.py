@@ -148,7 +148,8 @@ def test_inference_kv_cache_is_exact() -> None:
     static = trace_inference(
         LLAMA, InferenceSetup(batch=2, prompt_len=16, gen_len=3, cache="static")
     )
-    assert static.scalars["kv_cache_bytes"] == 2 * 2 * (2 * 2 * 19 * 16 * 2)
+    # ... plus each StaticLayer's int64 cumulative_length counter
+    assert static.scalars["kv_cache_bytes"] == 2 * 2 * (2 * 2 * 19 * 16 * 2) + 2 * 8
     assert dynamic.breakdown.get("kv_cache") > 0
 
 

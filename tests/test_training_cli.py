@@ -25,7 +25,7 @@ def test_make_run_prints_a_readable_estimate(capsys: pytest.CaptureFixture[str])
 def test_what_fits_lists_the_largest_batch_and_sequence(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*MAKE_RUN[:-2], "--lora-rank", "16", "--gpu", "H100-SXM"]) == 0
     out = capsys.readouterr().out
-    for text in ("fits on H100", "to spare", "largest micro-batch at seq 2048:",
+    for text in ("fits on H100", "to spare", "usable for tensors", "largest micro-batch at seq 2048:",
                  "longest sequence at batch 1:"):  # fmt: skip
         assert text in out, text
 

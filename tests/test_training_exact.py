@@ -193,6 +193,8 @@ KERNEL_CASES = [
     ("mistral-swa", _setup(batch=2, seq=24, precision=Precision.FP32)),  # seq < window: math
     ("gemma3-swa", _setup(batch=2, seq=64, precision=Precision.BF16)),
     ("gemma3-mqa", _setup(batch=2, seq=64, precision=Precision.BF16)),
+    # math with dropout: CUDA's fused dropout keeps a bool mask beside the fp32 probabilities
+    ("gpt2", _setup(batch=2, seq=64, precision=Precision.BF16, dropout=0.125, gpu="V100")),
 ]
 
 
@@ -275,3 +277,23 @@ def test_moe_backward_peak_within_a_tenth_of_a_percent(precision: Precision) -> 
     for key in ("peak", "phase/peak_backward", "phase/end_of_forward"):
         assert abs(analytic[key] - trace[key]) <= 0.001 * trace[key], key
     assert analytic["phase/after_backward"] == trace["phase/after_backward"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Falcon calls sdpa itself with an always-built mask and one KV head, so torch 2.13 "
+    "runs the math kernel (kernel choice held equal); the copies matmul makes when it "
+    "broadcasts K and V over the heads are not modelled yet: measured +30,720 B (+1.9 %) on "
+    "end_of_forward here, +1.6 % for falcon-7b b1 s512 bf16 (peak exact, optimizer step)",
+)
+def test_falcon_math_kernel_saved_tensors() -> None:
+    import json
+    from pathlib import Path
+
+    configs = json.loads((Path(__file__).parent / "data" / "trace_tiny_configs.json").read_text())
+    config = configs["falcon"]
+    setup = _setup(batch=2, seq=64, precision=Precision.BF16)
+    spec = spec_from_config(dict(config), name="falcon")
+    analytic = estimate_training(spec, setup)
+    assert analytic.notes[0].startswith("attention kernel: math")
+    assert _lines(analytic) == _lines(_trace(config, setup))

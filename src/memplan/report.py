@@ -7,7 +7,8 @@ line by line (``Item.flatten``).
 
 JSON contract (other tools read it): ``Report.to_dict()`` gives ``kind``, ``model``, ``setup``,
 the report's scalars at top level (``total_params``, ``peak_bytes``, ``max_batch_size``,
-``kv_cache_tokens``, ...), ``breakdown`` (the tree), ``phases`` and ``notes``.
+``kv_cache_tokens``, ...), ``breakdown`` (the tree), ``phases`` (a training report adds
+``first_step_phases``) and ``notes``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import Any
 
 from memplan.units import render_marks
 
-__all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
+__all__ = [
+    "INFERENCE_PHASES",
+    "TRAINING_CATEGORIES",
+    "TRAINING_PHASES",
+    "Item",
+    "Phase",
+    "Report",
+]
 
 TRAINING_PHASES = (
     "after_load",
@@ -29,6 +37,9 @@ TRAINING_PHASES = (
     "after_zero_grad",
 )
 """The phases of a training step, in order: the same in the analytic and the trace engine."""
+
+INFERENCE_PHASES = ("after_load", "prefill_peak", "after_prefill", "decode_peak", "after_decode")
+"""The phases of a generate call, in order: the same in the analytic and the trace engine."""
 
 TRAINING_CATEGORIES = (
     "parameters",
@@ -152,6 +163,8 @@ class Report:
     phases: list[Phase] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sections: dict[str, Item] = field(default_factory=dict)
+    first_step_phases: list[Phase] = field(default_factory=list)
+    """Training: the same phases in the first iteration (before the optimizer states exist)."""
 
     def to_dict(self, *, decimal: bool = False) -> dict[str, Any]:
         """The JSON form; sizes inside notes in GiB (GB with ``decimal``)."""
@@ -162,5 +175,7 @@ class Report:
         if self.sections:
             out["sections"] = {name: item.to_dict() for name, item in self.sections.items()}
         out["phases"] = [phase.to_dict() for phase in self.phases]
+        if self.first_step_phases:
+            out["first_step_phases"] = [phase.to_dict() for phase in self.first_step_phases]
         out["notes"] = [render_marks(note, decimal=decimal) for note in self.notes]
         return out

@@ -1,8 +1,8 @@
 """Shared CLI helpers: the GPU flags every command takes, and model resolution.
 
-``add_gpu_flags(parser)`` adds ``--gpu NAME``, ``--gpu-memory SIZE``, ``--tflops X`` and
-``--bandwidth RATE``; ``gpu_from_args(args)`` turns them into a :class:`Gpu` (or None when none
-was given). A catalog GPU's figures can be overridden one by one (``--gpu H100 --gpu-memory
+``add_gpu_flags(parser)`` adds ``--gpu NAME``, ``--gpu-memory SIZE``, ``--tflops X``,
+``--bandwidth RATE`` and (for commands with a fit verdict) ``--cuda-context SIZE``;
+``gpu_from_args(args)`` turns them into a :class:`Gpu` (or None when none was given). A catalog GPU's figures can be overridden one by one (``--gpu H100 --gpu-memory
 40GiB`` for a MIG slice or a shared card).
 """
 
@@ -21,6 +21,7 @@ __all__ = [
     "MAX_COUNT",
     "add_gpu_flags",
     "count",
+    "cuda_context_from_args",
     "gpu_from_args",
     "non_negative_int",
     "parse_bandwidth",
@@ -76,8 +77,9 @@ def parse_bandwidth(text: str) -> float:
         ) from None
 
 
-def add_gpu_flags(parser: Any) -> None:
-    """``--gpu``, ``--gpu-memory``, ``--tflops``, ``--bandwidth`` (each optional)."""
+def add_gpu_flags(parser: Any, *, cuda_context: bool = True) -> None:
+    """``--gpu``, ``--gpu-memory``, ``--tflops``, ``--bandwidth`` and, where the command gives a
+    fit verdict, ``--cuda-context`` (each optional)."""
     group = parser.add_argument_group("GPU")
     group.add_argument(
         "--gpu",
@@ -100,6 +102,19 @@ def add_gpu_flags(parser: Any) -> None:
         metavar="RATE",
         help="memory bandwidth, e.g. 3.35TB/s (overrides the catalog figure)",
     )
+    if not cuda_context:
+        return
+    group.add_argument(
+        "--cuda-context",
+        metavar="SIZE",
+        help="CUDA context size counted in the fit verdict (default 512MiB, a typical figure)",
+    )
+
+
+def cuda_context_from_args(args: Any) -> int | None:
+    """``--cuda-context SIZE`` in bytes, or None (the typical default applies)."""
+    text = getattr(args, "cuda_context", None)
+    return parse_size(text) if text else None
 
 
 def gpu_from_args(args: Any) -> Gpu | None:

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags
 from memplan.cli.train import add_training_flags, setup_from_args
 from memplan.report import Report
@@ -28,6 +29,7 @@ examples:
   memplan compare llama-3.2-1b --batch 1 --seq 2048
   memplan compare ./config.json --precision bf16 --checkpointing full
   memplan compare gpt2-xl --precision fp32 --seq 1024 --methods --no-trace
+  memplan compare llama-2-7b --gpus 8 --fsdp full --seq 4096 --no-trace --methods
 """
 _SECTIONS = ("embedding", "layers", "final_norm", "lm_head", "loss", "other")
 
@@ -64,6 +66,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--methods", action="store_true", help="add the textbook methods")
     parser.add_argument("--no-trace", action="store_true", help="skip the trace (no torch)")
     add_gpu_flags(parser)
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -125,6 +128,11 @@ def run(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     spec = resolve(args.model)
     setup = setup_from_args(args, spec)
+    plan = plan_from_args(args, spec, micro_batch=setup.batch, seq=setup.seq)
+    if plan is not None:
+        from memplan.cli.compare_parallel import run_parallel
+
+        return run_parallel(args, spec, setup, plan, out)
     analytic = estimate_training(spec, setup)
     trace = None
     if not args.no_trace:
@@ -164,15 +172,15 @@ def _seed004_question(spec: Any, setup: Any, args: Any) -> dict[str, Any]:
     """Seed 004's question for this model: the largest batch on the GPU (80 GB by default)."""
     from memplan.estimate.fit import fit_training
     from memplan.formulas.methods_training import seed004_max_batch
+    from memplan.specs.hardware import custom_gpu
 
-    gpu = gpu_from_args(args)
-    memory = gpu.memory_bytes if gpu is not None else 80 * GB
-    fit = fit_training(spec, setup, memory)
+    gpu = gpu_from_args(args) or custom_gpu(memory_bytes=80 * GB, name="80 GB")
+    found = fit_training(spec, setup, gpu, cuda_context_bytes=cuda_context_from_args(args))
     return {
-        "memory_bytes": memory,
+        "memory_bytes": gpu.memory_bytes,
         "seq": setup.seq,
-        "seed004_max_batch": seed004_max_batch(spec, setup.seq, memory),
-        "exact_max_batch": fit.max_batch_size,
+        "seed004_max_batch": seed004_max_batch(spec, setup.seq, gpu.memory_bytes),
+        "exact_max_batch": found.max_batch_size,
     }
 
 

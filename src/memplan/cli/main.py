@@ -27,6 +27,8 @@ COMMANDS = (
     "gpus",
     "trace",
     "compare",
+    "sweep",
+    "serve",
 )
 
 EPILOG = """\
@@ -50,14 +52,20 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``memplan: error: ...``, exit 2), not the
     usage dump: the same form as every other input error. Subcommand parsers inherit it."""
 
-    def error(self, message: str) -> NoReturn:
+    def error_line(self, message: str) -> str:
+        """The one line the CLI prints for an argparse error (the web API answers it too)."""
         command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
         hint = f" (see `memplan {command} --help`)" if command else " (see `memplan --help`)"
-        self.exit(2, f"memplan: error: {message}{hint}\n")
+        return f"memplan: error: {message}{hint}"
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, self.error_line(message) + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+def build_parser(parser_class: type[OneLineParser] = OneLineParser) -> argparse.ArgumentParser:
+    """The ``memplan`` parser with every command's subparser. ``parser_class`` lets the web API
+    parse the same flags with a parser that raises instead of exiting (``memplan.cli.schema``)."""
+    parser = parser_class(
         prog="memplan",
         description="Will this model fit, where does the memory go, how long will it take.",
         epilog=EPILOG,

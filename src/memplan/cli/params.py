@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from typing import Any, TextIO
 
-from memplan.cli.render import add_output_flags, render_tree, verdict_line
+from memplan.cli.render import add_output_flags, render_tree, report_json, verdict_line
 from memplan.report import Report
 from memplan.units import format_bytes, format_count, render_marks
 
-__all__ = ["add_manual_flags", "register", "run", "spec_from_args"]
+__all__ = ["add_manual_flags", "build_report", "register", "run", "spec_from_args"]
 
 EPILOG = """\
 examples:
@@ -143,21 +142,28 @@ def _can_build_on_meta() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: Any = None, *, allow_torch: bool = True) -> Report:
+    """The Report ``memplan params`` prints (the web API calls it too, with ``allow_torch``
+    False: a model type the analytic engine does not know is then an error, never a build of
+    the model on the meta device). ``spec`` replaces MODEL when already resolved."""
     from memplan.estimate.params import meta_params_report, params_report
     from memplan.specs.hf import UnsupportedModelTypeError
 
+    if spec is not None:
+        return params_report(spec, method=args.method, weights=args.weights)
     try:
         spec = spec_from_args(args)
     except UnsupportedModelTypeError as exc:
-        if not _can_build_on_meta():
+        if not (allow_torch and _can_build_on_meta()):
             raise
-        report = meta_params_report(exc.config, exc.name)
-    else:
-        report = params_report(spec, method=args.method, weights=args.weights)
+        return meta_params_report(exc.config, exc.name)
+    return params_report(spec, method=args.method, weights=args.weights)
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
     if args.json:  # the Python API's report, as it is (memplan.params)
-        json.dump(report.to_dict(decimal=args.decimal), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(report_json(report, decimal=args.decimal))
     else:
         render_params(report, decimal=args.decimal, out=sys.stdout, fold=not args.all)
         sys.stdout.write(_verdict(report, args.decimal) + "\n")

@@ -16,12 +16,17 @@ from memplan.units import (
 )
 
 __all__ = [
+    "OUTSIDE_LINES",
     "add_output_flags",
+    "add_plot_flag",
     "fit_phrase",
     "format_value",
     "none_if_zero",
+    "outside_lines",
+    "plot_if_asked",
     "print_report",
     "render_tree",
+    "report_json",
     "verdict_line",
 ]
 
@@ -42,6 +47,29 @@ def add_output_flags(parser: Any) -> None:
     parser.add_argument(
         "--all", action="store_true", help="show every row (rows under 0.1 %% of the total fold)"
     )
+
+
+def add_plot_flag(parser: Any) -> None:
+    """``--plot FILE``: the breakdown bar and the phase timeline as a PNG or SVG image."""
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the breakdown and the phases to FILE (.png or .svg; needs the plot extra)",
+    )
+
+
+def plot_if_asked(report: Report, args: Any) -> None:
+    """Draw ``report`` to ``args.plot`` when given; matplotlib is imported only then."""
+    path = getattr(args, "plot", None)
+    if path:
+        from memplan.cli.plot import plot_report
+
+        plot_report(report.to_dict(), path)
+
+
+def report_json(report: Report, *, decimal: bool = False) -> str:
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
+    return json.dumps(report.to_dict(decimal=decimal), indent=2) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
@@ -101,8 +129,7 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     decimal = getattr(args, "decimal", False)
     if getattr(args, "json", False):
-        json.dump(report.to_dict(decimal=decimal), out, indent=2)
-        out.write("\n")
+        out.write(report_json(report, decimal=decimal))
         return
     fold = not getattr(args, "all", False)
     out.write(f"{report.model}: {report.kind}\n")
@@ -149,3 +176,23 @@ def verdict_line(question: str, answer: str, fit: str = "") -> str:
 def none_if_zero(value: int) -> str:
     """A largest-that-fits count: ``none`` when not even one fits."""
     return f"{value:,}" if value else "none"
+
+
+OUTSIDE_LINES = ("cuda_context", "cublas_workspace", "allocator_reserved")
+"""The named lines outside the tensors that a fit verdict counts (memplan.estimate.fit)."""
+
+
+def outside_lines(scalars: dict[str, Any], *, decimal: bool = False) -> list[str]:
+    """What the verdict counts beside the tensors' peak, by name, and what holds the peak."""
+    if "usable_bytes" not in scalars:
+        return []
+    parts = [
+        f"{name} {format_bytes(scalars[name + '_bytes'], decimal=decimal)}"
+        for name in OUTSIDE_LINES
+        if name + "_bytes" in scalars
+    ]
+    usable = format_bytes(scalars["usable_bytes"], decimal=decimal)
+    lines = [f"outside the tensors: {', '.join(parts)} ({usable} usable for tensors)"]
+    if scalars.get("limit"):
+        lines.append(f"limited by: {scalars['limit']}")
+    return lines

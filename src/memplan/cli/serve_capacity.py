@@ -6,19 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import (
     add_output_flags,
+    add_plot_flag,
     fit_phrase,
     none_if_zero,
+    plot_if_asked,
     print_report,
     verdict_line,
 )
 from memplan.errors import SetupError
 from memplan.formulas.serving import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
 from memplan.units import format_bytes, parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run", "weight_format_alias"]
 
 EPILOG = """\
 examples:
@@ -79,6 +83,7 @@ def register(subparsers: Any) -> None:
         "--non-torch-memory", metavar="SIZE", help="non-torch memory vLLM measures (default 0)"
     )
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,7 +95,9 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
+    replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.params import checkpoint_quantization, weight_format_note
     from memplan.estimate.serving import ServingSetup, serving_report
@@ -98,7 +105,7 @@ def run(args: Any) -> int:
     gpu = gpu_from_args(args)
     if gpu is None:
         raise SetupError("serve-capacity needs a GPU: give --gpu NAME (or --gpu-memory SIZE)")
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     weights = weight_format_alias(args.weights)
     if weights is None and args.dtype == "auto":
         weights = checkpoint_quantization(spec.hf_config or {})
@@ -116,13 +123,20 @@ def run(args: Any) -> int:
         if args.non_torch_memory
         else 0,
     )
-    report = serving_report(spec, setup, gpu)
+    context = cuda_context_from_args(args)
+    report = serving_report(spec, setup, gpu, cuda_context_bytes=context)
     if weights is not None and args.weights is None:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
-    _add_answers(report, spec, setup, gpu)
+    _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     if not args.json:
         # vLLM's refusal is the verdict line, not a trailing note
         report.notes = [n for n in report.notes if not n.startswith("vLLM would fail")]
@@ -132,7 +146,7 @@ def run(args: Any) -> int:
     return 0
 
 
-def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
+def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any, context: int | None) -> None:
     """KV bytes per token, the smallest tensor-parallel degree that starts, the largest
     max_model_len that fits, and the verdict."""
     import dataclasses
@@ -149,7 +163,9 @@ def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
     s["min_tp"] = None
     for tp in (1, 2, 4, 8, 16, 32, 64):
         try:
-            trial = serving_report(spec, dataclasses.replace(setup, tp_degree=tp), gpu)
+            trial = serving_report(
+                spec, dataclasses.replace(setup, tp_degree=tp), gpu, cuda_context_bytes=context
+            )
         except SetupError:  # heads not divisible by this degree
             continue
         if trial.scalars["fits"]:
@@ -189,6 +205,15 @@ def _verdict(report: Any, decimal: bool) -> str:
             f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
             f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
         )
-    else:
+    elif not s["vllm_kv_check"]:
         answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
+    else:
+        answer = "vLLM would refuse to start (the requested memory and the CUDA context)"
+        fit = fit_phrase(
+            gpu,
+            s["gpu_memory_bytes"],
+            s["headroom_bytes"],
+            decimal=decimal,
+            usable_bytes=s["usable_bytes"],
+        )
     return verdict_line(question, answer, fit)

@@ -74,6 +74,7 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
     phases = [
         Phase(name, mem.phase_bytes(name), breakdown=dict(mem.phases[name])) for name in PHASES
     ]
+    first_step = _first_step_phases(mem, plan.state_bytes)
     scalars: dict[str, Any] = {
         "peak_bytes": mem.peak_bytes,
         "peak_phase": _PEAK_PHASE_NAMES[mem.peak_phase],
@@ -89,7 +90,24 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
         scalars=scalars,
         phases=phases,
         notes=list(plan.notes),
+        first_step_phases=first_step,
     )
+
+
+def _first_step_phases(mem: StepMemory, state_bytes: int) -> list[Phase]:
+    """The phases of the first iteration: PyTorch's optimizers create their state lazily,
+    inside the first ``step()`` (``torch/optim/adamw.py`` ``_init_group``), so every phase
+    before ``optimizer_step`` is the steady state's less the optimizer states; from
+    ``optimizer_step`` on they are live. Same rule as ``first_step_peak_bytes``."""
+    out = []
+    states_live = False
+    for name in PHASES:
+        states_live = states_live or name == "optimizer_step"
+        parts = dict(mem.phases[name])
+        if not states_live:
+            parts["optimizer_states"] = parts.get("optimizer_states", 0) - state_bytes
+        out.append(Phase(name, sum(parts.values()), breakdown=parts))
+    return out
 
 
 def _width_label(plan: TrainingPlan, key: str) -> str:

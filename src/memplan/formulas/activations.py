@@ -281,18 +281,23 @@ def _fused_kernel_saved(
 def _math_kernel_saved(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:
     """``_scaled_dot_product_attention_math`` (attention.cpp): k and v repeated for GQA,
     everything in fp32 for half inputs; q*sqrt(scale) and k*sqrt(scale), the softmax and v are
-    saved, and the output's transposed copy feeds o_proj."""
+    saved, and the output's transposed copy feeds o_proj. With dropout, CUDA's fused dropout
+    keeps its bool mask and the second matmul the dropped probabilities."""
     c, h = ctx.compute_bytes, spec.n_heads
     mla = spec.mla
     d_qk = mla.qk_head_dim if mla else spec.head_dim
     d_v = mla.v_head_dim if mla else spec.head_dim
-    return [
+    out = [
         Saved("attention/q_scaled", 4, per_token=h * d_qk),
         Saved("attention/k_scaled", 4, per_token=h * d_qk),
         Saved("attention/softmax", 4, per_score=h),
-        Saved("attention/v", 4, per_token=h * d_v),
-        Saved("attention/out", c, per_token=h * d_v),
     ]
+    if ctx.attention_dropout > 0:
+        out.append(Saved("attention/dropout_mask", ctx.mask_bytes or 4, per_score=h))
+        out.append(Saved("attention/probs", 4, per_score=h))
+    out.append(Saved("attention/v", 4, per_token=h * d_v))
+    out.append(Saved("attention/out", c, per_token=h * d_v))
+    return out
 
 
 def _eager_saved(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:

@@ -8,6 +8,7 @@ Both engines share it: the trace emulates the same choice op by op
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
@@ -82,6 +83,8 @@ def attention_kernel(
             "choose --attention eager"
         )
     mla = spec.mla
+    if spec.sdpa_own_call:
+        mask = True
     call, gqa = transformers_sdpa_call(
         dtype=dtype,
         batch=batch,
@@ -95,6 +98,9 @@ def attention_kernel(
         dropout_p=dropout,
         requires_grad=True,
     )
+    if spec.sdpa_own_call:  # K/V heads as they are, no enable_gqa, the mask always
+        call = dataclasses.replace(call, kv_heads=spec.n_kv_heads, enable_gqa=False)
+        gqa = "none"
     if attention is Attention.SDPA:
         return AttentionKernel(sdpa_backend(call, device), gqa, mask)
     backend = attention.value

@@ -301,6 +301,7 @@ def _falcon(cfg: _Config) -> dict[str, Any]:
         "rope_theta": _rope_theta(cfg),
         "hidden_dropout": cfg.number("hidden_dropout", default=0.0) or 0.0,
         "attention_dropout": cfg.number("attention_dropout", default=0.0) or 0.0,
+        "sdpa_own_call": not new_arch,
     }
 
 

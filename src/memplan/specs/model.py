@@ -257,6 +257,10 @@ class ModelSpec:
     rotary_concat: bool = False
     """The rotary embedding concatenates the rotated and the passed-through parts
     (``torch.cat``), so q comes out (B, H, S, D) contiguous (Phi-3, GPT-NeoX)."""
+    sdpa_own_call: bool = False
+    """The family calls ``F.scaled_dot_product_attention`` itself, with a mask it always
+    materialises (``create_causal_mask(allow_is_causal_skip=False)``) and its K/V heads as they
+    are: no ``enable_gqa``, no ``repeat_kv`` (Falcon, ``modeling_falcon.py``)."""
     conv1d_names: bool = False
     """GPT-2's Conv1D module names: ``c_attn``, ``c_proj``, ``c_fc`` (LoRA targets, tensor
     names)."""

@@ -197,6 +197,10 @@ class CudaEmulation(TorchFunctionMode):
         backend = self._backend(call)
         self.backends_used[backend] = self.backends_used.get(backend, 0) + 1
         self.calls.append((backend, call))
+        if backend == "math" and dropout_p > 0:
+            return _math_with_cuda_dropout(
+                query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+            )
         if backend == "math":
             # the composite is the same code on every device (attention.cpp); with enable_gqa it
             # repeats K and V itself (pre_process_group_query_attention_input)
@@ -234,6 +238,47 @@ class CudaEmulation(TorchFunctionMode):
                 "to let PyTorch choose"
             )
         return self.sdpa_backend
+
+
+def _math_with_cuda_dropout(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> torch.Tensor:
+    """``_scaled_dot_product_attention_math`` (attention.cpp) op by op, with the dropout a CUDA
+    tensor gets: ``at::dropout`` takes the fused ``native_dropout`` (bool mask) on CUDA
+    (``is_fused_kernel_acceptable``), where the CPU composite would keep a float mask.
+
+    Half inputs run in fp32; q and k are each scaled by sqrt(scale); the causal mask is a
+    (S_q, S_kv) additive tensor; grouped K/V heads are repeated with ``repeat_interleave``;
+    the second output, ``attn.to(origin_dtype)``, is made and dropped.
+    """
+    origin = query.dtype
+    q, k, v = (t.to(torch.float32) if t.dtype in _HALF else t for t in (query, key, value))
+    factor = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    q = q * factor
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        attn_mask = causal
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=q.dtype)
+        attn_mask = torch.where(attn_mask, zero, torch.full((), -math.inf, dtype=q.dtype))
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    attn = torch.matmul(q, k.transpose(-2, -1) * factor)
+    if attn_mask is not None:
+        attn.add_(attn_mask)
+    attn = torch.ops.aten._safe_softmax(attn, -1)
+    attn = torch.ops.aten.native_dropout(attn, dropout_p, True)[0]
+    out = torch.matmul(attn, v).to(origin)
+    attn.to(origin)
+    return out
 
 
 def _flash(

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+
+from memplan.trace.flops import flop_formula
 
 __all__ = ["Flag", "StorageTracker"]
 
@@ -110,7 +111,7 @@ class StorageTracker(TorchDispatchMode):
                         if isinstance(sub, torch.Tensor):
                             self.key(sub)
         if self.count_flops:
-            counter = flop_registry.get(func._overloadpacket)
+            counter = flop_formula(func._overloadpacket)
             if counter is not None:
                 self.flops += int(counter(*args, **kwargs, out_val=out))
         if self.on_op is not None and self.n_ops % 256 == 0:
