@@ -456,6 +456,13 @@ def _moe(
             Saved(f"shared_{s.key}", s.elem_bytes, per_token=s.per_token)
             for s in _mlp(spec, ctx, in_bytes, moe.shared_intermediate_size, shared)
         ]
+    if moe.shared_expert_gate:
+        # sigmoid(shared_expert_gate(x)) * shared_output: the gate's input, its sigmoid, and
+        # the shared expert's output (Qwen2-MoE, Qwen3-Next)
+        c = ctx.compute_bytes
+        out += _linear_inputs(ctx, "shared_expert_gate", hdim, in_bytes, [trainable])
+        out.append(Saved("moe/shared_gate_sigmoid", c, per_token=1))
+        out.append(Saved("moe/shared_out", c, per_token=hdim))
     return out
 
 
@@ -517,6 +524,11 @@ def _layer_full(
         # counts it as that output)
         fp32_lora_o = "o_proj" in lora_modules and c == 4 and not ctx.autocast
         attn += _attention_core(spec, ctx, kernel, o_trains=trainable or fp32_lora_o)
+        if spec.attention_output_gate:
+            # Qwen3-Next: attn * sigmoid(gate) saves the sigmoid and the attention output;
+            # o_proj saves the product
+            attn.append(Saved("attention/gate_sigmoid", c, per_token=spec.q_dim))
+            attn.append(Saved("attention/gated_out", c, per_token=spec.q_dim))
         attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
     out += _group("self_attn", attn)
     if spec.n_layer_norms >= 4:  # Gemma 2/3: a norm on the half attention output

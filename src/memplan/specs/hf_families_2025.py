@@ -130,6 +130,7 @@ def qwen3_next(cfg: _Config) -> dict[str, Any]:
         qk_norm=QkNorm.PER_HEAD,
         norm_one_plus_weight=True,
         attention_output_gate=True,
+        rotary_concat=True,  # partial rotary: cat((rotated, passed), -1)
         rotary_dim=int(head_dim * _partial_rotary(cfg, "partial_rotary_factor", default=0.25)),
         linear_attention=LinearAttentionSpec(
             n_key_heads=cfg.int_("linear_num_key_heads"),
