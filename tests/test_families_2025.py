@@ -174,3 +174,18 @@ def test_multimodal_config_without_text_config_is_one_clear_error() -> None:
 
     with pytest.raises(ConfigError, match="needs a text_config"):
         spec_from_config({"model_type": "gemma3"})
+
+
+def test_qwen3_next_caches_states_not_keys_in_linear_layers() -> None:
+    """12 softmax-attention layers cache K and V (2 KV heads x 256, bf16); each of the 36
+    Gated DeltaNet layers keeps a conv state (batch, 2 x 2048 + 4096 channels, kernel 4) in
+    bf16 and an fp32 recurrent state (batch, 32 value heads, 128, 128), whatever the length."""
+    from memplan.formulas.kv_cache import kv_bytes_per_token, kv_cache_item
+
+    spec = resolve("Qwen/Qwen3-Next-80B-A3B-Instruct")
+    assert kv_bytes_per_token(spec, 2) == 12 * 2 * 2 * 256 * 2
+    conv, recurrent = 8192 * 4 * 2, 32 * 128 * 128 * 4
+    for tokens in (1, 1000):
+        tree = kv_cache_item(spec, batch=1, n_tokens=tokens, dtype_bytes=2)
+        assert tree.find("linear_attention_states").value == 36 * (conv + recurrent)
+        assert tree.find("full_attention_layers").value == tokens * 12 * 2 * 2 * 256 * 2

@@ -121,8 +121,9 @@ def run(args: Any) -> int:
 
 
 def kv_bytes_per_token(spec: Any, report: Any) -> int:
-    """KV cache bytes one more token costs (every layer, per tensor-parallel rank; a
-    sliding-window layer counts while the context is inside its window)."""
+    """KV cache bytes one more token costs (every softmax-attention layer, per
+    tensor-parallel rank; a sliding-window layer counts while the context is inside its
+    window; linear-attention layers' fixed states cost nothing per token)."""
     from memplan.estimate.inference import activation_bytes
     from memplan.formulas import serving as vllm
     from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
@@ -131,7 +132,10 @@ def kv_bytes_per_token(spec: Any, report: Any) -> int:
     act = activation_bytes(setup["weights"])
     element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
     heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
-    return int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+    one = kv_cache_item(
+        spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads, linear_states=False
+    )
+    return int(one.total)
 
 
 def _verdict(report: Any, decimal: bool) -> str:

@@ -360,6 +360,14 @@ def _notes(spec: ModelSpec, setup: InferenceSetup, formats: _Formats) -> list[st
             "own ops (projections, norms, activations, eager scores) are not followed one by "
             "one, so the temporaries line is an approximation (docs/accuracy.md: its gap)"
         )
+    n_linear = spec.n_layers - spec.n_attention_layers
+    if n_linear:
+        notes.append(
+            f"linear attention not replayed: the {n_linear} Gated DeltaNet layers' states are "
+            "in kv_cache (conv state and fp32 recurrent state, any length), but their chunked "
+            "delta rule's temporaries are not replayed, so the prefill peak is understated "
+            "(docs/accuracy.md: the gap; `memplan trace --infer` follows them)"
+        )
     if formats.weights not in ("fp32", "fp16", "bf16"):
         notes.append(
             f"{formats.weights}: the forward is replayed in the {formats.act}-byte compute "

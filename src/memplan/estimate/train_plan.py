@@ -501,6 +501,13 @@ def _plan_notes(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> list
     notes = kernel_notes(spec, setup, kernels)
     if spec.moe is not None:
         notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
+    n_linear = spec.n_layers - spec.n_attention_layers
+    if n_linear:
+        notes.append(
+            f"linear attention not modelled: the {n_linear} Gated DeltaNet layers' saved "
+            "activations are counted as a softmax-attention layer's (their chunked delta rule "
+            "saves more); `memplan trace --train` follows them, docs/accuracy.md has the gap"
+        )
     if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:
         notes.append(
             "paged optimizer: states live in CUDA unified memory, paged out under pressure"

@@ -34,7 +34,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from memplan.formulas.kv_cache import layer_window
-from memplan.formulas.replay_attention import attention, cache_growth
+from memplan.formulas.replay_attention import attention, cache_growth, linear_states
 from memplan.formulas.replay_mlp import mlp
 from memplan.formulas.replay_ops import (
     FP32_BYTES,
@@ -56,7 +56,17 @@ __all__ = [
 ]
 
 REPLAYED_FAMILIES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"}
+    {
+        "llama",
+        "mistral",
+        "mistral3",
+        "qwen2",
+        "qwen3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "deepseek_v2",
+    }
 )
 """Model types whose forward the replay follows op by op, held to the trace in
 ``tests/test_inference_exact.py``. Others are replayed with the Llama layout (their own
@@ -81,6 +91,9 @@ def forward_replay(spec: ModelSpec, shape: ForwardShape, replay: Replay) -> Repl
             _decoder_layer(spec, shape, replay, start, stream, output)
             if stream != "inputs_embeds":
                 replay.free(stream)
+        elif spec.is_linear_attention(start):
+            linear_states(spec, shape, replay, start, stop - start)
+            replay.rename(stream, output)
         else:
             cache_growth(spec, shape, replay, start, stop - start)
             replay.rename(stream, output)
@@ -93,7 +106,7 @@ def forward_replay(spec: ModelSpec, shape: ForwardShape, replay: Replay) -> Repl
 def layer_runs(spec: ModelSpec) -> tuple[tuple[int, int, bool], ...]:
     """(start, stop, replayed) over the layers: each replayed layer alone (layer 0 and the
     last layer of each kind), the others in maximal runs of one kind."""
-    last: dict[tuple[bool, int | None], int] = {}
+    last: dict[tuple[bool, int | None, bool], int] = {}
     for index in range(spec.n_layers):
         last[_kind(spec, index)] = index
     replayed = {0} | set(last.values())
@@ -108,8 +121,8 @@ def layer_runs(spec: ModelSpec) -> tuple[tuple[int, int, bool], ...]:
     return tuple(runs)
 
 
-def _kind(spec: ModelSpec, index: int) -> tuple[bool, int | None]:
-    return spec.is_moe_layer(index), layer_window(spec, index)
+def _kind(spec: ModelSpec, index: int) -> tuple[bool, int | None, bool]:
+    return spec.is_moe_layer(index), layer_window(spec, index), spec.is_linear_attention(index)
 
 
 # Prologue and epilogue -------------------------------------------------------------------------

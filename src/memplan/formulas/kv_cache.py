@@ -20,6 +20,12 @@ Sliding-window layers keep only the window, and how much depends on the implemen
 * vLLM allocates blocks of ``block_size`` tokens (``vllm/v1/kv_cache_interface.py``); see
   :mod:`memplan.formulas.serving`.
 
+Linear-attention layers (Qwen3-Next's Gated DeltaNet) cache no keys or values: each keeps two
+fixed-size states (``LinearAttentionLayer`` in ``cache_utils.py``, ``Qwen3NextGatedDeltaNet``):
+the convolution state ``(batch, conv_dim, conv_kernel)`` in the activation dtype and the
+recurrent state ``(batch, value_heads, key_head_dim, value_head_dim)`` in fp32 (the chunked and
+recurrent delta rules compute in fp32 and the cache copies their final state).
+
 Counters: each ``DynamicSlidingWindowLayer`` keeps ``_sliding_window_tensor`` (an int64 scalar)
 and each ``StaticLayer`` its ``cumulative_length`` (an int64 scalar): 8 bytes each.
 """
@@ -40,6 +46,7 @@ __all__ = [
     "kv_dtype_bytes",
     "kv_elements_per_token_per_layer",
     "layer_window",
+    "linear_state_bytes",
 ]
 
 KV_DTYPE_BYTES = {
@@ -118,18 +125,39 @@ def cached_tokens(
     return min(n_tokens, window) if decoded else n_tokens
 
 
+def linear_state_bytes(
+    spec: ModelSpec, batch: int, act_bytes: int, round_to: int = 1
+) -> tuple[int, int]:
+    """(conv, recurrent) state bytes of one linear-attention layer (see the module docstring),
+    each rounded up to ``round_to``; (0, 0) for a model without linear attention."""
+    lin = spec.linear_attention
+    if lin is None:
+        return 0, 0
+    conv = batch * lin.conv_dim * lin.conv_kernel * act_bytes
+    recurrent = batch * lin.n_value_heads * lin.key_head_dim * lin.value_head_dim * 4
+    return _round_up(conv, round_to), _round_up(recurrent, round_to)
+
+
+def _n_linear_layers(spec: ModelSpec) -> int:
+    return spec.n_layers - spec.n_attention_layers
+
+
 def _layer_groups(spec: ModelSpec) -> dict[int | None, int]:
-    """Number of layers per window (None: full attention)."""
+    """Number of softmax-attention layers per window (None: full attention); linear-attention
+    layers hold states instead (:func:`linear_state_bytes`)."""
     groups: dict[int | None, int] = {}
     for index in range(spec.n_layers):
+        if spec.is_linear_attention(index):
+            continue
         window = layer_window(spec, index)
         groups[window] = groups.get(window, 0) + 1
     return groups
 
 
 def kv_bytes_per_token(spec: ModelSpec, dtype_bytes: int, kv_heads: int | None = None) -> int:
-    """Bytes one token adds to the cache of all layers (no window cap)."""
-    return spec.n_layers * kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
+    """Bytes one token adds to the cache of all layers (no window cap; linear-attention
+    layers add none)."""
+    return spec.n_attention_layers * kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
 
 
 def cache_counter_bytes(spec: ModelSpec, cache: str = "dynamic") -> int:
@@ -163,8 +191,12 @@ def kv_cache_item(
     max_cache_len: int | None = None,
     kv_heads: int | None = None,
     round_to: int = 1,
+    act_bytes: int | None = None,
+    linear_states: bool = True,
 ) -> Item:
-    """The cache as a tree: one leaf per layer type (full / each window) plus the counters.
+    """The cache as a tree: one leaf per layer type (full / each window), the counters, and
+    the linear-attention layers' states (``linear_states``; their convolution state in
+    ``act_bytes``, default ``dtype_bytes``).
 
     ``round_to``: round each K and V tensor up to this many bytes (512: the CUDA caching
     allocator's block rounding, ``c10/cuda/CUDACachingAllocator.cpp`` ``kMinBlockSize``)."""
@@ -190,6 +222,17 @@ def kv_cache_item(
             n_layers * per_layer,
             f"{n_layers} layers x batch {batch} x {tokens} tokens x {per_token} B "
             f"({what} x {dtype_bytes} B){rounding}",
+            _SRC,
+        )
+    n_linear = _n_linear_layers(spec)
+    if linear_states and n_linear:
+        act = dtype_bytes if act_bytes is None else act_bytes
+        conv, recurrent = linear_state_bytes(spec, batch, act, round_to)
+        root.leaf(
+            "linear_attention_states",
+            n_linear * (conv + recurrent),
+            f"{n_linear} linear-attention layers x (conv state {conv:,} B, {act} B per "
+            f"element + fp32 recurrent state {recurrent:,} B), batch {batch}, any length",
             _SRC,
         )
     if not views:
