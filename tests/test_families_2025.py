@@ -189,3 +189,32 @@ def test_qwen3_next_caches_states_not_keys_in_linear_layers() -> None:
         tree = kv_cache_item(spec, batch=1, n_tokens=tokens, dtype_bytes=2)
         assert tree.find("linear_attention_states").value == 36 * (conv + recurrent)
         assert tree.find("full_attention_layers").value == tokens * 12 * 2 * 2 * 256 * 2
+
+
+@pytest.mark.parametrize(
+    ("model_id", "per_token", "note"),
+    [
+        # 24 layers x 2 x 8 KV heads x 64 x 2 B; the sliding layers' counters do not grow
+        ("openai/gpt-oss-20b", 24 * 2 * 8 * 64 * 2, "gpt_oss: the forward is replayed"),
+        # only the 12 softmax-attention layers: 12 x 2 x 2 KV heads x 256 x 2 B
+        ("Qwen/Qwen3-Next-80B-A3B-Instruct", 12 * 2 * 2 * 256 * 2, "linear attention not"),
+    ],
+)
+def test_infer_runs_with_the_checkpoint_format(
+    capsys: pytest.CaptureFixture[str], model_id: str, per_token: int, note: str
+) -> None:
+    """gpt-oss's default MXFP4 experts compute in bf16 (the command failed on the format)."""
+    from cli_helpers import cli_json
+
+    data = cli_json(capsys, ["infer", model_id, "--gpu", "H200", "--json"])
+    assert data["kv_cache_bytes_per_token"] == per_token
+    assert any(line.startswith(note) for line in data["notes"])
+
+
+def test_train_names_the_linear_attention_it_does_not_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cli_helpers import cli_json
+
+    data = cli_json(capsys, ["train", "qwen3-next", "--seq", "512", "--json"])
+    assert any(line.startswith("linear attention not modelled: the 36") for line in data["notes"])

@@ -133,7 +133,13 @@ def kv_bytes_per_token(spec: Any, report: Any) -> int:
     element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
     heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
     one = kv_cache_item(
-        spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads, linear_states=False
+        spec,
+        batch=1,
+        n_tokens=1,
+        dtype_bytes=element,
+        kv_heads=heads,
+        views=True,  # no counters: they do not grow with the context
+        linear_states=False,
     )
     return int(one.total)
 

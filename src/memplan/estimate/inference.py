@@ -78,7 +78,9 @@ class Efficiency:
 
 def compute_dtype_for(fmt: str) -> str:
     """The dtype the matmuls run in: the weights' for plain dtypes; fp16 for GPTQ/AWQ kernels
-    (dequantized fp16 GEMMs); bf16 for bitsandbytes; fp8 and int8 for those formats."""
+    (dequantized fp16 GEMMs); bf16 for bitsandbytes and for gpt-oss's MXFP4 experts
+    (transformers' ``Mxfp4GptOssExperts`` multiply bf16 activations; the other layers are
+    bf16); fp8 and int8 for those formats."""
     key = normalize_format(fmt)
     return {
         "gptq-int4": "fp16",
@@ -87,6 +89,7 @@ def compute_dtype_for(fmt: str) -> str:
         "bnb-nf4-nodq": "bf16",
         "bnb-int8": "int8",
         "int4": "bf16",
+        "mxfp4": "bf16",
     }.get(key, key)
 
 
