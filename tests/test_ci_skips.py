@@ -64,15 +64,17 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _outcomes(project: Path, ci: str | None) -> tuple[int, dict[str, str]]:
+def _outcomes(
+    project: Path, ci: str | None, workers: tuple[str, ...] = ("-p", "no:xdist")
+) -> tuple[int, dict[str, str]]:
     """(exit status, {test or module name: passed/skipped/failed/error/xfailed})."""
     env = {k: v for k, v in os.environ.items() if k != "CI" and not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = str(project / "blocked")
     if ci is not None:
         env["CI"] = ci
-    report = project / f"report-{ci}.xml"
+    report = project / f"report-{ci}-{len(workers)}.xml"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *workers,
          "--continue-on-collection-errors", f"--junitxml={report}", "-q", "."],
         cwd=project, env=env, capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
@@ -113,6 +115,17 @@ def test_with_ci_true_a_missing_dependency_fails(project: Path) -> None:
         "test_known_gap": "xfailed",
         "test_passes": "passed",
     }
+    assert status == 1
+
+
+def test_with_ci_true_a_missing_dependency_fails_in_a_worker(project: Path) -> None:
+    """The same under pytest-xdist (``make test`` runs the suite in worker processes)."""
+    pytest.importorskip("xdist")
+    status, outcomes = _outcomes(project, "true", ("-n", "1"))
+    assert outcomes["test_module_level"] == "error"
+    assert outcomes["test_needs_transformers_and_torch"] == "failure"
+    assert outcomes["test_page_in_a_browser"] == "failure"
+    assert outcomes["test_skipped_for_a_reason_that_is_not_a_dependency"] == "skipped"
     assert status == 1
 
 
