@@ -75,6 +75,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``pytest -n auto --dist loadgroup``), the browser tests share one
+    worker: they share a module's server and Chromium, and the last checks the screenshots the
+    others took."""
+    for item in items:
+        if item.get_closest_marker("browser") and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """memplan never tries the Hugging Face hub in tests (tests never need the network)."""
