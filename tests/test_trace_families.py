@@ -45,18 +45,13 @@ ACTIVATION_PHASES = ("end_of_forward", "peak_backward")
 # configs. Where a cause is known it is named; the families agree at full size on the peak
 # (docs/accuracy.md, "Every model type at full size").
 ACTIVATION_GAPS = {
-    "deepseek_v2": "end_of_forward and peak_backward +2,048 B; peak equal",
-    "deepseek_v3": "peak -5,120 B (analytic peak in the forward, trace in the backward: "
-    "temporaries -4,608, activations -512 B); end_of_forward, peak_backward +512 B",
-    "falcon": "end_of_forward and peak_backward -34,816 B; peak equal",
-    "gemma3_text": "peak, end_of_forward, peak_backward -16,384 B (activations): "
-    "sliding_window 16 < sequence 32, where transformers builds an explicit mask "
-    "(issue 8, item 8)",
+    "deepseek_v2": "end_of_forward and peak_backward -14,336 B; peak equal",
+    "deepseek_v3": "peak -21,504 B (activations -16,896, temporaries -4,608 B; analytic peak "
+    "in the forward, trace in the backward); end_of_forward, peak_backward -15,872 B",
+    "falcon": "end_of_forward and peak_backward -2,048 B; peak equal",
     "gpt2": "peak and peak_backward -29,184 B (temporaries -32,768, activations +4,096, "
     "autocast_cache -512 B); the config keeps GPT-2's default dropout of 0.1",
     "gpt_neox": "end_of_forward and peak_backward -2,048 B; peak equal",
-    "mistral": "end_of_forward and peak_backward -24,576 B; peak equal: sliding_window 16 < "
-    "sequence 32, where transformers builds an explicit mask (issue 8, item 8)",
     "mixtral": "peak_backward -7,168 B; peak equal",
     "olmo2": "peak +50,688 B (analytic peak in the forward, trace in the backward: "
     "temporaries +49,664, activations +1,024 B)",
