@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memplan.estimate.training import evaluate, training_plan
+from memplan.formulas.overheads import CUBLAS_WORKSPACE_BYTES_HOPPER, CUDA_CONTEXT_BYTES
 from memplan.specs.model import ModelSpec
 from memplan.specs.training import TrainingSetup
-from memplan.units import MIB
 
 __all__ = ["CUDA_RESERVE_BYTES", "Fit", "fit_training", "usable_bytes"]
 
-CUDA_RESERVE_BYTES = 512 * MIB + 32 * MIB
-"""CUDA context and kernels (about 0.5 GiB with lazy loading, ``memplan.trace.cuda_env``) plus
-one cuBLAS workspace on Hopper (4 MiB x 8, ``CublasHandlePool.cpp``)."""
+CUDA_RESERVE_BYTES = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES_HOPPER
+"""The CUDA context with its kernels plus one cuBLAS workspace on Hopper
+(:mod:`memplan.formulas.overheads`, where both figures are defined and sourced)."""
 _MAX_BATCH = 1 << 20
 
 

@@ -20,6 +20,7 @@ from memplan.errors import SetupError
 from memplan.estimate.serving import check_weight_format
 from memplan.formulas import serving as vllm
 from memplan.formulas.buffers import buffer_breakdown
+from memplan.formulas.dtypes import float_dtype_bytes
 from memplan.formulas.flops import forward_flops_item
 from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
 from memplan.formulas.overheads import overheads_item
@@ -45,8 +46,6 @@ __all__ = [
     "prefill_temporaries_item",
     "temporaries_item",
 ]
-
-_ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +78,7 @@ def compute_dtype_for(fmt: str) -> str:
 
 def activation_bytes(fmt: str) -> int:
     """Bytes of an activation element: the weights' float width, 2 for quantized formats."""
-    return _ACTIVATION.get(normalize_format(fmt), 2)
+    return float_dtype_bytes(normalize_format(fmt))
 
 
 def temporaries_item(

@@ -21,6 +21,7 @@ from memplan.formulas.activations import (
     layer_saved,
     model_saved,
 )
+from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
 from memplan.formulas.optimizer import (
     optimizer_shared_state_bytes,
     optimizer_state_allocations,
@@ -30,7 +31,6 @@ from memplan.formulas.optimizer import (
 from memplan.formulas.training import (
     ParamTensor,
     Regime,
-    alloc_bytes,
     buffer_allocations,
     param_tensors,
     regime,
@@ -171,7 +171,7 @@ def _param_group(t: ParamTensor) -> str:
 def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
     """The (B, S)-independent part of the estimate (cached; ``setup.batch/seq`` are ignored)."""
     reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
-    round_to = 512 if setup.target is Target.CUDA else 1
+    round_to = ALLOCATOR_ROUND_BYTES if setup.target is Target.CUDA else 1
     ctx = _context(spec, setup, reg)
     tensors = param_tensors(spec)
     lora_targets = (

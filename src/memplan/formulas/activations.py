@@ -50,7 +50,6 @@ __all__ = [
     "head_saved",
     "layer_saved",
     "model_saved",
-    "saved_bytes",
 ]
 
 _SOFTMAX_IN_INPUT_DTYPE = frozenset({"gpt2"})
@@ -113,16 +112,6 @@ class ActivationContext:
     """``use_cache`` is on (transformers' default without checkpointing): ``DynamicCache.update``
     concatenates k and v into fresh tensors, which attention then saves."""
     emulate_gpu_major: int = 9
-
-
-def saved_bytes(items: tuple[Saved, ...] | list[Saved], batch: int, seq: int, round_to: int) -> int:
-    """Sum of the allocator-rounded sizes of ``items`` at (batch, seq)."""
-    total = 0
-    for item in items:
-        n = item.nbytes(batch, seq)
-        if n > 0:
-            total += -(-n // round_to) * round_to
-    return total
 
 
 # Attention backend ------------------------------------------------------------------------------

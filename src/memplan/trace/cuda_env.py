@@ -14,6 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
+from memplan.formulas.overheads import (
+    CUBLAS_WORKSPACE_BYTES_HOPPER,
+    CUBLAS_WORKSPACE_BYTES_PRE_HOPPER,
+)
 
 __all__ = [
     "GpuArch",
@@ -78,8 +82,8 @@ def cublas_workspace_bytes(arch: GpuArch) -> int:
     sm90 (Hopper), else 4096 KiB x 2 + 16 KiB x 8, unless ``CUBLAS_WORKSPACE_CONFIG`` is set.
     """
     if (arch.major, arch.minor) == (9, 0):
-        return 4096 * 1024 * 8
-    return 4096 * 1024 * 2 + 16 * 1024 * 8
+        return CUBLAS_WORKSPACE_BYTES_HOPPER
+    return CUBLAS_WORKSPACE_BYTES_PRE_HOPPER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
