@@ -142,8 +142,18 @@ def _can_build_on_meta() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
+def _meta_params_report(config: dict[str, Any], name: str) -> Report:
+    """The trace layer's count on the meta device (the analytic core never imports torch)."""
+    from memplan.trace import require_torch
+
+    require_torch()  # one line with the install command where torch is absent or broken
+    from memplan.trace.meta import meta_params_report
+
+    return meta_params_report(config, name)
+
+
 def run(args: Any) -> int:
-    from memplan.estimate.params import meta_params_report, params_report
+    from memplan.estimate.params import params_report
     from memplan.specs.hf import UnsupportedModelTypeError
 
     try:
@@ -151,7 +161,7 @@ def run(args: Any) -> int:
     except UnsupportedModelTypeError as exc:
         if not _can_build_on_meta():
             raise
-        report = meta_params_report(exc.config, exc.name)
+        report = _meta_params_report(exc.config, exc.name)
     else:
         report = params_report(spec, method=args.method, weights=args.weights)
     if args.json:
