@@ -165,7 +165,7 @@ def run(args: Any) -> int:
     else:
         report = params_report(spec, method=args.method, weights=args.weights)
     if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
+        json.dump(report.to_dict(), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         render_params(report, decimal=args.decimal, out=sys.stdout)

@@ -58,7 +58,8 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
     """Print ``report`` as JSON (``--json``) or as a table with notes."""
     out = out or sys.stdout
     if getattr(args, "json", False):
-        json.dump(report.to_dict(), out, indent=2)
+        # strict JSON: a NaN or an infinity anywhere is a bug to surface, not to print
+        json.dump(report.to_dict(), out, indent=2, allow_nan=False)
         out.write("\n")
         return
     decimal = getattr(args, "decimal", False)
