@@ -13,7 +13,9 @@ Prints, over N fresh Python processes each:
   report); wall-clock and CPU seconds of each stage, median over the runs;
 - the fresh-process time of the command a user types,
   ``memplan trace MODEL --train --batch B --seq S --precision bf16 --json``: wall-clock
-  seconds, CPU seconds (user + system of the child) and peak RSS, each run and the median.
+  seconds, CPU seconds (user + system of the child) and peak RSS, each run and the median;
+- the floor under it: a fresh process that only imports what a trace needs (torch,
+  transformers, the model's module, torch._dynamo) and exits.
 
 On a shared machine the wall-clock figures move with the load; the CPU figures much less.
 """
@@ -123,6 +125,29 @@ def bench_fresh(model: str, batch: int, seq: int, runs: int) -> None:
     )
 
 
+IMPORT_FLOOR = (
+    "import sys, transformers; from torch._subclasses.fake_tensor import FakeTensorMode; "
+    "FakeTensorMode(); getattr(transformers, sys.argv[1])"
+)
+
+
+def bench_import_floor(model: str, runs: int) -> None:
+    from memplan.catalog import resolve
+
+    config = resolve(model).hf_config or {}
+    architecture = (config.get("architectures") or ["LlamaForCausalLM"])[0]
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, cpu, _ = run_child([sys.executable, "-c", IMPORT_FLOOR, architecture])
+        walls.append(wall)
+        cpus.append(cpu)
+    print(
+        f"import floor (torch, transformers, {architecture}, torch._dynamo; nothing traced), "
+        f"median of {runs}: wall {statistics.median(walls):.2f} s, "
+        f"CPU {statistics.median(cpus):.2f} s"
+    )
+
+
 def bench_memtracker(model: str, batch: int, seq: int) -> None:
     """torch.distributed._tools.mem_tracker.MemTracker on the same fake step."""
     import torch
@@ -171,6 +196,7 @@ def main() -> None:
         return
     bench_split(args.model, args.batch, args.seq, args.runs)
     bench_fresh(args.model, args.batch, args.seq, args.runs)
+    bench_import_floor(args.model, args.runs)
     if args.memtracker:
         bench_memtracker(args.model, args.batch, args.seq)
 

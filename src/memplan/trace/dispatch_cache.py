@@ -109,11 +109,17 @@ class Several:
 
 
 class DispatchCache:
-    """Answers the calls the fake mode has cached, without re-entering it."""
+    """Answers the calls the fake mode has cached, without re-entering it.
+
+    The plans are shared by every trace of the process, as ``FakeTensorMode.cache`` is shared
+    by every fake mode: a plan holds metadata only, and each session's fake tensors are
+    rebuilt for its own fake mode.
+    """
+
+    _plans: dict[tuple[Any, ...], Any] = {}
 
     def __init__(self, fake_mode: FakeTensorMode) -> None:
         self.fake_mode = fake_mode
-        self._plans: dict[tuple[Any, ...], Any] = {}
         self._templates: dict[torch.device, dict[str, Any]] = {}
         self._unsafe_data_ptr = fake_mode._allow_unsafe_data_ptr_access
         self._caching = fake_mode.shape_env is None and fake_mode.cache_enabled
