@@ -18,9 +18,9 @@ PACKAGE = Path(memplan.__file__).parent
 CORE = sorted(
     path
     for path in PACKAGE.rglob("*.py")
-    if path.relative_to(PACKAGE).parts[0] not in ("trace", "cli", "__main__.py")
+    if path.relative_to(PACKAGE).parts[0] not in ("trace", "cli", "web", "__main__.py")
 )
-"""Everything but the trace engine and the command line (the edge that may call it)."""
+"""Everything but the trace engine and the edges that may call it (command line, web page)."""
 FORBIDDEN = ("torch", "transformers", "peft", "memplan.trace", "memplan.cli")
 
 SCRIPT = textwrap.dedent(

@@ -108,4 +108,4 @@ def test_trace_without_torch_says_how_to_install(
     status = main(["trace", str(llama_config)])
     err = capsys.readouterr().err
     assert status == 2
-    assert "pip install 'memplan[trace]'" in err
+    assert "pip install -e '.[trace]' (in " in err  # from a checkout: the editable install

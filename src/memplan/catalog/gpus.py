@@ -1,7 +1,10 @@
 """The GPU catalog: ``resolve_gpu(name) -> Gpu`` and ``list_gpus()``, read from ``gpus.json``.
 
 Names match case-insensitively and ignoring separators, so ``H100``, ``H100-SXM``,
-``h100-sxm-80gb`` and ``NVIDIA H100 SXM5`` all find the same entry. Every figure carries its
+``h100-sxm-80gb`` and ``NVIDIA H100 80GB HBM3`` (as ``nvidia-smi`` prints it) all find the same
+entry. ``Gpu.memory_bytes`` is the total ``cudaMemGetInfo`` reports (what a program can get and
+vLLM sizes from), not the marketing size; ``Gpu.memory_estimated`` marks the figures that are
+not such a reading. Every figure carries its
 source (datasheet or product page) in ``Gpu.sources``.
 """
 
@@ -39,9 +42,14 @@ def _normalise(name: str) -> str:
 def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
     datasheet_bytes = round(entry["memory_gib"] * GIB)
     driver_mib = entry.get("driver_memory_mib")
+    memory_source = entry.get("driver_memory_source")
+    sources = tuple(entry.get("sources", ()))
+    if memory_source:
+        sources = (*sources, f"usable memory: {memory_source}")
     return Gpu(
         name=entry["name"],
         memory_bytes=driver_mib * MIB if driver_mib else datasheet_bytes,
+        memory_estimated=bool(entry.get("driver_memory_estimated", not driver_mib)),
         datasheet_memory_bytes=datasheet_bytes,
         tflops={key: float(value) for key, value in entry["tflops"].items()},
         memory_bandwidth_bytes_per_s=entry["memory_bandwidth_gb_s"] * GB,
@@ -50,7 +58,7 @@ def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
         pcie_bytes_per_s=entry.get("pcie_gb_s", 0) * GB or None,
         vendor=entry.get("vendor", ""),
         aliases=tuple(entry.get("aliases", ())),
-        sources=tuple(entry.get("sources", ())),
+        sources=sources,
         notes=tuple(entry.get("notes", ())),
     )
 

@@ -135,7 +135,7 @@ def run(args: Any, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     spec = resolve(args.model)
-    setup = setup_from_args(args)
+    setup = setup_from_args(args, spec)
     analytic = estimate_training(spec, setup)
     trace = None
     if not args.no_trace:

@@ -50,8 +50,11 @@ class Gpu:
 
     name: str
     memory_bytes: int
-    """Memory the CUDA/ROCm driver reports as total (``torch.cuda.mem_get_info()[1]``) where
-    known, else the datasheet capacity."""
+    """Memory the CUDA/ROCm driver reports as total (``cudaMemGetInfo``,
+    ``torch.cuda.mem_get_info()[1]``) where known, else an estimate (``memory_estimated``)."""
+    memory_estimated: bool = False
+    """``memory_bytes`` is not a cudaMemGetInfo reading (the datasheet, nvidia-smi's total, or
+    a sibling GPU's figure): its source says which."""
     tflops: dict[str, float] = field(default_factory=dict, hash=False)
     """Dense peak TFLOP/s (TOP/s for int8) per compute dtype; missing: not supported/unknown."""
     memory_bandwidth_bytes_per_s: float | None = None

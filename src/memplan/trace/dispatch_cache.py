@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch._subclasses._fake_tensor_utils import _CacheKeyState
@@ -116,7 +116,7 @@ class DispatchCache:
     rebuilt for its own fake mode.
     """
 
-    _plans: dict[tuple[Any, ...], Any] = {}
+    _plans: ClassVar[dict[tuple[Any, ...], Any]] = {}
 
     def __init__(self, fake_mode: FakeTensorMode) -> None:
         self.fake_mode = fake_mode
