@@ -514,7 +514,7 @@ TRACE_ERRORS = [
     (["trace", "gpt2", "--seq", "16", "--precision", "fp64"], "--precision 'fp64' is not one"),
     (["trace", "gpt2", "--seq", "16", "--optimizer", "adamx"], "--optimizer 'adamx' is not"),
     (["trace", "gpt2", "--seq", "16", "--dropout", "2"], "dropout must be in [0, 1)"),
-    (["trace", "gpt2", "--seq", "16", "--gpu", "H1OO"], "the trace does not know the GPU"),
+    (["trace", "gpt2", "--seq", "16", "--gpu", "H1OO"], "unknown GPU 'H1OO'"),
     (["trace", "gpt2", "--infer", "--prompt-len", "0"], "--prompt-len: expected a positive"),
     (["trace", "gpt2", "--infer", "--weights", "int3"], "int3 is analytic only"),
     (["trace", "gemma-2-2b", "--seq", "16", "--attention", "flash"], "use --attention eager"),

@@ -31,10 +31,11 @@ COMMANDS = [
     ["serve-capacity", "phi-3-mini", "--gpu", "H100"],
     ["time", "gpt2-xl", "--gpu", "A100", "--steps", "10", "--seq", "1024"],
     ["compare", "gpt2", "--seq", "512", "--no-trace", "--methods"],
+    ["compare", "llama-2-7b", "--gpus", "8", "--zero", "3", "--no-trace", "--methods"],
 ]
 
 
-@pytest.mark.parametrize("argv", COMMANDS, ids=lambda argv: argv[0])
+@pytest.mark.parametrize("argv", COMMANDS, ids=lambda argv: "-".join(argv[:2]))
 def test_json_output_is_strict(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*argv, "--json"]) == 0
     strict_loads(capsys.readouterr().out)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.cli.train import add_training_flags, setup_from_args
 from memplan.report import Report
@@ -27,6 +28,7 @@ examples:
   memplan compare llama-3.2-1b --batch 1 --seq 2048
   memplan compare ./config.json --precision bf16 --checkpointing full
   memplan compare gpt2-xl --precision fp32 --seq 1024 --methods --no-trace
+  memplan compare llama-2-7b --gpus 8 --fsdp full --seq 4096 --no-trace --methods
 """
 _SECTIONS = ("embedding", "layers", "final_norm", "lm_head", "loss", "other")
 
@@ -75,6 +77,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--methods", action="store_true", help="add the textbook methods")
     parser.add_argument("--no-trace", action="store_true", help="skip the trace (no torch)")
     add_gpu_flags(parser)
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -136,6 +139,11 @@ def run(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     spec = resolve(args.model)
     setup = setup_from_args(args, spec)
+    plan = plan_from_args(args, spec, micro_batch=setup.batch, seq=setup.seq)
+    if plan is not None:
+        from memplan.cli.compare_parallel import run_parallel
+
+        return run_parallel(args, spec, setup, plan, out)
     analytic = estimate_training(spec, setup)
     trace = None
     if not args.no_trace:
@@ -148,7 +156,8 @@ def run(args: Any, out: TextIO | None = None) -> int:
     rows = compare_rows(analytic, trace) if trace is not None else []
     methods = methods_rows(spec, setup, int(analytic.scalars["peak_bytes"])) if args.methods else []
     question = _seed004_question(spec, setup, args) if args.methods else None
-    report = compare_report(analytic, trace, rows, methods, question)
+    method_dicts = [{"method": m, "bytes": b, "error": e, "why": w} for m, b, e, w in methods]
+    report = compare_report(analytic, trace, rows, method_dicts, question)
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
@@ -160,15 +169,17 @@ def compare_report(
     analytic: Report,
     trace: Report | None,
     rows: list[Row],
-    methods: list[tuple[str, int, float, str]],
+    methods: list[dict[str, Any]],
     question: dict[str, Any] | None,
+    *,
+    kind: str = "compare/training",
 ) -> Report:
-    """The comparison as a Report (kind ``compare/training``): the analytic estimate's tree,
-    setup and phases, with scalars ``rows`` (line by line), ``lines_identical``, the two
-    engines' own reports (``analytic``, ``trace``), and with ``--methods`` the textbook
-    ``methods`` and ``seed004_question``."""
+    """The comparison as a Report (``kind``): the analytic estimate's tree, setup and phases,
+    with scalars ``rows`` (line by line), ``lines_identical``, the two engines' own reports
+    (``analytic``, ``trace``), and with ``--methods`` the textbook ``methods`` (and, for one
+    GPU, ``seed004_question``)."""
     report = Report(
-        kind="compare/training",
+        kind=kind,
         model=analytic.model,
         breakdown=analytic.breakdown,
         setup=dict(analytic.setup),
@@ -183,9 +194,8 @@ def compare_report(
     if trace is not None:
         report.scalars["trace"] = trace.to_dict()
     if methods:
-        report.scalars["methods"] = [
-            {"method": m, "bytes": b, "error": e, "why": w} for m, b, e, w in methods
-        ]
+        report.scalars["methods"] = methods
+    if question is not None:
         report.scalars["seed004_question"] = question
     return report
 

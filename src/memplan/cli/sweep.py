@@ -144,8 +144,16 @@ def _tidy(value: int | float) -> int | float:
     return value if isinstance(value, int) else round(value, 9)
 
 
+_PREFERRED_JOB = {"gpus": "time"}
+"""Flags several jobs take, and the job a sweep over them means by default: ``--gpus`` sizes
+``time``'s run (``train`` takes it too, for a parallel plan; name ``--job train`` for that)."""
+
+
 def default_job(flag: str, parsers: dict[str, argparse.ArgumentParser]) -> str:
-    """The first job whose parser has ``--FLAG``."""
+    """The job :data:`_PREFERRED_JOB` names for ``--FLAG``, else the first whose parser has it."""
+    preferred = _PREFERRED_JOB.get(flag)
+    if preferred in parsers and f"--{flag}" in parsers[preferred]._option_string_actions:
+        return preferred
     for job in SWEEP_JOBS:
         if f"--{flag}" in parsers[job]._option_string_actions:
             return job

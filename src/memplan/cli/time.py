@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
@@ -13,6 +14,7 @@ from memplan.cli.common import (
     non_negative_int,
     positive_int,
 )
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
@@ -38,6 +40,12 @@ examples:
   memplan time llama-3.1-8b --tokens 100M --seq 2048 --batch 16 --gpu A100 --qlora
   memplan time meta-llama/Llama-3.1-8B --tokens 15e12 --seq 8192 --batch 512 --gpu H100 \\
       --gpus 1024 --price-per-gpu-hour 2.5
+  memplan time meta-llama/Llama-3.1-70B --tokens 1e12 --seq 4096 --batch 512 --gpu H100 \\
+      --gpus 64 --tp 8 --pp 2 --fsdp full --micro-batch 1
+
+With plan flags (--tp, --pp, --cp, --ep, --dp, --zero, --fsdp, --nodes, --micro-batch) the step
+time is modelled per rank: compute at the matmul efficiency, the pipeline bubble and the
+communication not hidden behind the backward; --mfu then overrides that model.
 
 Default MFU 0.40 (Llama 3 paper, table 4: 38-43 % on H100).
 """
@@ -70,7 +78,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dtype", default="bf16", help="compute dtype for the peak: fp32, tf32, bf16, fp8"
     )
-    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"default {DEFAULT_MFU}")
+    parser.add_argument("--mfu", type=float, default=None, help=f"default {DEFAULT_MFU}")
+    parser.add_argument(
+        "--micro-batch", type=positive_int, default=None, help="per-GPU micro-batch (a plan)"
+    )
+    parser.add_argument("--precision", default="bf16-mixed", help="training precision (a plan)")
     parser.add_argument(
         "--method",
         choices=("exact", "one-layer-formula", "seed004"),
@@ -104,6 +116,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
     add_gpu_flags(parser)
+    add_parallel_flags(parser, gpus_flag=False, batch_flags=False)
     add_output_flags(parser)
     add_plot_flag(parser)
     parser.set_defaults(func=run)
@@ -140,7 +153,7 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         tokens=args.tokens,
         n_gpus=args.gpus,
         dtype=args.dtype,
-        mfu=args.mfu,
+        mfu=args.mfu if args.mfu is not None else DEFAULT_MFU,
         method=args.method,
         convention=args.attention_flops,
         recompute=args.recompute or args.qlora,
@@ -154,14 +167,21 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
             f"sequence length {seq} exceeds {spec.name}'s max_position_embeddings "
             f"({spec.max_position_embeddings}); pass --allow-long-seq to estimate anyway"
         )
-    report = training_time_report(spec, training, gpu)
+    plan = _plan(args, spec, seq)
+    if plan is not None:
+        from memplan.estimate.dist_report import parallel_time_report
+
+        training = dataclasses.replace(training, n_gpus=plan.world_size)
+        report = parallel_time_report(spec, _setup(args, seq), plan, gpu, training, mfu=args.mfu)
+    else:
+        report = training_time_report(spec, training, gpu)
     s = report.scalars
     answer = f"{format_seconds(s['seconds'])}, {format_sig(s['gpu_hours'])} GPU-hours"
     if "cost_usd" in s:
         answer += f", ${format_sig(s['cost_usd'])}"
     question = (
-        f"{s['tokens']:.3g} tokens of {report.model} on {args.gpus} x {gpu.name} "
-        f"at MFU {args.mfu:g}"
+        f"{s['tokens']:.3g} tokens of {report.model} on {training.n_gpus} x {gpu.name} "
+        f"at MFU {s['mfu']:.3g}"
     )
     s["verdict"] = verdict_line(question, answer)
     return report
@@ -180,3 +200,49 @@ def run(args: Any) -> int:
             out.write(f"cost: ${format_sig(s['cost_usd'])}\n")
         out.write(s["verdict"] + "\n")
     return 0
+
+
+_PLAN_FLAGS = (
+    "dp",
+    "tp",
+    "pp",
+    "cp",
+    "ep",
+    "zero",
+    "fsdp",
+    "nodes",
+    "gpus_per_node",
+    "micro_batch",
+)
+
+
+def _plan(args: Any, spec: Any, seq: int) -> Any:
+    """The plan when a plan flag beyond ``--gpus`` is given (``--gpus`` alone keeps the
+    MFU model of one GPU times n)."""
+    if not any(getattr(args, name, None) is not None for name in _PLAN_FLAGS) and not args.sp:
+        return None
+    micro = args.micro_batch or 1
+    if args.batch % micro:
+        raise SetupError(f"--batch {args.batch} is not divisible by --micro-batch {micro}")
+    args.global_batch = args.batch
+    args.seq = seq
+    if args.gpus == 1:
+        args.gpus = None  # let the degrees size the cluster
+    return plan_from_args(args, spec, micro_batch=micro)
+
+
+def _setup(args: Any, seq: int) -> Any:
+    from memplan.specs.training import Checkpointing, Precision, TrainingSetup
+
+    try:
+        precision = Precision(args.precision)
+    except ValueError:
+        known = ", ".join(p.value for p in Precision)
+        raise SetupError(f"unknown precision {args.precision!r}: choose one of {known}") from None
+    return TrainingSetup(
+        batch=args.micro_batch or 1,
+        seq=seq,
+        precision=precision,
+        checkpointing=Checkpointing.FULL if args.recompute else Checkpointing.NONE,
+        allow_long_seq=args.allow_long_seq,
+    )

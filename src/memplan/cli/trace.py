@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from memplan.cli.common import non_negative_int, positive_int
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.report import Report
 from memplan.units import format_bytes
@@ -78,6 +79,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--measure", action="store_true", help="run the real step beside it")
     parser.add_argument("--progress", action="store_true", help="progress bar even off a tty")
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -102,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
     require_torch()
     model = resolve_model(args.model)
+    plan = None
+    if not isinstance(model, dict):
+        seq = args.seq if args.seq is not None else _default_seq(model)
+        plan = plan_from_args(args, model, micro_batch=args.batch, seq=seq)
+    if plan is not None:
+        return _run_parallel(model, plan, args)
     progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
     report = _infer(model, args, progress) if args.infer else _train(model, args, progress)
     if progress is not None:
@@ -149,7 +157,21 @@ def _print_answers(report: Report, out: TextIO, decimal: bool) -> None:
     out.write(str(s["verdict"]) + "\n")
 
 
-def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
+def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
+    """A plan: the per-rank trace under a fake process group (``memplan.trace.parallel``)."""
+    from memplan.cli.compare_parallel import _trace
+
+    if args.infer:
+        from memplan.errors import SetupError
+
+        raise SetupError("--infer with a training plan: give --tp to memplan infer instead")
+    report = _trace(model, _training_setup(model, args), plan)
+    print_report(report, args)
+    return 0
+
+
+def _training_setup(model: Any, args: argparse.Namespace) -> Any:
+    """The TrainingSetup the trace flags describe (shared by ``_train`` and a plan)."""
     from memplan.specs.training import (
         Attention,
         Checkpointing,
@@ -158,9 +180,8 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         Target,
         TrainingSetup,
     )
-    from memplan.trace.training import trace_training
 
-    setup = TrainingSetup(
+    return TrainingSetup(
         batch=args.batch,
         seq=args.seq if args.seq is not None else _default_seq(model),
         precision=_choice(Precision, args.precision, "--precision"),
@@ -177,6 +198,12 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         gpu=args.gpu,
         allow_long_seq=args.allow_long_seq,
     )
+
+
+def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
+    from memplan.trace.training import trace_training
+
+    setup = _training_setup(model, args)
     report = trace_training(model, setup, progress=progress)
     if args.measure:
         from memplan.trace.build import config_of
@@ -211,6 +238,7 @@ def _infer(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         attention=args.attention,
         cache=args.cache,
         target=args.target,
+        gpu=args.gpu,
     )
     if args.measure:
         from memplan.errors import SetupError

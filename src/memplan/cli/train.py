@@ -12,6 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, non_negative_int, positive_int
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
@@ -54,13 +55,18 @@ examples:
   memplan train qwen2.5-7b --lora-rank 16 --lora-targets q_proj,v_proj --gpu L40S
   memplan train llama-3.1-8b --qlora --lora-rank 16 --gpu-memory 24GiB
   memplan train gpt2-xl --precision fp32 --seq 1024 --gpu-memory 80GB --method fp32-adamw-count
+  memplan train llama-2-7b --gpus 64 --zero 3 --gpu A100-80GB
+  memplan train meta-llama/Llama-3.1-70B --nodes 8 --gpus-per-node 8 --tp 8 --pp 4 --sp \\
+      --fsdp full --global-batch 512 --gpu H100
 
 precision:  fp32 fp16 bf16 fp16-mixed bf16-mixed deepspeed-bf16 deepspeed-fp16
 optimizer:  adamw adamw-foreach adamw-fused adamw-forloop adam sgd sgd-momentum adafactor
             lion adamw-8bit paged-adamw-8bit
 attention:  sdpa (PyTorch picks the kernel) flash mem-efficient cudnn eager
 methods:    exact (default) korthikanti fp32-adamw-count per-node-saved 16-bytes-per-param
-            (the old names seed004, seed003, 16n still work)
+            (the old names seed004, seed003, 16n still work); with a plan: zero-paper
+            (ZeRO paper, K = 12), korthikanti-tp (Korthikanti et al. with TP/SP), deepspeed
+            (DeepSpeed's estimate_zero2/3_model_states_mem_needs)
 """
 
 
@@ -169,6 +175,7 @@ def register(subparsers: Any) -> None:
     add_training_flags(parser)
     parser.add_argument("--method", default="exact", help="exact or a textbook method (below)")
     add_gpu_flags(parser)
+    add_parallel_flags(parser)
     add_output_flags(parser)
     add_plot_flag(parser)
     parser.set_defaults(func=run)
@@ -183,6 +190,9 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
 
     spec = spec or resolve(args.model)
     setup = setup_from_args(args, spec)
+    plan = plan_from_args(args, spec, micro_batch=setup.batch, seq=setup.seq)
+    if plan is not None:
+        return _parallel_report(args, spec, setup, plan)
     method = canonical_method(args.method)
     report = estimate_training(spec, setup, method=method)
     gpu = gpu_from_args(args)
@@ -199,8 +209,42 @@ def run(args: Any, out: TextIO | None = None) -> int:
     if getattr(args, "json", False):
         print_report(report, args, out)
         return 0
+    if report.kind == "training/parallel":
+        from memplan.cli.render_parallel import print_parallel_report
+
+        if report.scalars.get("method", "exact") == "exact":
+            print_parallel_report(report, args, out)
+        else:
+            print_report(report, args, out)
+        out.write(str(report.scalars["verdict"]) + "\n")
+        return 0
     _print_text(report, args, out)
     return 0
+
+
+def _parallel_report(args: Any, spec: ModelSpec, setup: TrainingSetup, plan: Any) -> Report:
+    """The per-rank report of a plan (or, with ``--method``, a published per-GPU formula)."""
+    from memplan.estimate.dist_report import parallel_training_report
+    from memplan.formulas.methods_parallel import parallel_method_report
+
+    decimal = getattr(args, "decimal", False)
+    question = f"training {spec.name} on {plan.world_size} GPUs"
+    if args.method != "exact":
+        report = parallel_method_report(spec, setup, plan, args.method)
+        answer = f"{format_bytes(report.scalars['peak_bytes'], decimal=decimal)} per GPU"
+        report.scalars["verdict"] = verdict_line(question, f"{answer} ({args.method})")
+        return report
+    report = parallel_training_report(spec, setup, plan, gpu=gpu_from_args(args))
+    s = report.scalars
+    answer = (
+        f"peak {format_bytes(s['peak_bytes'], decimal=decimal)} on rank {s['worst_rank']} "
+        f"({s['peak_phase']})"
+    )
+    fit = ""
+    if "fits" in s:
+        fit = f"fits on every rank of {s['gpu']}" if s["fits"] else f"does NOT fit on {s['gpu']}"
+    s["verdict"] = verdict_line(question, answer, fit)
+    return report
 
 
 def _add_fit(report: Report, spec: Any, setup: TrainingSetup, gpu: Any, method: str) -> None:
