@@ -50,7 +50,7 @@ def tiny_cases(folder: Path) -> dict[str, str]:
     return cases
 
 
-def run_case(argv: list[str]) -> dict[str, object]:
+def run_case(argv: list[str], folder: Path) -> dict[str, object]:
     from memplan.cli.main import main
 
     out = io.StringIO()
@@ -58,9 +58,9 @@ def run_case(argv: list[str]) -> dict[str, object]:
         status = main(["trace", *argv, "--json"])
     if status != 0:
         raise SystemExit(f"memplan trace {' '.join(argv)}: exit {status}")
-    report = json.loads(out.getvalue())
+    # the temporary folder of the tiny configs is not part of the result
+    report = json.loads(out.getvalue().replace(f"{folder}/", "tiny/"))
     report.pop("trace_seconds", None)
-    report["model"] = Path(str(report["model"])).name  # not the temporary folder of a tiny config
     return report
 
 
@@ -71,7 +71,7 @@ def write_snapshots(out_dir: Path, quick: bool) -> None:
         if not quick:
             cases.update(FULL_CASES)
         for name, line in cases.items():
-            report = run_case(line.split())
+            report = run_case(line.split(), Path(tmp))
             (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1, sort_keys=True))
             print(f"{name}: peak {report.get('peak_bytes'):,} B, {report.get('n_ops')} ops")
 
