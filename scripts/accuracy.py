@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "training", "inference", "distributed", "families")
+AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "new_types")
 
 
 def load_section(area: str) -> str:

@@ -180,10 +180,11 @@ def test_qwen3_next_caches_states_not_keys_in_linear_layers() -> None:
     """12 softmax-attention layers cache K and V (2 KV heads x 256, bf16); each of the 36
     Gated DeltaNet layers keeps a conv state (batch, 2 x 2048 + 4096 channels, kernel 4) in
     bf16 and an fp32 recurrent state (batch, 32 value heads, 128, 128), whatever the length."""
-    from memplan.formulas.kv_cache import kv_bytes_per_token, kv_cache_item
+    from memplan.formulas.kv_cache import kv_cache_item
 
     spec = resolve("Qwen/Qwen3-Next-80B-A3B-Instruct")
-    assert kv_bytes_per_token(spec, 2) == 12 * 2 * 2 * 256 * 2
+    one = kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=2, linear_states=False)
+    assert one.total == 12 * 2 * 2 * 256 * 2
     conv, recurrent = 8192 * 4 * 2, 32 * 128 * 128 * 4
     for tokens in (1, 1000):
         tree = kv_cache_item(spec, batch=1, n_tokens=tokens, dtype_bytes=2)

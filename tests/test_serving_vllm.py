@@ -13,7 +13,7 @@ from memplan.cli.main import main
 from memplan.errors import SetupError
 from memplan.estimate.serving import ServingSetup, serving_report, vllm_weights_item
 from memplan.formulas import serving as vllm
-from memplan.formulas.overheads import cuda_block_bytes
+from memplan.formulas.allocator import cuda_block_bytes
 from memplan.units import GIB
 
 

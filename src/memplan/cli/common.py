@@ -15,7 +15,7 @@ from typing import Any
 
 from memplan.errors import SetupError
 from memplan.specs.hardware import COMPUTE_DTYPES, Gpu, custom_gpu
-from memplan.units import parse_count, parse_size
+from memplan.units import MAX_COUNT, parse_count, parse_size
 
 __all__ = [
     "MAX_COUNT",
@@ -27,10 +27,6 @@ __all__ = [
     "parse_bandwidth",
     "positive_int",
 ]
-
-MAX_COUNT = 2**40
-"""Largest count a flag accepts (batch, lengths, degrees): about 1.1e12, far beyond any real
-setup, and small enough that products of counts stay exact in float arithmetic's range."""
 
 
 def positive_int(text: str) -> int:

@@ -68,8 +68,11 @@ def plot_if_asked(report: Report, args: Any) -> None:
 
 
 def report_json(report: Report, *, decimal: bool = False) -> str:
-    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
-    return json.dumps(report.to_dict(decimal=decimal), indent=2) + "\n"
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same).
+
+    Strict JSON: a NaN or an infinity anywhere is a bug to surface (ValueError), not to print.
+    """
+    return json.dumps(report.to_dict(decimal=decimal), indent=2, allow_nan=False) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:

@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from memplan.estimate.train_kernels import kernel_device
 from memplan.formulas.attention import AttentionKernel, generate_attention_kernel
+from memplan.formulas.dtypes import float_dtype_bytes
 from memplan.formulas.forward_memory import (
     ForwardShape,
     Replay,
@@ -47,13 +48,12 @@ __all__ = [
     "inference_peak_bytes",
 ]
 
-_ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
 _TOKEN_BYTES = 8  # the greedy token, (batch, 1) int64
 
 
 def activation_bytes(fmt: str) -> int:
     """Bytes of an activation element: the weights' float width, 2 for quantized formats."""
-    return _ACTIVATION.get(normalize_format(fmt), 2)
+    return float_dtype_bytes(normalize_format(fmt))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from memplan.errors import SetupError
 from memplan.estimate.fit import fit_on_gpu, fit_scalars
 from memplan.formulas import serving as vllm
+from memplan.formulas.allocator import cuda_block_bytes
+from memplan.formulas.dtypes import float_dtype_bytes
 from memplan.formulas.kv_cache import kv_dtype_bytes
-from memplan.formulas.overheads import cuda_block_bytes, outside_tensors_item
+from memplan.formulas.overheads import outside_tensors_item
 from memplan.formulas.weights import linear_layers, normalize_format, weights_bytes
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
@@ -28,7 +30,6 @@ __all__ = [
     "vllm_weights_item",
 ]
 
-_ACT_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
 _VOCAB_PADDING = 64
 """``vllm/model_executor/layers/vocab_parallel_embedding.py``: DEFAULT_VOCAB_PADDING_SIZE."""
 _QUANT_GROUP = 128
@@ -136,7 +137,7 @@ def vllm_weights_item(spec: ModelSpec, fmt: str, tp_degree: int, act_bytes: int)
             "allocator_rounding",
             rounding,
             "large tensors not a multiple of 2 MiB count their whole segment",
-            "c10/cuda/CUDACachingAllocator.cpp (memplan.formulas.overheads.cuda_block_bytes)",
+            "c10/cuda/CUDACachingAllocator.cpp (memplan.formulas.allocator.cuda_block_bytes)",
         )
     rotary = _rotary_dim(spec)
     if rotary:
@@ -245,7 +246,7 @@ def serving_report(
     fmt = setup.weights or activation_dtype(spec, setup.dtype, None)
     fmt = check_weight_format(spec, fmt, setup.tp_degree)
     act = activation_dtype(spec, setup.dtype, setup.weights)
-    act_bytes = _ACT_BYTES.get(act, 2)
+    act_bytes = float_dtype_bytes(act)
     max_len, batched, seqs = _defaults(setup, spec, gpu)
     kv_bytes = kv_dtype_bytes(setup.kv_cache_dtype, act)
     rows = min(seqs, batched)

@@ -5,6 +5,7 @@ Each figure is a default the user can override; none is hidden in another number
 
 from __future__ import annotations
 
+from memplan.formulas.allocator import cuda_block_bytes
 from memplan.report import Item
 from memplan.specs.hardware import Gpu
 from memplan.units import MIB
@@ -109,28 +110,3 @@ def outside_tensors_item(
             "memplan.trace.allocator (a replay of c10/cuda/CUDACachingAllocator.cpp)",
         )
     return root
-
-
-_BLOCK_ROUND = 512  # kMinBlockSize
-_SMALL_SIZE = 1 << 20  # kSmallSize: requests up to 1 MiB use the small pool
-_SMALL_BUFFER = 2 << 20  # kSmallBuffer: small-pool segments
-_MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
-_LARGE_BUFFER = 20 << 20  # kLargeBuffer: segments for 1-10 MiB requests
-_ROUND_LARGE = 2 << 20  # kRoundLarge
-
-
-def cuda_block_bytes(n_bytes: int) -> int:
-    """Bytes PyTorch's CUDA caching allocator counts as allocated for one fresh request.
-
-    ``c10/cuda/CUDACachingAllocator.cpp``: a request is rounded up to 512 B; a large one
-    (> 1 MiB) gets a segment of ``roundup(size, 2 MiB)`` (20 MiB below 10 MiB), and the block is
-    split only when more than 1 MiB would remain; otherwise the whole segment is the block and
-    ``allocated_bytes`` counts all of it. Assumes no free block is reused (a fresh segment)."""
-    rounded = max(_BLOCK_ROUND, -(n_bytes // -_BLOCK_ROUND) * _BLOCK_ROUND)
-    if rounded <= _SMALL_SIZE:
-        return rounded
-    if rounded < _MIN_LARGE_ALLOC:
-        segment = _LARGE_BUFFER
-    else:
-        segment = -(rounded // -_ROUND_LARGE) * _ROUND_LARGE
-    return rounded if segment - rounded > _SMALL_SIZE else segment

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from memplan.catalog.gpus import resolve_gpu
 from memplan.estimate.fit import fit_on_gpu, fit_scalars
+from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
 from memplan.formulas.overheads import outside_tensors_item
 from memplan.report import TRAINING_CATEGORIES, Item, Phase, Report
 from memplan.specs.hardware import Gpu
 from memplan.trace.allocator import CachingAllocatorModel
 from memplan.trace.build import module_section
-from memplan.trace.timeline import CUDA_ROUNDING_BYTES, Timeline, allocated_bytes
+from memplan.trace.timeline import Timeline
 from memplan.trace.tracker import Flag
 
 if TYPE_CHECKING:
@@ -59,9 +60,9 @@ def category_of(flags: int) -> str:
 def sizes_of(session: TraceSession, *, rounded: bool) -> list[int]:
     """Bytes per storage key: allocator-rounded under the CUDA target; host storages count 0."""
     tracker = session.tracker
-    round_to = CUDA_ROUNDING_BYTES if (rounded and session.cuda) else 1
+    round_to = ALLOCATOR_ROUND_BYTES if (rounded and session.cuda) else 1
     return [
-        0 if flags & Flag.HOST else allocated_bytes(nbytes, round_to)
+        0 if flags & Flag.HOST else alloc_bytes(nbytes, round_to)
         for nbytes, flags in zip(tracker.nbytes, tracker.flags, strict=True)
     ]
 
