@@ -56,6 +56,12 @@ _VISION_OF = {
     "llama4": "llama4_vision_model",
     "mistral3": "pixtral",
 }
+_ABSENT_VISION_CONFIG: dict[str, dict[str, Any]] = {
+    "mistral3": {"patch_size": 14, "image_size": 1540},
+}
+"""Where a config leaves ``vision_config`` out, the composite config class builds it with its
+own sizes (``Mistral3Config``: ``SubConfigSpec(init_kwargs=...)`` in transformers 5.23
+``configuration_mistral3.py``; the other sizes equal ``PixtralVisionConfig``'s)."""
 _COMPOSITE_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral3": {"spatial_merge_size": 2, "multimodal_projector_bias": False,
                  "vision_feature_layer": -1},
@@ -95,12 +101,13 @@ def multimodal(
 
 def _vision(cfg: _Config, model_type: str, text_hidden: int) -> VisionSpec:
     raw = cfg.raw.get("vision_config")
+    kind = VisionKind(_VISION_OF[model_type])
+    defaults = VISION_DEFAULTS[kind.value]
     if raw is None:
-        raw = {}
+        raw, defaults = {}, {**defaults, **_ABSENT_VISION_CONFIG.get(model_type, {})}
     if not isinstance(raw, dict):
         raise ConfigError(f"{cfg.name}: vision_config must be a JSON object")
-    kind = VisionKind(_VISION_OF[model_type])
-    vision = _Config(raw, VISION_DEFAULTS[kind.value], f"{cfg.name} vision_config")
+    vision = _Config(raw, defaults, f"{cfg.name} vision_config")
     top = _Config(cfg.raw, _COMPOSITE_DEFAULTS.get(model_type, {}), cfg.name)
     hidden, heads = vision.int_("hidden_size"), vision.int_("num_attention_heads")
     fields: dict[str, Any] = {
