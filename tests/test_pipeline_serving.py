@@ -104,7 +104,8 @@ def test_serve_capacity_pp3_engine_keeps_smallest_stage() -> None:
         2 * (10 * LAYER_PARAMS + H + V * H) + cuda_block_bytes(table) - table + rotary,
     ]
     profile = [2 * tokens * H * 2 + 3 * tokens * INTER * 2] * 3
-    profile[2] += 2 * rows * V * 4  # the sampler runs on the last stage only
+    profile[1] += 2 * tokens * H * 2  # later stages keep the received hidden_states, residual
+    profile[2] += 2 * tokens * H * 2 + 2 * rows * V * 4  # and the sampler runs on the last
     own = [
         int(int(requested - (w + p)) // page // n)
         for w, p, n in zip(weights, profile, counts, strict=True)
@@ -195,3 +196,30 @@ def test_infer_pp_stage_memory_llama_8b() -> None:
     peaks = [e["peak_bytes"] for e in stages]
     assert report.scalars["peak_bytes"] == max(peaks)
     assert report.scalars["peak_stage"] == peaks.index(max(peaks))
+
+
+def test_infer_pp_text_names_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    """The text lists each stage and the verdict counts tp x pp GPUs and names the peak stage."""
+    argv = "--pp 2 --tp 2 --gpu L4 --batch 2 --prompt-len 256 --gen-len 4"
+    assert main(["infer", "meta-llama/Llama-3.1-8B", *argv.split()]) == 0
+    out = capsys.readouterr().out
+    assert "stage 0: layers 0-15" in out and "stage 1: layers 16-31" in out
+    verdict = out.strip().splitlines()[-1]
+    assert "L4 x 4 (tp 2, pp 2; stage" in verdict, verdict
+
+
+def test_web_api_takes_pp_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """The flags reach the web API as fields (cli/schema.py reads the parsers), same JSON."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from memplan.web import app as web_app
+
+    body = {"model": "llama-3.1-8b", "gpu": "L4", "pp": 3, "pp-partition": "10,11,11"}
+    response = TestClient(web_app.create_app()).post("/api/serve-capacity", json=body)
+    assert response.status_code == 200, response.text
+    argv = "--gpu L4 --pp 3 --pp-partition 10,11,11 --json"
+    assert main(["serve-capacity", "llama-3.1-8b", *argv.split()]) == 0
+    assert response.content.decode() == capsys.readouterr().out
+    assert json.loads(response.content)["setup"]["pp_layers"] == "10,11,11"

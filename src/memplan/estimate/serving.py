@@ -105,12 +105,22 @@ def check_weight_format(spec: ModelSpec, fmt: str, tp_degree: int = 1) -> str:
 
 
 def profile_activation_item(
-    spec: ModelSpec, tokens: int, rows: int, act_bytes: int, tp_degree: int, *, sampler: bool = True
+    spec: ModelSpec,
+    tokens: int,
+    rows: int,
+    act_bytes: int,
+    tp_degree: int,
+    *,
+    sampler: bool = True,
+    receives: bool = False,
 ) -> Item:
     """Estimated torch peak of vLLM's profiling run (a dummy forward of ``tokens`` tokens,
     then the sampler over ``rows`` requests): the largest layer transient plus the logits;
     ``sampler=False`` for pipeline stages other than the last (``gpu_model_runner.py``
-    ``profile_run`` runs the sampler only where ``get_pp_group().is_last_rank``).
+    ``profile_run`` runs the sampler only where ``get_pp_group().is_last_rank``);
+    ``receives`` for stages other than the first, which keep a buffer for the tensors they
+    receive (``_dummy_run``: ``make_empty_intermediate_tensors(batch_size=max_num_tokens)``,
+    ``hidden_states`` and ``residual`` as ``llama.py`` declares them, in the model dtype).
 
     Layer transient: hidden and residual (``2 T h``) plus the MLP's ``gate_up`` output and
     activation (``3 T I / tp``; MoE: ``top_k`` experts' worth). Logits: fp32 logits and
@@ -124,6 +134,13 @@ def profile_activation_item(
     mlp = matrices * tokens * width * act_bytes // tp_degree
     root.leaf("hidden_and_residual", 2 * tokens * h * act_bytes, f"2 x {tokens} tokens x {h}")
     root.leaf("mlp_intermediate", mlp, f"{matrices} x {tokens} x {width} / tp")
+    if receives:
+        root.leaf(
+            "intermediate_tensors",
+            2 * tokens * h * act_bytes,
+            f"hidden_states and residual received: 2 x {tokens} tokens x {h}",
+            "vllm/v1/worker/gpu_model_runner.py _dummy_run",
+        )
     if sampler:
         root.leaf("logits_fp32", 2 * rows * spec.vocab_size * 4, f"2 x {rows} rows x V x 4 B")
     return root
@@ -180,7 +197,13 @@ def _stage_memory(
 ) -> StageMemory:
     weights = vllm_weights_item(spec, z.fmt, setup.tp_degree, z.act_bytes, stage)
     profile = profile_activation_item(
-        spec, z.batched, z.rows, z.act_bytes, setup.tp_degree, sampler=stage.last
+        spec,
+        z.batched,
+        z.rows,
+        z.act_bytes,
+        setup.tp_degree,
+        sampler=stage.last,
+        receives=not stage.first,
     )
     available = int(z.requested - int(weights.total + profile.total + setup.non_torch_bytes))
     whole = vllm.kv_cache_layout(spec)
