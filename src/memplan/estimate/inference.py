@@ -361,12 +361,7 @@ def inference_report(
         kind="infer",
         model=spec.name,
         breakdown=memory_item(spec, setup, formats.weights, mem, stage),
-        setup={
-            **_setup_dict(setup, formats, gpu),
-            "pp_layers": ",".join(str(len(st.layers)) for st, _ in pairs)
-            if setup.pp_degree > 1
-            else None,
-        },
+        setup=_setup_dict(setup, formats, gpu, [st for st, _ in pairs]),
         scalars=scalars,
         phases=phases_of(mem, setup),
         notes=notes,
@@ -389,7 +384,12 @@ def _stage_entry(stage: vllm.PipelineStage, mem: InferenceMemory) -> dict[str, o
     }
 
 
-def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> dict[str, object]:
+def _setup_dict(
+    setup: InferenceSetup,
+    formats: _Formats,
+    gpu: Gpu | None,
+    stages: list[vllm.PipelineStage],
+) -> dict[str, object]:
     return {
         "batch": setup.batch,
         "prompt_len": setup.prompt_len,
@@ -400,7 +400,7 @@ def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> di
         "logits": setup.logits,
         "attention": setup.attention,
         "tp": setup.tp_degree,
-        "pp": setup.pp_degree if setup.pp_degree > 1 else None,
+        **vllm.pipeline_setup(stages),
         "gpu": gpu.name if gpu else None,
     }
 

@@ -371,10 +371,7 @@ def serving_report(
         setup={
             "gpu": gpu.name,
             "tp": setup.tp_degree,
-            "pp": setup.pp_degree if setup.pp_degree > 1 else None,
-            "pp_layers": ",".join(str(len(sm.stage.layers)) for sm in stages)
-            if setup.pp_degree > 1
-            else None,
+            **vllm.pipeline_setup([sm.stage for sm in stages]),
             "gpu_memory_utilization": setup.gpu_memory_utilization,
             "max_model_len": max_len,
             "max_num_batched_tokens": batched,

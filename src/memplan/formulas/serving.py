@@ -54,6 +54,7 @@ __all__ = [
     "needed_bytes",
     "num_blocks",
     "page_size_bytes",
+    "pipeline_setup",
     "pipeline_stages",
     "pp_layer_ranges",
     "requested_memory_bytes",
@@ -183,6 +184,14 @@ def pipeline_stages(
     return tuple(
         PipelineStage(i, start, stop, i == 0, i == last) for i, (start, stop) in enumerate(ranges)
     )
+
+
+def pipeline_setup(stages: list[PipelineStage]) -> dict[str, object]:
+    """The report's setup entries for a pipeline: ``pp`` and ``pp_layers`` (``11,11,10``);
+    none for a single stage."""
+    if len(stages) < 2:
+        return {}
+    return {"pp": len(stages), "pp_layers": ",".join(str(len(s.layers)) for s in stages)}
 
 
 def vllm_kv_heads_per_rank(spec: ModelSpec, tp_degree: int) -> int:
