@@ -2,7 +2,9 @@
 
 The arithmetic is vLLM's own (:mod:`memplan.formulas.serving`); what vLLM *measures* at start-up
 (the weights it loaded, the activation peak of its profiling run, non-torch memory) memplan
-computes: the weights exactly, the activation peak as a labelled estimate.
+computes: the weights exactly, the activation peak as a labelled estimate. With pipeline
+parallelism each stage is sized as its workers size themselves and the engine keeps the
+smallest stage's block count (``get_kv_cache_configs``).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def stage_holds(
 
 def stage_weights_bytes(spec: ModelSpec, fmt: str, stage: vllm.PipelineStage) -> int:
     """The checkpoint bytes a stage loads (before tensor-parallel sharding): the whole model
-    for a single stage; else its tensors (:func:`_stage_holds`) in ``fmt``."""
+    for a single stage; else its tensors (:func:`stage_holds`) in ``fmt``."""
     if stage.first and stage.last:
         return int(weights_bytes(spec, fmt).total)
     numel = sum(
