@@ -176,5 +176,9 @@ def test_train_names_the_linear_attention_it_does_not_model(
 ) -> None:
     from cli_helpers import cli_json
 
-    data = cli_json(capsys, ["train", "qwen3-next", "--seq", "512", "--json"])
-    assert any(line.startswith("linear attention not modelled: the 36") for line in data["notes"])
+    common = ["qwen3-next", "--seq", "512", "--gpu", "H100", "--json"]
+    for argv in (["train", *common], ["time", *common, "--tokens", "1e9"]):
+        data = cli_json(capsys, argv)
+        assert any(
+            line.startswith("linear attention not modelled: the 36") for line in data["notes"]
+        )
