@@ -99,8 +99,133 @@ def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
     return 5 * alloc_bytes(b * s * plan.spec.hidden_size * 4, plan.round_to)
 
 
+BACKWARD_CANDIDATES = (
+    "loss_backward",
+    "last_layer_backward",
+    "moe_combine_backward",
+    "final_norm_backward",
+    "first_layer_backward",
+    "embedding_backward",
+)
+"""The instants of the backward where live memory can peak, in the order they happen (the
+first of equal peaks is the one reported)."""
+
+STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
+"""Categories set by the model states (:func:`with_states`); the optimizer step's temporaries
+are the states' too."""
+
+
+def phase_gradients(
+    total: Any,
+    embeddings: Any,
+    layers: Any,
+    first_layer: Any,
+    last_down: Any,
+    first_down: Any,
+) -> dict[str, Any]:
+    """Gradient bytes live in each phase and at each backward high point.
+
+    ``total``: every gradient; ``embeddings``: the input embeddings' (written last);
+    ``layers``: the decoder layers'; ``first_layer``: the first layer's; ``last_down`` /
+    ``first_down``: the down-projection's gradient of the last / first layer, allocated before
+    its MLP's multiply runs. The rest (lm_head, final norm) is written before the layers'
+    backward. Plain arithmetic: the per-rank engine and the plan search call it on arrays."""
+    head = total - layers - embeddings
+    return {
+        "after_load": 0,
+        "end_of_forward": 0,
+        "forward_peak": 0,
+        "loss_backward": 0,
+        "last_layer_backward": head + last_down,
+        "moe_combine_backward": head,
+        "final_norm_backward": head,
+        "first_layer_backward": total - embeddings - first_layer + first_down,
+        "embedding_backward": total,
+        "after_backward": total,
+        "optimizer_step": total,
+        "after_zero_grad": 0,
+    }
+
+
+def with_states(
+    parts: dict[str, dict[str, Any]],
+    params: Any,
+    states: Any,
+    step_temporary: Any,
+    gradients: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """``parts`` (:func:`step_parts`) with the model states in every phase: parameters,
+    optimizer states, the phase's gradients, and the optimizer step's temporaries. Plain
+    arithmetic (arrays welcome); new dicts, ``parts`` is left as it is."""
+    out = {}
+    for name, phase in parts.items():
+        full = phase.copy()
+        full["parameters"] = params
+        full["optimizer_states"] = states
+        full["gradients"] = gradients[name]
+        if name == "optimizer_step":
+            full["temporaries"] = full["temporaries"] + step_temporary
+        out[name] = full
+    return out
+
+
+def plan_gradients(plan: TrainingPlan) -> dict[str, Any]:
+    """:func:`phase_gradients` of a plan's own gradients."""
+    first = next(g for g in plan.layers if g.first)
+    return phase_gradients(
+        plan.grad_bytes,
+        plan.grads.get("embeddings", 0),
+        sum(g.count * g.grad_bytes for g in plan.layers),
+        first.grad_bytes,
+        plan.last_down_grad,
+        plan.first_down_grad,
+    )
+
+
 def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     """Live memory of the steady-state step at (batch, seq), per phase and category."""
+    parts, acts = _step_parts(plan, batch, seq)
+    full = with_states(
+        parts, plan.param_bytes, plan.state_bytes, plan.step_temporary, plan_gradients(plan)
+    )
+    candidates = [(n, full[n]) for n in BACKWARD_CANDIDATES if n in full]
+    best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
+    phases = {name: full[name] for name in _PHASE_ORDER if name != "peak_backward"}
+    phases["peak_backward"] = best
+    phases = {name: phases[name] for name in _PHASE_ORDER}
+    peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
+    states = plan.state_bytes
+    first_step = max(
+        max(sum(phases[k].values()) for k in phases if k not in ("optimizer_step",)) - states,
+        sum(phases["optimizer_step"].values()),
+    )
+    sections = _backward_sections(plan, batch, seq, best_name, best)
+    temps = {_BACKWARD_TEMPORARIES[best_name]: best["temporaries"]}
+    return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
+
+
+_PHASE_ORDER = (
+    "after_load",
+    "end_of_forward",
+    "peak_backward",
+    "after_backward",
+    "optimizer_step",
+    "after_zero_grad",
+    "forward_peak",
+)
+
+
+def step_parts(plan: TrainingPlan, batch: int, seq: int) -> dict[str, dict[str, int]]:
+    """Every phase and backward high point at (batch, seq), without the model states
+    (:data:`STATE_CATEGORIES` are 0; :func:`with_states` fills them): what the step itself
+    allocates. A backward high point that does not exist for this model is absent."""
+    return _step_parts(plan, batch, seq)[0]
+
+
+def _step_parts(
+    plan: TrainingPlan, batch: int, seq: int
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """:func:`step_parts` and the saved bytes by part (model, layers, head and loss)."""
     r, spec, reg = plan.round_to, plan.spec, plan.regime
     tokens = batch * seq
     v = spec.vocab_size
@@ -123,19 +248,12 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     logits = alloc_bytes(tokens * v * reg.compute_bytes, r)
     fp32_logits = alloc_bytes(tokens * v * 4, r)
     upcast = fp32_logits if reg.compute_bytes != 4 else 0
-    static = {
-        "parameters": plan.param_bytes,
-        "optimizer_states": plan.state_bytes,
-        "buffers": plan.buffers,
-    }
-    held = {"inputs": inputs}
     # nll_loss's saved int64 targets and fp32 total_weight, freed when its backward has run
     nll_saved = _sum_saved(plan.nll_saved, batch, seq, r)
     scalar = alloc_bytes(4, r)  # the loss (and, in backward, its gradient)
 
     base = dict.fromkeys(CATEGORIES, 0)
-    base.update(static)
-    base.update(held)
+    base.update(buffers=plan.buffers, inputs=inputs)
 
     def phase(**parts: int) -> dict[str, int]:
         out = base.copy()
@@ -148,33 +266,21 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     )
     # Inside log_softmax's backward: nll_loss has released its int64 targets; its fp32
     # gradient and log_softmax's own are both alive beside the saved output.
-    loss_backward = phase(
+    phases["loss_backward"] = phase(
         activations=activations - nll_saved,
         autocast_cache=cache,
         temporaries=2 * fp32_logits + 2 * scalar,
     )
-    candidates = [("loss_backward", loss_backward)]
     transient = _layer_transient(plan, batch, seq)
-    grads_head = (
-        plan.grad_bytes
-        - sum(g.count * g.grad_bytes for g in plan.layers)
-        - plan.grads.get("embeddings", 0)
-    )
     # The last layer's backward starts with every layer still saved; inside its MLP the
-    # down-projection has released its saved input.
+    # down-projection has released its saved input (its gradient: phase_gradients).
     last = plan.layers[-1]
     recompute_last = _recompute(plan, last, batch, seq)
     down_input = _sum_saved(last.down_input, batch, seq, r)
-    candidates.append(
-        (
-            "last_layer_backward",
-            phase(
-                activations=a_model + a_layers + recompute_last - down_input,
-                autocast_cache=(last.cache_bytes if ckpt else cache_layers) - plan.last_down_cast,
-                gradients=grads_head + plan.last_down_grad,
-                temporaries=transient + 2 * scalar + plan.dequant_bytes,
-            ),
-        )
+    phases["last_layer_backward"] = phase(
+        activations=a_model + a_layers + recompute_last - down_input,
+        autocast_cache=(last.cache_bytes if ckpt else cache_layers) - plan.last_down_cast,
+        temporaries=transient + 2 * scalar + plan.dequant_bytes,
     )
     if spec.moe is not None and spec.is_moe_layer(spec.n_layers - 1):
         # the last MoE block's combine: proj_out (half) * routing weights (fp32) is fp32, so its
@@ -186,47 +292,27 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         out_grad = alloc_bytes(
             tokens * spec.hidden_size * (4 if reg.autocast else reg.compute_bytes), r
         )
-        candidates.append(
-            (
-                "moe_combine_backward",
-                phase(
-                    activations=a_model + a_layers,
-                    autocast_cache=0 if ckpt else cache_layers,
-                    gradients=grads_head,
-                    temporaries=3 * wide + narrow + out_grad + 2 * scalar,
-                ),
-            )
+        phases["moe_combine_backward"] = phase(
+            activations=a_model + a_layers,
+            autocast_cache=0 if ckpt else cache_layers,
+            temporaries=3 * wide + narrow + out_grad + 2 * scalar,
         )
-    norm_input = 0
     if spec.final_norm and spec.norm_kind is NormKind.RMSNORM:
         # the final norm's backward: lm_head's gradient is out, the norm's fp32 input still saved
         norm_input = _sum_saved(plan.final_norm_input, batch, seq, r)
-        candidates.append(
-            (
-                "final_norm_backward",
-                phase(
-                    activations=a_model + a_layers + norm_input,
-                    autocast_cache=0 if ckpt else cache_layers,
-                    gradients=grads_head,
-                    temporaries=_norm_transient(plan, batch, seq) + 2 * scalar,
-                ),
-            )
+        phases["final_norm_backward"] = phase(
+            activations=a_model + a_layers + norm_input,
+            autocast_cache=0 if ckpt else cache_layers,
+            temporaries=_norm_transient(plan, batch, seq) + 2 * scalar,
         )
     first = next(g for g in plan.layers if g.first)
     a_first = group_bytes[id(first)]
     recompute_first = _recompute(plan, first, batch, seq)
     down_first = _sum_saved(first.down_input, batch, seq, r)
-    grads_before_first = plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
-    candidates.append(
-        (
-            "first_layer_backward",
-            phase(
-                activations=a_model + a_first + recompute_first - down_first,
-                autocast_cache=first.cache_bytes - plan.first_down_cast,
-                gradients=grads_before_first + plan.first_down_grad,
-                temporaries=transient + 2 * scalar + plan.dequant_bytes,
-            ),
-        )
+    phases["first_layer_backward"] = phase(
+        activations=a_model + a_first + recompute_first - down_first,
+        autocast_cache=first.cache_bytes - plan.first_down_cast,
+        temporaries=transient + 2 * scalar + plan.dequant_bytes,
     )
     if "embeddings" in plan.grads:
         # the embedding's backward, last: its (V, H) gradient beside the others; untied, the
@@ -238,16 +324,9 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
             extra = 2 * vh
         else:
             extra = alloc_bytes(tokens * spec.hidden_size * stream, r)
-        candidates.append(
-            (
-                "embedding_backward",
-                phase(gradients=plan.grad_bytes, temporaries=extra + 2 * scalar),
-            )
-        )
-    best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
-    phases["peak_backward"] = best
-    phases["after_backward"] = phase(gradients=plan.grad_bytes)
-    phases["optimizer_step"] = phase(gradients=plan.grad_bytes, temporaries=plan.step_temporary)
+        phases["embedding_backward"] = phase(temporaries=extra + 2 * scalar)
+    phases["after_backward"] = phase()
+    phases["optimizer_step"] = phase()
     phases["after_zero_grad"] = phase()
     phases["forward_peak"] = phase(
         activations=activations,
@@ -257,36 +336,38 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         + _forward_loss_temporaries(plan, batch, seq)
         + plan.dequant_bytes,
     )
-    peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
-    states = plan.state_bytes
-    first_step = max(
-        max(sum(phases[k].values()) for k in phases if k not in ("optimizer_step",)) - states,
-        sum(phases["optimizer_step"].values()),
-    )
-    acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
-    sections: dict[str, int] = {}
-    live = best["activations"]
-    if best_name in (
+    return phases, {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
+
+
+def _backward_sections(
+    plan: TrainingPlan, batch: int, seq: int, best_name: str, best: dict[str, int]
+) -> dict[str, int]:
+    """Activations by trace section at the backward peak when it lies in the layers."""
+    if best_name not in (
         "last_layer_backward",
         "first_layer_backward",
         "final_norm_backward",
         "moe_combine_backward",
     ):
-        by_section: dict[str, int] = {}
-        for item in plan.model_saved:
-            key = _model_section(item.key, ckpt, plan.setup.is_lora)
-            by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
-        if ckpt:
-            first_input = group_bytes[id(first)]
-            by_section["embedding"] = by_section.get("embedding", 0) + first_input
-        sections = {k: v for k, v in by_section.items() if k != "layers"}
-        sections["layers"] = live - sum(sections.values())
-        if best_name == "final_norm_backward":
-            sections["final_norm"] = norm_input
-            sections["layers"] -= norm_input
-        sections = {k: v for k, v in sections.items() if v}
-    temps = {_BACKWARD_TEMPORARIES[best_name]: best["temporaries"]}
-    return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
+        return {}
+    r = plan.round_to
+    ckpt = plan.setup.checkpointing is Checkpointing.FULL
+    by_section: dict[str, int] = {}
+    for item in plan.model_saved:
+        key = _model_section(item.key, ckpt, plan.setup.is_lora)
+        by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
+    if ckpt:
+        first = next(g for g in plan.layers if g.first)
+        by_section["embedding"] = by_section.get("embedding", 0) + _sum_saved(
+            first.saved, batch, seq, r
+        )
+    sections = {k: v for k, v in by_section.items() if k != "layers"}
+    sections["layers"] = best["activations"] - sum(sections.values())
+    if best_name == "final_norm_backward":
+        norm_input = _sum_saved(plan.final_norm_input, batch, seq, r)
+        sections["final_norm"] = norm_input
+        sections["layers"] -= norm_input
+    return {k: v for k, v in sections.items() if v}
 
 
 def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
