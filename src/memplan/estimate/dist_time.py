@@ -22,8 +22,9 @@ Collectives (``memplan.formulas.communication`` for the wire bytes and links):
 Overlap model (stated, not measured): data-parallel collectives overlap the backward compute
 (FSDP/ZeRO-3 prefetch their all-gathers), so only what exceeds the backward's compute time is
 exposed; tensor-, context-, expert-parallel and pipeline transfers sit on the critical path.
-Step time = compute + bubble + exposed communication; compute runs at the matmul efficiency
-``DEFAULT_COMPUTE_EFFICIENCY`` of the peak; the bubble is ``(p - 1) / (v * M)`` of compute.
+Step time = compute + bubble + exposed communication + offload transfers; compute runs at the
+matmul efficiency ``DEFAULT_COMPUTE_EFFICIENCY`` of the peak; the bubble is ``(p - 1) / (v * M)``
+of compute; offloaded states cross PCIe each step (:func:`offload_terms`), not overlapped.
 ``--mfu X`` overrides the whole model: ``time = model FLOPs / (gpus * peak * X)``.
 """
 
@@ -34,8 +35,10 @@ from typing import Any
 
 from memplan.estimate.dist_states import (
     LocalTensor,
+    StageStates,
     local_spec,
     stage_layers,
+    stage_states,
     stage_tensors,
     state_regime,
 )
@@ -58,7 +61,7 @@ from memplan.formulas.parallel import (
 from memplan.formulas.time import DEFAULT_COMPUTE_EFFICIENCY
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import ParallelPlan, Sharding
+from memplan.specs.parallel import Offload, ParallelPlan, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 
 __all__ = [
@@ -71,12 +74,19 @@ __all__ = [
     "dp_terms",
     "links",
     "model_parallel_terms",
+    "offload_seconds",
+    "offload_terms",
+    "pcie_bytes_per_s",
     "step_numbers",
     "step_time",
 ]
 
 Num = Any
 """A number or a NumPy array of them (a plan grid)."""
+
+PCIE_FALLBACK_BYTES_PER_S = 64e9
+"""PCIe 4.0 x16, both directions (16 GT/s x 16 lanes, 128b/130b: 31.5 GB/s each way, about
+64 GB/s total; PCI-SIG), used when the GPU catalog has no PCIe figure."""
 
 NVLINK_FALLBACK_BYTES_PER_S = 450e9 / 2
 """One direction of NVLink 4 (H100 SXM: 900 GB/s both directions, NVIDIA H100 datasheet), used
@@ -295,6 +305,8 @@ class StepTime:
     model_flops: float
     mfu: float
     overlap: str
+    offload_s: float = 0.0
+    """Host transfers of offloaded states (:func:`offload_seconds`)."""
 
 
 OVERLAP = "data-parallel collectives overlap the backward; tp/cp/ep/pp transfers are exposed"
@@ -326,6 +338,7 @@ class StepNumbers:
     compute_s: Num
     bubble_s: Num
     exposed_comm_s: Num
+    offload_s: Num
     step_s: Num
     model_flops: Num
     mfu: Num
@@ -346,8 +359,10 @@ def step_numbers(
     efficiency: Num,
     dp_s: Num,
     other_s: tuple[Num, ...],
+    offload_s: Num = 0.0,
 ) -> StepNumbers:
-    """Step time = compute + bubble + exposed communication (module docstring).
+    """Step time = compute + bubble + exposed communication + offload transfers (module
+    docstring).
 
     ``forward_flops``: one micro-batch's forward (a float); ``recompute``: 1 with full
     checkpointing; ``dp_s``: the slowest stage's data-parallel seconds; ``other_s``: the
@@ -363,9 +378,44 @@ def step_numbers(
     for seconds in other_s:
         others = others + seconds
     exposed = exposed + others
-    step = compute + bubble + exposed
+    step = compute + bubble + exposed + offload_s
     mfu = model_flops / (step * world * peak_flops_per_s)
-    return StepNumbers(compute, bubble, exposed, step, model_flops, mfu)
+    return StepNumbers(compute, bubble, exposed, offload_s, step, model_flops, mfu)
+
+
+def offload_terms(states: StageStates) -> tuple[int, int, int, int]:
+    """Bytes an offloading rank moves over PCIe per step: (to the host once, to the host per
+    micro-batch, to the GPU once, to the GPU per micro-batch).
+
+    Gradient partitions kept on the host (ZeRO-2/3, FSDP2's ``CPUOffloadPolicy``) go down once
+    per micro-batch, else (ZeRO-1) the half gradient partition once per step; parameters kept
+    on the host come up for the forward and the backward of every micro-batch; DeepSpeed's
+    updated fp32 master partition comes back as half parameters once per step (the ZeRO-Offload
+    paper's fp16 gradients down, fp16 parameters up: Ren et al. 2021, section 4.1). Padded
+    partitions and shards: the same on every data-parallel rank."""
+    host = states.offloaded
+    grads = sum(v for k, v in host.items() if k.startswith("gradients/"))
+    params = sum(v for k, v in host.items() if k.startswith("parameters/"))
+    master = host.get("optimizer/master_weights_fp32", 0)
+    once = 0 if grads else host.get("optimizer/step_fp32_gradients", 0) // 2
+    return once, grads, master // 2, 2 * params
+
+
+def offload_seconds(
+    terms: tuple[Num, Num, Num, Num], micro_batches: Num, pcie_bytes_per_s: Num
+) -> Num:
+    """Seconds of the host transfers (:func:`offload_terms`): PCIe is full duplex, so the
+    larger direction counts, at half the link's two-way figure; not overlapped with compute
+    (the CPU optimizer's own time is not modelled)."""
+    down_once, down_each, up_once, up_each = terms
+    down = down_once + down_each * micro_batches
+    up = up_once + up_each * micro_batches
+    return maximum(down, up) / (pcie_bytes_per_s / 2)
+
+
+def pcie_bytes_per_s(gpu: Gpu) -> float:
+    """The GPU's host link (both directions), or :data:`PCIE_FALLBACK_BYTES_PER_S`."""
+    return gpu.pcie_bytes_per_s or PCIE_FALLBACK_BYTES_PER_S
 
 
 def step_time(
@@ -389,7 +439,11 @@ def step_time(
         return StepTime(step, 0.0, 0.0, {}, step, model_flops, mfu, "given MFU")
     nvlink, network = links(plan, gpu)
     worst: dict[str, float] = {}
+    offload = 0.0
     for stage in range(plan.pp_degree):
+        if plan.offload is not Offload.NONE:  # the same on every data-parallel rank
+            terms = offload_terms(stage_states(spec, setup, plan, stage, 0))
+            offload = max(offload, offload_seconds(terms, m, pcie_bytes_per_s(gpu)))
         by_kind: dict[str, float] = {}
         for term in collective_terms(spec, setup, plan, local, stage):
             sec = term.seconds(m, plan.gpus_per_node, nvlink, network)
@@ -410,6 +464,7 @@ def step_time(
         efficiency=efficiency,
         dp_s=worst.get("dp", 0.0),
         other_s=tuple(v for k, v in worst.items() if k != "dp"),
+        offload_s=offload,
     )
     return StepTime(t.compute_s, t.bubble_s, t.exposed_comm_s, worst, t.step_s, t.model_flops,
-                    t.mfu, OVERLAP)  # fmt: skip
+                    t.mfu, OVERLAP, t.offload_s)  # fmt: skip
