@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_states import activation_precision, local_spec
@@ -82,16 +83,16 @@ _FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan
 
 def _local_plan(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> TrainingPlan:
     """The single-GPU engine's plan of the rank-local model, found by the identity of
-    ``spec`` and ``plan`` (``training_plan``'s own cache hashes the whole spec)."""
-    fast_key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+    ``spec``, tp and the compute precision (``training_plan``'s own cache hashes the whole
+    spec)."""
+    precision = activation_precision(setup, plan)
+    fast_key = (id(spec), plan.tp_degree, precision, *(getattr(setup, f) for f in _STATIC_FIELDS))
     hit = _FAST_PLAN.get(fast_key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
+    if hit is not None and hit[0] is spec:
         return hit[2]
     if len(_FAST_PLAN) > 1024:
         _FAST_PLAN.clear()
-    key = dataclasses.replace(
-        setup, precision=activation_precision(setup, plan), batch=1, seq=1, allow_long_seq=True
-    )
+    key = dataclasses.replace(setup, precision=precision, batch=1, seq=1, allow_long_seq=True)
     tplan = training_plan(local_spec(spec, plan), key)
     _FAST_PLAN[fast_key] = (spec, plan, tplan)
     return tplan
@@ -112,14 +113,17 @@ def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) 
     return LocalStep(tplan, b, seq)
 
 
-_FAST_LOCAL: dict[tuple[int, int, TrainingSetup], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
+_FAST_LOCAL: dict[tuple[Any, ...], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
 
 
 def local_step_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
     """:func:`local_step` looked up by the identity of ``spec`` and ``plan``."""
-    key = (id(spec), id(plan), setup)
+    # the local model depends on the plan only through tp, cp, sequence parallelism and the
+    # precision the runtime computes in: plans that share them share the step
+    precision = activation_precision(setup, plan)
+    key = (id(spec), setup, plan.tp_degree, plan.cp_degree, plan.sequence_parallel, precision)
     hit = _FAST_LOCAL.get(key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
+    if hit is not None and hit[0] is spec:
         return hit[2]
     if len(_FAST_LOCAL) > 4096:
         _FAST_LOCAL.clear()

@@ -48,6 +48,7 @@ __all__ = [
     "local_numbers",
     "phase_total",
     "pipeline_stage_phases",
+    "rank_layer_gradients",
     "rank_plan",
     "single_stage_phases",
 ]
@@ -261,24 +262,39 @@ def first_max(phases: list[dict[str, Num]]) -> dict[str, Num]:
     return best
 
 
-def single_stage_phases(
-    local: LocalNumbers, state: StateNumbers, micro_batches: Num
-) -> dict[str, dict[str, Num]]:
-    """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
-    model states in place (:func:`rank_plan`), the backward high point picked with them; from
-    the second micro-batch on (or with persistent partitions) every gradient exists."""
+def rank_layer_gradients(local: Any, state: StateNumbers) -> tuple[Num, Num]:
+    """(all layers', the first layer's) gradient bytes of the rank: the local model's layer
+    groups scaled to the rank's (sharded) layer gradients, as :func:`rank_plan` does.
+
+    ``local`` needs ``layer_groups``, ``first_layer_grad`` and ``layers_grad`` (a
+    :class:`LocalNumbers`). The products reach 1e20 for a 70B model, past int64: a plan search
+    calls this on Python ints once per rank's states and passes the result on as arrays."""
     rank = where(state.grads_persistent, 0, state.grads)
-    emb = state.grads_embedding
-    layers_rank = maximum(rank - emb - state.grads_head, 0)
+    layers_rank = maximum(rank - state.grads_embedding - state.grads_head, 0)
     scale = max(local.layers_grad, 1)
     layers = 0
     for count, grad in local.layer_groups:
         layers = layers + count * (grad * layers_rank // scale)
+    return layers, local.first_layer_grad * layers_rank // scale
+
+
+def single_stage_phases(
+    local: LocalNumbers,
+    state: StateNumbers,
+    micro_batches: Num,
+    layer_grads: tuple[Num, Num] | None = None,
+) -> dict[str, dict[str, Num]]:
+    """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
+    model states in place (:func:`rank_plan`), the backward high point picked with them; from
+    the second micro-batch on (or with persistent partitions) every gradient exists.
+    ``layer_grads``: :func:`rank_layer_gradients`, when the caller computed it already."""
+    rank = where(state.grads_persistent, 0, state.grads)
+    layers, first = layer_grads if layer_grads is not None else rank_layer_gradients(local, state)
     gradients = phase_gradients(
         rank,
-        emb,
+        state.grads_embedding,
         layers,
-        local.first_layer_grad * layers_rank // scale,
+        first,
         local.last_down_grad,
         local.first_down_grad,
     )
