@@ -27,11 +27,11 @@ from memplan.specs.training import Attention, TrainingSetup  # noqa: E402
 
 # (model, layers kept (None: all), nodes, GPUs a node, seq, global batch, plans drawn)
 CASES = (
-    ("Qwen/Qwen2.5-0.5B", None, 2, 8, 1024, 64, 3000),
-    ("openai-community/gpt2", None, 1, 8, 512, 32, 2000),
-    ("google/gemma-2-2b", None, 4, 4, 2048, 32, 2000),
-    ("mistralai/Mixtral-8x7B-v0.1", 4, 2, 8, 1024, 32, 2000),
-    ("deepseek-ai/DeepSeek-V2-Lite", 3, 1, 8, 512, 16, 1000),
+    ("Qwen/Qwen2.5-0.5B", None, 2, 8, 1024, 64, 2000),
+    ("openai-community/gpt2", None, 1, 8, 512, 32, 3000),
+    ("google/gemma-2-2b", None, 2, 4, 2048, 32, 1500),
+    ("mistralai/Mixtral-8x7B-v0.1", 4, 1, 8, 1024, 32, 2000),
+    ("deepseek-ai/DeepSeek-V2-Lite", 3, 1, 8, 512, 16, 1500),
 )
 """Over 10,000 plans: dense (GQA, tied head, LayerNorm with dropout, sliding windows) and MoE
 models (Mixtral: every layer MoE; DeepSeek-V2-Lite: a dense first layer, so pipeline stages

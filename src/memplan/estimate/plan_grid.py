@@ -220,12 +220,15 @@ def _stack(values: list[Any], index: Any, np: Any) -> Any:
     return np.asarray(values)[index]
 
 
-def _local_arrays(t: _Tables, index: Any, np: Any) -> LocalNumbers:
-    """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table)."""
-    fields = {}
+def _local_arrays(t: _Tables, index: Any, np: Any, *, parts: bool = True) -> LocalNumbers:
+    """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table);
+    ``parts=False`` leaves the phases out (the communication lines do not read them)."""
+    fields: dict[str, Any] = {}
     for f in dataclasses.fields(LocalNumbers):
         values = [getattr(x, f.name) for x in t.locals_]
-        if f.name == "layer_groups":
+        if f.name == "parts" and not parts:
+            fields[f.name] = {}
+        elif f.name == "layer_groups":
             fields[f.name] = values[0]  # unused: the rank's layer gradients come precomputed
         elif f.name in ("n_layers", "round_to", "layers_grad"):
             fields[f.name] = values[0]
@@ -331,7 +334,7 @@ def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[s
 
 
 def _memory(
-    t: _Tables, local: LocalNumbers, state: StateNumbers, other: dict[str, Any], shape: RankShape,
+    t: _Tables, local_rows: Any, state: StateNumbers, other: dict[str, Any], shape: RankShape,
     np: Any,
 ) -> Any:
     """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
@@ -341,7 +344,8 @@ def _memory(
         idx = np.nonzero(mask)[0]
         if not len(idx):
             continue
-        loc, st, sh = (_take(x, idx) for x in (local, state, shape))
+        loc = _local_arrays(t, local_rows[idx], np)
+        st, sh = (_take(x, idx) for x in (state, shape))
         if pipelined:
             part = pipeline_stage_phases(loc, st, sh)
         else:
@@ -352,6 +356,7 @@ def _memory(
             for cat, value in cats.items():
                 column = into.setdefault(cat, np.zeros(len(single), dtype=np.int64))
                 column[idx] = value
+    local = _local_arrays(t, local_rows, np, parts=False)
     lines = comm_lines(local, state, shape, {"persistent": other["persistent"]})
     add_communication(phases, lines)
     peak = phase_total(phases[ALL_PHASES[0]])
@@ -385,7 +390,6 @@ def _evaluate_arrays(
 ) -> GridResult:
     stage, state_idx, first_class, layers, moe_layers, sends = row_group.T
     plan = {k: v[rp] for k, v in per_plan.items()}
-    local = _local_arrays(t, plan_local[rp], np)
     state, other = _state_arrays(t, state_idx, np)
     shape = RankShape(
         micro_batches=plan["m"], stage=stage, pp=plan["pp"], virtual=plan["virtual"],
@@ -394,7 +398,7 @@ def _evaluate_arrays(
         fsdp_keep=plan["fsdp_keep"], zero3=plan["zero3"], prefetch_bytes=plan["prefetch"],
         cp=plan["cp_on"], ep=plan["ep_on"], pipelined=(plan["pp"] > 1).astype(np.int64),
     )  # fmt: skip
-    peak_rows = _memory(t, local, state, other, shape, np)
+    peak_rows = _memory(t, plan_local[rp], state, other, shape, np)
     seconds = _row_seconds(t, plan, other, plan_local[rp], layers, moe_layers, sends, np)
     seconds = {k: v * first_class for k, v in seconds.items()}
     starts = np.flatnonzero(np.r_[1, np.diff(rp)])
