@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("numpy")
-
-from memplan.cli.main import main  # noqa: E402
-from memplan.cli.schema import FieldParser  # noqa: E402
+from memplan.cli.main import main
+from memplan.cli.schema import FieldParser
 
 LLAMA_70B = ["plan", "meta-llama/Llama-3.1-70B", "--gpus", "64", "--gpu", "H100", "--seq",
              "4096", "--global-batch", "512"]  # fmt: skip
@@ -102,14 +100,22 @@ def test_reserve_leaves_room(capsys: pytest.CaptureFixture[str]) -> None:
         (["--gpu", "H100", "--seq", "1024", "--global-batch", "64"], "needs a cluster"),
         (["--gpus", "8", "--gpu", "H100", "--seq", "1024"], "needs the batch"),
         (["--gpus", "12", "--gpu", "H100", "--global-batch", "64"], "not a multiple of 8"),
-        (["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--only", "tp,xp"],
-         "--only: unknown xp"),
-        (["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--objective", "cost"],
-         "needs --price-per-gpu-hour"),
-        (["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--reserve", "90GiB"],
-         "more than the GPU"),
-        (["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--precision", "fp7"],
-         "memplan train --help"),
+        (
+            ["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--only", "tp,xp"],
+            "--only: unknown xp",
+        ),
+        (
+            ["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--objective", "cost"],
+            "needs --price-per-gpu-hour",
+        ),
+        (
+            ["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--reserve", "90GiB"],
+            "more than the GPU",
+        ),
+        (
+            ["--gpus", "8", "--gpu", "H100", "--global-batch", "64", "--precision", "fp7"],
+            "memplan train --help",
+        ),
     ],
 )
 def test_bad_input_one_line(

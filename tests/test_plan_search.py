@@ -11,19 +11,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from typing import Any
 
 import pytest
 
-np = pytest.importorskip("numpy")
-
-from memplan.catalog import resolve  # noqa: E402
-from memplan.catalog.gpus import resolve_gpu  # noqa: E402
-from memplan.cli.main import main  # noqa: E402
-from memplan.estimate.dist_time import step_time  # noqa: E402
-from memplan.estimate.distributed import local_step, rank_groups  # noqa: E402
-from memplan.estimate.plan_grid import evaluate_grid  # noqa: E402
-from memplan.estimate.plan_search import SearchSpace, enumerate_plans, plan_args  # noqa: E402
-from memplan.specs.training import Attention, TrainingSetup  # noqa: E402
+from memplan.catalog import resolve
+from memplan.catalog.gpus import resolve_gpu
+from memplan.cli.main import main
+from memplan.estimate.dist_time import step_time
+from memplan.estimate.distributed import local_step, rank_groups
+from memplan.estimate.plan_grid import PlanRow, evaluate_grid
+from memplan.estimate.plan_search import SearchSpace, enumerate_plans, plan_args
+from memplan.specs.training import Attention, TrainingSetup
 
 # (model, layers kept (None: all), nodes, GPUs a node, seq, global batch, plans drawn)
 CASES = (
@@ -38,50 +37,50 @@ models (Mixtral: every layer MoE; DeepSeek-V2-Lite: a dense first layer, so pipe
 differ in kind), size-reduced in layers where the experts make the tables heavy."""
 
 
-def _spec(name: str, layers: int | None) -> object:
+def _spec(name: str, layers: int | None) -> Any:
     spec = resolve(name)
     return spec if layers is None else dataclasses.replace(spec, n_layers=layers)
 
 
-def _draw(case: tuple[object, ...]) -> tuple[object, TrainingSetup, list[object]]:
+def _draw(case: Any) -> tuple[Any, TrainingSetup, list[PlanRow]]:
     name, layers, nodes, per_node, seq, batch, n = case
     # gemma-2 soft-caps its attention logits: only eager attention computes that (and context
     # parallelism, which needs a fused kernel, is then removed by its rule)
     attention = Attention.EAGER if "gemma-2" in str(name) else Attention.SDPA
-    spec = _spec(str(name), layers)  # type: ignore[arg-type]
-    setup = TrainingSetup(batch=1, seq=int(seq), attention=attention)  # type: ignore[call-overload]
-    space = SearchSpace(nodes=int(nodes), gpus_per_node=int(per_node), global_batch=int(batch),  # type: ignore[call-overload]
+    spec = _spec(str(name), layers)
+    setup = TrainingSetup(batch=1, seq=int(seq), attention=attention)
+    space = SearchSpace(nodes=int(nodes), gpus_per_node=int(per_node), global_batch=int(batch),
                         max_tp=8)  # fmt: skip
-    rows, removed, total = enumerate_plans(spec, setup, space)  # type: ignore[arg-type]
+    rows, removed, total = enumerate_plans(spec, setup, space)
     assert total == len(rows) + sum(removed.values())
     rng = random.Random(f"{name}-{nodes}x{per_node}")
     # whole structures (every micro-batch and checkpointing of a layout), drawn at random:
     # the scalar engine's per-layout caches then keep the test within its time budget
-    by_plan: dict[int, list[object]] = {}
+    by_plan: dict[int, list[PlanRow]] = {}
     for r in rows:
         by_plan.setdefault(id(r.plan), []).append(r)
     layouts = list(by_plan.values())
     rng.shuffle(layouts)
-    drawn: list[object] = []
+    drawn: list[PlanRow] = []
     for layout in layouts:
-        if len(drawn) >= int(n):  # type: ignore[call-overload]
+        if len(drawn) >= int(n):
             break
         drawn.extend(layout)
     return spec, setup, drawn
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0].split("/")[1] for c in CASES])
-def test_grid_equals_engine(case: tuple[object, ...]) -> None:
+def test_grid_equals_engine(case: Any) -> None:
     spec, setup, rows = _draw(case)
     gpu = resolve_gpu("H100")
-    grid = evaluate_grid(spec, setup, gpu, rows)  # type: ignore[arg-type]
-    assert len(rows) >= min(int(case[-1]), 500)  # type: ignore[call-overload]
+    grid = evaluate_grid(spec, setup, gpu, rows)
+    assert len(rows) >= min(int(case[-1]), 500)
     mismatches = []
     for i, r in enumerate(rows):
         s = dataclasses.replace(setup, batch=r.micro_batch, checkpointing=r.checkpointing)
-        groups = rank_groups(spec, s, r.plan)  # type: ignore[arg-type]
+        groups = rank_groups(spec, s, r.plan)
         worst = max(groups, key=lambda g: g.peak_bytes)
-        t = step_time(spec, s, r.plan, local_step(spec, s, r.plan), gpu)  # type: ignore[arg-type]
+        t = step_time(spec, s, r.plan, local_step(spec, s, r.plan), gpu)
         got = (int(grid.peak_bytes[i]), float(grid.step_s[i]), float(grid.mfu[i]))
         if got != (worst.peak_bytes, t.step_s, t.mfu) or grid.worst_stage[i] != worst.stage:
             mismatches.append((r, got, (worst.peak_bytes, t.step_s, t.mfu)))
@@ -98,9 +97,9 @@ def test_drawn_plans_cover_the_space() -> None:
     assert len({s[3] for s in seen}) == 3
 
 
-def _cli_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+def _cli_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Any:
     assert main(argv) == 0
-    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+    return json.loads(capsys.readouterr().out)
 
 
 def test_cli_rows_reproduce(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +107,7 @@ def test_cli_rows_reproduce(capsys: pytest.CaptureFixture[str]) -> None:
     spec, setup, rows = _draw(CASES[0])
     gpu = resolve_gpu("H100")
     picked = rows[:12]
-    grid = evaluate_grid(spec, setup, gpu, picked)  # type: ignore[arg-type]
+    grid = evaluate_grid(spec, setup, gpu, picked)
     for i, r in enumerate(picked):
         a = plan_args("Qwen/Qwen2.5-0.5B", setup, r, "H100")
         train = _cli_json(["train", *a["train"], "--json"], capsys)

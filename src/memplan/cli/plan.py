@@ -25,9 +25,8 @@ __all__ = ["register", "run"]
 EPILOG = """\
 examples:
   memplan plan meta-llama/Llama-3.1-70B --gpus 64 --gpu H100 --seq 4096 --global-batch 512
-  memplan plan meta-llama/Llama-3.1-8B --nodes 2 --gpus-per-node 8 --gpu A100-80GB \\
-      --seq 8192 --global-batch 256 --only fsdp,tp,recompute --top 5
-  memplan plan Qwen/Qwen3-30B-A3B --gpus 32 --gpu H100 --seq 4096 --global-batch 1024 --json
+  memplan plan llama-3.2-1b --nodes 1 --gpus-per-node 8 --gpu A100-80GB --seq 2048 --global-batch 64 --only fsdp,tp,recompute --top 5
+  memplan plan gpt2-xl --gpus 8 --gpu H100 --seq 1024 --global-batch 128 --objective memory --json
 
 Every plan is checked on every rank with the same numbers as `memplan train` / `memplan time`;
 each row's flags reproduce it (--json: args and time_args).
@@ -160,7 +159,10 @@ def build_result(args: Any) -> dict[str, Any]:
                     jobs=args.jobs, progress=not args.json)  # fmt: skip
     tokens_per_step = space.global_batch * setup.seq
     plans = []
-    for p in result.plans:
+    shown = list(result.plans)
+    if result.runner_up is not None:
+        shown.append(result.runner_up)
+    for p in shown:
         a = plan_args(args.model, setup, p.row, args.gpu or gpu.name)
         entry: dict[str, Any] = {
             "args": a["train"],
@@ -184,6 +186,7 @@ def build_result(args: Any) -> dict[str, Any]:
                 hours = entry["train_seconds"] / 3600 * space.world
                 entry["cost_usd"] = hours * args.price_per_gpu_hour
         plans.append(entry)
+    runner_up = plans.pop() if result.runner_up is not None else None
     return {
         "model": spec.name,
         "gpu": gpu.name,
@@ -197,8 +200,24 @@ def build_result(args: Any) -> dict[str, Any]:
         "seconds": result.seconds,
         "removed": dict(result.removed.most_common()),
         "plans": plans,
+        "runner_up": runner_up,
         "method": "per-rank engine of `memplan train` / `memplan time` on every plan (NumPy)",
+        "verdict": _verdict(spec.name, space.world, gpu.name, plans, args.objective),
     }
+
+
+def _verdict(model: str, gpus: int, gpu: str, plans: list[dict[str, Any]], objective: str) -> str:
+    from memplan.cli.render import verdict_line
+
+    question = f"laying {model} over {gpus} x {gpu} ({objective})"
+    if not plans:
+        return verdict_line(question, "no plan fits on every rank")
+    best = plans[0]
+    answer = (
+        f"{layout_text(best['args'][1:])}: {format_seconds(best['step_seconds'])} a step, "
+        f"MFU {100 * best['mfu']:.1f}%, peak {format_bytes(best['peak_bytes'])} on the worst rank"
+    )
+    return verdict_line(question, answer)
 
 
 def run(args: Any, out: TextIO | None = None) -> int:
@@ -211,26 +230,23 @@ def run(args: Any, out: TextIO | None = None) -> int:
     return 0
 
 
-def _layout(argv: list[str]) -> str:
-    """The plan part of a train command line, short: ``tp8 pp2 fsdp-full b1 ckpt=full``."""
-    out, i = [], 0
-    skip = {"--gpu", "--nodes", "--gpus-per-node", "--seq", "--precision", "--global-batch",
-            "--network", "--nvlink"}  # fmt: skip
-    while i < len(argv):
-        flag = argv[i]
-        if flag in skip:
-            i += 2
-            continue
+_SHORT = {"--tp": "tp", "--pp": "pp", "--cp": "cp", "--ep": "ep", "--zero": "zero",
+          "--fsdp": "fsdp-", "--virtual-stages": "v", "--batch": "mb",
+          "--offload": "offload-", "--schedule": "", "--checkpointing": "ckpt-"}  # fmt: skip
+
+
+def layout_text(argv: list[str]) -> str:
+    """The plan part of a ``memplan train`` command line, short: ``tp8 pp2 zero1 mb1``."""
+    out = []
+    for i, flag in enumerate(argv):
         if flag == "--sp":
             out.append("sp")
-        elif flag.startswith("--") and i + 1 < len(argv):
-            name, value = flag[2:], argv[i + 1]
-            short = {"batch": "mb", "virtual-stages": "v", "checkpointing": "ckpt"}.get(name, name)
-            out.append(f"{short}{value}" if short in ("tp", "pp", "cp", "ep", "mb", "v",
-                                                      "zero") else f"{short}={value}")  # fmt: skip
-            i += 1
-        i += 1
-    return " ".join(out)
+        elif flag in _SHORT and i + 1 < len(argv):
+            value = argv[i + 1]
+            if flag == "--checkpointing" and value == "none":
+                continue
+            out.append(f"{_SHORT[flag]}{value}")
+    return " ".join(out) or "ddp"
 
 
 def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
@@ -245,13 +261,13 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
     if not plans:
         out.write("no plan fits: more GPUs, a shorter sequence or a smaller batch\n")
     else:
-        head = f"{'#':>2}  {'plan':<46} {'peak':>10} {'free':>10} {'step':>9} {'MFU':>6}"
+        head = f"{'#':>2}  {'plan':<40} {'peak':>10} {'free':>10} {'step':>9} {'MFU':>6}"
         head += f" {'to train':>10}" if "train_seconds" in plans[0] else ""
         head += f" {'cost':>10}" if "cost_usd" in plans[0] else ""
         out.write(head + "  limit\n")
         for i, p in enumerate(plans, 1):
             line = (
-                f"{i:>2}  {_layout(p['args'][1:]):<46} "
+                f"{i:>2}  {layout_text(p['args'][1:]):<40} "
                 f"{format_bytes(p['peak_bytes'], decimal=decimal):>10} "
                 f"{format_bytes(p['headroom_bytes'], decimal=decimal):>10} "
                 f"{format_seconds(p['step_seconds']):>9} {100 * p['mfu']:>5.1f}%"
@@ -261,7 +277,7 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
             if "cost_usd" in p:
                 line += f" ${p['cost_usd']:>9,.0f}"
             out.write(f"{line}  {p['limit']}\n")
-        out.write("\n" + _why(plans) + "\n")
+        out.write("\n" + _why(plans, data["runner_up"]) + "\n")
     removed = data["removed"]
     if removed:
         rule, n = next(iter(removed.items()))
@@ -269,23 +285,30 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
     if plans:
         out.write("reproduce #1: memplan train " + " ".join(plans[0]["args"]) + "\n")
         out.write("              memplan time " + " ".join(plans[0]["time_args"]) + "\n")
+    out.write(data["verdict"] + "\n")
 
 
-def _why(plans: list[dict[str, Any]]) -> str:
-    """Why the best beats the runner-up: the step's part that differs most."""
-    if len(plans) < 2:
-        return "only one plan fits"
-    a, b = plans[0], plans[1]
-    parts = ("compute_seconds", "bubble_seconds", "exposed_comm_seconds", "offload_seconds")
-    names = {"compute_seconds": "compute", "bubble_seconds": "pipeline bubble",
+def _why(plans: list[dict[str, Any]], runner_up: dict[str, Any] | None) -> str:
+    """Why the best beats the runner-up (the best plan with a longer step): the step's part
+    that differs most, and the flags that differ."""
+    a = plans[0]
+    ties = sum(1 for p in plans[1:] if p["step_seconds"] == a["step_seconds"])
+    lead = ""
+    if ties:
+        lead = (f"#1 ties on the step ({format_seconds(a['step_seconds'])}) with {ties} more "
+                "shown, with the lowest peak; ")  # fmt: skip
+    if runner_up is None:
+        return lead + "every plan that fits takes the same step"
+    b = runner_up
+    parts = {"compute_seconds": "compute", "bubble_seconds": "pipeline bubble",
              "exposed_comm_seconds": "exposed communication", "offload_seconds": "offload"}  # fmt: skip
-    gap = b["step_seconds"] - a["step_seconds"]
-    if gap <= 0:
-        return (f"#1 and #2 tie on step time ({format_seconds(a['step_seconds'])}); #1 keeps "
-                f"{format_bytes(a['headroom_bytes'])} free against "
-                f"{format_bytes(b['headroom_bytes'])}")  # fmt: skip
     key = max(parts, key=lambda k: b[k] - a[k])
+    gap = b["step_seconds"] - a["step_seconds"]
+    mine, theirs = layout_text(a["args"][1:]).split(), layout_text(b["args"][1:]).split()
+    diff = " ".join(x for x in mine if x not in theirs) or "-"
+    other = " ".join(x for x in theirs if x not in mine) or "-"
     return (
-        f"#1 beats #2 by {format_seconds(gap)} a step ({100 * gap / b['step_seconds']:.1f}%): "
-        f"{names[key]} {format_seconds(a[key])} against {format_seconds(b[key])}"
+        f"{lead}it beats the runner-up ({layout_text(b['args'][1:])}) by {format_seconds(gap)} "
+        f"a step ({100 * gap / b['step_seconds']:.1f}%) with {diff} instead of {other}: "
+        f"{parts[key]} {format_seconds(a[key])} against {format_seconds(b[key])}"
     )

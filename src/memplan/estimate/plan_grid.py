@@ -182,7 +182,7 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     hit = t.groups.get(key)
     if hit is not None:
         return hit
-    out = []
+    out: list[tuple[int, ...]] = []
     p, ks = plan.pp_degree, _static_key(t.setup)
     bare = dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
     shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
@@ -334,7 +334,11 @@ def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[s
 
 
 def _memory(
-    t: _Tables, local_rows: Any, state: StateNumbers, other: dict[str, Any], shape: RankShape,
+    t: _Tables,
+    local_rows: Any,
+    state: StateNumbers,
+    other: dict[str, Any],
+    shape: RankShape,
     np: Any,
 ) -> Any:
     """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
@@ -367,6 +371,7 @@ def _memory(
 
 def _take(obj: Any, idx: Any) -> Any:
     """A dataclass of arrays (nested dicts too) restricted to rows ``idx``."""
+
     def cut(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: cut(x) for k, x in v.items()}
@@ -422,8 +427,14 @@ def _evaluate_arrays(
 
 
 def _row_seconds(
-    t: _Tables, plan: dict[str, Any], other: dict[str, Any], local_idx: Any, layers: Any,
-    moe_layers: Any, sends: Any, np: Any,
+    t: _Tables,
+    plan: dict[str, Any],
+    other: dict[str, Any],
+    local_idx: Any,
+    layers: Any,
+    moe_layers: Any,
+    sends: Any,
+    np: Any,
 ) -> dict[str, Any]:
     """Seconds per step of each parallelism's collectives, and of the offload transfers, for
     every row (``dist_time.step_time``'s loop body, on arrays)."""

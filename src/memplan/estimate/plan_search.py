@@ -284,19 +284,22 @@ class SearchResult:
     plans_considered: int
     removed: Counter[str]
     seconds: float
+    runner_up: PlanResult | None = None
+    """The best feasible plan with a longer step than the first (what the first beats)."""
 
 
 def _limit(r: GridResult, i: int, headroom: int, usable: int) -> str:
-    """What holds the plan back: its largest overhead over compute, or memory when the worst
-    rank keeps under 5 % of the GPU free."""
+    """What holds the plan back: its largest exposed overhead over compute (data-parallel
+    collectives count only beyond the backward they overlap), or memory when the worst rank
+    keeps under 5 % of the GPU free."""
     step = float(r.step_s[i])
-    parts = {"pipeline bubble": float(r.bubble_s[i]), "offload transfers": float(r.offload_s[i])}
-    for kind, secs in r.comm_s.items():
-        parts[f"{kind} communication"] = float(secs[i])
+    others = {f"{k} communication": float(v[i]) for k, v in r.comm_s.items() if k != "dp"}
+    parts = {"pipeline bubble": float(r.bubble_s[i]), "offload transfers": float(r.offload_s[i]),
+             "dp communication": float(r.exposed_comm_s[i]) - sum(others.values()), **others}  # fmt: skip
     name, secs = max(parts.items(), key=lambda kv: kv[1])
     label = "compute" if secs < 0.05 * step else f"{name} ({100 * secs / step:.0f}% of the step)"
     if headroom < 0.05 * usable:
-        label += f"; memory ({100 * headroom / usable:.1f}% headroom)"
+        label += f"; memory ({100 * headroom / usable:.1f}% free)"
     return label
 
 
@@ -310,7 +313,11 @@ time times the GPUs' price: cost ranks like time."""
 
 
 def _evaluate(
-    spec: ModelSpec, setup: TrainingSetup, gpu: Gpu, rows: list[PlanRow], jobs: int,
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    gpu: Gpu,
+    rows: list[PlanRow],
+    jobs: int,
     progress: Callable[[int], None],
 ) -> GridResult:
     """The grid in chunks (a progress report after each), over ``jobs`` processes if > 1."""
@@ -329,7 +336,7 @@ def _evaluate(
             parts.append(evaluate_grid(spec, setup, gpu, c))
             done += len(c)
             progress(done)
-    fields = {}
+    fields: dict[str, Any] = {}
     for f in dataclasses.fields(GridResult):
         if f.name == "comm_s":
             keys = parts[0].comm_s
@@ -366,22 +373,28 @@ def search(
     for i in np.flatnonzero(~fits):
         removed[_memory_rule(rows[i].plan, int(grid.worst_stage[i]))] += 1
     order = np.lexsort(_KEYS[objective](grid, np))
-    best = [int(i) for i in order if fits[i]][:top]
+    feasible = order[fits[order]]
+    best = [int(i) for i in feasible[:top]]
     plans = [_result(rows[i], grid, i, usable) for i in best]
+    runner_up = None
+    if len(feasible):
+        slower = feasible[grid.step_s[feasible] > grid.step_s[feasible[0]]]
+        if len(slower):
+            runner_up = _result(rows[int(slower[0])], grid, int(slower[0]), usable)
     return SearchResult(plans, len(rows), int(fits.sum()), total, removed,
-                        time.perf_counter() - start)  # fmt: skip
+                        time.perf_counter() - start, runner_up)  # fmt: skip
 
 
 def _memory_rule(plan: ParallelPlan, stage: int) -> str:
     if plan.pp_degree == 1:
-        where = "every rank alike (no pipeline)"
+        where = "the ranks (no pipeline)"
     elif stage == 0:
         where = "the first pipeline stage"
     elif stage == plan.pp_degree - 1:
         where = "the last pipeline stage"
     else:
         where = "a middle pipeline stage"
-    return f"memory: the worst rank does not fit ({where})"
+    return f"memory: does not fit on {where}"
 
 
 def _drop_kernel_misfits(
@@ -412,6 +425,7 @@ def _drop_kernel_misfits(
 
 def _progress_bar(start: float, total: int) -> Callable[[int], None]:
     """A progress line on stderr, shown once the search has run for a second."""
+
     def report(done: int) -> None:
         if time.perf_counter() - start < 1.0 or not sys.stderr.isatty():
             return
