@@ -45,7 +45,10 @@ LAYOUTS = (
         "Llama 3 405B pre-training, 16,384 H100 (8K sequences)",
         "Dubey et al. 2024, The Llama 3 Herd of Models, Table 4: TP 8, CP 1, PP 16, DP 128, "
         "seq 8,192, 16 sequences per DP rank, 16M tokens a batch; FSDP-style sharding of "
-        "optimizer states and gradients, parameters kept after the forward (section 3.3.2)",
+        "optimizer states and gradients, parameters kept after the forward (section 3.3.2). "
+        "The paper's pipeline schedule is a modified interleaved 1F1B whose virtual stages the "
+        "table does not give, and it rebalances the first and last stages: memplan evaluates "
+        "plain 1F1B, no activation checkpointing",
         "meta-llama/Llama-3.1-405B",
         "H100",
         2048,

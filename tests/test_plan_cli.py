@@ -133,3 +133,17 @@ def test_flags_as_data() -> None:
     assert fields["global-batch"]["exclusive_with"] == ["batch-tokens"]
     assert {"gpus", "nodes", "gpus-per-node", "seq", "top", "only", "max-tp", "reserve",
             "jobs", "gpu"} <= set(fields)  # fmt: skip
+
+
+def test_jobs_give_the_same_answer(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--jobs 2`` spreads the chunks over processes; the answer does not change."""
+    from memplan.estimate import plan_search
+
+    monkeypatch.setattr(plan_search, "CHUNK", 40)
+    argv = ["plan", "Qwen/Qwen2.5-0.5B", "--gpus", "8", "--gpu", "H100", "--seq", "1024",
+            "--global-batch", "64", "--top", "20", "--only", "fsdp,tp,recompute"]  # fmt: skip
+    one, two = _json(argv, capsys), _json([*argv, "--jobs", "2"], capsys)
+    assert one["plans_evaluated"] > 80
+    assert one["plans"] == two["plans"] and one["removed"] == two["removed"]

@@ -66,7 +66,7 @@ from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import Offload, OffloadDevice, ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 
-__all__ = ["GridResult", "PlanRow", "evaluate_grid"]
+__all__ = ["GridResult", "PlanRow", "evaluate_grid", "new_tables"]
 
 DP_SLOTS = 6
 """Data-parallel collectives per stage, at most: 3 for the dense tensors, 3 for the experts."""
@@ -114,6 +114,11 @@ class _Tables:
     groups: dict[ParallelPlan, list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
+
+
+def new_tables(spec: ModelSpec, setup: TrainingSetup, gpu: Gpu) -> _Tables:
+    """Empty tables for one (model, setup, GPU): pass to :func:`evaluate_grid` for each chunk."""
+    return _Tables(spec, dataclasses.replace(setup, batch=1), gpu)
 
 
 def _setup_for(base: TrainingSetup, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
@@ -245,14 +250,16 @@ def evaluate_grid(
     *,
     dtype: str = "bf16",
     efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
+    tables: Any = None,
 ) -> GridResult:
     """Worst-rank peak and step time of every plan in ``rows`` (module docstring). ``setup``:
     the fixed part (precision, optimizer, sequence); every row gives its micro-batch and
     checkpointing. Plans must be valid (``validate_plan``); the caller filters. Rows sharing
-    a plan object share its constants (``enumerate_plans`` gives them so)."""
+    a plan object share its constants (``enumerate_plans`` gives them so). ``tables``: a
+    ``new_tables(...)`` shared by the chunks of one grid (its scalar constants built once)."""
     import numpy as np
 
-    t = _Tables(spec, dataclasses.replace(setup, batch=1), gpu)
+    t = tables if tables is not None else new_tables(spec, setup, gpu)
     struct_of: dict[int, int] = {}
     consts: list[tuple[Any, ...]] = []
     local_keys: list[tuple[Any, ...]] = []

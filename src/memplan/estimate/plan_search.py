@@ -24,7 +24,7 @@ from typing import Any
 
 from memplan.errors import MemplanError, SetupError
 from memplan.estimate.fit import usable_bytes
-from memplan.estimate.plan_grid import GridResult, PlanRow, evaluate_grid
+from memplan.estimate.plan_grid import GridResult, PlanRow, evaluate_grid, new_tables
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
@@ -60,6 +60,8 @@ SHARDINGS = (
     Sharding.FSDP_HYBRID,
 )
 """ZeRO stage 0 and FSDP2 no-shard are left out: DDP's memory in another runtime."""
+CHUNK = 10_000
+"""Plans per array evaluation: a progress report after each, one task each with ``--jobs``."""
 VIRTUAL_STAGES = (2, 4)
 """Model chunks per pipeline rank tried with the interleaved schedule."""
 _FSDP_FLAG = {
@@ -323,7 +325,7 @@ def _evaluate(
     """The grid in chunks (a progress report after each), over ``jobs`` processes if > 1."""
     import numpy as np
 
-    chunks = [rows[i : i + 20_000] for i in range(0, len(rows), 20_000)] or [[]]
+    chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)] or [[]]
     if jobs > 1 and len(chunks) > 1:
         import multiprocessing
 
@@ -332,8 +334,9 @@ def _evaluate(
         progress(len(rows))
     else:
         parts, done = [], 0
+        tables = new_tables(spec, setup, gpu)
         for c in chunks:
-            parts.append(evaluate_grid(spec, setup, gpu, c))
+            parts.append(evaluate_grid(spec, setup, gpu, c, tables=tables))
             done += len(c)
             progress(done)
     fields: dict[str, Any] = {}
