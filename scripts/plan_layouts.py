@@ -69,14 +69,16 @@ LAYOUTS = (
     Published(
         "torchtitan Llama 3 70B preset, 64 A100",
         "pytorch/torchtitan torchtitan/models/llama3/train_configs/llama3_70b.toml (commit "
-        "f3534d7): 64 A100, TP 8, FSDP over the rest (dp 8), batch 8 per DP rank, seq 8,192, "
-        "full activation checkpointing",
+        "f3534d7): 64 A100, TP 8 (torchtitan's plan: sequence-parallel norms, loss parallel), "
+        "FSDP over the rest (dp 8), batch 8 per DP rank, seq 8,192, full activation "
+        "checkpointing. memplan keeps the lm_head and the loss replicated on the TP ranks (no "
+        "loss parallelism): the fp32 logits of 8 x 8,192 tokens weigh in its peak",
         "meta-llama/Llama-3.1-70B",
         "A100-80GB",
         8,
         8192,
         64,
-        {"tp_degree": 8, "sharding": Sharding.FSDP_FULL},
+        {"tp_degree": 8, "sequence_parallel": True, "sharding": Sharding.FSDP_FULL},
         8,
         Checkpointing.FULL,
         "no throughput in the preset",

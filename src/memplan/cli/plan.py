@@ -61,6 +61,8 @@ def register(subparsers: Any) -> None:
     job.add_argument("--tokens", type=count, metavar="N", help="training tokens (time to train)")
     job.add_argument("--precision", default="bf16-mixed", help="training precision")
     job.add_argument("--optimizer", default=None, help="optimizer (default adamw)")
+    job.add_argument("--allow-long-seq", action="store_true",
+                     help="allow a sequence beyond max_position_embeddings")  # fmt: skip
     job.add_argument("--price-per-gpu-hour", type=float, metavar="USD", help="for the cost")
     search = parser.add_argument_group("search")
     search.add_argument("--objective", default="time", choices=OBJECTIVES,
@@ -112,6 +114,8 @@ def _inputs(args: Any) -> tuple[Any, Any, Any, Any]:
         raise SetupError("plan needs a cluster: give --gpus N or --nodes N --gpus-per-node G")
     args.dp = args.tp = args.pp = args.cp = None
     nodes, per_node = _cluster(args)
+    if nodes * per_node > 2**20:
+        raise SetupError(f"{nodes * per_node} GPUs is beyond any real cluster (at most 2**20)")
     spec = resolve(args.model)
     seq = args.seq if args.seq is not None else default_seq(spec)
     if args.global_batch is None and args.batch_tokens is None:
@@ -126,7 +130,8 @@ def _inputs(args: Any) -> tuple[Any, Any, Any, Any]:
         optimizer = Optimizer(args.optimizer) if args.optimizer else Optimizer.ADAMW
     except ValueError as exc:
         raise SetupError(f"{exc}: see `memplan train --help` for the choices") from None
-    setup = TrainingSetup(batch=1, seq=seq, precision=precision, optimizer=optimizer)
+    setup = TrainingSetup(batch=1, seq=seq, precision=precision, optimizer=optimizer,
+                          allow_long_seq=args.allow_long_seq)  # fmt: skip
     validate_setup(spec, setup)
     reserve = parse_size(args.reserve, flag="--reserve") if args.reserve else 0
     if reserve >= gpu.memory_bytes:

@@ -188,6 +188,7 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     if hit is not None:
         return hit
     out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
     p, ks = plan.pp_degree, _static_key(t.setup)
     bare = dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
     shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
@@ -209,7 +210,13 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
             t.stage_cache[skey] = entry
         sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
-            out.append((stage, index, int(j == 0), len(layers), sum(kinds), sends))
+            row = (stage, index, int(j == 0), len(layers), sum(kinds), sends)
+            # a later stage with the same states, layers and sends holds no more micro-batches
+            # in flight (formulas.parallel.in_flight_chunks does not grow with the stage) and
+            # joins the same collectives: the earliest such stage is the one that can be worst
+            if row[1:] not in seen:
+                seen.add(row[1:])
+                out.append(row)
     t.groups[key] = out
     return out
 

@@ -34,7 +34,7 @@ from memplan.specs.parallel import (
     Sharding,
     validate_plan,
 )
-from memplan.specs.training import Checkpointing, TrainingSetup
+from memplan.specs.training import Checkpointing, Optimizer, TrainingSetup
 
 __all__ = [
     "FEATURES",
@@ -463,6 +463,8 @@ def plan_args(model: str, setup: TrainingSetup, row: PlanRow, gpu: str) -> dict[
     common = [model, "--gpu", gpu, "--nodes", str(p.nodes), "--gpus-per-node",
               str(p.gpus_per_node), "--seq", str(setup.seq), "--precision",
               setup.precision.value]  # fmt: skip
+    if setup.allow_long_seq:
+        common.append("--allow-long-seq")
     layout: list[str] = []
     for flag, value in (("--tp", p.tp_degree), ("--pp", p.pp_degree), ("--cp", p.cp_degree),
                         ("--ep", p.ep_degree)):  # fmt: skip
@@ -487,6 +489,8 @@ def plan_args(model: str, setup: TrainingSetup, row: PlanRow, gpu: str) -> dict[
     b, gb = str(row.micro_batch), str(p.global_batch)
     train = [*common, "--batch", b, "--global-batch", gb, *layout,
              "--checkpointing", row.checkpointing.value]  # fmt: skip
+    if setup.optimizer is not Optimizer.ADAMW:
+        train += ["--optimizer", setup.optimizer.value]
     time_ = [*common, "--batch", gb, "--micro-batch", b, *layout]
     if row.checkpointing is Checkpointing.FULL:
         time_.append("--recompute")
