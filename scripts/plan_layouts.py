@@ -14,7 +14,7 @@ from pathlib import Path
 from memplan.catalog import resolve
 from memplan.catalog.gpus import resolve_gpu
 from memplan.cli.plan import layout_text
-from memplan.estimate.fit import usable_bytes
+from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.plan_grid import PlanRow, evaluate_grid
 from memplan.estimate.plan_search import SearchSpace, plan_args, search
 from memplan.specs.parallel import ParallelPlan, Schedule, Sharding
@@ -110,7 +110,7 @@ def _section(p: Published) -> str:
     row = PlanRow(plan, p.micro_batch, p.checkpointing)
     g = evaluate_grid(spec, setup, gpu, [row])
     peak, step, mfu = int(g.peak_bytes[0]), float(g.step_s[0]), float(g.mfu[0])
-    fits = peak <= usable_bytes(gpu.memory_bytes)
+    fits = peak <= training_usable_bytes(gpu)
     faster = sum(1 for r in result.plans if r.step_seconds < step)
     top = result.plans[0]
     pub_args = plan_args(p.model, setup, row, p.gpu)["train"]

@@ -10,7 +10,7 @@ import pytest
 
 from memplan.catalog import resolve
 from memplan.catalog.gpus import resolve_gpu
-from memplan.estimate.fit import usable_bytes
+from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.plan_grid import PlanRow, evaluate_grid
 from memplan.specs.parallel import ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
@@ -23,7 +23,7 @@ def _peak_and_usable(model: str, gpu_name: str, nodes: int, seq: int, batch: int
     spec, gpu = resolve(model), resolve_gpu(gpu_name)
     p = ParallelPlan(nodes=nodes, gpus_per_node=8, global_batch=batch, **plan)  # type: ignore[arg-type]
     grid = evaluate_grid(spec, TrainingSetup(batch=1, seq=seq), gpu, [PlanRow(p, micro, ckpt)])
-    return int(grid.peak_bytes[0]), usable_bytes(gpu.memory_bytes)
+    return int(grid.peak_bytes[0]), training_usable_bytes(gpu)
 
 
 def test_torchtitan_8b_preset_fits() -> None:

@@ -78,7 +78,8 @@ def test_trace_infer(llama_config: Path, capsys: pytest.CaptureFixture[str]) -> 
         (["--seq", "4096"], "longer than the model's maximum"),
         (["--seq", "32", "--lora-rank", "4", "--lora-targets", "query_key_value"], "not modules"),
         (["--optimizer", "adamw-9bit"], "--optimizer"),
-        (["--seq", "32", "--gpu", "Voodoo3"], "does not know the GPU"),
+        (["--seq", "32", "--gpu", "Voodoo3"], "unknown GPU 'Voodoo3'"),
+        (["--seq", "32", "--gpu", "MI300X"], "MI300X is not a CUDA GPU"),
     ],
 )
 def test_trace_bad_input_is_one_line(

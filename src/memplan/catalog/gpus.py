@@ -17,11 +17,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from memplan.errors import UnknownGpuError
-from memplan.specs.hardware import Gpu
+from memplan.errors import SetupError, UnknownGpuError
+from memplan.specs.hardware import CudaDevice, Gpu
 from memplan.units import GB, GIB, MIB
 
-__all__ = ["gpu_names", "list_gpus", "resolve_gpu"]
+__all__ = ["DEFAULT_KERNEL_GPU", "gpu_names", "kernel_device", "list_gpus", "resolve_gpu"]
+
+DEFAULT_KERNEL_GPU = "H100-SXM-80GB"
+"""The GPU whose attention-kernel choice both engines follow when none is named."""
 
 _PREFIXES = ("nvidia", "geforce", "amd", "instinct", "tesla")
 
@@ -58,9 +61,18 @@ def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
         pcie_bytes_per_s=entry.get("pcie_gb_s", 0) * GB or None,
         vendor=entry.get("vendor", ""),
         aliases=tuple(entry.get("aliases", ())),
+        compute_capability=_capability(entry.get("compute_capability")),
         sources=sources,
         notes=tuple(entry.get("notes", ())),
     )
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    """``"9.0"`` -> (9, 0)."""
+    if text is None:
+        return None
+    major, minor = text.split(".")
+    return int(major), int(minor)
 
 
 @cache
@@ -103,3 +115,20 @@ def resolve_gpu(name: str) -> Gpu:
         if close
         else f"unknown GPU {name!r}: {hint} (or give --gpu-memory/--tflops/--bandwidth by hand)"
     )
+
+
+def kernel_device(name: str | None) -> CudaDevice:
+    """The CUDA device whose kernel choice (``select_sdp_backend``) both engines follow.
+
+    ``name`` is a catalog GPU (any form ``resolve_gpu`` accepts); None means
+    :data:`DEFAULT_KERNEL_GPU`. A GPU without a CUDA compute capability (AMD) is refused:
+    memplan models CUDA's kernel choice, not ROCm's.
+    """
+    gpu = resolve_gpu(name or DEFAULT_KERNEL_GPU)
+    device = gpu.cuda_device()
+    if device is None:
+        raise SetupError(
+            f"{gpu.name} is not a CUDA GPU: memplan emulates the attention kernels PyTorch picks "
+            "on CUDA (sdp_utils.cpp), not ROCm's; name an NVIDIA GPU"
+        )
+    return device

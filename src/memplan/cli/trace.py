@@ -238,6 +238,7 @@ def _infer(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         attention=args.attention,
         cache=args.cache,
         target=args.target,
+        gpu=args.gpu,
     )
     if args.measure:
         from memplan.errors import SetupError

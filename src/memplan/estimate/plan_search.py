@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memplan.errors import MemplanError, SetupError
-from memplan.estimate.fit import usable_bytes
+from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.plan_grid import GridResult, PlanRow, evaluate_grid, new_tables
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
@@ -369,7 +369,7 @@ def search(
     rows, removed, total = enumerate_plans(spec, setup, space)
     report = _progress_bar(start, len(rows)) if progress else (lambda done: None)
     grid = _evaluate(spec, setup, gpu, rows, jobs, report) if rows else None
-    usable = usable_bytes(gpu.memory_bytes) - space.reserve_bytes
+    usable = training_usable_bytes(gpu) - space.reserve_bytes
     if grid is None:
         return SearchResult([], 0, 0, total, removed, time.perf_counter() - start)
     fits = grid.peak_bytes <= usable

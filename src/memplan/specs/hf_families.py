@@ -103,11 +103,22 @@ def _layer_indices(cfg: _Config, key: str) -> tuple[int, ...]:
 
 
 def _qwen2_moe(cfg: _Config) -> dict[str, Any]:
+    """Qwen2-MoE: with ``use_sliding_window``, the odd-numbered layers (counting from 1) below
+    ``max_window_layers`` slide (``configuration_qwen2_moe.py``; Qwen2 slides the layers from
+    ``max_window_layers`` on)."""
     out = _common(cfg)
     out.update(
         head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]),
         qkv_bias=cfg.bool_("qkv_bias"),
     )
+    if cfg.bool_("use_sliding_window", default=False):
+        out["sliding_window"] = cfg.int_("sliding_window", default=None)
+        below = cfg.int_("max_window_layers", default=28)
+        if out["sliding_window"] and not out["layer_types"]:
+            out["layer_types"] = tuple(
+                AttentionType.SLIDING if (i + 1) % 2 and i < below else AttentionType.FULL
+                for i in range(out["n_layers"])
+            )
     return _qwen_moe(cfg, out, shared=True)
 
 
@@ -131,10 +142,15 @@ def _qwen3_moe(cfg: _Config) -> dict[str, Any]:
 def _gemma(cfg: _Config, n_norms: int = 2) -> dict[str, Any]:
     """Gemma: head_dim defaults to 256, embeddings scaled by sqrt(hidden), tied lm_head."""
     out = _llama(cfg)
+    if out["activation"] == "gelu":
+        # configuration_gemma.py: the legacy "gelu" of the official configs means the tanh
+        # approximation, and transformers runs that
+        out["activation"] = "gelu_pytorch_tanh"
     out["head_dim"] = _head_dim(
         cfg, out["hidden_size"], out["n_heads"], explicit=cfg.get("head_dim")
     )
     out["embedding_multiplier"] = float(out["hidden_size"]) ** 0.5
+    out["norm_one_plus_weight"] = True
     out["n_layer_norms"] = n_norms
     out["mlp_bias"] = False
     return out
@@ -156,6 +172,7 @@ def _gemma3_text(cfg: _Config) -> dict[str, Any]:
     """Gemma 3 text: Gemma 2's four norms plus RMSNorm(head_dim) on q and k."""
     out = _gemma2(cfg)
     out["qk_norm"] = QkNorm.PER_HEAD
+    out["rotary_per_layer_type"] = True
     if not isinstance(cfg.raw.get("layer_types"), list):
         period = int(cfg.raw.get("sliding_window_pattern") or 6)
         out["layer_types"] = tuple(
@@ -172,6 +189,7 @@ def _phi3(cfg: _Config) -> dict[str, Any]:
         head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]),
         fused_qkv=True,
         fused_gate_up=True,
+        rotary_concat=True,
         sliding_window=cfg.int_("sliding_window", default=None),
         hidden_dropout=cfg.number("resid_pdrop", default=0.0) or 0.0,
         embedding_dropout=cfg.number("embd_pdrop", default=0.0) or 0.0,
@@ -209,6 +227,8 @@ def _gpt2(cfg: _Config) -> dict[str, Any]:
         "attention_dropout": cfg.number("attn_pdrop", default=0.1) or 0.0,
         "hidden_dropout": cfg.number("resid_pdrop", default=0.1) or 0.0,
         "embedding_dropout": cfg.number("embd_pdrop", default=0.1) or 0.0,
+        "softmax_in_input_dtype": True,
+        "conv1d_names": True,
     }
 
 
@@ -223,6 +243,9 @@ def _div(cfg: _Config, hidden: int, heads: int) -> int:
 def _gpt_bigcode(cfg: _Config) -> dict[str, Any]:
     """GPT-BigCode (SantaCoder/StarCoder 1): GPT-2 with multi-query attention (one KV head)."""
     out = _gpt2(cfg)
+    # its eager softmax runs in fp32 (attention_softmax_in_fp32); its modules are named like
+    # Llama's in memplan's tensor list; it registers a (P, P) causal mask
+    out.update(softmax_in_input_dtype=False, conv1d_names=False, causal_mask_buffer=True)
     if cfg.bool_("multi_query"):
         out["n_kv_heads"] = 1
     return out
@@ -233,6 +256,7 @@ def _gpt_neox(cfg: _Config) -> dict[str, Any]:
     out = _common(cfg)
     out["n_kv_heads"] = out["n_heads"]
     out["head_dim"] = _div(cfg, out["hidden_size"], out["n_heads"])
+    out["rotary_concat"] = True
     bias = cfg.bool_("attention_bias")
     partial = _partial_rotary(cfg, "rotary_pct", default=0.25)
     out.update(
@@ -290,6 +314,7 @@ def _falcon(cfg: _Config) -> dict[str, Any]:
         "rope_theta": _rope_theta(cfg),
         "hidden_dropout": cfg.number("hidden_dropout", default=0.0) or 0.0,
         "attention_dropout": cfg.number("attention_dropout", default=0.0) or 0.0,
+        "sdpa_own_call": not new_arch,
     }
 
 
@@ -303,7 +328,7 @@ def _olmo(cfg: _Config) -> dict[str, Any]:
 def _olmo2(cfg: _Config) -> dict[str, Any]:
     """OLMo 2: post-attention and post-feed-forward RMSNorms; RMSNorm over all q and all k."""
     out = _llama(cfg)
-    out.update(qk_norm=QkNorm.FULL, mlp_bias=False)
+    out.update(qk_norm=QkNorm.FULL, mlp_bias=False, norm_weight_fp32=True)
     return out
 
 
@@ -396,7 +421,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                 "max_position_embeddings": 131072, "sliding_window": 4096},
     "mixtral": {"num_key_value_heads": 8, "tie_word_embeddings": False, "hidden_act": "silu",
                 "max_position_embeddings": 131072, "num_local_experts": 8,
-                "num_experts_per_tok": 2},
+                "num_experts_per_tok": 2, "rope_theta": 1e6},
     "qwen2": {"num_key_value_heads": 32, "tie_word_embeddings": False, "hidden_act": "silu",
               "max_position_embeddings": 32768, "sliding_window": 4096},
     "qwen2_moe": {"num_key_value_heads": 16, "tie_word_embeddings": False, "qkv_bias": True,
@@ -421,7 +446,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
     "gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
                     "attention_bias": False, "hidden_activation": "gelu_pytorch_tanh",
-                    "max_position_embeddings": 131072, "sliding_window": 4096},
+                    "max_position_embeddings": 131072, "sliding_window": 4096,
+                    "rope_theta": 1e6},
     "phi3": {"tie_word_embeddings": False, "hidden_act": "silu",
              "max_position_embeddings": 4096},
     "gpt2": {"tie_word_embeddings": True, "activation_function": "gelu_new",

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
+from memplan.units import MAX_COUNT
 
 __all__ = ["InferenceSetup"]
-
-MAX_COUNT = 2**40
-"""Largest batch, length or degree accepted (about 1.1e12): beyond any real setup."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,6 +27,9 @@ class InferenceSetup:
     """Prefill logits over ``all`` positions or the ``last`` only (generate does last)."""
     tp_degree: int = 1
     target: str = "cuda"
+    gpu: str | None = None
+    """The GPU whose attention-kernel choice applies (``memplan.formulas.sdpa``), e.g. "H100";
+    None: the default kernel GPU (H100)."""
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "tp_degree"):
