@@ -21,7 +21,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "new_types")
+AREAS = (
+    "trace",
+    "memtracker",
+    "training",
+    "families",
+    "inference",
+    "distributed",
+    "plan",
+    "new_types",
+)
 
 
 def load_section(area: str) -> str:
