@@ -95,6 +95,12 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
+FP32_CHECKPOINT_NOTE = (
+    "the checkpoint is stored in fp32; --dtype auto loads it in bf16, as nearly everyone does "
+    "(vLLM downcasts a float32 config; --dtype fp32 keeps the stored width)"
+)
+
+
 def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
     """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
     replaces ``args.model`` when the model is already resolved."""
@@ -129,6 +135,8 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
+    elif args.weights is None and args.dtype == "auto" and spec.dtype == "float32":
+        report.notes.insert(0, FP32_CHECKPOINT_NOTE)
     _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
     return report

@@ -153,6 +153,9 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
     checkpoint = _checkpoint_note(spec, totals.total)
     if checkpoint:
         notes.append(checkpoint)
+    stored = weight_format_note(spec, fmt) if not weights else None
+    if stored:
+        notes.append(stored)
     sections = {f"weights ({fmt})": weights_bytes(spec, fmt)}
     if buffers.children:
         sections["buffers"] = buffers
