@@ -110,6 +110,18 @@ def test_fp8_checkpoints_run_infer_with_a_gpu(capsys: pytest.CaptureFixture[str]
     assert data["setup"]["weights"] == "fp8-block" and data["ttft_s"] > 0
 
 
+def test_fp8_405b_serves_on_one_node_where_bf16_needs_two(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """FBGEMM GenAI's README (pytorch/FBGEMM, fbgemm_gpu/experimental/gen_ai): "for the 405 B
+    model, FP8 enables the inference on a single node", against bf16 "on two nodes"."""
+    argv = ["serve-capacity", FP8_405B, "--gpu", "H100", "--tp", "8", "--max-model-len", "8192"]
+    fp8 = _json(capsys, argv)
+    assert fp8["setup"]["weights"] == "fp8-rowwise" and fp8["fits"] is True and fp8["min_tp"] == 8
+    bf16 = _json(capsys, [*argv, "--weights", "bf16"])
+    assert bf16["fits"] is False and bf16["min_tp"] == 16
+
+
 # LLaMA-65B, the QLoRA paper's model ---------------------------------------------------------
 def test_llama_65b_is_in_the_catalog_and_qlora_fits_48_gb(
     capsys: pytest.CaptureFixture[str],
@@ -237,3 +249,22 @@ def test_time_with_a_dtype_the_gpu_lacks_is_one_line(capsys: pytest.CaptureFixtu
         "memplan: error: no peak fp32 TFLOP/s known for GB200 (known: bf16, fp16, fp8, int8, "
         "tf32): pick another dtype or give --tflops\n"
     )
+
+
+def test_a_manual_model_has_no_checkpoint_to_speak_of(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model given by --manual has no stored dtype: no "the checkpoint is stored in fp32"."""
+    argv = ["params", "--manual", "--hidden", "64", "--layers", "2", "--heads", "4",
+            "--vocab", "128", "--intermediate", "256"]  # fmt: skip
+    assert not any("checkpoint" in note for note in _json(capsys, argv)["notes"])
+
+
+# The --help examples, as they print -----------------------------------------------------------
+def test_compare_methods_table_keeps_its_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """``compare --methods``: the bytes column lines up whatever the method names' lengths."""
+    argv = ["compare", "gpt2-xl", "--precision", "fp32", "--seq", "1024", "--methods", "--no-trace"]
+    status, out, _ = _run(capsys, argv)
+    table = out.split("textbook methods beside exact\n")[1].split("\n\n")[0].splitlines()
+    names = ["exact", "korthikanti", "fp32-adamw-count", "per-node-saved", "16-bytes-per-param"]
+    assert status == 0 and [line.split()[0] for line in table] == names
+    ends = {line.index(" GiB") for line in table}
+    assert len(ends) == 1

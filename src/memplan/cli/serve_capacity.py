@@ -105,7 +105,11 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
     """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
     replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
-    from memplan.estimate.params import checkpoint_quantization, weight_format_note
+    from memplan.estimate.params import (
+        checkpoint_quantization,
+        stored_in_fp32,
+        weight_format_note,
+    )
     from memplan.estimate.serving import ServingSetup, serving_report
 
     gpu = gpu_from_args(args)
@@ -135,7 +139,7 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
-    elif args.weights is None and args.dtype == "auto" and spec.dtype == "float32":
+    elif args.weights is None and args.dtype == "auto" and stored_in_fp32(spec):
         report.notes.insert(0, FP32_CHECKPOINT_NOTE)
     _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
