@@ -50,7 +50,11 @@ def test_fp8_405b_config_is_the_published_one() -> None:
     kept = quant["modules_to_not_convert"]
     # the first ten entries as the published copy lists them (sgl-project/ome fixture)
     assert kept[:10] == [
-        *(f"model.layers.{i}.mlp.{p}" for i in (0, 125) for p in ("down_proj", "gate_proj", "up_proj")),
+        *(
+            f"model.layers.{i}.mlp.{p}"
+            for i in (0, 125)
+            for p in ("down_proj", "gate_proj", "up_proj")
+        ),
         *(f"model.layers.0.self_attn.{p}" for p in ("k_proj", "o_proj", "q_proj", "v_proj")),
     ]
     spec, base = resolve(FP8_405B), resolve("meta-llama/Llama-3.1-405B-Instruct")
@@ -245,9 +249,14 @@ def test_gb200_fp32_setups_answer(capsys: pytest.CaptureFixture[str], argv: list
 def test_time_with_a_dtype_the_gpu_lacks_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = _run(capsys, ["time", "llama-3.1-8b", "--gpu", "GB200", "--dtype", "fp32",
                                      "--tokens", "1e9"])  # fmt: skip
-    assert status == 2 and out == "" and err == (
-        "memplan: error: no peak fp32 TFLOP/s known for GB200 (known: bf16, fp16, fp8, int8, "
-        "tf32): pick another dtype or give --tflops\n"
+    assert (
+        status == 2
+        and out == ""
+        and err
+        == (
+            "memplan: error: no peak fp32 TFLOP/s known for GB200 (known: bf16, fp16, fp8, int8, "
+            "tf32): pick another dtype or give --tflops\n"
+        )
     )
 
 

@@ -253,9 +253,7 @@ def _print(
         out.write("\ntextbook methods beside exact\n")
         exact_peak = int(analytic.scalars["peak_bytes"])
         name_width = max(len("exact"), *(len(m[0]) for m in methods))
-        out.write(
-            f"  {'exact':<{name_width}} {format_bytes(exact_peak, decimal=decimal):>13}\n"
-        )
+        out.write(f"  {'exact':<{name_width}} {format_bytes(exact_peak, decimal=decimal):>13}\n")
         for name, value, error, why in methods:
             out.write(
                 f"  {name:<{name_width}} {format_bytes(value, decimal=decimal):>13}  "

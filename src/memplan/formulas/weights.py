@@ -37,10 +37,10 @@ each, as GPTQ/AWQ checkpoints of MoE models store them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-import re
 from math import ceil
 
 from memplan.errors import SetupError
@@ -278,7 +278,11 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
             node.leaf(part, count * size, f"{count} x {size:,} B", src)
         n_quantized += count * lin.n_in * lin.n_out
     rest = n_total - n_quantized
-    kept_note = f"; {n_kept:,} linear layers the checkpoint's modules_to_not_convert names" if n_kept else ""
+    kept_note = (
+        f"; {n_kept:,} linear layers the checkpoint's modules_to_not_convert names"
+        if n_kept
+        else ""
+    )
     root.leaf(
         "unquantized_16bit",
         rest * _HALF,
