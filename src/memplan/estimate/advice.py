@@ -131,27 +131,35 @@ def fewest_gpus(
     spec: ModelSpec, setup: TrainingSetup, usable_bytes: int, *, max_gpus: int = MAX_GPUS
 ) -> Lever | None:
     """The smallest power-of-two GPU count (2 to ``max_gpus``) whose FSDP full sharding puts
-    every rank's peak within ``usable_bytes``, or None: no such count, a setup the per-rank
-    engine does not take, or a peak that stops falling (the activations do not shard)."""
+    every rank's peak within ``usable_bytes``, or None: no such count (the activations do not
+    shard) or a setup the per-rank engine does not take. A rank's peak does not grow with the
+    count (its share of the states shrinks, its activations and buffers stay), so the count is
+    found by bisection over the exponents."""
     from memplan.estimate.dist_report import worst_peak_bytes
 
-    single = training_peak_bytes(spec, setup)
-    previous = None
-    n_gpus = 2
-    while n_gpus <= max_gpus:
-        try:
-            peak = worst_peak_bytes(spec, setup, _fsdp_plan(n_gpus))
-        except MemplanError:
-            return None
-        if peak <= usable_bytes:
-            flags = f"--gpus {n_gpus} --fsdp full"
-            name = f"more GPUs: FSDP full sharding over {n_gpus} GPUs, per-GPU peak"
-            return Lever(name, flags, single - peak, peak, True, gpus=n_gpus)
-        if previous is not None and peak >= previous:
-            return None
-        previous = peak
-        n_gpus *= 2
-    return None
+    def peak_at(n_gpus: int) -> int:
+        return worst_peak_bytes(spec, setup, _fsdp_plan(n_gpus))
+
+    try:
+        peaks = {2: peak_at(2)}  # two GPUs often suffice: try them first
+        low, high = 1, max_gpus.bit_length() - 1  # 2**low .. 2**high GPUs; 2**high fits
+        if peaks[2] <= usable_bytes:
+            high = 1
+        else:
+            peaks[2**high] = peak_at(2**high)
+            if peaks[2**high] > usable_bytes:
+                return None
+            low = 2
+        while low < high:
+            mid = (low + high) // 2
+            peaks[2**mid] = peak_at(2**mid)
+            low, high = (low, mid) if peaks[2**mid] <= usable_bytes else (mid + 1, high)
+    except MemplanError:
+        return None
+    n_gpus, peak = 2**high, peaks[2**high]
+    flags = f"--gpus {n_gpus} --fsdp full"
+    name = f"more GPUs: FSDP full sharding over {n_gpus} GPUs, per-GPU peak"
+    return Lever(name, flags, training_peak_bytes(spec, setup) - peak, peak, True, gpus=n_gpus)
 
 
 def what_to_try(
