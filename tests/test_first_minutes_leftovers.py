@@ -209,6 +209,21 @@ def test_infer_says_does_not_fit_once(capsys: pytest.CaptureFixture[str]) -> Non
     assert "does not fit on A100-SXM-80GB" in lines[-1]
 
 
+def test_serve_capacity_says_when_nothing_is_left_for_the_cache(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Llama-3.1-8B's bf16 weights alone exceed 0.9 of a T4: vLLM fails with "No available
+    memory for the cache blocks", not with the one-request KV check."""
+    argv = ["serve-capacity", "llama-3.1-8b", "--gpu", "T4"]
+    data = _json(capsys, argv)
+    assert data["available_kv_cache_bytes"] <= 0 and data["kv_cache_tokens"] == 0
+    _, out, _ = _run(capsys, argv)
+    assert out.splitlines()[-1].startswith(
+        "verdict: vllm serve meta-llama/Llama-3.1-8B (tp 1, max_model_len 131,072, bf16): vLLM "
+        "would refuse to start (no memory left for KV cache blocks); does not fit on T4 "
+    )
+
+
 # A GPU without a peak for the setup's dtype ---------------------------------------------------
 @pytest.mark.parametrize(
     ("argv", "dtype", "gpu", "known"),
