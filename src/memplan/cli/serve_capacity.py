@@ -217,9 +217,8 @@ def _verdict(report: Any, decimal: bool) -> str:
             f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
             f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
         )
-    elif (
-        not s["vllm_kv_check"] and available <= 0
-    ):  # vLLM: "No available memory for the cache blocks"
+    elif not s["vllm_kv_check"] and available <= 0:
+        # vLLM raises "No available memory for the cache blocks" before the one-request check
         answer = "vLLM would refuse to start (no memory left for KV cache blocks)"
     elif not s["vllm_kv_check"]:
         answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
