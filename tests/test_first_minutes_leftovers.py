@@ -19,8 +19,10 @@ from memplan.catalog.gpus import resolve_gpu
 from memplan.cli.main import main
 from memplan.estimate.dist_report import worst_peak_bytes
 from memplan.estimate.fit import training_usable_bytes
+from memplan.estimate.serving_weights import stage_weights_bytes
+from memplan.formulas import serving as vllm
 from memplan.formulas.params import total_params
-from memplan.formulas.weights import kept_linear_count, linear_layers
+from memplan.formulas.weights import kept_linear_count, linear_layers, weights_total_bytes
 from memplan.specs.parallel import ParallelPlan, Sharding
 from memplan.specs.training import TrainingSetup
 from memplan.units import format_bytes
@@ -89,6 +91,23 @@ def test_fp8_405b_weights_count_the_kept_layers_and_the_row_scales(
     )
     # the modules_to_not_convert apply to the checkpoint's own format only
     assert data["weight_bytes"]["fp8-block"] < expected
+
+
+@pytest.mark.parametrize("pp", [2, 3])
+def test_fp8_405b_pipeline_stages_keep_their_own_layers(pp: int) -> None:
+    """With --pp, each stage packs only its own converted MLPs: layer 0 (first stage) and
+    layer 125 (last) stay bf16 whole, and the stages add up to the whole checkpoint."""
+    spec = resolve(FP8_405B)
+    stages = vllm.pipeline_stages(spec, pp)
+    got = [stage_weights_bytes(spec, "fp8-rowwise", stage) for stage in stages]
+    assert sum(got) == weights_total_bytes(spec, "fp8-rowwise")
+    h, f = spec.hidden_size, spec.intermediate_size
+    first = stages[0]
+    converted = len(first.layers) - 1  # its MLPs but layer 0's
+    bf16 = stage_weights_bytes(spec, "bf16", first)
+    assert got[0] == bf16 - converted * 3 * h * f * 2 + converted * (
+        3 * h * f + (f + f + h) * 4 + 3 * 4
+    )
 
 
 def test_modules_to_not_convert_match_at_module_boundaries() -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "kept_linear_count",
     "linear_layers",
     "normalize_format",
+    "part_weights_bytes",
     "weights_bytes",
     "weights_total_bytes",
 ]
@@ -85,8 +86,8 @@ class Linear:
     count: int
 
 
-def _attention_linears(spec: ModelSpec) -> Iterator[Linear]:
-    h, n, mla = spec.hidden_size, spec.n_layers, spec.mla
+def _attention_linears(spec: ModelSpec, n: int) -> Iterator[Linear]:
+    h, mla = spec.hidden_size, spec.mla
     if mla is not None:
         heads = spec.n_heads
         if mla.q_lora_rank is None:
@@ -117,11 +118,13 @@ def _mlp_linears(spec: ModelSpec, prefix: str, width: int, count: int) -> Iterat
     yield Linear(f"{prefix}down_proj", width, h, count)
 
 
-def linear_layers(spec: ModelSpec) -> list[Linear]:
-    """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head)."""
-    out = list(_attention_linears(spec))
-    n_moe = sum(1 for i in range(spec.n_layers) if spec.is_moe_layer(i))
-    n_dense = spec.n_layers - n_moe
+def linear_layers(spec: ModelSpec, layers: range | None = None) -> list[Linear]:
+    """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head),
+    in ``layers`` (default: all of them)."""
+    layers = range(spec.n_layers) if layers is None else layers
+    out = list(_attention_linears(spec, len(layers)))
+    n_moe = sum(1 for i in layers if spec.is_moe_layer(i))
+    n_dense = len(layers) - n_moe
     if n_dense:
         out += _mlp_linears(spec, "", spec.intermediate_size, n_dense)
     if n_moe and spec.moe is not None:
@@ -219,28 +222,28 @@ def _kept_rule(patterns: tuple[str, ...]) -> Callable[[str], bool]:
     return lambda module: bool(prefix.match(module)) or module.endswith(patterns)
 
 
-def _module_layers(spec: ModelSpec, lin: Linear) -> tuple[str, list[int]]:
-    """The module path template of ``lin`` and the layers it occurs in."""
+def _module_layers(spec: ModelSpec, lin: Linear, layers: range) -> tuple[str, list[int]]:
+    """The module path template of ``lin`` and the layers of ``layers`` it occurs in."""
     prefix, _, name = lin.key.rpartition(".")
     if name not in _MLP_KEYS:
-        return f"self_attn.{lin.key}", list(range(spec.n_layers))
+        return f"self_attn.{lin.key}", list(layers)
     moe = prefix in ("experts", "shared_experts")
-    layers = [i for i in range(spec.n_layers) if spec.is_moe_layer(i) == moe]
-    return f"mlp.{lin.key}", layers
+    return f"mlp.{lin.key}", [i for i in layers if spec.is_moe_layer(i) == moe]
 
 
-def kept_linear_count(spec: ModelSpec, fmt: str, lin: Linear) -> int:
-    """How many of ``lin``'s ``count`` layers the checkpoint keeps unquantized in ``fmt``
-    (its ``modules_to_not_convert``; 0 for a format asked of a checkpoint that is not in it).
+def kept_linear_count(spec: ModelSpec, fmt: str, lin: Linear, layers: range | None = None) -> int:
+    """How many of ``lin``'s ``count`` layers (those of decoder ``layers``, default all, as
+    :func:`linear_layers` gave it) the checkpoint keeps unquantized in ``fmt``: its
+    ``modules_to_not_convert``; 0 for a format asked of a checkpoint that is not in it.
     Module paths are transformers' (``model.layers.{i}.self_attn.q_proj``, ``...mlp.up_proj``);
     a fused expert tensor is kept with its layer or its ``mlp``."""
     patterns = _kept_patterns(spec, normalize_format(fmt))
     if not patterns:
         return 0
-    path, layers = _module_layers(spec, lin)
+    path, where = _module_layers(spec, lin, range(spec.n_layers) if layers is None else layers)
     is_kept = _kept_rule(patterns)
-    kept = [i for i in layers if is_kept(f"model.layers.{i}.{path}")]
-    return len(kept) * (lin.count // max(len(layers), 1))
+    kept = [i for i in where if is_kept(f"model.layers.{i}.{path}")]
+    return len(kept) * (lin.count // max(len(where), 1))
 
 
 def normalize_format(fmt: str) -> str:
@@ -291,6 +294,22 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
         + kept_note,
     )
     return root
+
+
+def part_weights_bytes(spec: ModelSpec, fmt: str, numel: int, layers: range) -> int:
+    """Bytes of a part of the model (a pipeline stage) holding ``numel`` parameters, among
+    them the quantizable linears of decoder layers ``layers``: as :func:`weights_bytes` counts
+    them (quantized linears in their packed layout, every other parameter in 16 bits)."""
+    fmt = normalize_format(fmt)
+    if fmt in DTYPE_BYTES:
+        return int(numel * DTYPE_BYTES[fmt])
+    per_linear, _ = QUANT_FORMATS[fmt]
+    packed = n_quantized = 0
+    for lin in linear_layers(spec, layers):
+        count = lin.count - kept_linear_count(spec, fmt, lin, layers)
+        packed += count * sum(size for _, size in per_linear(lin))
+        n_quantized += count * lin.n_in * lin.n_out
+    return int(packed + (numel - n_quantized) * _HALF)
 
 
 def weights_total_bytes(spec: ModelSpec, fmt: str) -> int:
