@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed")
+AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "plan")
 
 
 def load_section(area: str) -> str:
