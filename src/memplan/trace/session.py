@@ -41,10 +41,11 @@ class TraceSession:
         arch: GpuArch,
         sdpa_backend: str = "auto",
         autocast_dtype: torch.dtype | None = None,
+        tracker: StorageTracker | None = None,
     ) -> None:
         self.fake = fake
         self.cuda = cuda
-        self.tracker = StorageTracker()
+        self.tracker = tracker if tracker is not None else StorageTracker()
         self.fake_mode = FakeTensorMode() if fake else None
         self.emulation = (
             CudaEmulation(
