@@ -32,7 +32,7 @@ from memplan.trace.build import build_model, check_seq_len, unpadded_mask_skips
 from memplan.trace.cuda_env import gpu_arch
 from memplan.trace.dist_tracker import CommFlag, DistTracker
 from memplan.trace.optim import make_optimizer, step_counters_on_host
-from memplan.trace.parallel import (
+from memplan.trace.layout import (
     Layout,
     apply_data_parallel,
     apply_tensor_parallel,
