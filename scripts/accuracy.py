@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "training", "inference")
+AREAS = ("trace", "training", "inference", "distributed")
 
 
 def load_section(area: str) -> str:

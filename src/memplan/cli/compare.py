@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags
 from memplan.cli.train import add_training_flags, setup_from_args
 from memplan.report import Report
@@ -28,6 +29,7 @@ examples:
   memplan compare llama-3.2-1b --batch 1 --seq 2048
   memplan compare ./config.json --precision bf16 --checkpointing full
   memplan compare gpt2-xl --precision fp32 --seq 1024 --methods --no-trace
+  memplan compare llama-2-7b --gpus 8 --fsdp full --seq 4096 --no-trace --methods
 """
 _SECTIONS = ("embedding", "layers", "final_norm", "lm_head", "loss", "other")
 
@@ -64,6 +66,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--methods", action="store_true", help="add the textbook methods")
     parser.add_argument("--no-trace", action="store_true", help="skip the trace (no torch)")
     add_gpu_flags(parser)
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -125,6 +128,11 @@ def run(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     spec = resolve(args.model)
     setup = setup_from_args(args)
+    plan = plan_from_args(args, spec)
+    if plan is not None:
+        from memplan.cli.compare_parallel import run_parallel
+
+        return run_parallel(args, spec, setup, plan, out)
     analytic = estimate_training(spec, setup)
     trace = None
     if not args.no_trace:

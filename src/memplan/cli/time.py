@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.errors import SetupError
 from memplan.formulas.time import DEFAULT_MFU
@@ -25,6 +27,12 @@ examples:
       --mfu 0.5 --method seed004
   memplan time meta-llama/Llama-3.1-8B --tokens 15e12 --seq 8192 --batch 512 --gpu H100 \\
       --gpus 1024 --price-per-gpu-hour 2.5
+  memplan time meta-llama/Llama-3.1-70B --tokens 1e12 --seq 4096 --batch 512 --gpu H100 \\
+      --gpus 64 --tp 8 --pp 2 --fsdp full --micro-batch 1
+
+With plan flags (--tp, --pp, --cp, --ep, --dp, --zero, --fsdp, --nodes, --micro-batch) the step
+time is modelled per rank: compute at the matmul efficiency, the pipeline bubble and the
+communication not hidden behind the backward; --mfu then overrides that model.
 
 Default MFU 0.40 (Llama 3 paper, table 4: 38-43 % on H100).
 """
@@ -62,7 +70,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dtype", default="bf16", help="compute dtype for the peak: fp32, tf32, bf16, fp8"
     )
-    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help=f"default {DEFAULT_MFU}")
+    parser.add_argument("--mfu", type=float, default=None, help=f"default {DEFAULT_MFU}")
+    parser.add_argument(
+        "--micro-batch", type=positive_int, default=None, help="per-GPU micro-batch (a plan)"
+    )
+    parser.add_argument("--precision", default="bf16-mixed", help="training precision (a plan)")
     parser.add_argument("--method", choices=("exact", "seed004"), default="exact")
     parser.add_argument(
         "--attention-flops",
@@ -78,6 +90,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
     add_gpu_flags(parser)
+    add_parallel_flags(parser, gpus_flag=False, batch_flags=False)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -98,14 +111,22 @@ def run(args: Any) -> int:
         tokens=args.tokens,
         n_gpus=args.gpus,
         dtype=args.dtype,
-        mfu=args.mfu,
+        mfu=args.mfu if args.mfu is not None else DEFAULT_MFU,
         method=args.method,
         convention=args.attention_flops,
         recompute=args.recompute,
         price_per_gpu_hour=args.price_per_gpu_hour,
     )
     spec = resolve(args.model)
-    report = training_time_report(spec, training, gpu)
+    plan = _plan(args, spec)
+    if plan is not None:
+        training = dataclasses.replace(training, n_gpus=plan.world_size)
+    if plan is not None:
+        from memplan.estimate.dist_report import parallel_time_report
+
+        report = parallel_time_report(spec, _setup(args), plan, gpu, training, mfu=args.mfu)
+    else:
+        report = training_time_report(spec, training, gpu)
     if args.seq > spec.max_position_embeddings and not args.allow_long_seq:
         raise SetupError(
             f"sequence length {args.seq} exceeds {spec.name}'s max_position_embeddings "
@@ -120,3 +141,52 @@ def run(args: Any) -> int:
         if "cost_usd" in s:
             out.write(f"cost: ${s['cost_usd']:,.0f}\n")
     return 0
+
+
+_PLAN_FLAGS = (
+    "dp",
+    "tp",
+    "pp",
+    "cp",
+    "ep",
+    "zero",
+    "fsdp",
+    "nodes",
+    "gpus_per_node",
+    "micro_batch",
+)
+
+
+def _plan(args: Any, spec: Any) -> Any:
+    """The plan when a plan flag beyond ``--gpus`` is given (``--gpus`` alone keeps the
+    MFU model of one GPU times n)."""
+    if not any(getattr(args, name, None) is not None for name in _PLAN_FLAGS) and not args.sp:
+        return None
+    micro = args.micro_batch or 1
+    if args.gpus == 1:
+        args.gpus = None  # let the degrees size the cluster
+    if args.batch % micro:
+        raise SetupError(f"--batch {args.batch} is not divisible by --micro-batch {micro}")
+    args.global_batch = args.batch
+    plan = plan_from_args(args, spec, micro_batch=micro)
+    if plan is None:
+        return None
+    args.gpus = plan.world_size
+    return plan
+
+
+def _setup(args: Any) -> Any:
+    from memplan.specs.training import Checkpointing, Precision, TrainingSetup
+
+    try:
+        precision = Precision(args.precision)
+    except ValueError:
+        known = ", ".join(p.value for p in Precision)
+        raise SetupError(f"unknown precision {args.precision!r}: choose one of {known}") from None
+    return TrainingSetup(
+        batch=args.micro_batch or 1,
+        seq=args.seq,
+        precision=precision,
+        checkpointing=Checkpointing.FULL if args.recompute else Checkpointing.NONE,
+        allow_long_seq=args.allow_long_seq,
+    )

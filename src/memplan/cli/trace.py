@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.report import Report
 from memplan.units import format_bytes
@@ -70,6 +71,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--measure", action="store_true", help="run the real step beside it")
     parser.add_argument("--progress", action="store_true", help="progress bar even off a tty")
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -94,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     require_torch()
     model = resolve_model(args.model)
+    plan = plan_from_args(args, model if not isinstance(model, dict) else None)
+    if plan is not None:
+        return _run_parallel(model, plan, args)
     progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
     report = _infer(model, args, progress) if args.infer else _train(model, args, progress)
     if progress is not None:
@@ -104,6 +109,23 @@ def run(args: argparse.Namespace) -> int:
     print_report(report, args)
     if not args.json and report.kind == "trace/training":
         print_step_table(report, sys.stdout)
+    return 0
+
+
+def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
+    """A plan: the per-rank trace under a fake process group (``memplan.trace.parallel``)."""
+    from memplan.cli.compare_parallel import _trace
+    from memplan.cli.train import setup_from_args
+
+    if args.infer:
+        from memplan.errors import SetupError
+
+        raise SetupError("--infer with a training plan: give --tp to memplan infer instead")
+    args.lora_targets = getattr(args, "lora_targets", "")
+    args.fp32_grad_accumulation = False
+    args.qlora = False
+    report = _trace(model, setup_from_args(args), plan)
+    print_report(report, args)
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any, TextIO
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.errors import SetupError
 from memplan.report import Report
@@ -33,12 +34,17 @@ examples:
   memplan train qwen2.5-7b --lora-rank 16 --lora-targets q_proj,v_proj --gpu L40S
   memplan train llama-3.1-8b --qlora --lora-rank 16 --gpu-memory 24GiB
   memplan train gpt2-xl --precision fp32 --seq 1024 --gpu-memory 80GB --method seed004
+  memplan train llama-2-7b --gpus 64 --zero 3 --gpu A100-80GB
+  memplan train meta-llama/Llama-3.1-70B --nodes 8 --gpus-per-node 8 --tp 8 --pp 4 --sp \
+      --fsdp full --global-batch 512 --gpu H100
 
 precision:  fp32 fp16 bf16 fp16-mixed bf16-mixed deepspeed-bf16 deepspeed-fp16
 optimizer:  adamw adamw-foreach adamw-fused adamw-forloop adam sgd sgd-momentum adafactor
             lion adamw-8bit paged-adamw-8bit
 attention:  sdpa (PyTorch picks the kernel) flash mem-efficient cudnn eager
-methods:    exact (default) korthikanti seed004 seed003 16n
+methods:    exact (default) korthikanti seed004 seed003 16n; with a plan: zero-paper
+            (ZeRO paper, K = 12), korthikanti-tp (Korthikanti et al. with TP/SP), deepspeed
+            (DeepSpeed's estimate_zero2/3_model_states_mem_needs)
 """
 
 
@@ -114,6 +120,7 @@ def register(subparsers: Any) -> None:
     add_training_flags(parser)
     parser.add_argument("--method", default="exact", help="exact, korthikanti, seed004, ...")
     add_gpu_flags(parser)
+    add_parallel_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(func=run)
 
@@ -125,6 +132,9 @@ def run(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     spec = resolve(args.model)
     setup = setup_from_args(args)
+    plan = plan_from_args(args, spec)
+    if plan is not None:
+        return _run_parallel(args, spec, setup, plan, out)
     report = estimate_training(spec, setup, method=args.method)
     gpu = gpu_from_args(args)
     if gpu is not None:
@@ -133,6 +143,25 @@ def run(args: Any, out: TextIO | None = None) -> int:
         print_report(report, args, out)
         return 0
     _print_text(report, args, out)
+    return 0
+
+
+def _run_parallel(args: Any, spec: Any, setup: TrainingSetup, plan: Any, out: TextIO) -> int:
+    from memplan.cli.render_parallel import print_parallel_report
+    from memplan.estimate.dist_report import parallel_training_report
+
+    gpu = gpu_from_args(args)
+    if args.method != "exact":
+        from memplan.formulas.methods_parallel import parallel_method_report
+
+        report = parallel_method_report(spec, setup, plan, args.method)
+        print_report(report, args, out)
+        return 0
+    report = parallel_training_report(spec, setup, plan, gpu=gpu)
+    if getattr(args, "json", False):
+        print_report(report, args, out)
+    else:
+        print_parallel_report(report, args, out)
     return 0
 
 
