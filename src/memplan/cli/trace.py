@@ -114,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
     """A plan: the per-rank trace under a fake process group (``memplan.trace.parallel``)."""
-    from memplan.cli.compare_parallel import _trace
     from memplan.cli.train import setup_from_args
 
     if args.infer:
@@ -124,8 +123,18 @@ def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
     args.lora_targets = getattr(args, "lora_targets", "")
     args.fp32_grad_accumulation = False
     args.qlora = False
-    report = _trace(model, setup_from_args(args), plan)
-    print_report(report, args)
+    from memplan.trace.parallel import trace_parallel_training
+
+    progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
+    report = trace_parallel_training(model, setup_from_args(args), plan, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\r\033[K")
+    if args.json:
+        print_report(report, args)
+        return 0
+    from memplan.cli.render_parallel import print_parallel_report
+
+    print_parallel_report(report, args, sys.stdout)
     return 0
 
 

@@ -92,9 +92,11 @@ def _breakdown(totals: dict[str, int], comm: dict[str, int]) -> Item:
 
 def _phases(
     session: Any, timeline: Timeline, marks: IterationMarks, sizes: list[int], prefix: str
-) -> list[Phase]:
+) -> tuple[list[Phase], Item]:
+    """The six phases with their categories, and the communication lines of each phase."""
     points = phase_points(timeline, marks)
     phases = []
+    lines = Item("communication")
     for name in TRAINING_PHASES:
         live = timeline.live_at(points[name])
         totals, comm = category_totals(session.tracker, live, sizes)
@@ -104,10 +106,14 @@ def _phases(
                 f"{prefix}{name}",
                 timeline.at(points[name]),
                 _PHASE_NOTES.get(name, ""),
-                breakdown=breakdown | {f"communication/{k}": v for k, v in comm.items()},
+                breakdown=breakdown,
             )
         )
-    return phases
+        node = lines.add(Item(f"{prefix}{name}"))
+        for _, line in COMM_KEYS:
+            if comm.get(line):
+                node.leaf(line, comm[line])
+    return phases, lines
 
 
 def rank_report(name: str, setup: Any, run: Any) -> Report:
@@ -124,12 +130,12 @@ def rank_report(name: str, setup: Any, run: Any) -> Report:
         breakdown=_breakdown(totals, comm),
         setup=setup_dict(setup),
     )
-    report.phases = _phases(session, timeline, steady, sizes, "") + _phases(
-        session, timeline, first, sizes, "first_step/"
-    )
+    phases, lines = _phases(session, timeline, steady, sizes, "")
+    report.phases = phases + _phases(session, timeline, first, sizes, "first_step/")[0]
+    report.sections["communication"] = lines
     report.scalars = {
         "rank": run.rank,
-        "world_size": run.layout.world_size,
+        "world_size": run.plan.world_size,
         "peak_bytes": peak,
         "peak_phase": peak_phase,
         "first_step_peak_bytes": _peak(timeline, first)[0],

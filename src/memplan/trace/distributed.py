@@ -26,18 +26,25 @@ import torch.distributed as dist
 from torch import nn
 
 from memplan.errors import SetupError
+from memplan.specs.parallel import ParallelPlan
 from memplan.specs.training import Attention, Checkpointing, Precision, Target, TrainingSetup
 from memplan.trace.assemble import IterationMarks
-from memplan.trace.build import build_model, check_seq_len, unpadded_mask_skips
+from memplan.trace.build import (
+    build_model,
+    check_seq_len,
+    grouped_mm_policy,
+    unpadded_mask_skips,
+)
 from memplan.trace.cuda_env import gpu_arch
 from memplan.trace.dist_tracker import CommFlag, DistTracker
-from memplan.trace.optim import make_optimizer, step_counters_on_host
 from memplan.trace.layout import (
-    Layout,
     apply_data_parallel,
     apply_tensor_parallel,
     build_mesh,
+    check_traceable,
+    is_fsdp,
 )
+from memplan.trace.optim import make_optimizer, step_counters_on_host
 from memplan.trace.session import TraceSession
 from memplan.trace.tracker import Flag
 
@@ -82,7 +89,7 @@ class ParallelRun:
     """What one rank of a traced (or real) parallel run leaves behind for the report."""
 
     session: TraceSession
-    layout: Layout
+    plan: ParallelPlan
     rank: int
     iterations: list[IterationMarks] = field(default_factory=list)
     seconds: float = 0.0
@@ -108,17 +115,17 @@ def fake_process_group(rank: int, world_size: int) -> Iterator[None]:
 def run_parallel_training(
     config: dict[str, Any],
     setup: TrainingSetup,
-    layout: Layout,
+    plan: ParallelPlan,
     *,
     fake: bool = True,
     name: str = "model",
     probe: Probe | None = None,
 ) -> ParallelRun:
-    """Run two iterations of this rank (``dist.get_rank()``) under ``layout``."""
+    """Run two iterations of this rank (``dist.get_rank()``) under ``plan``."""
     started = time.perf_counter()
-    _check(name, config, setup, layout)
+    _check(name, config, setup, plan)
     probe = probe or Probe()
-    fsdp_mixed = layout.data_parallel == "fsdp" and setup.precision is Precision.BF16_MIXED
+    fsdp_mixed = is_fsdp(plan) and setup.precision is Precision.BF16_MIXED
     autocast = None if fsdp_mixed else _AUTOCAST.get(setup.precision)
     session = TraceSession(
         fake=fake,
@@ -131,29 +138,50 @@ def run_parallel_training(
     if session.fake_mode is not None:
         # the model is built on the meta device, outside the fake mode (DIST-NOTES.md)
         session.fake_mode.allow_non_fake_inputs = True
-    run = ParallelRun(session, layout, dist.get_rank())
-    mesh = build_mesh(layout)
+    run = ParallelRun(session, plan, dist.get_rank())
+    _fresh_dtensor_caches()
+    mesh = build_mesh(plan)
     torch.manual_seed(0)
     model = _build(config, setup, fake)
     run.n_params = sum(p.numel() for p in model.parameters())
-    with session, unpadded_mask_skips(), probe.start():
-        wrapped = _parallelize(model, mesh, layout, session, fsdp_mixed=fsdp_mixed, fake=fake)
+    if fake:
+        _shard_meta(model, mesh, plan, fsdp_mixed=fsdp_mixed)
+    policy = grouped_mm_policy(_PARAM_DTYPE[setup.precision])
+    with session, policy, unpadded_mask_skips(), probe.start():
+        wrapped = _parallelize(model, mesh, plan, session, fsdp_mixed=fsdp_mixed, fake=fake)
         session.register_model(model)
         session.wrap_checkpointing(model)
         run.n_local_params = sum(_local(p).numel() for p in model.parameters())
         optimizer = make_optimizer(model.parameters(), setup.optimizer, cuda=session.cuda)
         _instrument(model, session)
-        batch = _inputs(model, setup, session)
+        batch = _inputs(model, setup, session, plan)
+        micro = plan.resolved_micro_batches(setup.batch)
         with probe.attach(wrapped, optimizer, batch):
             for iteration in range(2):
                 run.iterations.append(
-                    _iteration(wrapped, batch, optimizer, session, probe, iteration)
+                    _iteration(wrapped, batch, optimizer, session, probe, iteration, micro)
                 )
     run.seconds = time.perf_counter() - started
     return run
 
 
-def _check(name: str, config: dict[str, Any], setup: TrainingSetup, layout: Layout) -> None:
+def _fresh_dtensor_caches() -> None:
+    """Empty DTensor's caches of sharding decisions: their entries hold the device meshes of
+    earlier runs (equal by value), whose process groups are gone once a run ends."""
+    from torch.distributed.tensor import DTensor, _redistribute
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagator.propagate_op_sharding.cache_clear()
+    propagator._propagate_tensor_meta_cached.cache_clear()
+    _redistribute._gen_transform_infos.cache_clear()
+
+
+def _check(name: str, config: dict[str, Any], setup: TrainingSetup, plan: ParallelPlan) -> None:
+    check_traceable(plan)
+    if dist.get_world_size() != plan.world_size:
+        raise SetupError(
+            f"the process group has {dist.get_world_size()} ranks, the plan {plan.world_size}"
+        )
     check_seq_len(name, config, setup.seq, setup.allow_long_seq)
     if setup.precision not in _PARAM_DTYPE:
         raise SetupError(
@@ -164,14 +192,14 @@ def _check(name: str, config: dict[str, Any], setup: TrainingSetup, layout: Layo
         raise SetupError("the distributed trace trains every parameter (no LoRA or freezing)")
     if setup.checkpointing is Checkpointing.SELECTIVE:
         raise SetupError("selective recomputation is analytic only (use --checkpointing full)")
-    if layout.sequence_parallel and setup.attention is Attention.EAGER:
+    if plan.sequence_parallel and setup.attention is Attention.EAGER:
         raise SetupError(
             "sequence parallelism needs sdpa attention: transformers builds the eager mask "
             "from the local sequence length"
         )
-    if layout.sequence_parallel and setup.seq % layout.tp_degree:
+    if plan.sequence_parallel and setup.seq % plan.tp_degree:
         raise SetupError(
-            f"sequence parallelism splits the sequence: tp({layout.tp_degree}) must divide "
+            f"sequence parallelism splits the sequence: tp({plan.tp_degree}) must divide "
             f"seq({setup.seq})"
         )
     if setup.target is Target.CPU and setup.attention not in (Attention.SDPA, Attention.EAGER):
@@ -196,31 +224,36 @@ def _build(config: dict[str, Any], setup: TrainingSetup, fake: bool) -> nn.Modul
     return model
 
 
+def _shard_meta(model: nn.Module, mesh: Any, plan: ParallelPlan, *, fsdp_mixed: bool) -> None:
+    """TP and FSDP2 on the meta model, before the fake mode (as torchtitan shards a meta
+    model); under a fake mode FSDP2 cannot shard TP's meta DTensors (``aten.nonzero``)."""
+    if plan.tp_degree > 1:
+        apply_tensor_parallel(model, mesh["tp"], sequence_parallel=plan.sequence_parallel)
+    if is_fsdp(plan):
+        apply_data_parallel(model, mesh, plan, mixed_bf16=fsdp_mixed)
+
+
 def _parallelize(
     model: nn.Module,
     mesh: Any,
-    layout: Layout,
+    plan: ParallelPlan,
     session: TraceSession,
     *,
     fsdp_mixed: bool,
     fake: bool,
 ) -> nn.Module:
-    """TP, then DDP / FSDP2; materialize a meta model; flag DDP's buckets."""
+    """Real run: TP, then DDP / FSDP2. Fake: materialize the model sharded on the meta device
+    (:func:`_shard_meta`), then DDP. DDP's buckets are flagged."""
     tracker = session.tracker
-    if layout.tp_degree > 1:
-        apply_tensor_parallel(
-            model, mesh["tp"] if layout.dp_degree > 1 else mesh,
-            sequence_parallel=layout.sequence_parallel,
-        )  # fmt: skip
     if fake:
-        if layout.data_parallel == "fsdp":
-            apply_data_parallel(model, mesh, layout, mixed_bf16=fsdp_mixed)
         model.to_empty(device="cpu")
+    elif plan.tp_degree > 1:
+        apply_tensor_parallel(model, mesh["tp"], sequence_parallel=plan.sequence_parallel)
     start = tracker.mark()
     wrapped = (
         model
-        if fake and layout.data_parallel == "fsdp"
-        else apply_data_parallel(model, mesh, layout, mixed_bf16=fsdp_mixed, init_sync=not fake)
+        if fake and is_fsdp(plan)
+        else apply_data_parallel(model, mesh, plan, mixed_bf16=fsdp_mixed, init_sync=not fake)
     )
     if wrapped is not model:
         _flag_live_since(tracker, start, CommFlag.BUCKET)
@@ -336,14 +369,17 @@ def _instrument_fsdp_group(group: Any, tracker: Any) -> None:
     group.post_backward = wrapped_post_backward
 
 
-def _inputs(model: nn.Module, setup: TrainingSetup, session: TraceSession) -> dict[str, Any]:
-    vocab = int(model.get_input_embeddings().weight.shape[0])
+def _inputs(
+    model: nn.Module, setup: TrainingSetup, session: TraceSession, plan: ParallelPlan
+) -> dict[str, Any]:
+    vocab = int(model.get_input_embeddings().weight.shape[0])  # a DTensor's global shape
     batch = {
         "input_ids": torch.randint(0, vocab, (setup.batch, setup.seq)),
         "labels": torch.randint(0, vocab, (setup.batch, setup.seq)),
-        # explicit: transformers would number the positions of the local sequence shard
-        "position_ids": torch.arange(setup.seq).unsqueeze(0).expand(setup.batch, -1),
     }
+    if plan.sequence_parallel:
+        # transformers would number the positions of the local sequence shard
+        batch["position_ids"] = torch.arange(setup.seq).unsqueeze(0).expand(setup.batch, -1)
     for tensor in batch.values():
         session.tracker.flag(tensor, Flag.INPUT)
     return batch
@@ -356,23 +392,21 @@ def _iteration(
     session: TraceSession,
     probe: Probe,
     iteration: int,
+    micro_batches: int = 1,
 ) -> IterationMarks:
+    """One optimizer step of ``micro_batches`` forward-backward passes (gradient accumulation);
+    the phases are those of the last micro-batch, its gradients added to the earlier ones'."""
     tracker = session.tracker
     session.collect()
     probe.settle()
     marks = IterationMarks(start=tracker.mark())
     probe.mark(iteration, "start")
-    with session.autocast():
-        loss = model(**batch).loss
-    probe.settle()
-    marks.end_of_forward = tracker.mark()
+    for _ in range(micro_batches - 1):
+        _backward(_forward(model, batch, session, tracker.mark()), session)
+        probe.mark(iteration, "micro_batch")
+    loss = _forward(model, batch, session, tracker.mark(), probe=probe, marks=marks)
     probe.mark(iteration, "end_of_forward")
-    session.name_saved_fields(loss.grad_fn)
-    keep = {tracker.key(t) for t in batch.values()} | {tracker.key(loss)}
-    session.flag_graph_held(marks.start, keep)
-    session.in_backward = True
-    loss.backward()
-    session.in_backward = False
+    _backward(loss, session)
     del loss
     probe.settle()
     marks.after_backward = tracker.mark()
@@ -388,6 +422,34 @@ def _iteration(
     marks.after_zero_grad = tracker.mark()
     probe.mark(iteration, "after_zero_grad")
     return marks
+
+
+def _forward(
+    model: nn.Module,
+    batch: dict[str, Any],
+    session: TraceSession,
+    start: int,
+    *,
+    probe: Probe | None = None,
+    marks: IterationMarks | None = None,
+) -> torch.Tensor:
+    """The forward with labels; the loss, its saved tensors named and flagged."""
+    tracker = session.tracker
+    with session.autocast():
+        loss = model(**batch).loss
+    if probe is not None and marks is not None:
+        probe.settle()
+        marks.end_of_forward = tracker.mark()
+    session.name_saved_fields(loss.grad_fn)
+    keep = {tracker.key(t) for t in batch.values()} | {tracker.key(loss)}
+    session.flag_graph_held(start, keep)
+    return loss
+
+
+def _backward(loss: torch.Tensor, session: TraceSession) -> None:
+    session.in_backward = True
+    loss.backward()
+    session.in_backward = False
 
 
 def _flag_optimizer(optimizer: torch.optim.Optimizer, session: TraceSession) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GlooCase", "MemTrackerProbe", "run_gloo"]
+__all__ = ["GlooCase", "MemTrackerProbe", "SettledProbe", "run_gloo"]
 
 GLOO_TIMEOUT_S = 600
 """Longest a set of gloo runs may take before its processes are killed."""
@@ -36,76 +36,125 @@ GLOO_TIMEOUT_S = 600
 
 @dataclass(frozen=True, slots=True)
 class GlooCase:
-    """One setup run on every rank: a config.json dict, the step and the layout."""
+    """One setup run on every rank: a config.json dict, the step and the plan."""
 
     name: str
     config: dict[str, Any]
     setup: Any
     """A :class:`~memplan.specs.training.TrainingSetup`."""
-    layout: Any
-    """A :class:`~memplan.trace.parallel.Layout` (its ``world_size`` is the run's)."""
+    plan: Any
+    """A :class:`~memplan.specs.parallel.ParallelPlan` (its ``world_size`` is the run's)."""
+    plain: bool = False
+    """Also run the step once more without PyTorch's tracker (result ``plain``): MemTracker
+    keeps the autograd nodes of custom ops alive (transformers' grouped-mm fallback for MoE
+    experts, with their ``offs`` argument), which changes what it measures."""
 
 
 def run_gloo(
-    world_size: int, cases: list[GlooCase], *, timeout_s: float = GLOO_TIMEOUT_S
+    world_size: int,
+    cases: list[GlooCase],
+    *,
+    fake: bool = False,
+    timeout_s: float = GLOO_TIMEOUT_S,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run ``cases`` on ``world_size`` gloo processes; per case name, one result per rank.
 
     A rank's result: ``memtracker`` (see :meth:`MemTrackerProbe.result`), ``report`` (the
-    per-rank report's JSON from memplan's tracker) and ``seconds``.
+    per-rank report's JSON from memplan's tracker), ``seconds``, and ``plain`` for the cases
+    that ask for it; with ``fake``, also ``fake``: the same rank traced under a fake process
+    group, by ``world_size`` more processes that run beside the gloo ones (a process that ran
+    real collectives keeps DTensor caches that name its process groups, which are gone after).
     """
     for case in cases:
-        if case.layout.world_size != world_size:
+        if case.plan.world_size != world_size:
             raise ValueError(
-                f"{case.name}: layout for {case.layout.world_size} ranks, not {world_size}"
+                f"{case.name}: a plan for {case.plan.world_size} ranks, not {world_size}"
             )
+    modes = ("real", "fake") if fake else ("real",)
     with tempfile.TemporaryDirectory(prefix="memplan-gloo-") as tmp:
         work = Path(tmp)
         (work / "cases.pkl").write_bytes(pickle.dumps(cases))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         procs = []
         try:
-            for rank in range(world_size):
-                log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 (closed below)
-                procs.append(
-                    (
-                        subprocess.Popen(
-                            [sys.executable, "-m", "memplan.trace.gloo", str(work), str(rank),
-                             str(world_size)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env,
-                        ),
-                        log,
+            for mode in modes:
+                for rank in range(world_size):
+                    log = open(work / f"{mode}{rank}.log", "wb")  # noqa: SIM115 (closed below)
+                    command = [sys.executable, "-m", "memplan.trace.gloo", str(work), str(rank),
+                               str(world_size), mode]  # fmt: skip
+                    process = subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, env=env
                     )
-                )  # fmt: skip
+                    procs.append((process, log, f"{mode}{rank}"))
             _wait(procs, work, timeout_s)
         finally:
-            for proc, log in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
+            for process, log, _ in procs:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
                 log.close()
-        results = [json.loads((work / f"rank{r}.json").read_text()) for r in range(world_size)]
+        results = _collect(work, world_size, modes)
     return {case.name: [results[r][case.name] for r in range(world_size)] for case in cases}
 
 
-def _wait(procs: list[tuple[subprocess.Popen[bytes], Any]], work: Path, timeout_s: float) -> None:
+def _collect(work: Path, world_size: int, modes: tuple[str, ...]) -> list[dict[str, Any]]:
+    results = []
+    for rank in range(world_size):
+        result = json.loads((work / f"real{rank}.json").read_text())
+        if "fake" in modes:
+            for name, report in json.loads((work / f"fake{rank}.json").read_text()).items():
+                result[name]["fake"] = report
+        results.append(result)
+    return results
+
+
+def _wait(
+    procs: list[tuple[subprocess.Popen[bytes], Any, str]], work: Path, timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        codes = [proc.poll() for proc, _ in procs]
-        failed = [rank for rank, code in enumerate(codes) if code not in (None, 0)]
+        codes = [process.poll() for process, _, _ in procs]
+        failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
         if failed or time.monotonic() > deadline:
-            rank = failed[0] if failed else 0
-            tail = (work / f"rank{rank}.log").read_text(errors="replace")[-3000:]
-            why = (
-                f"rank {rank} exited with {codes[rank]}" if failed else f"timed out ({timeout_s} s)"
-            )
+            index = failed[0] if failed else 0
+            name = procs[index][2]
+            tail = (work / f"{name}.log").read_text(errors="replace")[-6000:]
+            why = f"{name} exited with {codes[index]}" if failed else f"timed out ({timeout_s} s)"
             raise RuntimeError(f"gloo run failed: {why}\n{tail}")
         if all(code == 0 for code in codes):
             return
         time.sleep(0.05)
 
 
-class MemTrackerProbe:
+class SettledProbe:
+    """For a real gloo run: before each phase mark, wait for gloo to let go (:meth:`settle`)."""
+
+    def start(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def attach(self, model: Any, optimizer: Any, batch: dict[str, Any]) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def mark(self, iteration: int, point: str) -> None:
+        """Nothing to read here."""
+
+    def settle(self) -> None:
+        """Wait until gloo has let go of the tensors of the collectives before this point.
+
+        gloo runs collectives on worker threads that keep a reference to their tensors a moment
+        after ``wait()`` returns, so a tensor whose last Python reference is dropped early can
+        outlive it by a moment, at random. Each process group here has one worker thread
+        (:func:`init_serial_gloo`); a barrier queued behind a collective runs once that thread
+        has let the collective go.
+        """
+        settle_groups()
+
+
+class MemTrackerProbe(SettledProbe):
     """PyTorch's MemTracker (FSDPMemTracker under FSDP2) read at the step's phase boundaries.
 
     ``result()``: per phase of iteration 2 (memplan's names) the live bytes (or, for
@@ -141,17 +190,6 @@ class MemTrackerProbe:
         self.tracker.track_inputs(tuple(batch.values()))
         return self.tracker
 
-    def settle(self) -> None:
-        """Wait until gloo has let go of the tensors of the collectives before this point.
-
-        gloo runs collectives on worker threads that keep a reference to their tensors a moment
-        after ``wait()`` returns, so a tensor whose last Python reference is dropped early can
-        outlive it by a moment, at random. Each process group here has one worker thread
-        (:func:`init_serial_gloo`); a barrier queued behind a collective runs once that thread
-        has let the collective go.
-        """
-        settle_groups()
-
     def _snapshot(self, kind: str) -> dict[str, int]:
         snap = self.tracker.get_tracker_snapshot(kind)
         out: dict[str, int] = {}
@@ -173,8 +211,8 @@ class MemTrackerProbe:
         tracker = self.tracker
         tracker._peak_mem_snap = deepcopy(tracker._curr_mem_snap)
         tracker._peak_mem = {dev: snap["Total"] for dev, snap in tracker._curr_mem_snap.items()}
-        if point == "after_zero_grad":
-            tracker.reset_mod_stats()
+        if point in ("after_zero_grad", "micro_batch"):
+            tracker.reset_mod_stats()  # the root module runs again
 
     def result(self) -> dict[str, Any]:
         at = {p["point"]: p for p in self.points if p["iteration"] == 1}
@@ -231,11 +269,13 @@ def settle_groups() -> None:
 
 
 def _worker(work: Path, rank: int, world_size: int) -> None:
+    """One gloo rank: every case for real, measured twice (MemTracker, memplan's tracker)."""
     import torch
     import torch.distributed as dist
 
     from memplan.trace.dist_report import rank_report
     from memplan.trace.distributed import run_parallel_training
+    from memplan.trace.layout import is_fsdp
 
     torch.set_num_threads(1)
     cases: list[GlooCase] = pickle.loads((work / "cases.pkl").read_bytes())
@@ -244,9 +284,9 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
     try:
         for case in cases:
             started = time.perf_counter()
-            probe = MemTrackerProbe(fsdp=case.layout.data_parallel == "fsdp")
+            probe = MemTrackerProbe(fsdp=is_fsdp(case.plan))
             run = run_parallel_training(
-                case.config, case.setup, case.layout, fake=False, name=case.name, probe=probe
+                case.config, case.setup, case.plan, fake=False, name=case.name, probe=probe
             )
             results[case.name] = {
                 "memtracker": probe.result(),
@@ -254,10 +294,34 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
                 "seconds": round(time.perf_counter() - started, 3),
             }
             dist.barrier()
+            if case.plain:
+                run = run_parallel_training(
+                    case.config, case.setup, case.plan, fake=False, probe=SettledProbe()
+                )
+                results[case.name]["plain"] = rank_report(case.name, case.setup, run).to_dict()
+                dist.barrier()
     finally:
         dist.destroy_process_group()
-    (work / f"rank{rank}.json").write_text(json.dumps(results))
+    (work / f"real{rank}.json").write_text(json.dumps(results))
+
+
+def _fake_worker(work: Path, rank: int, world_size: int) -> None:
+    """The same rank of every case, traced under a fake process group."""
+    import torch
+
+    from memplan.trace.dist_report import rank_report
+    from memplan.trace.distributed import fake_process_group, run_parallel_training
+
+    torch.set_num_threads(1)
+    cases: list[GlooCase] = pickle.loads((work / "cases.pkl").read_bytes())
+    results = {}
+    for case in cases:
+        with fake_process_group(rank, world_size):
+            run = run_parallel_training(case.config, case.setup, case.plan, name=case.name)
+        results[case.name] = rank_report(case.name, case.setup, run).to_dict()
+    (work / f"fake{rank}.json").write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    _main = _fake_worker if sys.argv[4] == "fake" else _worker
+    _main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -1,6 +1,6 @@
 """Applying a parallel layout to the real transformers model, the way PyTorch users do it.
 
-The same functions serve the fake trace (fake process group, fake tensors, full size) and the
+The plan is a :class:`~memplan.specs.parallel.ParallelPlan`. The same functions serve the fake trace (fake process group, fake tensors, full size) and the
 real gloo runs (several processes, small models), so that the two can be compared.
 
 - Data parallelism: ``DistributedDataParallel`` (its reducer's buckets, ``bucket_cap_mb`` 25),
@@ -17,60 +17,71 @@ real gloo runs (several processes, small models), so that the two can be compare
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from memplan.errors import SetupError
+from memplan.specs.parallel import Offload, ParallelPlan, Sharding
 
-__all__ = ["Layout", "apply_data_parallel", "apply_tensor_parallel", "build_mesh", "decoder_layers"]
+__all__ = [
+    "apply_data_parallel",
+    "apply_tensor_parallel",
+    "build_mesh",
+    "check_traceable",
+    "decoder_layers",
+    "is_ddp",
+    "is_fsdp",
+]
 
-DataParallel = Literal["none", "ddp", "fsdp"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Layout:
-    """How the trace drives PyTorch for one parallel plan (the runtime side of a plan)."""
-
-    world_size: int
-    data_parallel: DataParallel = "fsdp"
-    """``ddp`` (DistributedDataParallel), ``fsdp`` (FSDP2 ``fully_shard``) or ``none``."""
-    tp_degree: int = 1
-    sequence_parallel: bool = False
-    reshard_after_forward: bool = True
-    """FSDP2: free the unsharded parameters after each layer's forward (``full``) or keep them
-    to the backward (``shard-grad-op``)."""
-    bucket_view: bool = False
-    """DDP ``gradient_as_bucket_view``: the gradients are views into the buckets."""
-    bucket_cap_mb: int = 25
-    """DDP's bucket size (its default, ``torch/nn/parallel/distributed.py``)."""
-
-    def __post_init__(self) -> None:
-        if self.world_size % self.tp_degree:
-            raise SetupError(
-                f"tp({self.tp_degree}) does not divide the world size ({self.world_size})"
-            )
-        if self.sequence_parallel and self.tp_degree == 1:
-            raise SetupError("sequence parallelism needs tensor parallelism (tp > 1)")
-
-    @property
-    def dp_degree(self) -> int:
-        return self.world_size // self.tp_degree
+_TRACED = (Sharding.DDP, Sharding.FSDP_FULL, Sharding.FSDP_SHARD_GRAD_OP)
 
 
-def build_mesh(layout: Layout) -> Any:
-    """The cpu device mesh: ``("dp",)``, ``("tp",)`` or ``("dp", "tp")``."""
+def check_traceable(plan: ParallelPlan) -> None:
+    """Refuse, in one line each, what the trace does not run (the analytic engine answers)."""
+    if plan.sharding not in _TRACED:
+        what = "DeepSpeed's runtime" if plan.sharding.is_deepspeed else f"--fsdp {plan.sharding}"
+        raise SetupError(
+            f"the distributed trace runs DDP, --fsdp full and --fsdp shard-grad-op; {what} is "
+            "analytic only (memplan train with the same flags)"
+        )
+    for name, degree in (("cp", plan.cp_degree), ("ep", plan.ep_degree), ("pp", plan.pp_degree)):
+        if degree > 1:
+            raise SetupError(f"the distributed trace does not run --{name} {degree}: analytic only")
+    if plan.offload is not Offload.NONE:
+        raise SetupError(
+            "offload cannot be traced (no host/device split under fake tensors): analytic only"
+        )
+    if plan.sharding is Sharding.DDP and plan.tp_degree > 1 and plan.dp > 1:
+        raise SetupError("the trace runs DDP without tensor parallelism; use --fsdp with --tp")
+
+
+def is_fsdp(plan: ParallelPlan) -> bool:
+    return plan.sharding in (Sharding.FSDP_FULL, Sharding.FSDP_SHARD_GRAD_OP) and plan.dp > 1
+
+
+def is_ddp(plan: ParallelPlan) -> bool:
+    return plan.sharding is Sharding.DDP and plan.dp > 1
+
+
+def build_mesh(plan: ParallelPlan) -> dict[str, Any]:
+    """The cpu device meshes by name (``dp``, ``tp``), tp innermost (rank = dp_rank * tp +
+    tp_rank, as Megatron-LM and :func:`memplan.estimate.distributed.rank_ids` number them).
+
+    A one-dimensional plan gets a one-dimensional mesh: a dimension of size 1 would leave a
+    one-element mesh tensor that DTensor views during the step, which a real run's trackers
+    then count (8 bytes) and a fake run's do not.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
-    if layout.tp_degree == 1:
-        return init_device_mesh("cpu", (layout.world_size,), mesh_dim_names=("dp",))
-    if layout.dp_degree == 1:
-        return init_device_mesh("cpu", (layout.tp_degree,), mesh_dim_names=("tp",))
-    return init_device_mesh(
-        "cpu", (layout.dp_degree, layout.tp_degree), mesh_dim_names=("dp", "tp")
-    )
+    dp, tp = plan.dp, plan.tp_degree
+    if tp == 1:
+        return {"dp": init_device_mesh("cpu", (dp,), mesh_dim_names=("dp",))}
+    if dp == 1:
+        return {"tp": init_device_mesh("cpu", (tp,), mesh_dim_names=("tp",))}
+    mesh = init_device_mesh("cpu", (dp, tp), mesh_dim_names=("dp", "tp"))
+    return {"dp": mesh["dp"], "tp": mesh["tp"]}
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -143,7 +154,7 @@ def _mlp_plan(layer: nn.Module, sequence: Any) -> dict[str, Any]:
 
 
 def apply_data_parallel(
-    model: nn.Module, mesh: Any, layout: Layout, *, mixed_bf16: bool, init_sync: bool = True
+    model: nn.Module, mesh: Any, plan: ParallelPlan, *, mixed_bf16: bool, init_sync: bool = True
 ) -> nn.Module:
     """DDP or FSDP2 (per decoder layer, then the root) over the ``dp`` mesh dimension.
 
@@ -151,19 +162,17 @@ def apply_data_parallel(
     ``init_sync=False`` skips DDP's check and broadcast of the parameters at construction
     (they read tensor data, which fake tensors do not have).
     """
-    if layout.data_parallel == "none" or (layout.dp_degree == 1 and layout.data_parallel == "ddp"):
+    if not (is_ddp(plan) or is_fsdp(plan)):
         return model
-    dp_mesh = mesh["dp"] if layout.tp_degree > 1 else mesh
-    if layout.data_parallel == "ddp":
+    dp_mesh = mesh["dp"]
+    if is_ddp(plan):
         from torch.nn.parallel import DistributedDataParallel
 
-        if layout.tp_degree > 1:
-            raise SetupError("the trace runs DDP without tensor parallelism; use --fsdp with --tp")
         return DistributedDataParallel(
             model,
             process_group=dp_mesh.get_group(),
-            bucket_cap_mb=layout.bucket_cap_mb,
-            gradient_as_bucket_view=layout.bucket_view,
+            bucket_cap_mb=plan.ddp_bucket_cap_mb,
+            gradient_as_bucket_view=plan.gradient_as_bucket_view,
             init_sync=init_sync,
         )
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -173,14 +182,8 @@ def apply_data_parallel(
         if mixed_bf16
         else MixedPrecisionPolicy()
     )
+    reshard = plan.sharding is Sharding.FSDP_FULL
     for layer in decoder_layers(model):
-        fully_shard(
-            layer,
-            mesh=dp_mesh,
-            reshard_after_forward=layout.reshard_after_forward,
-            mp_policy=policy,
-        )
-    fully_shard(
-        model, mesh=dp_mesh, reshard_after_forward=layout.reshard_after_forward, mp_policy=policy
-    )
+        fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
     return model

@@ -1,0 +1,156 @@
+"""Proof on PyTorch's own distributed runtime: gloo, 2 and 4 processes, real small models.
+
+One spawn per world size runs every case of :func:`memplan.trace.proof.gloo_cases` (DDP,
+FSDP2 full / shard-grad-op / mixed precision / bf16, tensor and sequence parallelism, FSDP2 x
+TP; Llama with grouped KV heads, Qwen2, Mixtral) and measures each rank three ways: PyTorch's
+``MemTracker`` / ``FSDPMemTracker``, memplan's tracker on the same real run, and memplan's
+trace of the same rank under a fake process group. The results are shared by the tests of a
+session (``gloo2`` / ``gloo4`` fixtures). Three claims:
+
+1. the fake trace equals the real run, per phase and per category, on every rank;
+2. memplan's tracker equals PyTorch's MemTracker on the real run, per phase, and on the model
+   states (parameters, gradients, optimizer states, buffers);
+3. the analytic per-rank report (``--target cpu``) equals the measurement, per rank, phase and
+   category: where it does not yet, a strict xfail says by how much and why.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from memplan.estimate.dist_report import parallel_training_report
+from memplan.specs.hf import spec_from_config
+from memplan.trace.gloo import run_gloo
+from memplan.trace.proof import analytic_gaps, gloo_cases, measured_phases
+
+pytestmark = [pytest.mark.trace, pytest.mark.gloo, pytest.mark.xdist_group("gloo")]
+
+CASES = {world: {case.name: case for case in gloo_cases(world)} for world in (2, 4)}
+
+
+@pytest.fixture(scope="session")
+def gloo2() -> dict:
+    return run_gloo(2, list(CASES[2].values()), fake=True)
+
+
+@pytest.fixture(scope="session")
+def gloo4() -> dict:
+    return run_gloo(4, list(CASES[4].values()), fake=True)
+
+
+def _results(request: pytest.FixtureRequest, world: int, name: str) -> list[dict]:
+    return request.getfixturevalue(f"gloo{world}")[name]  # type: ignore[no-any-return]
+
+
+def _phases(report: dict) -> dict[str, tuple[int, dict[str, int]]]:
+    return {p["name"]: (p["bytes"], p.get("breakdown", {})) for p in report["phases"]}
+
+
+def _ids(world: int) -> list:
+    return [pytest.param(world, name, id=f"W{world}-{name}") for name in CASES[world]]
+
+
+ALL = _ids(2) + _ids(4)
+
+# PyTorch's MemTracker keeps the autograd nodes of custom ops alive, and with them their
+# keyword arguments: transformers' grouped-mm fallback for MoE experts keeps its int32 offsets
+# (one per expert, 16 B here) for each of its two calls per layer and iteration. The run
+# without MemTracker (``plain``) is the one the fake trace and the analytic engine are held to.
+_MEMTRACKER_ARTIFACT = "MemTracker keeps grouped_mm_fallback's offsets alive (+16 B per call)"
+
+
+@pytest.mark.parametrize(("world", "name"), ALL)
+def test_fake_trace_equals_the_real_run(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """Every phase of both iterations, every category and communication line, every rank."""
+    for rank, result in enumerate(_results(request, world, name)):
+        real = result.get("plain") or result["report"]
+        assert _phases(result["fake"]) == _phases(real), f"rank {rank}"
+        assert result["fake"]["sections"]["communication"] == real["sections"]["communication"]
+
+
+@pytest.mark.parametrize(
+    ("world", "name"),
+    [
+        p if "mixtral" not in p.values[1]
+        else pytest.param(*p.values, id=p.id,
+                          marks=pytest.mark.xfail(strict=True, reason=_MEMTRACKER_ARTIFACT))
+        for p in ALL
+    ],
+)  # fmt: skip
+def test_fake_trace_equals_pytorch_memtracker(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """The fake trace against PyTorch's own tracker on the real run, phase by phase."""
+    for rank, result in enumerate(_results(request, world, name)):
+        fake = {n: b for n, (b, _) in _phases(result["fake"]).items() if "/" not in n}
+        assert fake == result["memtracker"]["phases"], f"rank {rank}"
+
+
+# PyTorch's categories that mean what memplan's mean (the rest differ by definition:
+# MemTracker's "Activation" is everything made in the forward, "Temp" in the backward).
+_SAME_CATEGORIES = {
+    "Parameter": "parameters",
+    "Sharded Param": "parameters",
+    "Gradient": "gradients",
+    "Sharded Grad": "gradients",
+    "Optstate": "optimizer_states",
+    "OptState": "optimizer_states",
+    "Buffer": "buffers",
+}
+
+
+@pytest.mark.parametrize(("world", "name"), ALL)
+def test_memplan_tracker_equals_pytorch_memtracker(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """Same real run, two trackers: the phases, and the model states at the quiet phases."""
+    bucket_view = CASES[world][name].plan.gradient_as_bucket_view
+    for rank, result in enumerate(_results(request, world, name)):
+        ours = _phases(result["report"])
+        theirs = result["memtracker"]
+        for phase, total in theirs["phases"].items():
+            assert ours[phase][0] == total, f"rank {rank} {phase}"
+        for phase in ("after_load", "after_backward", "after_zero_grad"):
+            mapped: dict[str, int] = {}
+            for key, value in theirs["categories"][phase].items():
+                if key in _SAME_CATEGORIES:
+                    mapped[_SAME_CATEGORIES[key]] = mapped.get(_SAME_CATEGORIES[key], 0) + value
+            if bucket_view:  # the gradients are DDP's buckets: MemTracker sees activations
+                mapped.pop("gradients", None)
+            mine = {k: ours[phase][1].get(k, 0) for k in mapped}
+            assert mine == mapped, f"rank {rank} {phase}"
+
+
+def _analytic(world: int, name: str) -> list[dict]:
+    case = CASES[world][name]
+    spec = spec_from_config(case.config, name=name.split("/")[0])
+    return parallel_training_report(spec, case.setup, case.plan).scalars["ranks"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("world", "name"), ALL)
+def test_analytic_per_rank_equals_the_measurement(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """Every rank, phase and category of the analytic report against the real run."""
+    results = _results(request, world, name)
+    measured = {rank: measured_phases(result) for rank, result in enumerate(results)}
+    gaps = analytic_gaps(_analytic(world, name), measured)
+    assert not gaps, "\n".join(str(g) for g in gaps)
+
+
+@pytest.mark.parametrize(("world", "name"), ALL)
+def test_distinct_rank_groups_are_the_measured_ones(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """Ranks the analytic engine puts in one group measure the same, and only those (FSDP2's
+    padding makes the last rank of an uneven dimension differ)."""
+    measured: dict[str, list[int]] = {}
+    for rank, result in enumerate(_results(request, world, name)):
+        measured.setdefault(repr(measured_phases(result)), []).append(rank)
+    analytic = [list(group["ranks"]) for group in _analytic(world, name)]
+    assert sorted(analytic) == sorted(measured.values())
