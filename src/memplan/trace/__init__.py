@@ -34,6 +34,14 @@ Report contract (the analytic engine mirrors these keys; they are stable)
   the peak); ``outside_tensors`` (CUDA target: named lines
   ``cuda_context``, ``cublas_workspace``, not included in ``peak_bytes``).
 
+``trace_parallel_training(model, setup, plan, *, ranks=None, progress=None) -> Report``
+(``memplan.trace.parallel``; ``kind="training/parallel"``, ``method="trace"``): the shape of
+the analytic per-rank report (``memplan.estimate.dist_report``): ``ranks`` entries (one per
+traced rank) with ``peak_bytes``, ``peak_phase``, ``breakdown`` and ``phases`` with per-category
+``breakdown``; the categories of a training report plus ``communication`` (children
+``unsharded_parameters``, ``all_gather``, ``unsharded_gradients``, ``reduce_scatter``,
+``ddp_buckets``); each entry's ``communication`` gives those lines per phase.
+
 ``trace_inference(model, setup, *, progress=None) -> Report`` (``kind="trace/inference"``)
 
 - ``breakdown`` root ``peak``: ``parameters``, ``kv_cache``, ``activations`` (always 0 under

@@ -17,6 +17,10 @@ run count the same storages:
   patched ``resize_`` logs a free and a new allocation of the same storage.
 - ``_c10d_functional.wait_tensor`` returns its input on a real run; under fake tensors its meta
   kernel makes a new tensor, so the input is returned instead.
+- A communication backend's own buffers are not the step's tensors (NCCL's live outside
+  PyTorch's allocator): gloo reduces a full copy of a reduce-scatter's input on its worker
+  thread and cuts the result up in ``Work.wait()`` on the caller's; ops on other threads and
+  inside ``Work.wait()`` are not counted.
 
 Storages that exist for communication carry flags of their own (:class:`CommFlag`); the
 report puts them under ``communication`` (see :func:`dist_category_of`).
@@ -25,9 +29,11 @@ report puts them under ``communication`` (see :func:`dist_category_of`).
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch._guards import active_fake_mode
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._sharding_prop import ShardingPropagator as _Propagator
@@ -112,6 +118,13 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _is_collective(func: Any) -> bool:
+    """A c10d collective (not a barrier), or the wait of a functional collective."""
+    if func is _WAIT:
+        return True
+    return bool(func.namespace == "c10d" and func is not _C10D.barrier.default)
+
+
 class DistTracker(StorageTracker):
     """:class:`StorageTracker` for DTensor, FSDP2's resized storages and collectives."""
 
@@ -120,7 +133,11 @@ class DistTracker(StorageTracker):
         self._entry_fake_mode: Any = None
         self._original_resize: Any = None
         self._original_propagate: Any = None
+        self._original_wait: Any = None
         self._paused = 0
+        self._thread = threading.get_ident()
+        self.after_collective: Any = None
+        """Real runs: called after every collective (gloo's release made synchronous)."""
         self.current_key: dict[int, int] = {}
         """Storage id -> its key now (a resize gives a storage a new key)."""
 
@@ -189,18 +206,33 @@ class DistTracker(StorageTracker):
                 tracker._paused -= 1
 
         _Propagator._propagate_tensor_meta_non_cached = propagate_unseen  # type: ignore[method-assign]
+        self._original_wait = wait = dist.Work.wait
+
+        @functools.wraps(wait)
+        def wait_unseen(work: Any, *args: Any, **kwargs: Any) -> Any:
+            tracker._paused += 1
+            try:
+                return wait(work, *args, **kwargs)
+            finally:
+                tracker._paused -= 1
+
+        dist.Work.wait = wait_unseen  # type: ignore[method-assign]
         super().__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         torch.UntypedStorage.resize_ = self._original_resize  # type: ignore[method-assign]
         _Propagator._propagate_tensor_meta_non_cached = self._original_propagate  # type: ignore[method-assign]
+        dist.Work.wait = self._original_wait  # type: ignore[method-assign]
         super().__exit__(*exc)
 
     # Dispatch ------------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if any(t is DTensor or issubclass(t, DTensor) for t in types):
             return NotImplemented
+        if threading.get_ident() != self._thread:
+            # a communication backend's own work on its threads: its buffers, not the step's
+            return func(*args, **(kwargs or {}))
         if self._paused or active_fake_mode() is not self._entry_fake_mode:
             # DTensor's sharding propagation (shapes only)
             return func(*args, **(kwargs or {}))
@@ -211,4 +243,6 @@ class DistTracker(StorageTracker):
             self.flag(args[0], CommFlag.ALL_GATHER)
         elif func is _C10D._reduce_scatter_base_.default:
             self.flag(args[1], CommFlag.REDUCE_SCATTER)
+        if self.after_collective is not None and _is_collective(func):
+            self.after_collective()
         return out

@@ -138,17 +138,23 @@ def run_parallel_training(
     if session.fake_mode is not None:
         # the model is built on the meta device, outside the fake mode (DIST-NOTES.md)
         session.fake_mode.allow_non_fake_inputs = True
+    if not fake:
+        # a collective's buffers are let go when Python lets go of them, as in the trace
+        session.tracker.after_collective = probe.settle
     run = ParallelRun(session, plan, dist.get_rank())
     _fresh_dtensor_caches()
     mesh = build_mesh(plan)
+    _flag_meshes(mesh, session.tracker)
     torch.manual_seed(0)
     model = _build(config, setup, fake)
     run.n_params = sum(p.numel() for p in model.parameters())
     if fake:
         _shard_meta(model, mesh, plan, fsdp_mixed=fsdp_mixed)
-    policy = grouped_mm_policy(_PARAM_DTYPE[setup.precision])
+    # FSDP2's mixed precision computes with bf16 unsharded parameters: bf16 grouped mm
+    policy = grouped_mm_policy(torch.bfloat16 if fsdp_mixed else _PARAM_DTYPE[setup.precision])
     with session, policy, unpadded_mask_skips(), probe.start():
         wrapped = _parallelize(model, mesh, plan, session, fsdp_mixed=fsdp_mixed, fake=fake)
+        _fsdp_lazy_init(model)
         session.register_model(model)
         session.wrap_checkpointing(model)
         run.n_local_params = sum(_local(p).numel() for p in model.parameters())
@@ -231,6 +237,26 @@ def _shard_meta(model: nn.Module, mesh: Any, plan: ParallelPlan, *, fsdp_mixed: 
         apply_tensor_parallel(model, mesh["tp"], sequence_parallel=plan.sequence_parallel)
     if is_fsdp(plan):
         apply_data_parallel(model, mesh, plan, mixed_bf16=fsdp_mixed)
+
+
+def _fsdp_lazy_init(model: nn.Module) -> None:
+    """FSDP2's lazy initialization, which runs at the first forward, before the parameters are
+    registered: it re-pads the local shards of uneven dimensions into new storages."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()
+
+
+def _flag_meshes(mesh: dict[str, Any], tracker: Any) -> None:
+    """A device mesh's rank table is a cpu tensor on every device type (not device memory);
+    DTensor views it during the step, which would register it with the tracker."""
+    for sub in mesh.values():
+        for table in {
+            id(sub.mesh): sub.mesh,
+            id(sub._get_root_mesh().mesh): sub._get_root_mesh().mesh,
+        }.values():
+            tracker.flag(table, Flag.HOST)
 
 
 def _parallelize(

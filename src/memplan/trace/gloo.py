@@ -143,7 +143,8 @@ class SettledProbe:
         """Nothing to read here."""
 
     def settle(self) -> None:
-        """Wait until gloo has let go of the tensors of the collectives before this point.
+        """Wait until gloo has let go of the tensors of the collectives before this point
+        (called before each phase mark and after each collective).
 
         gloo runs collectives on worker threads that keep a reference to their tensors a moment
         after ``wait()`` returns, so a tensor whose last Python reference is dropped early can
@@ -261,11 +262,14 @@ def init_serial_gloo(init_method: str, rank: int, world_size: int) -> None:
 
 
 def settle_groups() -> None:
-    """A barrier on every process group of this process, in the order they were made."""
+    """A barrier on every process group of this process, in the order they were made, out of
+    sight of the trackers (a barrier allocates a one-element tensor)."""
     import torch.distributed as dist
+    from torch.utils._python_dispatch import _disable_current_modes
 
-    for group in list(dist.distributed_c10d._world.pg_map):
-        dist.barrier(group=group)
+    with _disable_current_modes():
+        for group in list(dist.distributed_c10d._world.pg_map):
+            dist.barrier(group=group)
 
 
 def _worker(work: Path, rank: int, world_size: int) -> None:

@@ -4,8 +4,9 @@ The plan is a :class:`~memplan.specs.parallel.ParallelPlan`. The same functions 
 real gloo runs (several processes, small models), so that the two can be compared.
 
 - Data parallelism: ``DistributedDataParallel`` (its reducer's buckets, ``bucket_cap_mb`` 25),
-  or FSDP2 ``fully_shard`` on every decoder layer and then on the root
-  (``reshard_after_forward`` as given; with ``bf16-mixed`` the
+  or FSDP2 ``fully_shard`` on every decoder layer and then on the root (layers resharded after
+  forward under ``full``, not under ``shard-grad-op``; the root with FSDP2's default, held
+  unsharded until the backward; with ``bf16-mixed`` the
   ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`` instead of autocast).
 - Tensor parallelism (torchtitan's plan for Llama, ``torchtitan/models/llama3/infra/
   parallelize.py`` ``apply_tp``): embeddings sharded by vocabulary rows (``RowwiseParallel``),
@@ -185,5 +186,9 @@ def apply_data_parallel(
     reshard = plan.sharding is Sharding.FSDP_FULL
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=policy)
+    # the root with FSDP2's default (None): kept unsharded from forward to backward under
+    # ``full`` ("the root module is typically required immediately when the backward pass
+    # begins", fully_shard's docstring); ``shard-grad-op`` keeps every group unsharded
+    root = None if reshard else False
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=root, mp_policy=policy)
     return model

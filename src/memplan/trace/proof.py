@@ -73,8 +73,6 @@ def gloo_cases(world: int) -> list[Any]:
     elif world == 4:
         rows = [
             ("llama-odd/fsdp-full", "llama-odd", _plan(4, sharding=full), FP32),
-            ("llama/ddp", "llama", _plan(4), FP32),
-            ("llama/fsdp-tp", "llama", _plan(4, tp_degree=2, sharding=full), FP32),
             ("llama/fsdp-tp-sp", "llama",
              _plan(4, tp_degree=2, sequence_parallel=True, sharding=full), FP32),
             ("mixtral/fsdp-bf16-mixed", "mixtral", _plan(4, sharding=full), mixed),
