@@ -44,17 +44,14 @@ def parse(model: str, flags: str) -> tuple[Any, Any, Any]:
     from memplan.catalog import resolve
     from memplan.cli.main import build_parser
     from memplan.cli.parallel import plan_from_args
-    from memplan.cli.train import setup_from_args
+    from memplan.cli.trace import _training_setup
 
     args = build_parser().parse_args(
         ["trace", model, "--train", *shlex.split(f"{SETUP_FLAGS} {flags}")]
     )
-    args.lora_targets = getattr(args, "lora_targets", "")
-    args.fp32_grad_accumulation = False
-    args.qlora = False
     spec = resolve(model)
     plan = plan_from_args(args, spec)
-    return spec, setup_from_args(args), plan
+    return spec, _training_setup(spec, args), plan
 
 
 def trace_case(model: str, flags: str) -> dict[str, Any]:

@@ -14,7 +14,13 @@ def test_methods_without_the_trace(capsys: pytest.CaptureFixture[str]) -> None:
             "--no-trace"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for method in ("exact", "korthikanti", "seed004", "seed003", "16n"):
+    for method in (
+        "exact",
+        "korthikanti",
+        "fp32-adamw-count",
+        "per-node-saved",
+        "16-bytes-per-param",
+    ):
         assert method in out
     assert "its formula says 2, memplan exact says 5" in out
 
@@ -26,7 +32,12 @@ def test_methods_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["seed004_question"]["seed004_max_batch"] == 2
     assert data["seed004_question"]["exact_max_batch"] == 5
-    assert {m["method"] for m in data["methods"]} == {"korthikanti", "seed004", "seed003", "16n"}
+    assert {m["method"] for m in data["methods"]} == {
+        "korthikanti",
+        "fp32-adamw-count",
+        "per-node-saved",
+        "16-bytes-per-param",
+    }
 
 
 @pytest.mark.trace

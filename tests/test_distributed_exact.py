@@ -195,3 +195,39 @@ def test_offload_moves_states_to_the_host() -> None:
         spec, setup, dataclasses.replace(z2, offload=Offload.OPTIMIZER)
     )
     assert report.scalars["host_bytes_per_node"] == 2 * sum(off.offloaded.values())
+
+
+MEASURED = Path(__file__).parent / "data" / "distributed" / "fsdp2_gloo_tiny_llama.json"
+
+
+def _fsdp2_tiny() -> tuple[dict[str, int], object]:
+    measured = json.loads(MEASURED.read_text())["peak"]
+    plan = _plan(2, sharding=Sharding.FSDP_FULL)
+    return measured, rank_groups(_tiny(), CPU, plan)[0]
+
+
+def test_fsdp2_gloo_states_to_the_byte() -> None:
+    """Measured on gloo (scripts/measure_fsdp2_gloo.py): optimizer states (from the unpadded
+    views, with the CPU step counters) and buffers at the peak."""
+    measured, group = _fsdp2_tiny()
+    at = group.phases[group.peak_phase]  # type: ignore[attr-defined]
+    assert measured["OPT"] == at["optimizer_states"]
+    assert measured["BUFFER"] == at["buffers"]
+
+
+@pytest.mark.xfail(strict=True, reason="measured PARAM 566,656 B = shards + root + ONE gathered "
+                   "layer; the analytic backward keeps the current and the prefetched layer at "
+                   "every high point (+184,832 B, one layer) so that peaks stay monotone")  # fmt: skip
+def test_fsdp2_gloo_gathered_parameters_to_the_byte() -> None:
+    measured, group = _fsdp2_tiny()
+    at = group.phases[group.peak_phase]  # type: ignore[attr-defined]
+    assert measured["PARAM"] == at["parameters"] + at["communication"]
+
+
+@pytest.mark.xfail(strict=True, reason="measured peak 2,132,508 B is 125,952 B (5.9 %) below "
+                   "the analytic 2,258,460 B: one gathered layer less at the measured high point "
+                   "(-184,832 B), which comes after lm_head's gradient exists (GRAD 110,848 B, "
+                   "+58,880 B), the analytic one in the loss backward")  # fmt: skip
+def test_fsdp2_gloo_peak_to_the_byte() -> None:
+    measured, group = _fsdp2_tiny()
+    assert measured["Total"] == group.peak_bytes  # type: ignore[attr-defined]

@@ -17,6 +17,8 @@ REQUIRED = [
     "A100-SXM-40GB", "A100-SXM-80GB", "A100-PCIe-40GB", "A100-PCIe-80GB", "H100-SXM-80GB",
     "H100-PCIe-80GB", "H100-NVL-94GB", "H200-SXM-141GB", "B200-180GB", "GH200-96GB", "L4",
     "L40S", "A10G", "RTX-3090", "RTX-4090", "RTX-5090", "V100-SXM2-32GB", "MI250X", "MI300X",
+    "T4", "V100-SXM2-16GB", "A10", "A40", "RTX-A6000", "L40", "H20", "H200-NVL-141GB", "GB200",
+    "MI325X",
 ]  # fmt: skip
 
 
@@ -25,7 +27,7 @@ def test_catalog_has_every_required_gpu_with_sources() -> None:
     assert set(REQUIRED) <= names
     for gpu in list_gpus():
         assert gpu.sources and gpu.memory_bytes > 0 and gpu.memory_bandwidth_bytes_per_s
-        assert "bf16" in gpu.tflops or gpu.name.startswith("V100")
+        assert "bf16" in gpu.tflops or gpu.name.startswith(("V100", "T4"))
 
 
 @pytest.mark.parametrize(
@@ -41,7 +43,8 @@ def test_figures() -> None:
     assert h100.peak_flops_per_s("bf16") == 989.5e12
     assert h100.peak_flops_per_s("bfloat16") == 989.5e12
     assert resolve_gpu("a100").peak_flops_per_s("fp32") == 19.5e12
-    assert resolve_gpu("A100-40GB").memory_bytes == 40 * GIB
+    assert resolve_gpu("A100-40GB").memory_bytes == 40448 * MIB  # 39.50 GiB: cudaMemGetInfo
+    assert resolve_gpu("A100-40GB").datasheet_memory_bytes == 40 * GIB
     with pytest.raises(SetupError, match="no peak fp8"):
         resolve_gpu("A100").peak_flops_per_s("fp8")
 

@@ -137,3 +137,27 @@ def test_recorded_output_is_what_deepspeed_prints() -> None:
     with contextlib.redirect_stderr(io.StringIO()):
         text = module.run_estimators(total_params(spec), largest_layer_params(spec), 8, 8)
     assert text.strip() in RECORDED.read_text()
+
+
+@pytest.mark.parametrize(("stage", "psis"), [(1, 2), (2, 2), (3, 3)])
+def test_seed002_communication_beside_the_exact_bytes(
+    capsys: pytest.CaptureFixture[str], stage: int, psis: int
+) -> None:
+    """Seed 002: 2 Psi per step for ZeRO-1/2, 3 Psi for ZeRO-3 (elements). The exact collectives
+    move the same volume: padded half buffers, (n - 1)/n of each on the wire (ring)."""
+    from cli_helpers import cli_json
+    from memplan.formulas.methods_parallel import zero_paper_communication_elements
+
+    spec = resolve("llama-2-7b")
+    psi = total_params(spec)
+    assert zero_paper_communication_elements(psi, stage) == psis * psi
+    argv = ["train", "llama-2-7b", "--gpus", "64", "--zero", str(stage), "--json"]
+    method = cli_json(capsys, [*argv, "--method", "zero-paper"])
+    assert method["communication_elements_per_step"] == psis * psi
+    exact = cli_json(capsys, argv)
+    dp = [c for c in exact["communication"] if c["parallelism"] == "dp"]
+    flat = -(-psi // 128) * 128  # padded to a multiple of 2 N
+    sent = sum(c["bytes"] * c["calls_per_step"] for c in dp)
+    assert sent == psis * 2 * flat  # bf16 buffers, one micro-batch per step
+    wire = sum(c["wire_bytes_per_step"] for c in dp)
+    assert wire == pytest.approx(sent * 63 / 64)

@@ -78,7 +78,8 @@ def test_trace_infer(llama_config: Path, capsys: pytest.CaptureFixture[str]) -> 
         (["--seq", "4096"], "longer than the model's maximum"),
         (["--seq", "32", "--lora-rank", "4", "--lora-targets", "query_key_value"], "not modules"),
         (["--optimizer", "adamw-9bit"], "--optimizer"),
-        (["--seq", "32", "--gpu", "Voodoo3"], "does not know the GPU"),
+        (["--seq", "32", "--gpu", "Voodoo3"], "unknown GPU 'Voodoo3'"),
+        (["--seq", "32", "--gpu", "MI300X"], "MI300X is not a CUDA GPU"),
     ],
 )
 def test_trace_bad_input_is_one_line(
@@ -108,4 +109,4 @@ def test_trace_without_torch_says_how_to_install(
     status = main(["trace", str(llama_config)])
     err = capsys.readouterr().err
     assert status == 2
-    assert "pip install 'memplan[trace]'" in err
+    assert "pip install -e '.[trace]' (in " in err  # from a checkout: the editable install

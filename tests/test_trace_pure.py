@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from memplan.errors import SetupError
+from memplan.errors import SetupError, UnknownGpuError
 from memplan.trace.allocator import (
     CachingAllocatorModel,
     allocation_size,
     round_size,
 )
-from memplan.trace.cuda_env import (
-    SdpaCall,
-    backend_usable,
-    choose_sdpa_backend,
-    cublas_workspace_bytes,
-    gpu_arch,
-)
+from memplan.trace.cuda_env import cublas_workspace_bytes, gpu_arch
 from memplan.trace.timeline import Timeline, allocated_bytes
 
 MIB = 2**20
@@ -92,45 +86,15 @@ def test_timeline_peaks_and_live_sets() -> None:
     assert timeline.at(0) == 0
 
 
-def _call(**kw: object) -> SdpaCall:
-    values: dict[str, object] = dict(
-        dtype="bfloat16",
-        head_dim_qk=128,
-        head_dim_v=128,
-        q_len=2048,
-        kv_len=2048,
-        has_mask=False,
-        dropout_p=0.0,
-        is_causal=True,
-        requires_grad=True,
-    )
-    values.update(kw)
-    return SdpaCall(**values)  # type: ignore[arg-type]
-
-
-def test_backend_choice_follows_sdp_utils() -> None:
-    h100, a100, l40s, v100 = (gpu_arch(n) for n in ("H100", "A100-80GB", "L40S", "V100"))
-    assert choose_sdpa_backend(_call(), h100) == "flash"
-    assert choose_sdpa_backend(_call(), h100, prefer_cudnn=True) == "cudnn"
-    assert choose_sdpa_backend(_call(), a100, prefer_cudnn=True) == "flash"
-    assert choose_sdpa_backend(_call(has_mask=True), h100) == "mem-efficient"
-    assert choose_sdpa_backend(_call(dtype="float32"), a100) == "mem-efficient"
-    assert choose_sdpa_backend(_call(head_dim_qk=256, head_dim_v=256), l40s) == "mem-efficient"
-    assert choose_sdpa_backend(_call(q_len=1, kv_len=10), h100) == "mem-efficient"
-    assert choose_sdpa_backend(_call(is_causal=False, q_len=1, kv_len=10), h100) == "flash"
-    assert choose_sdpa_backend(_call(head_dim_qk=96, head_dim_v=100), a100) == "math"
-    assert choose_sdpa_backend(_call(dtype="float16"), v100) == "mem-efficient"
-    assert choose_sdpa_backend(_call(), v100) == "math"  # no bf16 before sm80
-    assert not backend_usable("flash", _call(has_mask=True), h100)
-
-
 def test_gpu_table_and_workspaces() -> None:
-    assert gpu_arch(None).name == "H100"
+    assert gpu_arch(None).name == "H100-SXM-80GB"
     assert gpu_arch("nvidia-a100-sxm4-40gb").major == 8
     assert cublas_workspace_bytes(gpu_arch("H100")) == 32 * MIB
     assert cublas_workspace_bytes(gpu_arch("A100")) == 8 * MIB + 128 * 1024
-    with pytest.raises(SetupError, match="does not know the GPU"):
+    with pytest.raises(UnknownGpuError, match="unknown GPU"):
         gpu_arch("Voodoo3")
+    with pytest.raises(SetupError, match="not a CUDA GPU"):
+        gpu_arch("MI300X")
 
 
 def test_cli_module_imports_without_torch() -> None:

@@ -44,16 +44,35 @@ def test_mem_efficient_logsumexp_is_padded_to_32() -> None:
     setup = TrainingSetup(
         batch=2, seq=40, precision=Precision.BF16, attention=Attention.MEM_EFFICIENT
     )
-    saved = _saved(trace_training(LLAMA, setup))
+    mha = {**LLAMA, "num_key_value_heads": LLAMA["num_attention_heads"]}
+    saved = _saved(trace_training(mha, setup))
     # (B, H, ceil(S / 32) * 32) float32 per layer
     assert saved["ScaledDotProductEfficientAttentionBackward0.log_sumexp"] == 2 * (2 * 4 * 64 * 4)
 
 
+def test_mem_efficient_refuses_grouped_kv_heads() -> None:
+    """torch 2.13 compiles ``check_batch_size_and_num_heads_dense<false, true>`` for the
+    memory-efficient kernel: grouped KV heads (enable_gqa) never reach it."""
+    setup = TrainingSetup(
+        batch=2, seq=40, precision=Precision.BF16, attention=Attention.MEM_EFFICIENT
+    )
+    with pytest.raises(SetupError, match="mem-efficient attention kernel cannot run"):
+        trace_training(LLAMA, setup)
+
+
 def test_flash_logsumexp_and_gqa_kv_not_expanded() -> None:
-    saved = _saved(trace_training(LLAMA, TrainingSetup(batch=2, seq=40, precision=Precision.BF16)))
+    setup = TrainingSetup(batch=2, seq=40, precision=Precision.BF16, gpu="A100")
+    saved = _saved(trace_training(LLAMA, setup))
     assert saved["ScaledDotProductFlashAttentionBackward0.logsumexp"] == 2 * (2 * 4 * 40 * 4)
     # 2 KV heads of 16, bf16, per layer: K as the model made it, not repeated to 4 heads
     assert saved["ScaledDotProductFlashAttentionBackward0.key"] == 2 * (2 * 2 * 40 * 16 * 2)
+
+
+def test_cudnn_on_h100_logsumexp_and_gqa_kv_not_expanded() -> None:
+    """H100 with torch 2.13's cuDNN 9.20: cuDNN attention first; it takes grouped heads too."""
+    saved = _saved(trace_training(LLAMA, TrainingSetup(batch=2, seq=40, precision=Precision.BF16)))
+    assert saved["ScaledDotProductCudnnAttentionBackward0.logsumexp"] == 2 * (2 * 4 * 40 * 4)
+    assert saved["ScaledDotProductCudnnAttentionBackward0.key"] == 2 * (2 * 2 * 40 * 16 * 2)
 
 
 def test_autocast_keeps_half_weight_copies_until_backward() -> None:

@@ -58,6 +58,19 @@ TINY = {
                   max_position_embeddings=512, **_COMMON),
     "qwen3-mha": dict(model_type="qwen3", num_attention_heads=4, num_key_value_heads=4,
                       head_dim=32, max_position_embeddings=512, **_COMMON),
+    # a sliding window shorter than the traced sequences: transformers builds a real mask
+    "mistral-swa": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2,
+                        max_position_embeddings=512, sliding_window=32,
+                        tie_word_embeddings=False, **_COMMON),
+    "gemma3-swa": dict(model_type="gemma3_text", num_attention_heads=4, num_key_value_heads=2,
+                       head_dim=16, max_position_embeddings=512, sliding_window=32,
+                       layer_types=["sliding_attention", "full_attention"], **_COMMON),
+    # one KV head: repeat_kv is a view, the kernel keeps the one-head K/V; per-head QK-norm
+    # weights of head_dim 64 (their (1 + weight) is 256 B, not heads x 256 B)
+    "gemma3-mqa": dict(model_type="gemma3_text", vocab_size=512, hidden_size=256,
+                       intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
+                       sliding_window=32, layer_types=["sliding_attention", "full_attention"]),
 }  # fmt: skip
 
 
@@ -132,6 +145,7 @@ def _id(case: tuple[str, TrainingSetup]) -> str:
     extra = f"-ckpt-{s.checkpointing.value}" if s.checkpointing is not Checkpointing.NONE else ""
     extra += f"-freeze{s.freeze_layers}" if s.freeze_layers else ""
     extra += "-frozen-emb" if s.freeze_embeddings else ""
+    extra += f"-{s.gpu}" if s.gpu else ""
     return (
         f"{family}-b{s.batch}-s{s.seq}-{s.precision.value}-{s.attention.value}-"
         f"{s.optimizer.value}{extra}"
@@ -152,14 +166,40 @@ QK_NORM_CASES = [
     ("qwen3", _setup(batch=1, seq=48, precision=Precision.BF16_MIXED)),
     ("qwen3", _setup(batch=2, seq=64, checkpointing=Checkpointing.FULL)),
     ("qwen3", _setup(batch=2, seq=64, precision=Precision.BF16, lora_rank=4)),
-    # fp32 with grouped KV heads left out: the trace expands K and V for mem-efficient (an upper
-    # bound) where the analytic engine takes the math kernel; the two disagree there
+    ("qwen3", _setup(batch=2, seq=64, precision=Precision.FP32)),  # grouped heads: math
     ("qwen3-mha", _setup(batch=2, seq=64, precision=Precision.FP32)),
 ]
 
 
 @pytest.mark.parametrize(("family", "setup"), QK_NORM_CASES, ids=[_id(c) for c in QK_NORM_CASES])
 def test_qk_norm_every_line_equals_the_trace(family: str, setup: TrainingSetup) -> None:
+    config = TINY[family]
+    spec = spec_from_config(dict(config), name=family)
+    assert _lines(estimate_training(spec, setup)) == _lines(_trace(config, setup))
+
+
+# The kernel the GPU's choice produces for grouped KV heads (formulas/sdpa.py), each held
+# exact: no mask -> enable_gqa (cuDNN on H100, flash on A100, math for fp32 or before sm80);
+# a sliding-window mask (seq >= window) -> repeat_kv and mem-efficient or cuDNN, with the mask
+# saved; Gemma 3 masks its sliding layers only.
+KERNEL_CASES = [
+    ("llama-gqa", _setup(batch=2, seq=64, precision=Precision.FP32)),  # math
+    ("llama-gqa", _setup(batch=2, seq=48, precision=Precision.FP16_MIXED, gpu="V100")),  # math
+    ("llama-gqa", _setup(batch=2, seq=64, precision=Precision.BF16, gpu="A100")),  # flash
+    ("llama-gqa", _setup(batch=2, seq=64, precision=Precision.BF16)),  # cudnn
+    ("mistral-swa", _setup(batch=2, seq=64, precision=Precision.FP32)),  # mem-efficient, mask
+    ("mistral-swa", _setup(batch=2, seq=60, gpu="A100")),  # mem-efficient, padded mask
+    ("mistral-swa", _setup(batch=2, seq=64)),  # cudnn, mask
+    ("mistral-swa", _setup(batch=2, seq=24, precision=Precision.FP32)),  # seq < window: math
+    ("gemma3-swa", _setup(batch=2, seq=64, precision=Precision.BF16)),
+    ("gemma3-mqa", _setup(batch=2, seq=64, precision=Precision.BF16)),
+    # math with dropout: CUDA's fused dropout keeps a bool mask beside the fp32 probabilities
+    ("gpt2", _setup(batch=2, seq=64, precision=Precision.BF16, dropout=0.125, gpu="V100")),
+]
+
+
+@pytest.mark.parametrize(("family", "setup"), KERNEL_CASES, ids=[_id(c) for c in KERNEL_CASES])
+def test_kernel_choice_every_line_equals_the_trace(family: str, setup: TrainingSetup) -> None:
     config = TINY[family]
     spec = spec_from_config(dict(config), name=family)
     assert _lines(estimate_training(spec, setup)) == _lines(_trace(config, setup))
@@ -237,3 +277,23 @@ def test_moe_backward_peak_within_a_tenth_of_a_percent(precision: Precision) -> 
     for key in ("peak", "phase/peak_backward", "phase/end_of_forward"):
         assert abs(analytic[key] - trace[key]) <= 0.001 * trace[key], key
     assert analytic["phase/after_backward"] == trace["phase/after_backward"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Falcon calls sdpa itself with an always-built mask and one KV head, so torch 2.13 "
+    "runs the math kernel (kernel choice held equal); the copies matmul makes when it "
+    "broadcasts K and V over the heads are not modelled yet: measured +30,720 B (+1.9 %) on "
+    "end_of_forward here, +1.6 % for falcon-7b b1 s512 bf16 (peak exact, optimizer step)",
+)
+def test_falcon_math_kernel_saved_tensors() -> None:
+    import json
+    from pathlib import Path
+
+    configs = json.loads((Path(__file__).parent / "data" / "trace_tiny_configs.json").read_text())
+    config = configs["falcon"]
+    setup = _setup(batch=2, seq=64, precision=Precision.BF16)
+    spec = spec_from_config(dict(config), name="falcon")
+    analytic = estimate_training(spec, setup)
+    assert analytic.notes[0].startswith("attention kernel: math")
+    assert _lines(analytic) == _lines(_trace(config, setup))

@@ -220,7 +220,7 @@ def test_lora_rank_larger_than_the_layer() -> None:
 def test_unknown_optimizer_and_lora_target() -> None:
     with pytest.raises(SetupError, match="unknown optimizer 'adamx'"):
         optimizer_from_name("adamx")
-    with pytest.raises(SetupError, match="none of the LoRA targets"):
+    with pytest.raises(SetupError, match="unknown LoRA target q_proj for openai-community/gpt2"):
         estimate_training(
             resolve("gpt2"), TrainingSetup(seq=128, lora_rank=8, lora_targets=("q_proj",))
         )

@@ -7,6 +7,8 @@ to fix it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "ConfigError",
     "MemplanError",
@@ -14,6 +16,7 @@ __all__ = [
     "SetupError",
     "UnknownGpuError",
     "UnknownModelError",
+    "install_command",
 ]
 
 
@@ -39,3 +42,14 @@ class SetupError(MemplanError):
 
 class MissingExtraError(MemplanError):
     """An optional dependency (the ``trace`` extra, ``huggingface_hub``) is not installed."""
+
+
+def install_command(extra: str) -> str:
+    """The command that installs ``extra`` for this copy of memplan: from a source checkout
+    (a ``pyproject.toml`` beside ``src/``) ``pip install -e '.[extra]'`` in the checkout, else
+    ``pip install 'memplan[extra]'`` from the package index."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "memplan"' in pyproject.read_text(encoding="utf-8"):
+        return f"pip install -e '.[{extra}]' (in {root})"
+    return f"pip install 'memplan[{extra}]'"

@@ -7,7 +7,8 @@ line by line (``Item.flatten``).
 
 JSON contract (other tools read it): ``Report.to_dict()`` gives ``kind``, ``model``, ``setup``,
 the report's scalars at top level (``total_params``, ``peak_bytes``, ``max_batch_size``,
-``kv_cache_tokens``, ...), ``breakdown`` (the tree), ``phases`` and ``notes``.
+``kv_cache_tokens``, ...), ``breakdown`` (the tree), ``phases`` (a training report adds
+``first_step_phases``) and ``notes``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from memplan.units import render_marks
 
 __all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
 
@@ -150,13 +153,19 @@ class Report:
     phases: list[Phase] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sections: dict[str, Item] = field(default_factory=dict)
+    first_step_phases: list[Phase] = field(default_factory=list)
+    """Training: the same phases in the first iteration (before the optimizer states exist)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": dict(self.setup)}
+    def to_dict(self, *, decimal: bool = False) -> dict[str, Any]:
+        """The JSON form; sizes inside notes in GiB (GB with ``decimal``)."""
+        setup = {key: value for key, value in self.setup.items() if value is not None}
+        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "setup": setup}
         out.update(self.scalars)
         out["breakdown"] = self.breakdown.to_dict()
         if self.sections:
             out["sections"] = {name: item.to_dict() for name, item in self.sections.items()}
         out["phases"] = [phase.to_dict() for phase in self.phases]
-        out["notes"] = list(self.notes)
+        if self.first_step_phases:
+            out["first_step_phases"] = [phase.to_dict() for phase in self.first_step_phases]
+        out["notes"] = [render_marks(note, decimal=decimal) for note in self.notes]
         return out

@@ -1,9 +1,14 @@
 """The model catalog: ``resolve(name) -> ModelSpec`` and ``list_models()``, offline.
 
 A name is, in this order: a local ``config.json`` path or model folder; a catalog id, an old id
-(where Hugging Face renamed the repo) or a short alias, case-insensitively; with
-``huggingface_hub`` installed and network access, any hub repo id (config only). Only the
-index ``models.json`` and the one config file asked for are read, so resolving is fast.
+(where Hugging Face renamed the repo), a short alias, or an instruction-tuned / chat variant
+(``-Instruct``, ``-it``, ``-chat``), case-insensitively; with ``huggingface_hub`` installed and
+network access, any hub repo id (config only). Only the index ``models.json`` and the one
+config file asked for are read, so resolving is fast.
+
+A variant shares its base model's architecture; ``models.json`` lists, per base entry, its
+variants with the config fields whose published values differ (``overrides``: context length,
+vocabulary, dtype, ``quantization_config`` ...) and where those values come from.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from typing import Any
 from memplan.errors import ConfigError, UnknownModelError
 from memplan.specs.model import ModelSpec
 
-__all__ = ["CatalogEntry", "catalog_config", "find_entry", "list_models", "resolve"]
+__all__ = [
+    "CatalogEntry",
+    "catalog_config",
+    "find_entry",
+    "list_models",
+    "resolve",
+    "variants_of",
+]
 
 _HERE = Path(__file__).resolve().parent
 OFFLINE_ENV = "MEMPLAN_OFFLINE"
@@ -38,6 +50,10 @@ class CatalogEntry:
     config_source: str = ""
     published_params: int | None = None
     published_params_source: str = ""
+    variant_of: str = ""
+    """The base model's id, for an instruction-tuned or chat variant ('' for a base entry)."""
+    overrides: tuple[tuple[str, Any], ...] = ()
+    """Config fields whose published values differ from the base model's."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -58,25 +74,54 @@ def _entry(raw: dict[str, Any]) -> CatalogEntry:
     )
 
 
+def _variants(base: CatalogEntry, raw: dict[str, Any]) -> list[CatalogEntry]:
+    """The instruction-tuned / chat variants listed under a base entry."""
+    out = []
+    for variant in raw.get("variants") or ():
+        out.append(
+            CatalogEntry(
+                id=str(variant["id"]),
+                file=base.file,
+                aliases=tuple(variant.get("aliases") or ()),
+                family=base.family,
+                config_source=str(variant.get("source") or f"variant of {base.id}"),
+                variant_of=base.id,
+                overrides=tuple(sorted((variant.get("overrides") or {}).items())),
+            )
+        )
+    return out
+
+
 @cache
-def _index() -> tuple[CatalogEntry, ...]:
+def _all_entries() -> tuple[CatalogEntry, ...]:
+    """Base entries, each followed by its variants."""
     path = _HERE / "models.json"
     if not path.is_file():
         return ()
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = data.get("models", data) if isinstance(data, dict) else data
-    return tuple(_entry(row) for row in rows)
+    out: list[CatalogEntry] = []
+    for row in rows:
+        base = _entry(row)
+        out += [base, *_variants(base, row)]
+    return tuple(out)
+
+
+@cache
+def _index() -> tuple[CatalogEntry, ...]:
+    """The base entries (``memplan models`` lists these; variants resolve as well)."""
+    return tuple(entry for entry in _all_entries() if not entry.variant_of)
 
 
 @cache
 def _by_name() -> dict[str, CatalogEntry]:
     table: dict[str, CatalogEntry] = {}
-    for entry in _index():
+    for entry in _all_entries():
         for name in entry.names:
             table.setdefault(name.lower(), entry)
     # a repo name without its organisation ("Meta-Llama-3-70B") where it is unambiguous
     tails: dict[str, list[CatalogEntry]] = {}
-    for entry in _index():
+    for entry in _all_entries():
         tails.setdefault(entry.id.rsplit("/", 1)[-1].lower(), []).append(entry)
     for tail, entries in tails.items():
         if len(entries) == 1:
@@ -85,8 +130,13 @@ def _by_name() -> dict[str, CatalogEntry]:
 
 
 def list_models() -> list[CatalogEntry]:
-    """Every catalog model, in the index's order."""
+    """Every base catalog model, in the index's order (variants: :func:`variants_of`)."""
     return list(_index())
+
+
+def variants_of(base_id: str) -> list[CatalogEntry]:
+    """The instruction-tuned / chat variants of the base entry ``base_id``."""
+    return [entry for entry in _all_entries() if entry.variant_of == base_id]
 
 
 def find_entry(name: str) -> CatalogEntry | None:
@@ -95,11 +145,13 @@ def find_entry(name: str) -> CatalogEntry | None:
 
 
 def catalog_config(entry: CatalogEntry) -> dict[str, Any]:
-    """The bundled config.json of ``entry``."""
+    """The bundled config.json of ``entry`` (a variant: its base's, with its own values)."""
     path = _HERE / "models" / entry.file
     if not path.is_file():
         path = _HERE / entry.file
-    return json.loads(path.read_text(encoding="utf-8"))
+    config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    config.update(dict(entry.overrides))
+    return config
 
 
 def suggestions(name: str, n: int = 3) -> list[str]:

@@ -1,7 +1,10 @@
 """The GPU catalog: ``resolve_gpu(name) -> Gpu`` and ``list_gpus()``, read from ``gpus.json``.
 
 Names match case-insensitively and ignoring separators, so ``H100``, ``H100-SXM``,
-``h100-sxm-80gb`` and ``NVIDIA H100 SXM5`` all find the same entry. Every figure carries its
+``h100-sxm-80gb`` and ``NVIDIA H100 80GB HBM3`` (as ``nvidia-smi`` prints it) all find the same
+entry. ``Gpu.memory_bytes`` is the total ``cudaMemGetInfo`` reports (what a program can get and
+vLLM sizes from), not the marketing size; ``Gpu.memory_estimated`` marks the figures that are
+not such a reading. Every figure carries its
 source (datasheet or product page) in ``Gpu.sources``.
 """
 
@@ -14,11 +17,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from memplan.errors import UnknownGpuError
-from memplan.specs.hardware import Gpu
+from memplan.errors import SetupError, UnknownGpuError
+from memplan.specs.hardware import CudaDevice, Gpu
 from memplan.units import GB, GIB, MIB
 
-__all__ = ["gpu_names", "list_gpus", "resolve_gpu"]
+__all__ = ["DEFAULT_KERNEL_GPU", "gpu_names", "kernel_device", "list_gpus", "resolve_gpu"]
+
+DEFAULT_KERNEL_GPU = "H100-SXM-80GB"
+"""The GPU whose attention-kernel choice both engines follow when none is named."""
 
 _PREFIXES = ("nvidia", "geforce", "amd", "instinct", "tesla")
 
@@ -39,9 +45,14 @@ def _normalise(name: str) -> str:
 def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
     datasheet_bytes = round(entry["memory_gib"] * GIB)
     driver_mib = entry.get("driver_memory_mib")
+    memory_source = entry.get("driver_memory_source")
+    sources = tuple(entry.get("sources", ()))
+    if memory_source:
+        sources = (*sources, f"usable memory: {memory_source}")
     return Gpu(
         name=entry["name"],
         memory_bytes=driver_mib * MIB if driver_mib else datasheet_bytes,
+        memory_estimated=bool(entry.get("driver_memory_estimated", not driver_mib)),
         datasheet_memory_bytes=datasheet_bytes,
         tflops={key: float(value) for key, value in entry["tflops"].items()},
         memory_bandwidth_bytes_per_s=entry["memory_bandwidth_gb_s"] * GB,
@@ -50,9 +61,18 @@ def _gpu_from_entry(entry: dict[str, Any]) -> Gpu:
         pcie_bytes_per_s=entry.get("pcie_gb_s", 0) * GB or None,
         vendor=entry.get("vendor", ""),
         aliases=tuple(entry.get("aliases", ())),
-        sources=tuple(entry.get("sources", ())),
+        compute_capability=_capability(entry.get("compute_capability")),
+        sources=sources,
         notes=tuple(entry.get("notes", ())),
     )
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    """``"9.0"`` -> (9, 0)."""
+    if text is None:
+        return None
+    major, minor = text.split(".")
+    return int(major), int(minor)
 
 
 @cache
@@ -95,3 +115,20 @@ def resolve_gpu(name: str) -> Gpu:
         if close
         else f"unknown GPU {name!r}: {hint} (or give --gpu-memory/--tflops/--bandwidth by hand)"
     )
+
+
+def kernel_device(name: str | None) -> CudaDevice:
+    """The CUDA device whose kernel choice (``select_sdp_backend``) both engines follow.
+
+    ``name`` is a catalog GPU (any form ``resolve_gpu`` accepts); None means
+    :data:`DEFAULT_KERNEL_GPU`. A GPU without a CUDA compute capability (AMD) is refused:
+    memplan models CUDA's kernel choice, not ROCm's.
+    """
+    gpu = resolve_gpu(name or DEFAULT_KERNEL_GPU)
+    device = gpu.cuda_device()
+    if device is None:
+        raise SetupError(
+            f"{gpu.name} is not a CUDA GPU: memplan emulates the attention kernels PyTorch picks "
+            "on CUDA (sdp_utils.cpp), not ROCm's; name an NVIDIA GPU"
+        )
+    return device

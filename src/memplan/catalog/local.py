@@ -22,8 +22,10 @@ __all__ = [
     "CheckpointSummary",
     "checkpoint_note",
     "load_local",
+    "parse_config_text",
     "read_config_file",
     "read_safetensors_header",
+    "spec_from_text",
     "summarize_checkpoint",
 ]
 
@@ -47,16 +49,22 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte {exc.start}); a config.json is a UTF-8 JSON file"
         ) from exc
+    return parse_config_text(text, str(path))
+
+
+def parse_config_text(text: str, label: str) -> dict[str, Any]:
+    """The text of a config.json as a dict; ``label`` names it in the one-line errors (a path,
+    or ``pasted config.json`` on the web page)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+            f"{label} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
     except RecursionError as exc:
-        raise ConfigError(f"{path} is nested too deeply to be a model config") from exc
+        raise ConfigError(f"{label} is nested too deeply to be a model config") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object (the model's config)")
+        raise ConfigError(f"{label} must hold a JSON object (the model's config)")
     return data
 
 
@@ -70,6 +78,17 @@ def load_local(path: Path) -> ModelSpec:
     config = read_config_file(config_path)
     name = str(config.get("_name_or_path") or "") or (path.name if path.is_dir() else str(path))
     return spec_from_config(config, name=name, source=str(path))
+
+
+def spec_from_text(text: str, filename: str = "config.json") -> ModelSpec:
+    """The spec of a config.json given as text (pasted or dropped on the web page): parsed and
+    validated exactly as :func:`load_local` does for a file, named like it too."""
+    from memplan.specs.hf import spec_from_config
+
+    label = f"the pasted {filename}"
+    config = parse_config_text(text, label)
+    name = str(config.get("_name_or_path") or "") or filename
+    return spec_from_config(config, name=name, source=label)
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:

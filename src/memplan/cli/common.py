@@ -15,9 +15,17 @@ from typing import Any
 
 from memplan.errors import SetupError
 from memplan.specs.hardware import COMPUTE_DTYPES, Gpu, custom_gpu
-from memplan.units import parse_size
+from memplan.units import parse_count, parse_size
 
-__all__ = ["MAX_COUNT", "add_gpu_flags", "gpu_from_args", "parse_bandwidth", "positive_int"]
+__all__ = [
+    "MAX_COUNT",
+    "add_gpu_flags",
+    "count",
+    "gpu_from_args",
+    "non_negative_int",
+    "parse_bandwidth",
+    "positive_int",
+]
 
 MAX_COUNT = 2**40
 """Largest count a flag accepts (batch, lengths, degrees): about 1.1e12, far beyond any real
@@ -27,7 +35,7 @@ setup, and small enough that products of counts stay exact in float arithmetic's
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
-        value = int(text)
+        value = int(text.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
@@ -35,6 +43,23 @@ def positive_int(text: str) -> int:
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected at most 2**40, got a {len(text)}-digit number")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (``--gen-len 0``, ``--freeze-layers 0``)."""
+    if text.strip() == "0":
+        return 0
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return positive_int(text)
+
+
+def count(text: str) -> int:
+    """argparse type: a count with an optional decimal suffix or exponent (``2T``, ``1e12``)."""
+    try:
+        return parse_count(text)
+    except SetupError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_bandwidth(text: str) -> float:
@@ -62,7 +87,7 @@ def add_gpu_flags(parser: Any) -> None:
     group.add_argument(
         "--gpu-memory",
         metavar="SIZE",
-        help="GPU memory, e.g. 24GiB or 80GB (overrides the catalog figure)",
+        help="GPU memory with its unit, e.g. 24GiB or 80GB (overrides the catalog figure)",
     )
     group.add_argument(
         "--tflops",
@@ -85,7 +110,7 @@ def gpu_from_args(args: Any) -> Gpu | None:
     bandwidth = getattr(args, "bandwidth", None)
     if name is None and memory is None and tflops is None and bandwidth is None:
         return None
-    memory_bytes = parse_size(memory) if memory is not None else None
+    memory_bytes = parse_size(memory, flag="--gpu-memory") if memory is not None else None
     bandwidth_bytes = parse_bandwidth(bandwidth) if bandwidth is not None else None
     if tflops is not None and not (math.isfinite(tflops) and 0 < tflops < 1e9):
         raise SetupError(f"--tflops must be a positive number of TFLOP/s, got {tflops}")

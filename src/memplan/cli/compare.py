@@ -127,8 +127,8 @@ def run(args: Any, out: TextIO | None = None) -> int:
 
     out = out or sys.stdout
     spec = resolve(args.model)
-    setup = setup_from_args(args)
-    plan = plan_from_args(args, spec)
+    setup = setup_from_args(args, spec)
+    plan = plan_from_args(args, spec, micro_batch=setup.batch, seq=setup.seq)
     if plan is not None:
         from memplan.cli.compare_parallel import run_parallel
 

@@ -29,6 +29,7 @@ def gpu_to_dict(gpu: Gpu) -> dict[str, Any]:
         "aliases": list(gpu.aliases),
         "vendor": gpu.vendor,
         "memory_bytes": gpu.memory_bytes,
+        "memory_estimated": gpu.memory_estimated,
         "datasheet_memory_bytes": gpu.datasheet_memory_bytes,
         "tflops_dense": dict(gpu.tflops),
         "memory_bandwidth_bytes_per_s": gpu.memory_bandwidth_bytes_per_s,
@@ -46,7 +47,7 @@ def _row(gpu: Gpu) -> list[str]:
     link = gpu.interconnect_bytes_per_s or 0
     return [
         gpu.name,
-        f"{gpu.memory_bytes / GIB:.1f}",
+        f"{'~' if gpu.memory_estimated else ''}{gpu.memory_bytes / GIB:.2f}",
         *peaks,
         f"{bandwidth / 1e12:.2f}",
         f"{link / 1e9:g} {gpu.interconnect}",
@@ -72,8 +73,10 @@ def run(args: Any) -> int:
         ]
         out.write("  ".join(cells) + "  " + row[-1] + "\n")
     out.write(
-        "\nTFLOP/s are dense peaks (TOP/s for int8); GiB is the memory the driver reports where "
-        "known, else the datasheet's. `memplan gpus --sources` lists each figure's source.\n"
+        "\nGiB: the total cudaMemGetInfo reports (what a program can allocate from, and what "
+        "vLLM's\n--gpu-memory-utilization multiplies), not the marketing size; ~ marks an "
+        "estimate.\nTFLOP/s are dense peaks (TOP/s for int8). `memplan gpus --sources` gives "
+        "each figure's source.\n"
     )
     if args.sources:
         for gpu in gpus:

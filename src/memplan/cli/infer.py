@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import (
+    add_output_flags,
+    add_plot_flag,
+    fit_phrase,
+    none_if_zero,
+    plot_if_asked,
+    print_report,
+    verdict_line,
+)
 from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
-from memplan.units import parse_size
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
+from memplan.units import format_bytes, format_seconds, parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run"]
 
 EPILOG = """\
 examples:
@@ -28,7 +39,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "infer",
         help="memory and latency of generation (transformers generate)",
-        description="Peak memory of generate (weights, KV cache, transients) and its latency.",
+        description="Peak memory of transformers' generate() for one batch of requests "
+        "(weights, KV cache, transients, CUDA context) on one GPU or a tensor-parallel group, "
+        "its latency (roofline), and the largest batch and prompt that fit. For a vLLM server's "
+        "capacity, see serve-capacity.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,8 +54,9 @@ def register(subparsers: Any) -> None:
         "--weights",
         default=None,
         metavar="FORMAT",
-        help="bf16 (default: the checkpoint dtype), fp16, fp32, fp8, int8, bnb-int8, bnb-nf4, "
-        "gptq-int4, awq-int4 (also int4-awq)",
+        help="default: the checkpoint's format (its quantization_config, else its dtype); "
+        "bf16, fp16, fp32, fp8, fp8-block, fp8-rowwise, int8, bnb-int8, bnb-nf4, gptq-int4, "
+        "awq-int4 (also int4-awq)",
     )
     parser.add_argument("--kv-dtype", default="auto", help="auto, fp16, bf16, fp8, fp32")
     parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
@@ -56,16 +71,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cuda-context", metavar="SIZE", help="CUDA context size (default 512MiB)")
     add_gpu_flags(parser)
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan infer`` prints (the web API calls it too); ``spec`` replaces
+    ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
     from memplan.estimate.inference import Efficiency, inference_report
-    from memplan.estimate.params import default_weight_format
+    from memplan.estimate.params import default_weight_format, weight_format_note
     from memplan.specs.inference import InferenceSetup
 
-    spec = resolve(args.model)
+    spec = spec or resolve(args.model)
     setup = InferenceSetup(
         batch=args.batch,
         prompt_len=args.prompt_len,
@@ -81,7 +99,109 @@ def run(args: Any) -> int:
         setup,
         gpu_from_args(args),
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
-        cuda_context_bytes=parse_size(args.cuda_context) if args.cuda_context else None,
+        cuda_context_bytes=parse_size(args.cuda_context, flag="--cuda-context")
+        if args.cuda_context
+        else None,
     )
+    if args.weights is None:
+        note = weight_format_note(spec, setup.weights)
+        if note:
+            report.notes.insert(0, note)
+    kv_per_token = kv_bytes_per_token(spec, report)
+    report.scalars["kv_cache_bytes_per_token"] = kv_per_token
+    gpu = gpu_from_args(args)
+    if gpu is not None:
+        report.scalars["max_prompt_len"] = max_prompt_len(spec, setup, gpu, report)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
     print_report(report, args)
+    if not args.json:
+        _print_answers(report, args.decimal)
     return 0
+
+
+def kv_bytes_per_token(spec: Any, report: Any) -> int:
+    """KV cache bytes one more token costs (every layer, per tensor-parallel rank; a
+    sliding-window layer counts while the context is inside its window)."""
+    from memplan.estimate.inference import activation_bytes
+    from memplan.formulas import serving as vllm
+    from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
+
+    setup = report.setup
+    act = activation_bytes(setup["weights"])
+    element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
+    heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
+    return int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+
+
+def max_prompt_len(spec: Any, setup: Any, gpu: Any, report: Any) -> int:
+    """The longest prompt whose generate (same batch and gen-len) fits the GPU (0: none),
+    by bisection over the same estimate."""
+    import dataclasses
+
+    from memplan.estimate.inference import inference_report
+
+    limit = spec.max_position_embeddings - setup.gen_len
+    if limit < 1:
+        return 0
+
+    def fits(prompt: int) -> bool:
+        changed = dataclasses.replace(setup, prompt_len=prompt)
+        peak = inference_report(spec, changed, None).scalars["peak_bytes"]
+        return int(peak) <= gpu.memory_bytes  # type: ignore[call-overload]
+
+    if not fits(1):
+        return 0
+    low, high = 1, limit + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _verdict(report: Any, decimal: bool) -> str:
+    s, setup = report.scalars, report.setup
+    question = (
+        f"generate with {report.model} (batch {setup['batch']}, prompt {setup['prompt_len']:,},"
+        f" {setup['gen_len']:,} new tokens, {setup['weights']})"
+    )
+    answer = f"peak {format_bytes(s['peak_bytes'], decimal=decimal)}"
+    if "ttft_s" in s:
+        answer += (
+            f", first token {format_seconds(s['ttft_s'])}, {s['decode_tokens_per_s']:,.0f} tokens/s"
+        )
+    if "gpu_memory_bytes" not in s:
+        return verdict_line(question, answer, "give --gpu NAME to check a fit")
+    gpu = setup["gpu"]
+    fit = fit_phrase(gpu, s["gpu_memory_bytes"], s["headroom_bytes"], decimal=decimal)
+    return verdict_line(question, answer, fit)
+
+
+def _print_answers(report: Any, decimal: bool) -> None:
+    s, setup = report.scalars, report.setup
+    out = sys.stdout
+    out.write(
+        f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
+    )
+    out.write(" per GPU\n" if setup["tp"] > 1 else "\n")
+    if "ttft_s" in s:
+        out.write(
+            f"time to first token: {format_seconds(s['ttft_s'])}; decode: "
+            f"{format_seconds(s['time_per_output_token_s'])} per token, "
+            f"{s['decode_tokens_per_s']:,.0f} tokens/s over the batch; whole request "
+            f"{format_seconds(s['e2e_s'])}\n"
+        )
+    if "max_batch_size" in s:
+        out.write(
+            f"largest batch at prompt {setup['prompt_len']:,}: {none_if_zero(s['max_batch_size'])};"
+            f" longest prompt at batch {setup['batch']}: {none_if_zero(s['max_prompt_len'])}\n"
+        )
+    out.write(s["verdict"] + "\n")

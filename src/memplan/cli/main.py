@@ -11,10 +11,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from memplan.errors import MemplanError
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["OneLineParser", "build_parser", "main", "run"]
 
 COMMANDS = (
     "params",
@@ -26,6 +27,8 @@ COMMANDS = (
     "gpus",
     "trace",
     "compare",
+    "sweep",
+    "serve",
 )
 
 EPILOG = """\
@@ -45,8 +48,24 @@ Sizes are shown in GiB (2^30 bytes) and labelled so; pass --decimal for GB (10^9
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``memplan: error: ...``, exit 2), not the
+    usage dump: the same form as every other input error. Subcommand parsers inherit it."""
+
+    def error_line(self, message: str) -> str:
+        """The one line the CLI prints for an argparse error (the web API answers it too)."""
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        hint = f" (see `memplan {command} --help`)" if command else " (see `memplan --help`)"
+        return f"memplan: error: {message}{hint}"
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, self.error_line(message) + "\n")
+
+
+def build_parser(parser_class: type[OneLineParser] = OneLineParser) -> argparse.ArgumentParser:
+    """The ``memplan`` parser with every command's subparser. ``parser_class`` lets the web API
+    parse the same flags with a parser that raises instead of exiting (``memplan.cli.schema``)."""
+    parser = parser_class(
         prog="memplan",
         description="Will this model fit, where does the memory go, how long will it take.",
         epilog=EPILOG,
@@ -69,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error
+        return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -40,7 +40,7 @@ def _short(count: int) -> str:
 
 def catalog_rows(family: str | None = None) -> list[dict[str, Any]]:
     """One dict per catalog model: id, family, model_type, total_params (or error), aliases."""
-    from memplan.catalog import catalog_config, list_models
+    from memplan.catalog import catalog_config, list_models, variants_of
     from memplan.errors import MemplanError
     from memplan.formulas.params import total_params
     from memplan.specs.hf import spec_from_config
@@ -56,6 +56,7 @@ def catalog_rows(family: str | None = None) -> list[dict[str, Any]]:
             row["error"] = str(exc)
         row["aliases"] = list(entry.aliases)
         row["old_ids"] = list(entry.old_ids)
+        row["variants"] = [variant.id for variant in variants_of(entry.id)]
         if family and family.lower() not in (entry.family.lower(), row.get("model_type", "")):
             continue
         rows.append(row)
@@ -81,8 +82,14 @@ def run(args: Any) -> int:
         count = r.get("total_params")
         shown = f"{count:,}" if count is not None else "unsupported"
         short = _short(count) if count is not None else ""
-        names = ", ".join(r["aliases"] + r["old_ids"])
+        names = ", ".join(
+            r["aliases"] + r["old_ids"] + [v.rsplit("/", 1)[-1] for v in r["variants"]]
+        )
         mtype = r.get("model_type", "?")
         sys.stdout.write(f"{r['id']:<{width}}  {mtype:<12}  {shown:>17}  {short:>8}  {names}\n")
-    sys.stdout.write(f"\n{len(rows)} models; counts are exact (tied weights once)\n")
+    n_variants = sum(len(r["variants"]) for r in rows)
+    sys.stdout.write(
+        f"\n{len(rows)} models and {n_variants} instruction-tuned / chat variants (same "
+        "architecture, their own published config values); counts are exact (tied weights once)\n"
+    )
     return 0

@@ -171,7 +171,11 @@ def _sharding(args: Any) -> Sharding:
 
 
 def plan_from_args(
-    args: Any, spec: ModelSpec | None = None, *, micro_batch: int | None = None
+    args: Any,
+    spec: ModelSpec | None = None,
+    *,
+    micro_batch: int | None = None,
+    seq: int | None = None,
 ) -> ParallelPlan | None:
     """The plan the flags describe, validated against ``spec`` when given; None when no flag
     asks for more than one GPU (the single-GPU path answers)."""
@@ -209,6 +213,9 @@ def plan_from_args(
         intra_node_bytes_per_s=parse_link_rate(args.nvlink) if args.nvlink else None,
     )
     if spec is not None:
-        batch = micro_batch if micro_batch is not None else getattr(args, "batch", 1)
-        validate_plan(spec, plan, micro_batch=batch, seq=getattr(args, "seq", 2048))
+        batch = micro_batch if micro_batch is not None else getattr(args, "batch", None) or 1
+        length = seq if seq is not None else getattr(args, "seq", None)
+        if length is None:
+            length = min(2048, spec.max_position_embeddings)
+        validate_plan(spec, plan, micro_batch=batch, seq=length)
     return plan

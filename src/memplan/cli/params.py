@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from typing import Any, TextIO
 
-from memplan.cli.render import add_output_flags, render_tree
+from memplan.cli.render import add_output_flags, render_tree, report_json, verdict_line
 from memplan.report import Report
-from memplan.units import format_bytes, format_count
+from memplan.units import format_bytes, format_count, render_marks
 
-__all__ = ["add_manual_flags", "register", "run", "spec_from_args"]
+__all__ = ["add_manual_flags", "build_report", "register", "run", "spec_from_args"]
 
 EPILOG = """\
 examples:
@@ -20,11 +19,12 @@ examples:
   memplan params llama-3.1-8b --json
   memplan params ./my-model/              (a folder: also cross-checks safetensors headers)
   memplan params ./config.json --weights nf4
-  memplan params meta-llama/Llama-2-7b-hf --method seed000
+  memplan params meta-llama/Llama-2-7b-hf --method dense-ffn-4e
   memplan params --manual --hidden 4096 --layers 32 --heads 32 --kv-heads 8 \\
       --vocab 128256 --intermediate 14336
 
-methods: exact (default), seed000, seed000-swiglu, seed001, seed002, seed003
+methods: exact (default), dense-ffn-4e, dense-ffn-8/3e, matrices-only, nominal-size,
+         gpt2-formula (the old names seed000 ... seed003 still work)
 weights: fp32 fp16 bf16 fp8 int8 int4 bnb-int8 bnb-nf4 bnb-nf4-nodq gptq-int4 awq-int4
 """
 
@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--method",
         default="exact",
-        help="also show a textbook formula's count: seed000, seed000-swiglu, seed001, seed002, seed003",
+        help="also show a textbook formula's count (see the list below)",
     )
     parser.add_argument(
         "--weights",
@@ -142,27 +142,46 @@ def _can_build_on_meta() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: Any = None, *, allow_torch: bool = True) -> Report:
+    """The Report ``memplan params`` prints (the web API calls it too, with ``allow_torch``
+    False: a model type the analytic engine does not know is then an error, never a build of
+    the model on the meta device). ``spec`` replaces MODEL when already resolved."""
     from memplan.estimate.params import meta_params_report, params_report
     from memplan.specs.hf import UnsupportedModelTypeError
 
+    if spec is not None:
+        return params_report(spec, method=args.method, weights=args.weights)
     try:
         spec = spec_from_args(args)
     except UnsupportedModelTypeError as exc:
-        if not _can_build_on_meta():
+        if not (allow_torch and _can_build_on_meta()):
             raise
-        report = meta_params_report(exc.config, exc.name)
+        return meta_params_report(exc.config, exc.name)
+    return params_report(spec, method=args.method, weights=args.weights)
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    if args.json:  # the Python API's report, as it is (memplan.params)
+        sys.stdout.write(report_json(report, decimal=args.decimal))
     else:
-        report = params_report(spec, method=args.method, weights=args.weights)
-    if args.json:
-        json.dump(report.to_dict(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render_params(report, decimal=args.decimal, out=sys.stdout)
+        render_params(report, decimal=args.decimal, out=sys.stdout, fold=not args.all)
+        sys.stdout.write(_verdict(report, args.decimal) + "\n")
     return 0
 
 
-def render_params(report: Report, *, decimal: bool = False, out: TextIO) -> None:
+def _verdict(report: Report, decimal: bool) -> str:
+    s = report.scalars
+    answer = f"{format_count(s['total_params'])} parameters"
+    weights = [name for name in report.sections if name.startswith("weights (")]
+    if weights:
+        fmt = weights[0][len("weights (") : -1]
+        size = format_bytes(report.sections[weights[0]].total, decimal=decimal)
+        answer += f"; its {fmt} weights take {size}"
+    return verdict_line(f"parameters of {report.model}", answer)
+
+
+def render_params(report: Report, *, decimal: bool = False, out: TextIO, fold: bool = True) -> None:
     """The human table: headline counts, the parameter tree, weight memory, notes."""
     s = report.scalars
     out.write(f"{report.model}  ({', '.join(f'{k}: {v}' for k, v in report.setup.items())})\n\n")
@@ -178,7 +197,7 @@ def render_params(report: Report, *, decimal: bool = False, out: TextIO) -> None
     for label, value in rows:
         out.write(f"  {label:<{width}}  {format_count(value):>18}\n")
     out.write("\n")
-    for line in render_tree(report.breakdown, decimal=decimal, max_depth=3):
+    for line in render_tree(report.breakdown, decimal=decimal, max_depth=3, fold=fold):
         out.write(line + "\n")
     weight_bytes = s.get("weight_bytes") or {}
     if weight_bytes:
@@ -189,7 +208,9 @@ def render_params(report: Report, *, decimal: bool = False, out: TextIO) -> None
             out.write(f"  {fmt:<14} {format_bytes(size, decimal=decimal):>14}\n")
     for name, section in report.sections.items():
         out.write(f"\n{name}\n")
-        for line in render_tree(section, decimal=decimal, max_depth=2, show_formula=False):
+        for line in render_tree(
+            section, decimal=decimal, max_depth=2, show_formula=False, fold=fold
+        ):
             out.write(line + "\n")
     for note in report.notes:
-        out.write(f"note: {note}\n")
+        out.write(f"note: {render_marks(note, decimal=decimal)}\n")

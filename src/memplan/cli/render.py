@@ -7,17 +7,67 @@ import sys
 from typing import Any, TextIO
 
 from memplan.report import Item, Report
-from memplan.units import format_bytes, format_count, format_flops, format_seconds
+from memplan.units import (
+    format_bytes,
+    format_count,
+    format_flops,
+    format_seconds,
+    render_marks,
+)
 
-__all__ = ["add_output_flags", "format_value", "print_report", "render_tree"]
+__all__ = [
+    "add_output_flags",
+    "add_plot_flag",
+    "fit_phrase",
+    "format_value",
+    "none_if_zero",
+    "plot_if_asked",
+    "print_report",
+    "render_tree",
+    "report_json",
+    "verdict_line",
+]
+
+
+FOLD_SHARE = 0.001
+"""Rows under 0.1 % of the root's total fold into their parent in the text table (``--all``
+shows them)."""
 
 
 def add_output_flags(parser: Any) -> None:
-    """``--json`` and ``--decimal``, for every command that prints a Report."""
+    """``--json``, ``--decimal`` and ``--all``, for every command that prints a Report."""
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
-        "--decimal", action="store_true", help="show memory in GB (10^9) instead of GiB (2^30)"
+        "--decimal",
+        action="store_true",
+        help="show memory in GB (10^9) instead of GiB (2^30), notes included",
     )
+    parser.add_argument(
+        "--all", action="store_true", help="show every row (rows under 0.1 %% of the total fold)"
+    )
+
+
+def add_plot_flag(parser: Any) -> None:
+    """``--plot FILE``: the breakdown bar and the phase timeline as a PNG or SVG image."""
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the breakdown and the phases to FILE (.png or .svg; needs the plot extra)",
+    )
+
+
+def plot_if_asked(report: Report, args: Any) -> None:
+    """Draw ``report`` to ``args.plot`` when given; matplotlib is imported only then."""
+    path = getattr(args, "plot", None)
+    if path:
+        from memplan.cli.plot import plot_report
+
+        plot_report(report.to_dict(), path)
+
+
+def report_json(report: Report, *, decimal: bool = False) -> str:
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
+    return json.dumps(report.to_dict(decimal=decimal), indent=2) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
@@ -33,20 +83,38 @@ def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
 
 
 def render_tree(
-    root: Item, *, decimal: bool = False, max_depth: int = 3, show_formula: bool = True
+    root: Item,
+    *,
+    decimal: bool = False,
+    max_depth: int = 3,
+    show_formula: bool = True,
+    fold: bool = True,
 ) -> list[str]:
-    """The tree as indented rows: name, value, share of the root, formula."""
+    """The tree as indented rows: name, value, share of the root, formula.
+
+    With ``fold``, rows under :data:`FOLD_SHARE` of the root's total fold into their parent:
+    one ``(N rows under 0.1 %)`` line per parent carries their sum (none where every child
+    is that small: the parent's row is their sum)."""
     rows: list[tuple[str, str, str, str]] = []
     grand = root.total or 1
+    shares = root.unit in ("bytes", "params")
 
     def walk(item: Item, depth: int) -> None:
         name = "  " * depth + item.key
-        share = f"{100 * item.total / grand:5.1f}%" if item.unit in ("bytes", "params") else ""
+        share = f"{100 * item.total / grand:5.1f}%" if shares else ""
         formula = item.formula if show_formula and not item.children else ""
         rows.append((name, format_value(item.total, item.unit, decimal=decimal), share, formula))
-        if depth < max_depth:
-            for child in item.children:
+        if depth >= max_depth:
+            return
+        small = [c for c in item.children if fold and abs(c.total) < FOLD_SHARE * abs(grand)]
+        for child in item.children:
+            if child not in small:
                 walk(child, depth + 1)
+        if small and len(small) < len(item.children):  # all small: the parent row says it
+            total = sum(c.total for c in small)
+            label = "  " * (depth + 1) + f"({len(small)} row{'s' * (len(small) > 1)} under 0.1%)"
+            value = format_value(total, item.unit, decimal=decimal)
+            rows.append((label, value, f"{100 * total / grand:5.1f}%" if shares else "", ""))
 
     walk(root, 0)
     w0 = max(len(r[0]) for r in rows)
@@ -57,20 +125,21 @@ def render_tree(
 def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
     """Print ``report`` as JSON (``--json``) or as a table with notes."""
     out = out or sys.stdout
-    if getattr(args, "json", False):
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
-        return
     decimal = getattr(args, "decimal", False)
+    if getattr(args, "json", False):
+        out.write(report_json(report, decimal=decimal))
+        return
+    fold = not getattr(args, "all", False)
     out.write(f"{report.model}: {report.kind}\n")
     for key, value in report.setup.items():
-        out.write(f"  {key}: {value}\n")
+        if value is not None:
+            out.write(f"  {key}: {value}\n")
     out.write("\n")
-    for line in render_tree(report.breakdown, decimal=decimal):
+    for line in render_tree(report.breakdown, decimal=decimal, fold=fold):
         out.write(line + "\n")
     for name, section in report.sections.items():
         out.write(f"\n{name}\n")
-        for line in render_tree(section, decimal=decimal):
+        for line in render_tree(section, decimal=decimal, fold=fold):
             out.write(line + "\n")
     if report.phases:
         out.write("\nphases\n")
@@ -80,4 +149,28 @@ def print_report(report: Report, args: Any, out: TextIO | None = None) -> None:
             size = format_bytes(phase.bytes, decimal=decimal)
             out.write(f"  {phase.name:<{width}}  {size:>12}{note}\n")
     for note in report.notes:
-        out.write(f"note: {note}\n")
+        out.write(f"note: {render_marks(note, decimal=decimal)}\n")
+
+
+def fit_phrase(gpu: str, memory_bytes: int, headroom_bytes: int, *, decimal: bool = False,
+               usable_bytes: int | None = None) -> str:  # fmt: skip
+    """``fits on H100-SXM-80GB (79.65 GiB): 12.30 GiB to spare`` or ``does not fit on ...:
+    short by ...``; ``usable_bytes`` when the budget is less than the GPU's memory."""
+    size = format_bytes(memory_bytes, decimal=decimal)
+    if usable_bytes is not None and usable_bytes != memory_bytes:
+        size += f", {format_bytes(usable_bytes, decimal=decimal)} usable"
+    if headroom_bytes >= 0:
+        return f"fits on {gpu} ({size}): {format_bytes(headroom_bytes, decimal=decimal)} to spare"
+    return (
+        f"does not fit on {gpu} ({size}): short by {format_bytes(-headroom_bytes, decimal=decimal)}"
+    )
+
+
+def verdict_line(question: str, answer: str, fit: str = "") -> str:
+    """The one line every command ends with: what was asked, the answer, and the fit."""
+    return f"verdict: {question}: {answer}" + (f"; {fit}" if fit else "")
+
+
+def none_if_zero(value: int) -> str:
+    """A largest-that-fits count: ``none`` when not even one fits."""
+    return f"{value:,}" if value else "none"

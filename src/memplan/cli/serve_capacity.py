@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
-from memplan.cli.render import add_output_flags, print_report
+from memplan.cli.render import (
+    add_output_flags,
+    add_plot_flag,
+    fit_phrase,
+    none_if_zero,
+    plot_if_asked,
+    print_report,
+    verdict_line,
+)
 from memplan.errors import SetupError
-from memplan.units import parse_size
+from memplan.formulas.serving import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
+from memplan.report import Report
+from memplan.specs.model import ModelSpec
+from memplan.units import format_bytes, parse_size
 
-__all__ = ["register", "run"]
+__all__ = ["build_report", "register", "run", "weight_format_alias"]
 
 EPILOG = """\
 examples:
@@ -27,7 +39,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve-capacity",
         help="vLLM KV cache capacity and concurrency on a GPU",
-        description="How many tokens of KV cache vLLM allocates, and how many requests fit.",
+        description="What `vllm serve` allocates at start-up on one GPU (or each of a "
+        "tensor-parallel group): its weights, profiling peak and KV-cache blocks, the tokens "
+        "and concurrency it logs, whether it starts, the smallest tensor-parallel degree that "
+        "does, and the longest max_model_len that fits. Capacity, not latency (see infer).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,14 +62,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-num-seqs", type=positive_int, metavar="N", help="default as vllm serve: 1024 or 256"
     )
-    parser.add_argument("--block-size", type=positive_int, default=16, metavar="N")
+    parser.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=DEFAULT_BLOCK_SIZE,
+        choices=BLOCK_SIZES,
+        metavar="N",
+        help=f"tokens per KV block: {', '.join(map(str, BLOCK_SIZES))} (vLLM's choices; "
+        f"default {DEFAULT_BLOCK_SIZE})",
+    )
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     parser.add_argument("--dtype", default="auto", help="auto, bf16, fp16")
-    parser.add_argument("--weights", metavar="FORMAT", help="awq-int4, gptq-int4, fp8, ...")
+    parser.add_argument(
+        "--weights",
+        metavar="FORMAT",
+        help="default: the checkpoint's quantization_config (DeepSeek-V3: fp8-block), else "
+        "--dtype; awq-int4, gptq-int4, fp8, ...",
+    )
     parser.add_argument(
         "--non-torch-memory", metavar="SIZE", help="non-torch memory vLLM measures (default 0)"
     )
     add_output_flags(parser)
+    add_plot_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,13 +95,20 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
-def run(args: Any) -> int:
+def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
+    """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
+    replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
+    from memplan.estimate.params import checkpoint_quantization, weight_format_note
     from memplan.estimate.serving import ServingSetup, serving_report
 
     gpu = gpu_from_args(args)
     if gpu is None:
         raise SetupError("serve-capacity needs a GPU: give --gpu NAME (or --gpu-memory SIZE)")
+    spec = spec or resolve(args.model)
+    weights = weight_format_alias(args.weights)
+    if weights is None and args.dtype == "auto":
+        weights = checkpoint_quantization(spec.hf_config or {})
     setup = ServingSetup(
         tp_degree=args.tp,
         gpu_memory_utilization=args.gpu_memory_utilization,
@@ -82,9 +118,90 @@ def run(args: Any) -> int:
         block_size=args.block_size,
         kv_cache_dtype=args.kv_cache_dtype,
         dtype=args.dtype,
-        weights=weight_format_alias(args.weights),
-        non_torch_bytes=parse_size(args.non_torch_memory) if args.non_torch_memory else 0,
+        weights=weights,
+        non_torch_bytes=parse_size(args.non_torch_memory, flag="--non-torch-memory")
+        if args.non_torch_memory
+        else 0,
     )
-    report = serving_report(resolve(args.model), setup, gpu)
+    report = serving_report(spec, setup, gpu)
+    if weights is not None and args.weights is None:
+        note = weight_format_note(spec, weights)
+        if note:
+            report.notes.insert(0, note)
+    _add_answers(report, spec, setup, gpu)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
+    return report
+
+
+def run(args: Any) -> int:
+    report = build_report(args)
+    plot_if_asked(report, args)
+    if not args.json:
+        # vLLM's refusal is the verdict line, not a trailing note
+        report.notes = [n for n in report.notes if not n.startswith("vLLM would fail")]
     print_report(report, args)
+    if not args.json:
+        _print_answers(report, args.decimal)
     return 0
+
+
+def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
+    """KV bytes per token, the smallest tensor-parallel degree that starts, the largest
+    max_model_len that fits, and the verdict."""
+    import dataclasses
+
+    from memplan.estimate.serving import serving_report
+    from memplan.formulas import serving as vllm
+
+    s = report.scalars
+    layout = vllm.kv_cache_layout(spec)
+    layers = layout.group_size * len(layout.groups)  # every layer's page, padded groups too
+    s["kv_cache_bytes_per_token"] = s["page_size_bytes"] * layers // setup.block_size
+    max_len = report.setup["max_model_len"]
+    s["max_model_len_that_fits"] = max_len if s["fits"] else s.get("estimated_max_model_len", 0)
+    s["min_tp"] = None
+    for tp in (1, 2, 4, 8, 16, 32, 64):
+        try:
+            trial = serving_report(spec, dataclasses.replace(setup, tp_degree=tp), gpu)
+        except SetupError:  # heads not divisible by this degree
+            continue
+        if trial.scalars["fits"]:
+            s["min_tp"] = tp
+            break
+
+
+def _print_answers(report: Any, decimal: bool) -> None:
+    s, setup = report.scalars, report.setup
+    out = sys.stdout
+    out.write(
+        f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
+    )
+    out.write(f" per GPU (tp {setup['tp']})\n" if setup["tp"] > 1 else "\n")
+    min_tp = s["min_tp"]
+    out.write(
+        f"smallest tensor-parallel degree that starts: {min_tp if min_tp else 'none up to 64'}; "
+        f"largest max_model_len that fits at tp {setup['tp']}: "
+        f"{none_if_zero(s['max_model_len_that_fits'])}\n"
+    )
+    out.write(s["verdict"] + "\n")
+
+
+def _verdict(report: Any, decimal: bool) -> str:
+    """Whether vLLM starts (its refusal is the verdict), with what, and by how much."""
+    s, setup = report.scalars, report.setup
+    question = (
+        f"vllm serve {report.model} (tp {setup['tp']}, max_model_len {setup['max_model_len']:,},"
+        f" {setup['weights']})"
+    )
+    available = s["available_kv_cache_bytes"]
+    needed = s["kv_cache_needed_bytes"]
+    gpu = f"{setup['gpu']} x {setup['tp']}" if setup["tp"] > 1 else setup["gpu"]
+    fit = fit_phrase(gpu, s["gpu_memory_bytes"], available - needed, decimal=decimal)
+    if s["fits"]:
+        answer = (
+            f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
+            f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
+        )
+    else:
+        answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
+    return verdict_line(question, answer, fit)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from memplan.cli.common import non_negative_int, positive_int
 from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import add_output_flags, print_report
 from memplan.report import Report
@@ -41,7 +42,9 @@ def register(subparsers: Any) -> None:
         "trace",
         help="trace the real model's memory under fake tensors (needs the trace extra)",
         description="Build the transformers model with no weights under PyTorch fake tensors, "
-        "run a real training step (twice) or a generation pass, and record every allocation.",
+        "run a real training step (twice) or a generation pass with the CUDA kernels' "
+        "semantics, and record every allocation: the oracle the analytic commands are checked "
+        "against. Needs the trace extra; no GPU.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,23 +52,28 @@ def register(subparsers: Any) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--train", action="store_true", help="trace a training step (default)")
     mode.add_argument("--infer", action="store_true", help="trace prefill and decode")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--seq", type=int, default=2048, help="training sequence length")
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument(
+        "--seq",
+        type=positive_int,
+        default=None,
+        help="training sequence length (default 2048, or the model's context when shorter)",
+    )
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--attention", default="sdpa")
     parser.add_argument("--checkpointing", default="none")
     parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--lora-rank", type=non_negative_int, default=0)
     parser.add_argument("--lora-alpha", type=float, default=16.0)
     parser.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj")
-    parser.add_argument("--freeze-layers", type=int, default=0)
+    parser.add_argument("--freeze-layers", type=non_negative_int, default=0)
     parser.add_argument("--freeze-embeddings", action="store_true")
     parser.add_argument("--target", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--gpu", default=None, help="GPU whose kernels to emulate (default H100)")
     parser.add_argument("--allow-long-seq", action="store_true")
-    parser.add_argument("--prompt-len", type=int, default=512)
-    parser.add_argument("--gen-len", type=int, default=128)
+    parser.add_argument("--prompt-len", type=positive_int, default=512)
+    parser.add_argument("--gen-len", type=non_negative_int, default=128)
     parser.add_argument("--weights", default="bf16", help="inference weight dtype")
     parser.add_argument("--kv-dtype", default="auto")
     parser.add_argument("--cache", default="dynamic", choices=("dynamic", "static"))
@@ -96,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
     require_torch()
     model = resolve_model(args.model)
-    plan = plan_from_args(args, model if not isinstance(model, dict) else None)
+    plan = None
+    if not isinstance(model, dict):
+        seq = args.seq if args.seq is not None else _default_seq(model)
+        plan = plan_from_args(args, model, micro_batch=args.batch, seq=seq)
     if plan is not None:
         return _run_parallel(model, plan, args)
     progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
@@ -106,27 +117,57 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         # one row per layer and saved field: JSON only (too long for a terminal)
         report.sections.pop("activations_end_of_forward", None)
+    report.scalars["verdict"] = _verdict(report, args.decimal)
     print_report(report, args)
-    if not args.json and report.kind == "trace/training":
-        print_step_table(report, sys.stdout)
+    if not args.json:
+        if report.kind == "trace/training":
+            print_step_table(report, sys.stdout, decimal=args.decimal)
+        _print_answers(report, sys.stdout, args.decimal)
     return 0
+
+
+def _verdict(report: Report, decimal: bool) -> str:
+    from memplan.cli.render import verdict_line
+
+    s = report.scalars
+    what = "training step" if report.kind == "trace/training" else "generate"
+    answer = (
+        f"peak {format_bytes(s['peak_bytes'], decimal=decimal)} allocated "
+        f"({s.get('peak_phase', '?')}), {format_bytes(s.get('reserved_bytes', 0), decimal=decimal)}"
+        " reserved"
+    )
+    return verdict_line(f"traced {what} of {report.model}", answer)
+
+
+def _print_answers(report: Report, out: TextIO, decimal: bool) -> None:
+    """Allocated and reserved peaks side by side, the FLOPs, and the verdict."""
+    s = report.scalars
+    out.write(
+        f"\npeak allocated: {format_bytes(s['peak_bytes'], decimal=decimal)}; reserved by the "
+        f"caching allocator: {format_bytes(s.get('reserved_bytes', 0), decimal=decimal)} "
+        "(nvidia-smi shows this plus the CUDA context)\n"
+    )
+    if "flops" in s:
+        scope = (
+            "forward + backward of one step"
+            if report.kind == "trace/training"
+            else ("prefill + decode")
+        )
+        out.write(f"FLOPs: {s['flops']:.4g} ({scope}, torch.utils.flop_counter formulas)\n")
+    out.write(str(s["verdict"]) + "\n")
 
 
 def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
     """A plan: the per-rank trace under a fake process group (``memplan.trace.parallel``)."""
-    from memplan.cli.train import setup_from_args
 
     if args.infer:
         from memplan.errors import SetupError
 
         raise SetupError("--infer with a training plan: give --tp to memplan infer instead")
-    args.lora_targets = getattr(args, "lora_targets", "")
-    args.fp32_grad_accumulation = False
-    args.qlora = False
     from memplan.trace.parallel import trace_parallel_training
 
     progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
-    report = trace_parallel_training(model, setup_from_args(args), plan, progress=progress)
+    report = trace_parallel_training(model, _training_setup(model, args), plan, progress=progress)
     if progress is not None:
         sys.stderr.write("\r\033[K")
     if args.json:
@@ -138,7 +179,8 @@ def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
+def _training_setup(model: Any, args: argparse.Namespace) -> Any:
+    """The TrainingSetup the trace flags describe (shared by ``_train`` and a plan)."""
     from memplan.specs.training import (
         Attention,
         Checkpointing,
@@ -147,11 +189,10 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         Target,
         TrainingSetup,
     )
-    from memplan.trace.training import trace_training
 
-    setup = TrainingSetup(
+    return TrainingSetup(
         batch=args.batch,
-        seq=args.seq,
+        seq=args.seq if args.seq is not None else _default_seq(model),
         precision=_choice(Precision, args.precision, "--precision"),
         optimizer=_choice(Optimizer, args.optimizer, "--optimizer"),
         attention=_choice(Attention, args.attention, "--attention"),
@@ -166,6 +207,12 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         gpu=args.gpu,
         allow_long_seq=args.allow_long_seq,
     )
+
+
+def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
+    from memplan.trace.training import trace_training
+
+    setup = _training_setup(model, args)
     report = trace_training(model, setup, progress=progress)
     if args.measure:
         from memplan.trace.build import config_of
@@ -175,6 +222,16 @@ def _train(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         measured = measure_training(config, setup, int(report.scalars["total_params"]))
         report.scalars["measured"] = measured
     return report
+
+
+def _default_seq(model: Any) -> int:
+    """2048, or the model's context when shorter (a ModelSpec or a raw config dict)."""
+    from memplan.specs.training import DEFAULT_SEQ
+
+    if isinstance(model, dict):
+        context = model.get("max_position_embeddings") or model.get("n_positions") or DEFAULT_SEQ
+        return min(DEFAULT_SEQ, int(context))
+    return min(DEFAULT_SEQ, model.max_position_embeddings)
 
 
 def _infer(model: Any, args: argparse.Namespace, progress: Any) -> Report:
@@ -190,6 +247,7 @@ def _infer(model: Any, args: argparse.Namespace, progress: Any) -> Report:
         attention=args.attention,
         cache=args.cache,
         target=args.target,
+        gpu=args.gpu,
     )
     if args.measure:
         from memplan.errors import SetupError

@@ -21,7 +21,7 @@ from memplan.estimate.dist_time import collectives, comm_seconds, step_time
 from memplan.estimate.distributed import DIST_CATEGORIES, RankGroup, local_step, rank_groups
 from memplan.estimate.fit import usable_bytes
 from memplan.estimate.timing import TrainingRun
-from memplan.estimate.train_report import _PEAK_PHASE_NAMES, _setup_dict
+from memplan.estimate.train_report import _PEAK_PHASE_NAMES
 from memplan.report import TRAINING_PHASES, Item, Phase, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
@@ -52,6 +52,18 @@ def plan_dict(plan: ParallelPlan) -> dict[str, Any]:
         out[f.name] = value
     out["world_size"] = plan.world_size
     return out
+
+
+def _setup_info(setup: TrainingSetup) -> dict[str, Any]:
+    """The setup lines a per-rank report prints (the micro-batch is per GPU)."""
+    return {
+        "micro_batch": setup.batch,
+        "seq": setup.seq,
+        "precision": setup.precision.value,
+        "optimizer": setup.optimizer.value,
+        "attention": setup.attention.value,
+        "checkpointing": setup.checkpointing.value,
+    }
 
 
 def _peak_tree(group: RankGroup) -> Item:
@@ -198,7 +210,7 @@ def parallel_training_report(
         Phase(n, sum(worst.phases[n].values()), breakdown=dict(worst.phases[n]))
         for n in TRAINING_PHASES
     ]
-    setup_info = _setup_dict(setup)
+    setup_info = _setup_info(setup)
     setup_info["gpus"] = plan.world_size
     return Report(
         kind="training/parallel",

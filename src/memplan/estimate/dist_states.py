@@ -130,11 +130,16 @@ def state_regime(setup: TrainingSetup, plan: ParallelPlan) -> Regime:
 
 
 def local_spec(spec: ModelSpec, plan: ParallelPlan) -> ModelSpec:
+    """The model one tensor-parallel rank computes (cached; see :func:`_local_spec`)."""
+    return _local_spec(spec, plan.tp_degree)
+
+
+@lru_cache(maxsize=256)
+def _local_spec(spec: ModelSpec, tp: int) -> ModelSpec:
     """The model one tensor-parallel rank computes: ``heads / tp`` query heads, its KV heads
     (``kv / tp``, or one replicated head when ``tp > kv`` as Megatron does), ``width / tp`` for
     the MLP and the shared experts; the hidden size, norms, embeddings and lm_head unchanged
     (replicated: memplan models the layer plan of DIST-NOTES, not a vocabulary-parallel head)."""
-    tp = plan.tp_degree
     if tp == 1:
         return spec
     kv = max(1, spec.n_kv_heads // tp)
@@ -165,11 +170,18 @@ def stage_layers(spec: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, 
     return tuple(out)
 
 
-@lru_cache(maxsize=1024)
 def stage_tensors(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> tuple[LocalTensor, ...]:
     """Every parameter tensor pipeline rank ``stage`` holds, at its TP/EP-local shape."""
+    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return _stage_tensors(spec, key, plan, stage)
+
+
+@lru_cache(maxsize=1024)
+def _stage_tensors(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> tuple[LocalTensor, ...]:
     local = local_spec(spec, plan)
     layers = frozenset(stage_layers(spec, plan, stage))
     first, last = stage == 0, stage == plan.pp_degree - 1
@@ -178,7 +190,8 @@ def stage_tensors(
         in_stage = t.layer in layers or (
             t.layer < 0
             and (
-                (t.role == "embedding" and (first or (last and spec.tie_word_embeddings)))
+                (t.role == "embedding" and first)
+                or (last and spec.tie_word_embeddings and t.name == "embed_tokens.weight")
                 or (t.role != "embedding" and last)
             )
         )
@@ -224,7 +237,16 @@ def _shard_worlds(plan: ParallelPlan) -> tuple[int, int]:
 def stage_states(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, dp_rank: int
 ) -> StageStates:
-    """Model-state bytes of data-parallel rank ``dp_rank`` on pipeline rank ``stage``."""
+    """Model-state bytes of data-parallel rank ``dp_rank`` on pipeline rank ``stage``
+    (independent of micro-batch and sequence: cached per plan)."""
+    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return _stage_states(spec, key, plan, stage, dp_rank)
+
+
+@lru_cache(maxsize=1024)
+def _stage_states(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, dp_rank: int
+) -> StageStates:
     if setup.is_lora or setup.qlora:
         raise SetupError("LoRA / QLoRA with a parallel plan is not modelled yet: drop the plan")
     tensors = stage_tensors(spec, setup, plan, stage)

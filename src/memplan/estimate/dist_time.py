@@ -32,7 +32,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from memplan.estimate.dist_states import local_spec, stage_layers, stage_tensors, state_regime
+from memplan.estimate.dist_states import (
+    LocalTensor,
+    local_spec,
+    stage_layers,
+    stage_tensors,
+    state_regime,
+)
 from memplan.estimate.distributed import LocalStep
 from memplan.formulas.communication import (
     all_gather_wire_bytes,
@@ -95,18 +101,38 @@ class Collective:
 def _dp_collectives(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, m: int
 ) -> list[Collective]:
-    tensors = [t for t in stage_tensors(spec, setup, plan, stage)]
+    """Data-parallel collectives: the dense tensors over ``dp * cp`` ranks (stride ``tp``),
+    the experts over the expert-data-parallel ranks ``dp * cp / ep`` (stride ``tp * ep``)."""
+    tensors = stage_tensors(spec, setup, plan, stage)
+    n, ep, tp = plan.dp * plan.cp_degree, plan.ep_degree, plan.tp_degree
+    dense = [t for t in tensors if not t.expert]
+    experts = [t for t in tensors if t.expert]
+    out = _dp_family(setup, plan, dense, n, tp, m, "")
+    if experts:
+        out += _dp_family(setup, plan, experts, n // ep, tp * ep, m, " of the experts")
+    return out
+
+
+def _dp_family(
+    setup: TrainingSetup,
+    plan: ParallelPlan,
+    tensors: list[LocalTensor],
+    n: int,
+    stride: int,
+    m: int,
+    label: str,
+) -> list[Collective]:
+    """One family of tensors (dense or experts) over ``n`` data-parallel ranks."""
+    if n == 1 or not tensors:
+        return []
     reg = state_regime(setup, plan)
     sharding = plan.sharding
-    n, stride = plan.dp * plan.cp_degree, plan.tp_degree
-    if n == 1:
-        return []
     trainable = sum(t.numel for t in tensors if t.trainable)
     half = 2 if reg.compute_bytes == 2 else reg.param_bytes
     out = []
     if sharding in (Sharding.DDP, Sharding.ZERO_0, Sharding.FSDP_NO_SHARD):
         size = trainable * reg.grad_bytes
-        out.append(Collective("dp", "all-reduce", "gradients", size, 1, n, stride,
+        out.append(Collective("dp", "all-reduce", "gradients" + label, size, 1, n, stride,
                               all_reduce_wire_bytes(size, n)))  # fmt: skip
         return out
     if sharding.is_deepspeed:
@@ -114,30 +140,32 @@ def _dp_collectives(
         part = deepspeed_flat_padded_numel(sum(t.numel for t in tensors), n)
         grads = deepspeed_flat_padded_numel(trainable, n) * reg.grad_bytes
         reduce_calls = 1 if stage_ == 1 else m
-        out.append(Collective("dp", "reduce-scatter", "gradients (half)", grads, reduce_calls, n,
-                              stride, reduce_scatter_wire_bytes(grads, n)))  # fmt: skip
+        out.append(Collective("dp", "reduce-scatter", "gradients (half)" + label, grads,
+                              reduce_calls, n, stride,
+                              reduce_scatter_wire_bytes(grads, n)))  # fmt: skip
         size = part * reg.param_bytes
         calls = 1 if stage_ < 3 else 2 * m
         what = "updated parameters" if stage_ < 3 else "parameters (forward + backward)"
-        out.append(Collective("dp", "all-gather", what, size, calls, n, stride,
+        out.append(Collective("dp", "all-gather", what + label, size, calls, n, stride,
                               all_gather_wire_bytes(size, n)))  # fmt: skip
         return out
-    world = plan.hybrid_shard_degree if sharding is Sharding.FSDP_HYBRID else n
+    world = min(plan.hybrid_shard_degree, n) if sharding is Sharding.FSDP_HYBRID else n
     padded = sum(fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors)
     padded_train = sum(
         fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors if t.trainable
     )
     gather_calls = m if sharding is Sharding.FSDP_SHARD_GRAD_OP else 2 * m
     size = padded * half
-    out.append(Collective("dp", "all-gather", "parameters (param_dtype)", size, gather_calls,
-                          world, stride, all_gather_wire_bytes(size, world)))  # fmt: skip
+    out.append(Collective("dp", "all-gather", "parameters (param_dtype)" + label, size,
+                          gather_calls, world, stride,
+                          all_gather_wire_bytes(size, world)))  # fmt: skip
     grads = padded_train * (4 if reg.grad_bytes == 4 else reg.grad_bytes)
-    out.append(Collective("dp", "reduce-scatter", "gradients (reduce_dtype)", grads, m, world,
-                          stride, reduce_scatter_wire_bytes(grads, world)))  # fmt: skip
+    out.append(Collective("dp", "reduce-scatter", "gradients (reduce_dtype)" + label, grads, m,
+                          world, stride, reduce_scatter_wire_bytes(grads, world)))  # fmt: skip
     if world < n:
         shard = grads // world
-        out.append(Collective("dp", "all-reduce", "gradient shards across replicas", shard, m,
-                              n // world, stride * world,
+        out.append(Collective("dp", "all-reduce", "gradient shards across replicas" + label,
+                              shard, m, n // world, stride * world,
                               all_reduce_wire_bytes(shard, n // world)))  # fmt: skip
     return out
 

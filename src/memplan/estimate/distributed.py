@@ -36,26 +36,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from memplan.errors import SetupError
+from memplan.estimate.dist_local import LocalStep, local_step, local_step_fast, sp_split
 from memplan.estimate.dist_states import (
     StageStates,
-    activation_precision,
-    local_spec,
     stage_layers,
     stage_states,
     stage_tensors,
     state_regime,
 )
-from memplan.estimate.train_plan import TrainingPlan, training_plan
+from memplan.estimate.train_plan import TrainingPlan
 from memplan.estimate.train_setup import validate_setup
 from memplan.estimate.train_step import (
-    StepMemory,
     _layer_transient,
-    _plan_key,
     evaluate,
 )
-from memplan.formulas.activations import Saved
 from memplan.formulas.parallel import (
     fsdp_local_view_numel,
     in_flight_chunks,
@@ -82,93 +79,9 @@ __all__ = [
 
 DIST_CATEGORIES = (*TRAINING_CATEGORIES, "communication")
 """A rank's categories: the single-GPU ones plus the communication buffers."""
-
-_SP_PREFIXES = (
-    "input_layernorm/",
-    "post_attention_layernorm/",
-    "pre_feedforward_layernorm/",
-    "post_feedforward_layernorm/",
-    "final_norm/",
-)
-_SP_KEYS = ("self_attn/mask", "mlp/mask", "checkpoint/layer_input", "embeddings/dropout/mask")
 _FORWARD_PHASES = ("end_of_forward", "forward_peak")
 _STEP_PHASES = ("end_of_forward", "forward_peak", "peak_backward")
-
-
-def sp_split(key: str) -> bool:
-    """Whether sequence parallelism splits this saved tensor over the sequence (the norms,
-    the residual dropouts, a checkpointed layer input; not a norm's fixed weight copy)."""
-    if key.endswith("one_plus_weight_fp32"):
-        return False
-    return key.startswith(_SP_PREFIXES) or key in _SP_KEYS
-
-
-@dataclass(frozen=True, slots=True)
-class LocalStep:
-    """The single-GPU engine's answer for one rank's local model at (micro-batch, seq / cp)."""
-
-    plan: TrainingPlan
-    memory: StepMemory
-    batch: int
-    seq: int
-    layer_acts: int
-    """Saved bytes of all decoder layers (one micro-batch)."""
-    model_acts: int
-    head_acts: int
-
-
-@lru_cache(maxsize=256)
-def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
-    """Evaluate the rank-local model with the single-GPU engine (cached per plan)."""
-    cp = plan.cp_degree
-    seq = setup.seq // cp
-    act_setup = dataclasses.replace(
-        setup, precision=activation_precision(setup, plan), seq=seq, allow_long_seq=True
-    )
-    tplan = training_plan(local_spec(spec, plan), _plan_key(act_setup))
-    if cp > 1 and tplan.backend in ("eager", "math"):
-        raise SetupError(
-            f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
-            f"not {tplan.backend}: choose --attention flash or sdpa with half precision"
-        )
-    b = setup.batch
-    if plan.sequence_parallel:
-        tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
-    mem = evaluate(tplan, b, seq)
-    acts = mem.activations
-    return LocalStep(tplan, mem, b, seq, acts["layers"], acts["model"], acts["head_and_loss"])
-
-
-def _sp_item(item: Saved, b: int, seq: int, tp: int) -> Saved:
-    """``item`` at ``seq / tp`` of its tokens when sequence parallelism splits it, as a fixed
-    size at this (batch, seq): ``b * (seq / tp) * per_token`` elements (seq % tp == 0)."""
-    if not (sp_split(item.key) and item.per_token):
-        return item
-    numel = b * (seq // tp) * item.per_token + seq * item.per_position + item.fixed
-    return Saved(item.key, item.elem_bytes, fixed=numel, category=item.category)
-
-
-def _sequence_parallel_plan(tplan: TrainingPlan, b: int, seq: int, tp: int) -> TrainingPlan:
-    """The local plan with the saved tensors sequence parallelism splits divided by ``tp``
-    (the single-GPU engine then evaluates every phase and backward candidate with them)."""
-
-    def split(items: tuple[Saved, ...]) -> tuple[Saved, ...]:
-        return tuple(_sp_item(i, b, seq, tp) for i in items)
-
-    layers = tuple(
-        dataclasses.replace(
-            g, saved=split(g.saved), full_saved=split(g.full_saved),
-            down_input=split(g.down_input), recompute=split(g.recompute),
-        )
-        for g in tplan.layers
-    )  # fmt: skip
-    return dataclasses.replace(
-        tplan,
-        layers=layers,
-        model_saved=split(tplan.model_saved),
-        head_saved=split(tplan.head_saved),
-        final_norm_input=split(tplan.final_norm_input),
-    )
+_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,11 +120,19 @@ def _dp_classes(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> list[tuple[int, ...]]:
     """Data-parallel ranks grouped by identical states: under FSDP the ranks past a tensor's
-    last full chunk keep smaller optimizer states (unpadded views)."""
+    last full chunk keep smaller optimizer states (unpadded views). Cached per plan."""
+    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return list(_dp_classes_cached(spec, key, plan, stage))
+
+
+@lru_cache(maxsize=1024)
+def _dp_classes_cached(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> tuple[tuple[int, ...], ...]:
     fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
     dp = plan.dp
     if not fsdp or dp == 1:
-        return [tuple(range(dp))]
+        return (tuple(range(dp)),)
     world = plan.dp * plan.cp_degree
     if plan.sharding is Sharding.FSDP_HYBRID:
         world = plan.hybrid_shard_degree
@@ -231,7 +152,7 @@ def _dp_classes(
     bounds = [*cuts, dp]
     for i, r in enumerate(cuts):
         classes.setdefault(signature[i], []).extend(range(r, bounds[i + 1]))
-    return [tuple(v) for v in classes.values()]
+    return tuple(tuple(v) for v in classes.values())
 
 
 def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> list[RankGroup]:
@@ -243,13 +164,49 @@ def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> li
             f"sequence parallelism splits the sequence: seq({setup.seq}) / cp({plan.cp_degree}) "
             f"must be divisible by tp({plan.tp_degree})"
         )
-    local = local_step(spec, setup, plan)
+    local = local_step_fast(spec, setup, plan)
+    out = []
+    for stage, dp_ranks, states, ranks in _static_groups_fast(spec, setup, plan):
+        out.append(_group(spec, setup, plan, local, stage, dp_ranks, states, ranks))
+    return out
+
+
+_FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[Any, ...]]] = {}
+
+
+def _static_groups_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Any:
+    """:func:`_static_groups` looked up by the identity of ``spec`` and ``plan`` (hashing a
+    whole ModelSpec on every call would cost more than the estimate; searches call this in a
+    loop, as ``training_peak_bytes`` does)."""
+    key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+    hit = _FAST_STATIC.get(key)
+    if hit is not None and hit[0] is spec and hit[1] is plan:
+        return hit[2]
+    if len(_FAST_STATIC) > 1024:
+        _FAST_STATIC.clear()
+    groups = _static_groups(spec, _static_key(setup), plan)
+    _FAST_STATIC[key] = (spec, plan, groups)
+    return groups
+
+
+def _static_key(setup: TrainingSetup) -> TrainingSetup:
+    """``setup`` without what model states do not depend on (micro-batch, sequence)."""
+    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
+        return setup
+    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+
+
+@lru_cache(maxsize=1024)
+def _static_groups(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan
+) -> tuple[tuple[int, tuple[int, ...], StageStates, tuple[int, ...]], ...]:
+    """(stage, data-parallel ranks, their model states, global ranks) of every rank group."""
     out = []
     for stage in range(plan.pp_degree):
-        for dp_ranks in _dp_classes(spec, setup, plan, stage):
+        for dp_ranks in _dp_classes_cached(spec, setup, plan, stage):
             states = stage_states(spec, setup, plan, stage, dp_ranks[0])
-            out.append(_group(spec, setup, plan, local, stage, dp_ranks, states))
-    return out
+            out.append((stage, dp_ranks, states, rank_ids(plan, stage, dp_ranks)))
+    return tuple(out)
 
 
 def _group(
@@ -260,19 +217,18 @@ def _group(
     stage: int,
     dp_ranks: tuple[int, ...],
     states: StageStates,
+    ranks: tuple[int, ...],
 ) -> RankGroup:
-    comm = _comm_lines(spec, setup, plan, local, stage, states)
     m = plan.resolved_micro_batches(setup.batch)
     if plan.pp_degree == 1:
         phases, in_flight = _single_stage_phases(local, states, m), 1.0
     else:
         phases, in_flight = _stage_phases(spec, plan, local, stage, states, m)
+    comm = _comm_lines(spec, setup, plan, local, stage, states)
     for name, lines in comm.items():
         phases[name]["communication"] = sum(lines.values())
     peak = max((*TRAINING_PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
-    return RankGroup(
-        stage, dp_ranks, rank_ids(plan, stage, dp_ranks), phases, peak, states, comm, in_flight
-    )
+    return RankGroup(stage, dp_ranks, ranks, phases, peak, states, comm, in_flight)
 
 
 def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
@@ -299,22 +255,35 @@ def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
     )
 
 
+_RANK_PLANS: dict[tuple[int, int], tuple[TrainingPlan, StageStates, TrainingPlan]] = {}
+
+
+def _cached_rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
+    """:func:`_rank_plan`, kept per (local plan, states) object pair (both are cached)."""
+    key = (id(local.plan), id(states))
+    hit = _RANK_PLANS.get(key)
+    if hit is not None and hit[0] is local.plan and hit[1] is states:
+        return hit[2]
+    if len(_RANK_PLANS) > 1024:
+        _RANK_PLANS.clear()
+    rank_plan = _rank_plan(local, states)
+    _RANK_PLANS[key] = (local.plan, states, rank_plan)
+    return rank_plan
+
+
 def _single_stage_phases(
     local: LocalStep, states: StageStates, micro_batches: int
 ) -> dict[str, dict[str, int]]:
     """The single-GPU phases of the local model with the rank's model states in place."""
-    rank_plan = _rank_plan(local, states)
+    rank_plan = _cached_rank_plan(local, states)
     memory = evaluate(rank_plan, local.batch, local.seq)
     rank_grads = sum(states.grads.values())
-    out = {}
-    for name, parts in memory.phases.items():
-        d = dict.fromkeys(DIST_CATEGORIES, 0)
-        d.update(parts)
+    for name, parts in memory.phases.items():  # fresh dicts: filled in place
+        parts["communication"] = 0
         # from the second micro-batch on (or with persistent partitions) every gradient exists
         whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
-        d["gradients"] = where(whole, rank_grads, parts["gradients"])
-        out[name] = d
-    return out
+        parts["gradients"] = where(whole, rank_grads, parts["gradients"])
+    return memory.phases
 
 
 def _stage_phases(
@@ -370,6 +339,19 @@ def _stage_phases(
     return phases, chunks / v
 
 
+def _fsdp_backward_lines(states: StageStates) -> dict[str, int]:
+    """FSDP2's gathered layers in the backward, beside the root (unsharded from the forward):
+    inside a layer it is current and the next one prefetched, or, in the first layer, the
+    second's gradients wait in the reduce-scatter input. The larger set is kept at every
+    backward high point (a gloo run shows only the prefetched layer at the loss backward, one
+    layer less: tests/test_distributed_exact.py), so that peaks stay monotone in batch and
+    sequence whichever high point the single-GPU engine picks."""
+    layer, grads = states.layer_unsharded_bytes, states.layer_grad_unsharded_bytes
+    if grads > layer:
+        return {"fsdp_all_gather_current_layer": layer, "fsdp_reduce_scatter_input": grads}
+    return {"fsdp_all_gather_current_layer": layer, "fsdp_all_gather_prefetched_layer": layer}
+
+
 def _comm_lines(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -387,9 +369,7 @@ def _comm_lines(
     sharding = plan.sharding
     if sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID):
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
-        step["fsdp_all_gather_current_layer"] = states.layer_unsharded_bytes
-        step["fsdp_all_gather_prefetched_layer"] = states.layer_unsharded_bytes
-        backward["fsdp_reduce_scatter_input"] = states.layer_grad_unsharded_bytes
+        backward.update(_fsdp_backward_lines(states))
     elif sharding is Sharding.FSDP_SHARD_GRAD_OP:
         n = len(stage_layers(spec, plan, stage))
         forward["fsdp_root_unsharded"] = states.root_unsharded_bytes

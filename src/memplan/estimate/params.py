@@ -18,15 +18,74 @@ from memplan.formulas.params import param_breakdown, param_totals
 from memplan.formulas.weights import WEIGHT_FORMATS, normalize_format, weights_bytes
 from memplan.report import Item, Report
 from memplan.specs.model import ModelSpec
+from memplan.units import bytes_mark
 
-__all__ = ["default_weight_format", "meta_params_report", "params_report"]
+__all__ = [
+    "checkpoint_quantization",
+    "default_weight_format",
+    "meta_params_report",
+    "params_report",
+    "weight_format_note",
+]
 
 _DTYPE_TO_FORMAT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
+def checkpoint_quantization(config: dict[str, Any]) -> str | None:
+    """The weight format a config's ``quantization_config`` stores, or None (plain dtype).
+
+    ``fp8`` with ``weight_block_size`` -> ``fp8-block`` (DeepSeek-V3), ``fbgemm_fp8`` ->
+    ``fp8-rowwise`` (Llama-3.1-405B-FP8), ``gptq``/``awq`` 4-bit -> ``gptq-int4``/``awq-int4``,
+    ``bitsandbytes`` -> ``bnb-nf4`` (``bnb-nf4-nodq`` without double quantization) or
+    ``bnb-int8``; anything else -> None (memplan does not model it)."""
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict):
+        return None
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "fp8" and quant.get("weight_block_size"):
+        return "fp8-block"
+    if method == "fp8":
+        return "fp8"
+    if method == "fbgemm_fp8":
+        return "fp8-rowwise"
+    if method in ("gptq", "awq") and int(quant.get("bits", 4)) == 4:
+        return f"{method}-int4"
+    if method == "bitsandbytes" or quant.get("load_in_4bit") or quant.get("load_in_8bit"):
+        if quant.get("load_in_8bit"):
+            return "bnb-int8"
+        return "bnb-nf4" if quant.get("bnb_4bit_use_double_quant", True) else "bnb-nf4-nodq"
+    return None
+
+
 def default_weight_format(spec: ModelSpec) -> str:
-    """The checkpoint's own dtype as a weight format (bf16 when it is not a plain float)."""
+    """The format the checkpoint stores its weights in: its ``quantization_config`` if memplan
+    models it, else its ``torch_dtype`` (bf16 when that is not a plain float)."""
+    quantized = checkpoint_quantization(spec.hf_config or {})
+    if quantized is not None:
+        return quantized
     return _DTYPE_TO_FORMAT.get(spec.dtype, "bf16")
+
+
+def weight_format_note(spec: ModelSpec, fmt: str) -> str | None:
+    """One line saying where the default weight format came from, when it needs saying."""
+    quant = (spec.hf_config or {}).get("quantization_config")
+    if isinstance(quant, dict) and fmt == checkpoint_quantization(spec.hf_config or {}):
+        return (
+            f"weights: {fmt}, as the checkpoint stores them (quantization_config "
+            f"quant_method {quant.get('quant_method')!r}); --weights bf16 for the unquantized model"
+        )
+    if isinstance(quant, dict) and checkpoint_quantization(spec.hf_config or {}) is None:
+        return (
+            f"the checkpoint's quantization_config ({quant.get('quant_method')!r}) is not "
+            f"modelled: weights counted as {fmt}"
+        )
+    if fmt == "fp32" and spec.dtype == "float32":
+        half = weights_bytes(spec, "bf16").total
+        return (
+            f"the checkpoint is stored in fp32, but nearly everyone loads it in bf16 "
+            f"(--weights bf16: {bytes_mark(half)} of weights)"
+        )
+    return None
 
 
 def _notes(spec: ModelSpec, active: int, total: int) -> list[str]:
@@ -59,7 +118,7 @@ def _checkpoint_note(spec: ModelSpec, total: int) -> str | None:
 def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = None) -> Report:
     """Exact parameter counts of ``spec``, its weight memory per format and its buffers.
 
-    ``method`` adds a textbook formula's count (``seed000``, ``seed001``, ...) beside the exact
+    ``method`` adds a textbook formula's count (``dense-ffn-4e``, ``matrices-only``, ...) beside the exact
     one; ``weights`` picks the format whose byte breakdown is shown (default: stored dtype).
     """
     totals = param_totals(spec)
@@ -100,7 +159,7 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
         sections["buffers"] = buffers
     setup = {"model_type": spec.model_type, "source": spec.source, "dtype": spec.dtype}
     if method != "exact":
-        setup["method"] = method
+        setup["method"] = scalars["method_params"]["method"]
     return Report(
         kind="params",
         model=spec.name,

@@ -17,7 +17,7 @@ from memplan.formulas.weights import linear_layers, normalize_format, weights_by
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import MlpKind, ModelSpec, NormKind
-from memplan.units import GIB, format_bytes
+from memplan.units import GIB, bytes_mark
 
 __all__ = [
     "ServingSetup",
@@ -274,8 +274,8 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
     notes = [
         f"vLLM: GPU KV cache size: {tokens:,} tokens",
         f"vLLM: Maximum concurrency for {max_len:,} tokens per request: {concurrency:.2f}x",
-        f"requested memory = {format_bytes(gpu.memory_bytes)} x {setup.gpu_memory_utilization}"
-        f" = {format_bytes(requested)}; the CUDA context comes on top of it",
+        f"requested memory = {bytes_mark(gpu.memory_bytes)} x {setup.gpu_memory_utilization}"
+        f" = {bytes_mark(requested)}; the CUDA context comes on top of it",
         "the profiling run's activation peak is memplan's estimate; vLLM measures it",
         *setup.notes,
     ]
@@ -309,6 +309,8 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
             "kv_cache_tokens": tokens,
             "max_concurrency": round(concurrency, 4),
             "fits": needed <= available,
+            "kv_cache_needed_bytes": needed,
+            "gpu_memory_bytes": gpu.memory_bytes,
             "weights_bytes": int(weights.total),
             **scalars,
         },
@@ -338,7 +340,7 @@ def _not_enough_message(
     )
     return (
         f"vLLM would fail: To serve at least one request with the models's max seq len "
-        f"({max_len}), ({needed / GIB:.2f} GiB KV cache is needed, which is larger than the "
-        f"available KV cache memory ({available / GIB:.2f} GiB). {hint}Try increasing "
+        f"({max_len}), ({bytes_mark(needed)} KV cache is needed, which is larger than the "
+        f"available KV cache memory ({bytes_mark(available)}). {hint}Try increasing "
         f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
     )

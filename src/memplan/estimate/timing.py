@@ -1,8 +1,15 @@
 """``training_time_report(spec, setup, gpu) -> Report``: time and cost of a training run.
 
 FLOPs per step from :mod:`memplan.formulas.flops` (``method="exact"``: every matmul of the
-model, the attention core under the chosen convention; ``method="seed004"``: seed 004's
-formula), time from :func:`memplan.formulas.time.training_time_s`.
+model, the attention core under the chosen convention; ``method="one-layer-formula"``, formerly
+``seed004``: seed 004's formula), time from :func:`memplan.formulas.time.training_time_s`.
+
+Full training: backward = 2 x forward (an input gradient and a weight gradient per matmul).
+LoRA and QLoRA: the base weights are frozen, so their matmuls need only the input gradient
+(1 x their forward), the attention core still both of its operands' gradients (2 x), and the
+adapters (``2 T r (in + out)`` forward per targeted linear) both (2 x). The first layer's
+q/k/v input gradients, which autograd skips when the embeddings are frozen, are counted
+(at most 1/n_layers of the projections).
 """
 
 from __future__ import annotations
@@ -18,13 +25,22 @@ from memplan.formulas.time import (
     gpu_hours,
     training_time_s,
 )
+from memplan.formulas.training import param_tensors
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 
-__all__ = ["METHODS", "TrainingRun", "training_time_report"]
+__all__ = [
+    "METHODS",
+    "METHOD_ALIASES",
+    "TrainingRun",
+    "adapter_forward_flops",
+    "training_time_report",
+]
 
-METHODS = ("exact", "seed004")
+METHODS = ("exact", "one-layer-formula")
+METHOD_ALIASES = {"seed004": "one-layer-formula"}
+"""The name the seed-004 method had before."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,8 +59,15 @@ class TrainingRun:
     convention: str = "causal"
     recompute: bool = False
     price_per_gpu_hour: float | None = None
+    lora_rank: int = 0
+    """LoRA rank (0: full training): frozen base, trainable adapters."""
+    lora_targets: tuple[str, ...] = ()
+    """The targeted linear modules (names as ``memplan.formulas.training.param_tensors``)."""
+    qlora: bool = False
+    """NF4 base weights: the same matmul FLOPs, plus dequantization (not a matmul)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "method", METHOD_ALIASES.get(self.method, self.method))
         if (self.steps is None) == (self.tokens is None):
             raise SetupError("give the run length as exactly one of --steps or --tokens")
         for name in ("batch", "seq", "n_gpus"):
@@ -64,9 +87,40 @@ class TrainingRun:
         return -(self.tokens // -(self.batch * self.seq))
 
 
+def adapter_forward_flops(spec: ModelSpec, rows: int, rank: int, targets: tuple[str, ...]) -> int:
+    """Forward FLOPs of the LoRA adapters: ``2 T r (in + out)`` per targeted linear (``x A^T``
+    then ``(x A^T) B^T``; Hu et al. 2021, eq. 3)."""
+    return sum(
+        2 * rows * rank * (t.shape[0] + t.shape[1])
+        for t in param_tensors(spec)
+        if t.role == "linear" and t.layer >= 0 and t.module in targets
+    )
+
+
+def _lora_step_item(spec: ModelSpec, run: TrainingRun, forward: Item) -> Item:
+    """One LoRA step: frozen matmuls get their input gradient only; the attention core and the
+    adapters both gradients."""
+    rows = run.batch * run.seq
+    adapters = adapter_forward_flops(spec, rows, run.lora_rank, run.lora_targets)
+    core = forward.get("layers/attention_core")
+    frozen = forward.total - core
+    step = Item("step", unit="flops")
+    fwd = step.add(Item("forward", unit="flops"))
+    forward.key = "base_model"
+    fwd.add(forward)
+    fwd.leaf("lora_adapters", adapters, f"2*T*r*(in+out) per targeted linear, r={run.lora_rank}")
+    backward = step.add(Item("backward", unit="flops"))
+    backward.leaf("frozen_matmuls_input_grad", frozen, "1 x their forward (no weight gradient)")
+    backward.leaf("attention_core", 2 * core, "2 x forward (gradients of both operands)")
+    backward.leaf("lora_adapters", 2 * adapters, "2 x forward (input and weight gradients)")
+    if run.recompute:
+        step.leaf("recomputed_forward", fwd.total, "full activation recomputation (HFU only)")
+    return step
+
+
 def _step_item(spec: ModelSpec, run: TrainingRun) -> Item:
     """FLOPs of one step: forward, backward (2 x forward), recomputed forward."""
-    if run.method == "seed004":
+    if run.method == "one-layer-formula":
         forward = Item(
             "forward",
             seed004_forward_flops(spec, batch=run.batch, seq=run.seq),
@@ -78,6 +132,8 @@ def _step_item(spec: ModelSpec, run: TrainingRun) -> Item:
         forward = forward_flops_item(
             spec, batch=run.batch, q_len=run.seq, convention=run.convention
         )
+        if run.lora_rank:
+            return _lora_step_item(spec, run, forward)
     step = Item("step", unit="flops")
     step.add(forward)
     step.leaf("backward", 2 * forward.total, "2 x forward (input and weight gradients)")
@@ -90,8 +146,8 @@ def training_time_report(spec: ModelSpec, run: TrainingRun, gpu: Gpu) -> Report:
     """Seconds, GPU-hours and cost of ``run`` on ``run.n_gpus`` of ``gpu``."""
     step = _step_item(spec, run)
     forward = step.child("forward").total
-    model_step = 3 * forward
     hardware_step = step.total
+    model_step = hardware_step - (forward if run.recompute else 0)
     flops = model_step * run.n_steps
     peak = gpu.peak_flops_per_s(run.dtype)
     # MFU is defined on model FLOPs: time = model FLOPs / (peak x MFU); recomputation shows as
@@ -121,7 +177,17 @@ def training_time_report(spec: ModelSpec, run: TrainingRun, gpu: Gpu) -> Report:
     ]
     if run.recompute:
         notes.append(
-            "recomputation adds a forward: hardware FLOPs = 4/3 x model FLOPs, HFU = 4/3 x MFU"
+            "recomputation adds a forward: it counts in hardware FLOPs (HFU), not in model FLOPs"
+        )
+    if run.lora_rank:
+        notes.append(
+            f"LoRA r={run.lora_rank} on {','.join(run.lora_targets)}: the frozen base needs no "
+            f"weight gradients, so a step is {model_step / forward:.2f} x forward, not 3 x"
+        )
+    if run.qlora:
+        notes.append(
+            "QLoRA: bitsandbytes dequantizes each NF4 weight before its matmul (memory-bound, "
+            "not in the matmul FLOPs): expect a lower MFU than bf16 LoRA (--mfu)"
         )
     if run.price_per_gpu_hour is not None:
         scalars["cost_usd"] = cost_usd(hours, run.price_per_gpu_hour)
@@ -138,6 +204,12 @@ def training_time_report(spec: ModelSpec, run: TrainingRun, gpu: Gpu) -> Report:
             "dtype": run.dtype,
             "mfu": run.mfu,
             "method": run.method,
+            **(
+                {"lora": f"rank {run.lora_rank}, {','.join(run.lora_targets)}"}
+                if run.lora_rank
+                else {}
+            ),
+            **({"qlora": "NF4 base weights"} if run.qlora else {}),
         },
         scalars=scalars,
         notes=notes,

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from memplan.estimate.train_kernels import Kernels, attention_kernels, kernel_notes
 from memplan.estimate.train_setup import _lora_widths
 from memplan.formulas.activations import (
     ActivationContext,
     Saved,
-    attention_backend,
     head_saved,
     layer_saved,
     model_saved,
@@ -100,7 +100,8 @@ class TrainingPlan:
     model_saved: tuple[Saved, ...]
     layers: tuple[LayerGroup, ...]
     head_saved: tuple[Saved, ...]
-    backend: str
+    kernels: Kernels
+    """Attention kernel of full-attention and of sliding-window layers (``attention_kernels``)."""
     trainable_params: int
     nll_saved: tuple[Saved, ...]
     final_norm_input: tuple[Saved, ...]
@@ -119,7 +120,9 @@ class TrainingPlan:
         return sum(self.states.values())
 
 
-def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationContext:
+def _context(
+    spec: ModelSpec, setup: TrainingSetup, reg: Regime, kernels: Kernels
+) -> ActivationContext:
     p = setup.dropout
     stream = 4 if reg.autocast else reg.param_bytes
     if setup.qlora or (setup.is_lora and reg.param_bytes == 2):
@@ -135,6 +138,7 @@ def _context(spec: ModelSpec, setup: TrainingSetup, reg: Regime) -> ActivationCo
         embedding_dropout=spec.embedding_dropout if p is None else p,
         mask_bytes=1 if setup.target is Target.CUDA else 0,
         kv_cache_copies=setup.checkpointing is not Checkpointing.FULL,
+        kernels=kernels,
     )
 
 
@@ -167,133 +171,163 @@ def _param_group(t: ParamTensor) -> str:
     return "final_norm"
 
 
+def training_plan(
+    spec: ModelSpec, setup: TrainingSetup, kernels: Kernels | None = None
+) -> TrainingPlan:
+    """The (B, S)-independent part of the estimate, for the attention ``kernels``. Cached.
+
+    By default the kernels of ``setup.batch`` and of a sequence of ``setup.seq`` tokens, but at
+    least two: a (1, 1) setup is a plan key (``_plan_key``, the fit search), and a one-token
+    sequence would pick kernels no training sequence gets (cuDNN refuses kv_len 1).
+    :func:`memplan.estimate.train_step.evaluate` swaps in the plan of its own (B, S) when the
+    kernels there differ.
+    """
+    if kernels is None:
+        kernels = attention_kernels(spec, setup, setup.batch, max(setup.seq, 2))
+    return _training_plan(spec, setup, kernels)
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """Bytes per category, accumulated parameter tensor by parameter tensor."""
+
+    state_label: str
+    params: dict[str, int] = dataclasses.field(default_factory=dict)
+    grads: dict[str, int] = dataclasses.field(default_factory=dict)
+    states: dict[str, int] = dataclasses.field(default_factory=dict)
+    grad_per_layer: dict[int, int] = dataclasses.field(default_factory=dict)
+    cache_per_layer: dict[int, int] = dataclasses.field(default_factory=dict)
+    cache_head: int = 0
+    cache_bias: int = 0
+    """Half copies of linear biases: cached by autocast during the forward only."""
+    state_sizes: list[int] = dataclasses.field(default_factory=list)
+    """Bytes of each state tensor the optimizer step walks (its temporaries follow them)."""
+    largest: int = 0
+    trainable_params: int = 0
+
+    def add(self, table: dict[Any, int], key: Any, nbytes: int) -> None:
+        table[key] = table.get(key, 0) + nbytes
+
+
+def _account_parameter(
+    ledger: _Ledger, t: ParamTensor, spec: ModelSpec, setup: TrainingSetup, reg: Regime, r: int
+) -> None:
+    """One parameter: its storage (NF4 under QLoRA), the autocast copy the graph keeps until
+    the layer's backward (matmul weights under AMP; biases are cached but saved by nothing, so
+    they go when the autocast region ends), its gradient, optimizer states, master weight."""
+    if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0:
+        ledger.add(ledger.params, "quantized_nf4", _nf4_bytes(t.numel, r))
+    else:
+        ledger.add(ledger.params, _param_group(t), alloc_bytes(t.numel * reg.param_bytes, r))
+    train = _trainable(t, spec, setup)
+    if reg.autocast and train and not setup.is_lora:
+        if t.role == "bias":
+            ledger.cache_bias += alloc_bytes(t.numel * reg.compute_bytes, r)
+        if _cast_for_matmul(t, spec):
+            size = alloc_bytes(t.numel * reg.compute_bytes, r)
+            if t.layer >= 0:
+                ledger.add(ledger.cache_per_layer, t.layer, size)
+            else:
+                ledger.cache_head += size
+    if not train:
+        return
+    ledger.trainable_params += t.numel
+    grad = alloc_bytes(t.numel * reg.grad_bytes, r)
+    ledger.add(ledger.grads, _param_group(t), grad)
+    if t.layer >= 0:
+        ledger.add(ledger.grad_per_layer, t.layer, grad)
+    for size in optimizer_state_allocations(setup.optimizer, t.numel, t.shape, reg.state_bytes):
+        ledger.add(ledger.states, ledger.state_label, alloc_bytes(size, r))
+    if reg.master_bytes:
+        ledger.add(ledger.states, "master_weights_fp32", alloc_bytes(t.numel * reg.master_bytes, r))
+    if setup.optimizer is not Optimizer.ADAFACTOR or len(t.shape) >= 2:
+        ledger.state_sizes.append(t.numel * reg.state_bytes)
+    ledger.largest = max(ledger.largest, t.numel * reg.state_bytes)
+
+
+def _ledger(spec: ModelSpec, setup: TrainingSetup, reg: Regime, r: int) -> _Ledger:
+    """Every parameter tensor, the LoRA adapters, and the optimizer's shared states."""
+    ledger = _Ledger(states_per_param_label(setup.optimizer))
+    for t in param_tensors(spec):
+        _account_parameter(ledger, t, spec, setup, reg, r)
+    if setup.is_lora:
+        _add_lora(spec, setup, reg, r, ledger)
+        ledger.largest = max(ledger.largest, max(ledger.state_sizes, default=0))
+    for size in optimizer_shared_state_bytes(setup.optimizer):
+        ledger.add(ledger.states, ledger.state_label, alloc_bytes(size, r))
+    return ledger
+
+
+def _step_temporary(setup: TrainingSetup, reg: Regime, r: int, ledger: _Ledger) -> int:
+    """Temporaries of ``optimizer.step()`` (``memplan.formulas.optimizer``). On CPU tensors
+    torch picks the for-loop step for AdamW/Adam, and its step counters are CPU memory (counted
+    among the states here)."""
+    optimizer = setup.optimizer
+    if setup.target is Target.CPU and optimizer in _CUDA_FOREACH_DEFAULT:
+        optimizer = Optimizer.ADAMW_FORLOOP
+        ledger.add(ledger.states, ledger.state_label, 4 * len(ledger.state_sizes))
+    return optimizer_step_temporary_bytes(
+        optimizer, ledger.state_sizes, ledger.largest, r, reg.state_bytes
+    )
+
+
+def _dequant_bytes(spec: ModelSpec, setup: TrainingSetup, r: int) -> int:
+    """QLoRA: the bf16 copy bitsandbytes dequantizes one NF4 weight into for each matmul; the
+    largest linear layer bounds it."""
+    if not setup.qlora:
+        return 0
+    return max(
+        (
+            alloc_bytes(t.numel * 2, r)
+            for t in param_tensors(spec)
+            if t.role in _LINEAR_ROLES and t.layer >= 0
+        ),
+        default=0,
+    )
+
+
 @lru_cache(maxsize=512)
-def training_plan(spec: ModelSpec, setup: TrainingSetup) -> TrainingPlan:
-    """The (B, S)-independent part of the estimate (cached; ``setup.batch/seq`` are ignored)."""
+def _training_plan(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> TrainingPlan:
     reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
-    round_to = 512 if setup.target is Target.CUDA else 1
-    ctx = _context(spec, setup, reg)
+    r = 512 if setup.target is Target.CUDA else 1
+    ctx = _context(spec, setup, reg, kernels)
+    ledger = _ledger(spec, setup, reg, r)
+    step_temp = _step_temporary(setup, reg, r, ledger)
     tensors = param_tensors(spec)
+    embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
     lora_targets = (
         frozenset(_lora_widths(spec, setup.lora_targets)) if setup.is_lora else frozenset()
     )
-
-    params: dict[str, int] = {}
-    grads: dict[str, int] = {}
-    states: dict[str, int] = {}
-    grad_per_layer: dict[int, int] = {}
-    cache_per_layer: dict[int, int] = {}
-    cache_head = 0
-    cache_bias = 0
-    state_sizes: list[int] = []
-    largest = 0
-    trainable_params = 0
-    state_label = states_per_param_label(setup.optimizer)
-    for t in tensors:
-        group = _param_group(t)
-        if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0:
-            nbytes = _nf4_bytes(t.numel, round_to)
-            params["quantized_nf4"] = params.get("quantized_nf4", 0) + nbytes
-        else:
-            params[group] = params.get(group, 0) + alloc_bytes(t.numel * reg.param_bytes, round_to)
-        train = _trainable(t, spec, setup)
-        # Autocast caches the half copy of every matmul weight; the graph keeps it until the
-        # layer's backward. Bias copies are cached too but nothing saves them: they go when
-        # the autocast region ends, before any phase boundary.
-        uses_cache = reg.autocast and _cast_for_matmul(t, spec) and not setup.is_lora
-        if reg.autocast and train and t.role == "bias" and not setup.is_lora:
-            cache_bias += alloc_bytes(t.numel * reg.compute_bytes, round_to)
-        if uses_cache and train:
-            size = alloc_bytes(t.numel * reg.compute_bytes, round_to)
-            if t.layer >= 0:
-                cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + size
-            else:
-                cache_head += size
-        if not train:
-            continue
-        trainable_params += t.numel
-        g = alloc_bytes(t.numel * reg.grad_bytes, round_to)
-        grads[group] = grads.get(group, 0) + g
-        if t.layer >= 0:
-            grad_per_layer[t.layer] = grad_per_layer.get(t.layer, 0) + g
-        for size in optimizer_state_allocations(setup.optimizer, t.numel, t.shape, reg.state_bytes):
-            states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
-        if reg.master_bytes:
-            states["master_weights_fp32"] = states.get("master_weights_fp32", 0) + alloc_bytes(
-                t.numel * reg.master_bytes, round_to
-            )
-        if setup.optimizer is not Optimizer.ADAFACTOR or len(t.shape) >= 2:
-            state_sizes.append(t.numel * reg.state_bytes)
-        largest = max(largest, t.numel * reg.state_bytes)
-
-    if setup.is_lora:
-        lora_forward_only = [0]
-        trainable_params = _add_lora(
-            spec,
-            setup,
-            reg,
-            round_to,
-            params,
-            grads,
-            states,
-            grad_per_layer,
-            state_sizes,
-            state_label,
-            cache_per_layer,
-            lora_forward_only,
-        )
-        cache_bias += lora_forward_only[0]
-        largest = max(largest, max(state_sizes, default=0))
-    for size in optimizer_shared_state_bytes(setup.optimizer):
-        states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
-    step_optimizer = setup.optimizer
-    if setup.target is Target.CPU and step_optimizer in _CUDA_FOREACH_DEFAULT:
-        # on CPU tensors torch picks the for-loop step, and its step counters are CPU memory
-        step_optimizer = Optimizer.ADAMW_FORLOOP
-        states[state_label] = states.get(state_label, 0) + 4 * len(state_sizes)
-    step_temp = optimizer_step_temporary_bytes(
-        step_optimizer, state_sizes, largest, round_to, reg.state_bytes
-    )
-
-    embed_grad = any(_trainable(t, spec, setup) for t in tensors if t.role == "embedding")
     layer_groups = _layer_groups(
-        spec, setup, ctx, embed_grad, lora_targets, grad_per_layer, cache_per_layer
+        spec, setup, ctx, embed_grad, lora_targets, ledger.grad_per_layer, ledger.cache_per_layer
     )
-    head_trainable = not setup.is_lora
-    head = head_saved(spec, ctx, head_trainable=head_trainable)
-    backend = attention_backend(spec, ctx, has_mask=False)
+    head = head_saved(spec, ctx, head_trainable=not setup.is_lora)
+    last = spec.n_layers - 1
     return TrainingPlan(
         spec=spec,
         setup=setup,
         regime=reg,
-        round_to=round_to,
-        params=params,
-        grads=grads,
-        states=states,
+        round_to=r,
+        params=ledger.params,
+        grads=ledger.grads,
+        states=ledger.states,
         step_temporary=step_temp,
-        buffers=sum(alloc_bytes(b, round_to) for b in buffer_allocations(spec)),
-        cache_head=cache_head,
-        cache_bias=cache_bias,
-        last_down_grad=_down_grad(spec, setup, reg, round_to, spec.n_layers - 1),
-        first_down_grad=_down_grad(spec, setup, reg, round_to, 0),
-        last_down_cast=_down_grad(spec, setup, reg, round_to, spec.n_layers - 1, cast=True),
-        first_down_cast=_down_grad(spec, setup, reg, round_to, 0, cast=True),
+        buffers=sum(alloc_bytes(b, r) for b in buffer_allocations(spec)),
+        cache_head=ledger.cache_head,
+        cache_bias=ledger.cache_bias,
+        last_down_grad=_down_grad(spec, setup, reg, r, last),
+        first_down_grad=_down_grad(spec, setup, reg, r, 0),
+        last_down_cast=_down_grad(spec, setup, reg, r, last, cast=True),
+        first_down_cast=_down_grad(spec, setup, reg, r, 0, cast=True),
         model_saved=model_saved(spec, ctx, embed_grad=embed_grad),
         layers=layer_groups,
         head_saved=head,
-        dequant_bytes=max(
-            (
-                alloc_bytes(t.numel * 2, round_to)
-                for t in tensors
-                if setup.qlora and t.role in _LINEAR_ROLES and t.layer >= 0
-            ),
-            default=0,
-        ),
+        dequant_bytes=_dequant_bytes(spec, setup, r),
         nll_saved=tuple(i for i in head if i.key in _NLL_SAVED),
         final_norm_input=tuple(i for i in head if i.key == "final_norm/input_fp32"),
-        backend=backend,
-        trainable_params=trainable_params,
-        notes=tuple(_plan_notes(spec, setup, backend)),
+        kernels=kernels,
+        trainable_params=ledger.trainable_params,
+        notes=tuple(_plan_notes(spec, setup, kernels)),
     )
 
 
@@ -331,54 +365,48 @@ def _nf4_bytes(numel: int, round_to: int) -> int:
     return sum(alloc_bytes(p, round_to) for p in parts)
 
 
-def _add_lora(
-    spec: ModelSpec,
-    setup: TrainingSetup,
-    reg: Regime,
-    round_to: int,
-    params: dict[str, int],
-    grads: dict[str, int],
-    states: dict[str, int],
-    grad_per_layer: dict[int, int],
-    state_sizes: list[int],
-    state_label: str,
-    cache_per_layer: dict[int, int],
-    forward_only: list[int],
-) -> int:
+def _add_lora(spec: ModelSpec, setup: TrainingSetup, reg: Regime, r: int, ledger: _Ledger) -> None:
     """LoRA adapters: A (r, in) and B (out, r) per targeted linear, fp32 (peft's
-    ``autocast_adapter_dtype`` keeps adapters in fp32), with fp32 gradients and states."""
-    r = setup.lora_rank
-    n = 0
+    ``autocast_adapter_dtype`` keeps adapters in fp32), with fp32 gradients and states; under
+    AMP their half copies are cached like any matmul weight."""
+    rank = setup.lora_rank
+    lora_params = 0
     for t in param_tensors(spec):
         if t.role != "linear" or t.layer < 0 or t.module not in setup.lora_targets:
             continue
         out_f, in_f = t.shape
-        for shape in ((r, in_f), (out_f, r)):
+        for shape in ((rank, in_f), (out_f, rank)):
             numel = shape[0] * shape[1]
-            n += numel
-            params["lora_adapters"] = params.get("lora_adapters", 0) + alloc_bytes(
-                numel * 4, round_to
-            )
-            g = alloc_bytes(numel * 4, round_to)
-            grads["lora_adapters"] = grads.get("lora_adapters", 0) + g
-            grad_per_layer[t.layer] = grad_per_layer.get(t.layer, 0) + g
+            lora_params += numel
+            ledger.add(ledger.params, "lora_adapters", alloc_bytes(numel * 4, r))
+            grad = alloc_bytes(numel * 4, r)
+            ledger.add(ledger.grads, "lora_adapters", grad)
+            ledger.add(ledger.grad_per_layer, t.layer, grad)
             for size in optimizer_state_allocations(setup.optimizer, numel, shape, 4):
-                states[state_label] = states.get(state_label, 0) + alloc_bytes(size, round_to)
-            state_sizes.append(numel * 4)
-            if reg.autocast:  # the fp32 adapters are matmul weights: cached half copies
-                size = alloc_bytes(numel * reg.compute_bytes, round_to)
-                if (
-                    t.layer == 0
-                    and shape == (r, in_f)
-                    and t.module in ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn")
-                    and setup.checkpointing is not Checkpointing.FULL
-                ):
-                    # layer 0's attention input needs no gradient (frozen embeddings), so
-                    # lora_A's matmul does not save its weight: cached for the forward only
-                    forward_only[0] += size
-                else:
-                    cache_per_layer[t.layer] = cache_per_layer.get(t.layer, 0) + size
-    return n
+                ledger.add(ledger.states, ledger.state_label, alloc_bytes(size, r))
+            ledger.state_sizes.append(numel * 4)
+            if reg.autocast:
+                size = alloc_bytes(numel * reg.compute_bytes, r)
+                _cache_lora_copy(ledger, t, shape == (rank, in_f), setup, size)
+    ledger.trainable_params = lora_params
+
+
+def _cache_lora_copy(
+    ledger: _Ledger, t: ParamTensor, is_a: bool, setup: TrainingSetup, size: int
+) -> None:
+    """Where an fp32 adapter's cached half copy lives: held by the graph until the layer's
+    backward, except layer 0's attention lora_A, whose input needs no gradient (frozen
+    embeddings), so its matmul does not save the weight: cached for the forward only."""
+    first_attention = (
+        t.layer == 0
+        and is_a
+        and t.module in ("q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn")
+        and setup.checkpointing is not Checkpointing.FULL
+    )
+    if first_attention:
+        ledger.cache_bias += size
+    else:
+        ledger.add(ledger.cache_per_layer, t.layer, size)
 
 
 def _layer_groups(
@@ -393,6 +421,8 @@ def _layer_groups(
     groups: dict[tuple[Any, ...], list[Any]] = {}
     # The recomputed forward runs with use_cache off (transformers turns it off with checkpointing).
     full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE, kv_cache_copies=False)
+    # a layer's saved tensors depend on its index only through these (computed once each)
+    memo: dict[tuple[Any, ...], tuple[tuple[Saved, ...], tuple[Saved, ...]]] = {}
     any_before = embed_grad
     for i in range(spec.n_layers):
         trainable = not setup.is_lora and i >= setup.freeze_layers
@@ -403,12 +433,16 @@ def _layer_groups(
             "lora_modules": lora_targets,
             "lora_rank": setup.lora_rank,
         }
-        saved = layer_saved(spec, ctx, i, **kwargs)
-        full = (
-            layer_saved(spec, full_ctx, i, **kwargs)
-            if ctx.checkpointing is Checkpointing.FULL
-            else saved
-        )
+        signature = (trainable, input_grad, i == 0, spec.slides(i), spec.is_moe_layer(i))
+        if signature not in memo:
+            one = layer_saved(spec, ctx, i, **kwargs)
+            recomputed = (
+                layer_saved(spec, full_ctx, i, **kwargs)
+                if ctx.checkpointing is Checkpointing.FULL
+                else one
+            )
+            memo[signature] = (one, recomputed)
+        saved, full = memo[signature]
         if ctx.autocast and not trainable and (input_grad or setup.is_lora):
             # Frozen fp32 weights: autocast does not cache their half copies (no grad), but
             # each matmul whose input needs a gradient saves its copy for that gradient.
@@ -457,8 +491,8 @@ def _frozen_weight_copies(
     )
 
 
-def _plan_notes(spec: ModelSpec, setup: TrainingSetup, backend: str) -> list[str]:
-    notes = [f"attention kernel: {backend}"]
+def _plan_notes(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> list[str]:
+    notes = kernel_notes(spec, setup, kernels)
     if spec.moe is not None:
         notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
     if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:

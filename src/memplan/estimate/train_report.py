@@ -10,6 +10,7 @@ from memplan.estimate.train_step import PHASES, StepMemory, _model_section, _one
 from memplan.formulas.activations import SOURCE as ACT_SOURCE
 from memplan.formulas.activations import Saved
 from memplan.report import Item, Phase, Report
+from memplan.specs.model import ModelSpec
 from memplan.specs.training import Checkpointing, Target, TrainingSetup
 
 _PEAK_PHASE_NAMES = {
@@ -73,6 +74,7 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
     phases = [
         Phase(name, mem.phase_bytes(name), breakdown=dict(mem.phases[name])) for name in PHASES
     ]
+    first_step = _first_step_phases(mem, plan.state_bytes)
     scalars: dict[str, Any] = {
         "peak_bytes": mem.peak_bytes,
         "peak_phase": _PEAK_PHASE_NAMES[mem.peak_phase],
@@ -84,11 +86,28 @@ def _report(plan: TrainingPlan, setup: TrainingSetup, mem: StepMemory) -> Report
         kind="training",
         model=spec.name,
         breakdown=root,
-        setup=_setup_dict(setup),
+        setup=setup_summary(setup, spec),
         scalars=scalars,
         phases=phases,
         notes=list(plan.notes),
+        first_step_phases=first_step,
     )
+
+
+def _first_step_phases(mem: StepMemory, state_bytes: int) -> list[Phase]:
+    """The phases of the first iteration: PyTorch's optimizers create their state lazily,
+    inside the first ``step()`` (``torch/optim/adamw.py`` ``_init_group``), so every phase
+    before ``optimizer_step`` is the steady state's less the optimizer states; from
+    ``optimizer_step`` on they are live. Same rule as ``first_step_peak_bytes``."""
+    out = []
+    states_live = False
+    for name in PHASES:
+        states_live = states_live or name == "optimizer_step"
+        parts = dict(mem.phases[name])
+        if not states_live:
+            parts["optimizer_states"] = parts.get("optimizer_states", 0) - state_bytes
+        out.append(Phase(name, sum(parts.values()), breakdown=parts))
+    return out
 
 
 def _width_label(plan: TrainingPlan, key: str) -> str:
@@ -180,7 +199,8 @@ def _temporaries_at(plan: TrainingPlan, mem: StepMemory, setup: TrainingSetup) -
     return {next(iter(mem.temporaries)): value}
 
 
-def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
+def setup_summary(setup: TrainingSetup, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """The setup block: every choice that shapes the estimate, none that is off or empty."""
     out: dict[str, Any] = {
         "batch": setup.batch,
         "seq": setup.seq,
@@ -191,10 +211,17 @@ def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
     }
     if setup.is_lora:
         out["lora"] = (
-            f"rank {setup.lora_rank}, alpha {setup.lora_alpha:g}, {','.join(setup.lora_targets)}"
+            f"rank {setup.lora_rank}, alpha {setup.lora_alpha:g}, "
+            f"{_targets_label(setup.lora_targets, spec)}"
         )
     if setup.qlora:
-        out["qlora"] = True
+        out["qlora"] = (
+            "NF4 base weights with double quantization (bitsandbytes), bf16 compute, fp32 adapters"
+        )
+    if setup.dropout is not None:
+        out["dropout"] = setup.dropout
+    if setup.fp32_grad_accumulation:
+        out["fp32_grad_accumulation"] = True
     if setup.freeze_layers:
         out["freeze_layers"] = setup.freeze_layers
     if setup.freeze_embeddings:
@@ -202,3 +229,13 @@ def _setup_dict(setup: TrainingSetup) -> dict[str, Any]:
     if setup.target is not Target.CUDA:
         out["target"] = setup.target.value
     return out
+
+
+def _targets_label(targets: tuple[str, ...], spec: ModelSpec | None) -> str:
+    names = ",".join(targets)
+    if spec is not None:
+        from memplan.estimate.train_setup import _linear_modules
+
+        if set(targets) == set(_linear_modules(spec)):
+            return f"all linear layers ({names})"
+    return names

@@ -8,7 +8,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from memplan.estimate.train_plan import LayerGroup, TrainingPlan, training_plan
+from memplan.estimate.train_plan import (
+    LayerGroup,
+    TrainingPlan,
+    attention_kernels,
+    training_plan,
+)
 from memplan.formulas.activations import Saved
 from memplan.formulas.training import alloc_bytes
 from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES
@@ -60,7 +65,8 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
         if it.per_token:
             n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
         if it.per_score:
-            n += bss * it.per_score
+            keys = -(-s // it.score_align) * it.score_align
+            n += (bss if keys == s else bs * keys) * it.per_score
         if it.per_row:
             a = it.align
             n += b * (-(-s // a) * a) * it.per_row
@@ -99,193 +105,271 @@ def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
     return 5 * alloc_bytes(b * s * plan.spec.hidden_size * 4, plan.round_to)
 
 
-def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
-    """Live memory of the steady-state step at (batch, seq), per phase and category."""
-    r, spec, reg = plan.round_to, plan.spec, plan.regime
-    tokens = batch * seq
-    v = spec.vocab_size
-    a_model = _sum_saved(plan.model_saved, batch, seq, r)
-    a_head = _sum_saved(plan.head_saved, batch, seq, r)
-    a_layers = 0
-    cache_layers = 0
-    group_bytes = {}
-    for g in plan.layers:
-        group_bytes[id(g)] = one = _sum_saved(g.saved, batch, seq, r)
-        a_layers += g.count * one
-        cache_layers += g.count * g.cache_bytes
-    activations = a_model + a_layers + a_head
-    # With full checkpointing the layers' saved tensors (their half weights included) are
-    # dropped in the forward: the casts live in autocast's cache only until the region ends,
-    # and come back one layer at a time when backward recomputes it.
-    ckpt = plan.setup.checkpointing is Checkpointing.FULL
-    cache = plan.cache_head + (0 if ckpt else cache_layers)
-    inputs = 2 * alloc_bytes(tokens * 8, r)
-    logits = alloc_bytes(tokens * v * reg.compute_bytes, r)
-    fp32_logits = alloc_bytes(tokens * v * 4, r)
-    upcast = fp32_logits if reg.compute_bytes != 4 else 0
-    static = {
-        "parameters": plan.param_bytes,
-        "optimizer_states": plan.state_bytes,
-        "buffers": plan.buffers,
-    }
-    held = {"inputs": inputs}
-    # nll_loss's saved int64 targets and fp32 total_weight, freed when its backward has run
-    nll_saved = _sum_saved(plan.nll_saved, batch, seq, r)
-    scalar = alloc_bytes(4, r)  # the loss (and, in backward, its gradient)
+@dataclass(frozen=True, slots=True)
+class _At:
+    """What every phase and backward-peak candidate reads at one (batch, seq)."""
 
-    base = dict.fromkeys(CATEGORIES, 0)
-    base.update(static)
-    base.update(held)
+    plan: TrainingPlan
+    batch: int
+    seq: int
+    a_model: int
+    """Activations saved outside the layers (rotary cos/sin, position ids, dropout masks)."""
+    a_layers: int
+    a_head: int
+    """Final norm, lm_head input, the loss's log-softmax and targets."""
+    cache_layers: int
+    """Autocast's half weight copies the layers' matmuls hold."""
+    group_bytes: dict[int, int]
+    """Saved bytes of one layer of each group (by the group's id)."""
+    scalar: int
+    """The loss (and, in backward, its gradient): one fp32 scalar."""
+    base: dict[str, int]
 
-    def phase(**parts: int) -> dict[str, int]:
-        out = base.copy()
-        out.update(parts)  # the parts are the step's own categories, never the static ones
+    @property
+    def ckpt(self) -> bool:
+        return self.plan.setup.checkpointing is Checkpointing.FULL
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq
+
+    def saved(self, items: tuple[Saved, ...]) -> int:
+        return _sum_saved(items, self.batch, self.seq, self.plan.round_to)
+
+    def alloc(self, nbytes: int) -> int:
+        return alloc_bytes(nbytes, self.plan.round_to)
+
+    def phase(self, **parts: int) -> dict[str, int]:
+        """The static categories plus ``parts`` (the step's own categories)."""
+        out = self.base.copy()
+        out.update(parts)
         return out
 
-    phases: dict[str, dict[str, int]] = {"after_load": phase()}
-    phases["end_of_forward"] = phase(
-        activations=activations, autocast_cache=cache, temporaries=scalar
+    def grads_head(self) -> int:
+        """Gradients written before the layers' backward: lm_head and the final norm."""
+        plan = self.plan
+        layers = sum(g.count * g.grad_bytes for g in plan.layers)
+        return plan.grad_bytes - layers - plan.grads.get("embeddings", 0)
+
+
+def _at(plan: TrainingPlan, batch: int, seq: int) -> _At:
+    r = plan.round_to
+    group_bytes = {id(g): _sum_saved(g.saved, batch, seq, r) for g in plan.layers}
+    base = dict.fromkeys(CATEGORIES, 0)
+    base.update(
+        parameters=plan.param_bytes,
+        optimizer_states=plan.state_bytes,
+        buffers=plan.buffers,
+        inputs=2 * alloc_bytes(batch * seq * 8, r),  # input_ids and labels, int64
     )
-    # Inside log_softmax's backward: nll_loss has released its int64 targets; its fp32
-    # gradient and log_softmax's own are both alive beside the saved output.
-    loss_backward = phase(
-        activations=activations - nll_saved,
-        autocast_cache=cache,
-        temporaries=2 * fp32_logits + 2 * scalar,
+    return _At(
+        plan=plan,
+        batch=batch,
+        seq=seq,
+        a_model=_sum_saved(plan.model_saved, batch, seq, r),
+        a_layers=sum(g.count * group_bytes[id(g)] for g in plan.layers),
+        a_head=_sum_saved(plan.head_saved, batch, seq, r),
+        cache_layers=sum(g.count * g.cache_bytes for g in plan.layers),
+        group_bytes=group_bytes,
+        scalar=alloc_bytes(4, r),
+        base=base,
     )
-    candidates = [("loss_backward", loss_backward)]
-    transient = _layer_transient(plan, batch, seq)
-    grads_head = (
-        plan.grad_bytes
-        - sum(g.count * g.grad_bytes for g in plan.layers)
-        - plan.grads.get("embeddings", 0)
+
+
+def _forward_cache(at: _At) -> int:
+    """Autocast copies held through the forward's end: with full checkpointing the layers'
+    saved tensors (their half weights included) are dropped in the forward; the casts live in
+    autocast's cache only until the region ends, and come back one layer at a time when
+    backward recomputes it."""
+    return at.plan.cache_head + (0 if at.ckpt else at.cache_layers)
+
+
+def _end_of_forward(at: _At) -> dict[str, int]:
+    """Everything saved for backward, the autocast copies the graph holds, the loss."""
+    return at.phase(
+        activations=at.a_model + at.a_layers + at.a_head,
+        autocast_cache=_forward_cache(at),
+        temporaries=at.scalar,
     )
-    # The last layer's backward starts with every layer still saved; inside its MLP the
-    # down-projection has released its saved input.
+
+
+def _loss_backward(at: _At) -> dict[str, int] | None:
+    """Inside log_softmax's backward: nll_loss has released its int64 targets; its fp32
+    (B*S, V) gradient and log_softmax's own are both alive beside the saved output."""
+    fp32_logits = at.alloc(at.tokens * at.plan.spec.vocab_size * 4)
+    return at.phase(
+        activations=at.a_model + at.a_layers + at.a_head - at.saved(at.plan.nll_saved),
+        autocast_cache=_forward_cache(at),
+        temporaries=2 * fp32_logits + 2 * at.scalar,
+    )
+
+
+def _last_layer_backward(at: _At) -> dict[str, int] | None:
+    """The last layer's MLP multiply: every layer still saved; the down-projection has released
+    its saved input (and its half weight copy), its weight gradient is out, and the multiply's
+    gradients are in flight (:func:`_layer_transient`)."""
+    plan = at.plan
     last = plan.layers[-1]
-    recompute_last = _recompute(plan, last, batch, seq)
-    down_input = _sum_saved(last.down_input, batch, seq, r)
-    candidates.append(
-        (
-            "last_layer_backward",
-            phase(
-                activations=a_model + a_layers + recompute_last - down_input,
-                autocast_cache=(last.cache_bytes if ckpt else cache_layers) - plan.last_down_cast,
-                gradients=grads_head + plan.last_down_grad,
-                temporaries=transient + 2 * scalar + plan.dequant_bytes,
-            ),
-        )
+    return at.phase(
+        activations=at.a_model + at.a_layers + _recompute(at, last) - at.saved(last.down_input),
+        autocast_cache=(last.cache_bytes if at.ckpt else at.cache_layers) - plan.last_down_cast,
+        gradients=at.grads_head() + plan.last_down_grad,
+        temporaries=_layer_transient(plan, at.batch, at.seq) + 2 * at.scalar + plan.dequant_bytes,
     )
-    if spec.moe is not None and spec.is_moe_layer(spec.n_layers - 1):
-        # the last MoE block's combine: proj_out (half) * routing weights (fp32) is fp32, so its
-        # backward holds three fp32 (B*S*k, H) gradients and the half one for proj_out
-        k = spec.moe.top_k
-        wide = alloc_bytes(tokens * k * spec.hidden_size * 4, r)
-        expert_width = 4 if reg.autocast else reg.compute_bytes
-        narrow = alloc_bytes(tokens * k * spec.hidden_size * expert_width, r)
-        out_grad = alloc_bytes(
-            tokens * spec.hidden_size * (4 if reg.autocast else reg.compute_bytes), r
-        )
-        candidates.append(
-            (
-                "moe_combine_backward",
-                phase(
-                    activations=a_model + a_layers,
-                    autocast_cache=0 if ckpt else cache_layers,
-                    gradients=grads_head,
-                    temporaries=3 * wide + narrow + out_grad + 2 * scalar,
-                ),
-            )
-        )
-    norm_input = 0
-    if spec.final_norm and spec.norm_kind is NormKind.RMSNORM:
-        # the final norm's backward: lm_head's gradient is out, the norm's fp32 input still saved
-        norm_input = _sum_saved(plan.final_norm_input, batch, seq, r)
-        candidates.append(
-            (
-                "final_norm_backward",
-                phase(
-                    activations=a_model + a_layers + norm_input,
-                    autocast_cache=0 if ckpt else cache_layers,
-                    gradients=grads_head,
-                    temporaries=_norm_transient(plan, batch, seq) + 2 * scalar,
-                ),
-            )
-        )
-    first = next(g for g in plan.layers if g.first)
-    a_first = group_bytes[id(first)]
-    recompute_first = _recompute(plan, first, batch, seq)
-    down_first = _sum_saved(first.down_input, batch, seq, r)
-    grads_before_first = plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
-    candidates.append(
-        (
-            "first_layer_backward",
-            phase(
-                activations=a_model + a_first + recompute_first - down_first,
-                autocast_cache=first.cache_bytes - plan.first_down_cast,
-                gradients=grads_before_first + plan.first_down_grad,
-                temporaries=transient + 2 * scalar + plan.dequant_bytes,
-            ),
-        )
+
+
+def _moe_combine_backward(at: _At) -> dict[str, int] | None:
+    """The last MoE block's combine: proj_out (half) * routing weights (fp32) is fp32, so its
+    backward holds three fp32 (B*S*k, H) gradients and the half one for proj_out, beside the
+    block's output gradient. None unless the last layer is an MoE layer."""
+    plan, spec = at.plan, at.plan.spec
+    if spec.moe is None or not spec.is_moe_layer(spec.n_layers - 1):
+        return None
+    k, hidden = spec.moe.top_k, spec.hidden_size
+    wide = at.alloc(at.tokens * k * hidden * 4)
+    half = 4 if plan.regime.autocast else plan.regime.compute_bytes
+    narrow = at.alloc(at.tokens * k * hidden * half)
+    out_grad = at.alloc(at.tokens * hidden * half)
+    return at.phase(
+        activations=at.a_model + at.a_layers,
+        autocast_cache=0 if at.ckpt else at.cache_layers,
+        gradients=at.grads_head(),
+        temporaries=3 * wide + narrow + out_grad + 2 * at.scalar,
     )
-    if "embeddings" in plan.grads:
-        # the embedding's backward, last: its (V, H) gradient beside the others; untied, the
-        # incoming (B, S, H) gradient is still alive; tied, the new gradient and its sum with
-        # lm_head's (out of place) are both alive.
-        vh = alloc_bytes(v * spec.hidden_size * reg.grad_bytes, r)
-        stream = 4 if reg.autocast else reg.compute_bytes
-        if spec.tie_word_embeddings:
-            extra = 2 * vh
-        else:
-            extra = alloc_bytes(tokens * spec.hidden_size * stream, r)
-        candidates.append(
-            (
-                "embedding_backward",
-                phase(gradients=plan.grad_bytes, temporaries=extra + 2 * scalar),
-            )
-        )
-    best_name, best = max(candidates, key=lambda item: sum(item[1].values()))
-    phases["peak_backward"] = best
-    phases["after_backward"] = phase(gradients=plan.grad_bytes)
-    phases["optimizer_step"] = phase(gradients=plan.grad_bytes, temporaries=plan.step_temporary)
-    phases["after_zero_grad"] = phase()
-    phases["forward_peak"] = phase(
-        activations=activations,
-        autocast_cache=cache_layers + plan.cache_head + plan.cache_bias,
+
+
+def _final_norm_input(at: _At) -> int:
+    return at.saved(at.plan.final_norm_input)
+
+
+def _final_norm_backward(at: _At) -> dict[str, int] | None:
+    """The final RMSNorm's backward: lm_head's gradient is out, the norm's fp32 input still
+    saved, five fp32 (B, S, H) temporaries (:func:`_norm_transient`). None without one."""
+    spec = at.plan.spec
+    if not (spec.final_norm and spec.norm_kind is NormKind.RMSNORM):
+        return None
+    return at.phase(
+        activations=at.a_model + at.a_layers + _final_norm_input(at),
+        autocast_cache=0 if at.ckpt else at.cache_layers,
+        gradients=at.grads_head(),
+        temporaries=_norm_transient(at.plan, at.batch, at.seq) + 2 * at.scalar,
+    )
+
+
+def _first_layer(plan: TrainingPlan) -> LayerGroup:
+    return next(g for g in plan.layers if g.first)
+
+
+def _first_layer_backward(at: _At) -> dict[str, int] | None:
+    """The first layer's MLP multiply: only the first layer's activations are left, every
+    other layer's gradients are written (the embeddings' not yet)."""
+    plan = at.plan
+    first = _first_layer(plan)
+    return at.phase(
+        activations=at.a_model
+        + at.group_bytes[id(first)]
+        + _recompute(at, first)
+        - at.saved(first.down_input),
+        autocast_cache=first.cache_bytes - plan.first_down_cast,
+        gradients=plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
+        + plan.first_down_grad,
+        temporaries=_layer_transient(plan, at.batch, at.seq) + 2 * at.scalar + plan.dequant_bytes,
+    )  # fmt: skip
+
+
+def _embedding_backward(at: _At) -> dict[str, int] | None:
+    """The embedding's backward, last: its (V, H) gradient beside the others; untied, the
+    incoming (B, S, H) gradient is still alive; tied, the new gradient and its sum with
+    lm_head's (out of place) are both alive. None when the embeddings are frozen."""
+    plan, spec = at.plan, at.plan.spec
+    if "embeddings" not in plan.grads:
+        return None
+    if spec.tie_word_embeddings:
+        extra = 2 * at.alloc(spec.vocab_size * spec.hidden_size * plan.regime.grad_bytes)
+    else:
+        stream = 4 if plan.regime.autocast else plan.regime.compute_bytes
+        extra = at.alloc(at.tokens * spec.hidden_size * stream)
+    return at.phase(gradients=plan.grad_bytes, temporaries=extra + 2 * at.scalar)
+
+
+_BACKWARD_CANDIDATES = (
+    ("loss_backward", _loss_backward),
+    ("last_layer_backward", _last_layer_backward),
+    ("moe_combine_backward", _moe_combine_backward),
+    ("final_norm_backward", _final_norm_backward),
+    ("first_layer_backward", _first_layer_backward),
+    ("embedding_backward", _embedding_backward),
+)
+"""The instants of the backward where live memory can peak, in the order they happen."""
+
+
+def _forward_peak(at: _At) -> dict[str, int]:
+    """While the loss runs in the forward: every activation, all autocast copies (biases too),
+    the half logits and their fp32 copy, and :func:`_forward_loss_temporaries`."""
+    plan, spec = at.plan, at.plan.spec
+    logits = at.alloc(at.tokens * spec.vocab_size * plan.regime.compute_bytes)
+    upcast = at.alloc(at.tokens * spec.vocab_size * 4) if plan.regime.compute_bytes != 4 else 0
+    return at.phase(
+        activations=at.a_model + at.a_layers + at.a_head,
+        autocast_cache=at.cache_layers + plan.cache_head + plan.cache_bias,
         temporaries=logits
         + upcast
-        + _forward_loss_temporaries(plan, batch, seq)
+        + _forward_loss_temporaries(plan, at.batch, at.seq)
         + plan.dequant_bytes,
     )
+
+
+def _backward_sections(at: _At, best_name: str, best: dict[str, int]) -> dict[str, int]:
+    """Activations by trace section at the backward peak when it lies in the layers."""
+    if best_name not in (
+        "last_layer_backward", "first_layer_backward", "final_norm_backward",
+        "moe_combine_backward",
+    ):  # fmt: skip
+        return {}
+    plan = at.plan
+    by_section: dict[str, int] = {}
+    for item in plan.model_saved:
+        key = _model_section(item.key, at.ckpt, plan.setup.is_lora)
+        by_section[key] = by_section.get(key, 0) + _one(item, at.batch, at.seq, plan.round_to)
+    if at.ckpt:
+        first_input = at.group_bytes[id(_first_layer(plan))]
+        by_section["embedding"] = by_section.get("embedding", 0) + first_input
+    sections = {k: v for k, v in by_section.items() if k != "layers"}
+    sections["layers"] = best["activations"] - sum(sections.values())
+    if best_name == "final_norm_backward":
+        sections["final_norm"] = _final_norm_input(at)
+        sections["layers"] -= sections["final_norm"]
+    return {k: v for k, v in sections.items() if v}
+
+
+def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
+    """Live memory of the steady-state step at (batch, seq), per phase and category."""
+    kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
+    if kernels != plan.kernels:  # a mask or a kernel limit changes with (batch, seq)
+        plan = training_plan(plan.spec, plan.setup, kernels)
+    at = _at(plan, batch, seq)
+    phases: dict[str, dict[str, int]] = {
+        "after_load": at.phase(),
+        "end_of_forward": _end_of_forward(at),
+    }
+    candidates = [(name, fn(at)) for name, fn in _BACKWARD_CANDIDATES]
+    best_name, best = max(
+        ((name, phase) for name, phase in candidates if phase is not None),
+        key=lambda item: sum(item[1].values()),
+    )
+    phases["peak_backward"] = best
+    phases["after_backward"] = at.phase(gradients=plan.grad_bytes)
+    phases["optimizer_step"] = at.phase(gradients=plan.grad_bytes, temporaries=plan.step_temporary)
+    phases["after_zero_grad"] = at.phase()
+    phases["forward_peak"] = _forward_peak(at)
     peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
-    states = plan.state_bytes
     first_step = max(
-        max(sum(phases[k].values()) for k in phases if k not in ("optimizer_step",)) - states,
+        max(sum(v.values()) for k, v in phases.items() if k != "optimizer_step") - plan.state_bytes,
         sum(phases["optimizer_step"].values()),
     )
-    acts = {"model": a_model, "layers": a_layers, "head_and_loss": a_head}
-    sections: dict[str, int] = {}
-    live = best["activations"]
-    if best_name in (
-        "last_layer_backward",
-        "first_layer_backward",
-        "final_norm_backward",
-        "moe_combine_backward",
-    ):
-        by_section: dict[str, int] = {}
-        for item in plan.model_saved:
-            key = _model_section(item.key, ckpt, plan.setup.is_lora)
-            by_section[key] = by_section.get(key, 0) + _one(item, batch, seq, r)
-        if ckpt:
-            first_input = group_bytes[id(first)]
-            by_section["embedding"] = by_section.get("embedding", 0) + first_input
-        sections = {k: v for k, v in by_section.items() if k != "layers"}
-        sections["layers"] = live - sum(sections.values())
-        if best_name == "final_norm_backward":
-            sections["final_norm"] = norm_input
-            sections["layers"] -= norm_input
-        sections = {k: v for k, v in sections.items() if v}
+    acts = {"model": at.a_model, "layers": at.a_layers, "head_and_loss": at.a_head}
     temps = {_BACKWARD_TEMPORARIES[best_name]: best["temporaries"]}
+    sections = _backward_sections(at, best_name, best)
     return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
 
 
@@ -311,12 +395,12 @@ def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
     return out
 
 
-def _recompute(plan: TrainingPlan, group: LayerGroup, b: int, s: int) -> int:
+def _recompute(at: _At, group: LayerGroup) -> int:
     """Activations the recomputed layer saves again, less its input, which checkpointing kept
     already (the first norm saves that very tensor when the stream is fp32, or a LayerNorm)."""
-    if plan.setup.checkpointing is not Checkpointing.FULL:
+    if not at.ckpt:
         return 0
-    return _sum_saved(group.recompute, b, s, plan.round_to)
+    return at.saved(group.recompute)
 
 
 _FAST_PLANS: dict[tuple[Any, ...], tuple[ModelSpec, TrainingPlan]] = {}
@@ -332,7 +416,7 @@ def training_peak_bytes(spec: ModelSpec, setup: TrainingSetup) -> int:
         id(spec), setup.precision, setup.optimizer, setup.attention, setup.checkpointing,
         setup.dropout, setup.fp32_grad_accumulation, setup.lora_rank, setup.lora_alpha,
         setup.lora_targets, setup.qlora, setup.freeze_embeddings, setup.freeze_layers,
-        setup.target,
+        setup.target, setup.gpu,
     )  # fmt: skip
     cached = _FAST_PLANS.get(key)
     if cached is None or cached[0] is not spec:

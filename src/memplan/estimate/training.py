@@ -10,7 +10,10 @@ Everything that does not depend on batch and sequence length is computed once pe
 (spec, setup) and cached (:func:`training_plan`): parameters tensor by tensor, gradients,
 optimizer states, autocast copies, and the saved-tensor terms of every distinct layer
 (``memplan.formulas.activations``). The per-(B, S) path (:func:`evaluate`) is integer
-arithmetic over a few dozen terms, each rounded to the allocator's 512-byte blocks.
+arithmetic over a few dozen terms, each rounded to the allocator's 512-byte blocks. The one
+thing (B, S) can change in a plan is the attention kernel (``memplan.estimate.train_kernels``:
+a sliding window the sequence reaches makes transformers build a mask; cuDNN's limits): a plan
+is cached per kernel choice, which follows the setup's GPU as the trace does.
 
 Timeline (``static`` = parameters + buffers + optimizer states + inputs):
 
@@ -34,7 +37,7 @@ These are checked against the trace byte for byte on size-reduced configs of sev
 
 from __future__ import annotations
 
-from memplan.estimate.train_plan import TrainingPlan, training_plan
+from memplan.estimate.train_plan import TrainingPlan, attention_kernels, training_plan
 from memplan.estimate.train_report import _report
 from memplan.estimate.train_setup import validate_setup
 from memplan.estimate.train_step import (
@@ -71,6 +74,7 @@ def estimate_training(spec: ModelSpec, setup: TrainingSetup, *, method: str = "e
         from memplan.formulas.methods_training import method_report
 
         return method_report(spec, setup, method)
-    plan = training_plan(spec, _plan_key(setup))
+    kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
+    plan = training_plan(spec, _plan_key(setup), kernels)
     mem = evaluate(plan, setup.batch, setup.seq)
     return _report(plan, setup, mem)

@@ -39,32 +39,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memplan.errors import SetupError
-from memplan.specs.model import AttentionType, MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
+from memplan.formulas.attention import AttentionKernel, attention_kernel, cpu_attention_kernel
+from memplan.specs.model import MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
 from memplan.specs.training import Attention, Checkpointing
 
 __all__ = [
     "ActivationContext",
+    "AttentionKernel",
     "Saved",
-    "attention_backend",
+    "attention_kernel",
+    "cpu_attention_kernel",
     "head_saved",
     "layer_saved",
     "model_saved",
-    "saved_bytes",
 ]
 
-_SOFTMAX_IN_INPUT_DTYPE = frozenset({"gpt2"})
-_ROTARY_CAT = frozenset({"phi3", "gpt_neox", "stablelm", "persimmon", "phi"})
-_NORM_WEIGHT_IN_FP32 = frozenset({"olmo2"})
-"""Families whose rotary embedding concatenates the rotated and passed-through parts."""
-"""Families whose eager attention calls softmax without ``dtype=torch.float32``."""
 SOURCE = "transformers 5.23 modeling code + torch 2.13 derivatives.yaml (saved tensors)"
 
 
 @dataclass(frozen=True, slots=True)
 class Saved:
-    """One saved tensor: ``numel = B*S*per_token + B*S*S*per_score + B*S'*per_row +
-    S*per_position + fixed`` with ``S'`` = S rounded up to ``align``."""
+    """One saved tensor: ``numel = B*S*per_token + B*S*S''*per_score + B*S'*per_row +
+    S*per_position + fixed`` with ``S'`` = S rounded up to ``align``, ``S''`` to
+    ``score_align``."""
 
     key: str
     elem_bytes: int
@@ -79,13 +76,17 @@ class Saved:
     whole_buffer_at_batch_1: bool = False
     """A view that keeps its (B, S+1) parent alive when B == 1: ``labels[..., 1:].contiguous()``
     is already contiguous for one row, so no copy is made and the padded labels are saved."""
+    score_align: int = 1
+    """The last dim of a per-score tensor is padded to this multiple (a mask the memory-efficient
+    kernel pads)."""
 
     def nbytes(self, batch: int, seq: int) -> int:
         rows = -(-seq // self.align) * self.align if self.align > 1 else seq
+        keys = -(-seq // self.score_align) * self.score_align
         tokens_seq = seq + 1 if self.whole_buffer_at_batch_1 and batch == 1 else seq
         numel = (
             batch * tokens_seq * self.per_token
-            + batch * seq * seq * self.per_score
+            + batch * seq * keys * self.per_score
             + batch * rows * self.per_row
             + seq * self.per_position
             + self.fixed
@@ -112,56 +113,14 @@ class ActivationContext:
     kv_cache_copies: bool = True
     """``use_cache`` is on (transformers' default without checkpointing): ``DynamicCache.update``
     concatenates k and v into fresh tensors, which attention then saves."""
-    emulate_gpu_major: int = 9
+    kernels: tuple[AttentionKernel, AttentionKernel] | None = None
+    """The attention kernel of full-attention and of sliding-window layers
+    (:func:`attention_kernel`); None: flash in both."""
 
-
-def saved_bytes(items: tuple[Saved, ...] | list[Saved], batch: int, seq: int, round_to: int) -> int:
-    """Sum of the allocator-rounded sizes of ``items`` at (batch, seq)."""
-    total = 0
-    for item in items:
-        n = item.nbytes(batch, seq)
-        if n > 0:
-            total += -(-n // round_to) * round_to
-    return total
-
-
-# Attention backend ------------------------------------------------------------------------------
-def attention_backend(spec: ModelSpec, ctx: ActivationContext, *, has_mask: bool) -> str:
-    """The kernel that runs: ``eager``, ``flash``, ``mem-efficient``, ``cudnn`` or ``math``.
-
-    ``sdpa`` follows ``select_sdp_backend`` (sdp_utils.cpp): flash needs half inputs, equal q/k/v
-    head dims <= 256 and no mask; memory-efficient takes fp32 and masks but not grouped KV heads.
-    """
-    if ctx.attention is Attention.EAGER:
-        return "eager"
-    if spec.attn_logit_softcapping is not None:
-        raise SetupError(
-            f"{spec.name}: sdpa cannot apply the attention logit soft-capping this model uses; "
-            "choose --attention eager"
-        )
-    if ctx.attention is Attention.CUDNN:
-        return "cudnn"
-    mla = spec.mla
-    qk = mla.qk_head_dim if mla else spec.head_dim
-    v = mla.v_head_dim if mla else spec.head_dim
-    gqa = spec.n_kv_heads < spec.n_heads and mla is None
-    half = ctx.compute_bytes == 2
-    flash_ok = half and qk == v and qk <= 256 and not has_mask
-    if ctx.attention is Attention.FLASH:
-        if not flash_ok:
-            raise SetupError(
-                f"{spec.name}: the flash kernel cannot run this setup (needs fp16/bf16, equal "
-                "q/k/v head dims <= 256 and no mask); use --attention sdpa"
-            )
-        return "flash"
-    if ctx.attention is Attention.MEM_EFFICIENT:
-        return "mem-efficient"
-    if flash_ok:
-        return "flash"
-    if gqa and not has_mask:
-        # transformers passes enable_gqa; memory-efficient rejects grouped heads: math.
-        return "math"
-    return "mem-efficient"
+    def kernel(self, sliding: bool) -> AttentionKernel:
+        if self.kernels is None:
+            return AttentionKernel("flash")
+        return self.kernels[1 if sliding else 0]
 
 
 # Ops ---------------------------------------------------------------------------------------------
@@ -185,7 +144,7 @@ def _norm(
     """
     out: list[Saved] = []
     if spec.norm_kind is NormKind.RMSNORM:
-        gemma = spec.model_type.startswith("gemma")
+        gemma = spec.norm_one_plus_weight
         if x_grad:
             out.append(Saved("input_fp32", 4, per_token=width))
             out.append(Saved("rsqrt_fp32", 4, per_token=rows))
@@ -193,9 +152,10 @@ def _norm(
             if w_train:
                 out.append(Saved("normed_fp32", 4, per_token=width))
             if x_grad:
-                out.append(Saved("one_plus_weight_fp32", 4, fixed=width))
+                # one weight per row: RMSNorm(head_dim) shared by the heads of a QK-norm
+                out.append(Saved("one_plus_weight_fp32", 4, fixed=width // rows))
         elif w_train:
-            normed_bytes = 4 if spec.model_type in _NORM_WEIGHT_IN_FP32 else in_bytes
+            normed_bytes = 4 if spec.norm_weight_fp32 else in_bytes
             out.append(Saved("normed", normed_bytes, per_token=width))
         return out
     ln_in = 4 if ctx.autocast else in_bytes
@@ -248,63 +208,102 @@ def _dropout(ctx: ActivationContext, key: str, p: float, width: int, in_bytes: i
 
 
 def _attention_core(
-    spec: ModelSpec, ctx: ActivationContext, backend: str, layer_type: AttentionType
+    spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel
 ) -> list[Saved]:
     """What the attention kernel (or the eager ops) saves; q/k/v already rotated."""
-    c = ctx.compute_bytes
-    h, hkv = spec.n_heads, spec.n_kv_heads
+    if kernel.backend in ("flash", "cudnn", "mem-efficient"):
+        out = _fused_kernel_saved(spec, ctx, kernel)
+    elif kernel.backend == "math":
+        out = _math_kernel_saved(spec, ctx)
+    else:
+        out = _eager_saved(spec, ctx)
+    if ctx.checkpointing is Checkpointing.SELECTIVE:
+        # recomputing the core needs q, k, v (kept); the output is o_proj's input anyway
+        drop = ("logsumexp_fp32", "rng_seed", "rng_offset", "mask_bias")
+        out = [s for s in out if not s.per_score and not s.key.endswith(drop)]
+    return out
+
+
+def _fused_kernel_saved(
+    spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel
+) -> list[Saved]:
+    """flash, cuDNN and memory-efficient: q, k, v, the output, a fp32 logsumexp and the RNG
+    state (TRACE-NOTES.md); with a mask, the additive mask in the query dtype.
+
+    With ``repeat_kv`` the kernel saves transformers' full-head copies of k and v, except for
+    one KV head, where ``expand(...).reshape(...)`` is a view (stride 0 over the heads) and the
+    kernel keeps the cache's one-head tensors. The
+    memory-efficient kernel pads its logsumexp to 32 positions (``_meta_registrations.py``) and
+    the mask's last dim to a multiple of 8 (attention.cpp ``preprocess_mask``: ``pad_bias<8>``);
+    cuDNN saves the mask as converted. Flash keeps a (2,) uint64 seed and an unused offset,
+    the others two int64 scalars. The output copies q's layout for flash and cuDNN
+    (``empty_like`` / ``alloc_with_matching_layout``); partial-rotary families build q with
+    ``torch.cat``, (B, H, S, D) contiguous, so ``transpose(1, 2).contiguous()`` copies the output
+    for o_proj. The memory-efficient output is (B, S, H, D) already.
+    """
+    c, h, backend = ctx.compute_bytes, spec.n_heads, kernel.backend
     mla = spec.mla
     d_qk = mla.qk_head_dim if mla else spec.head_dim
     d_v = mla.v_head_dim if mla else spec.head_dim
-    key = "attention"
-    if backend in ("flash", "cudnn", "mem-efficient"):
-        kv_heads = hkv if backend != "mem-efficient" else h
-        out = _qkv_storages(spec, ctx, kv_heads, d_qk, d_v)
-        out.append(Saved(f"{key}/out", c, per_token=h * d_v))
-        if spec.model_type in _ROTARY_CAT:
-            # Partial-rotary families build q with torch.cat: (B, H, S, D) contiguous, so the
-            # kernel's output is too and transpose(1, 2).contiguous() copies it for o_proj.
-            out.append(Saved("o_proj/input", c, per_token=h * d_v))
-        align = 32 if backend == "mem-efficient" else 1
-        out.append(Saved(f"{key}/logsumexp_fp32", 4, per_row=h, align=align))
-        # RNG state: flash keeps a (2,) uint64 seed and an unused offset; the others two int64.
-        out.append(Saved(f"{key}/rng_seed", 8, fixed=2 if backend == "flash" else 1))
-        out.append(Saved(f"{key}/rng_offset", 8, fixed=1))
-        if ctx.checkpointing is Checkpointing.SELECTIVE:
-            # recomputing the kernel needs q, k, v (kept); the output is o_proj's input anyway
-            return [
-                s for s in out if not s.key.endswith(("logsumexp_fp32", "rng_seed", "rng_offset"))
-            ]
-        return out
-    if backend == "math":
-        # _scaled_dot_product_attention_math: k and v repeated for GQA, everything in fp32 for
-        # half inputs; q*sqrt(scale) and k*sqrt(scale), the softmax and v are saved, and the
-        # output's transposed copy feeds o_proj.
-        out = [
-            Saved(f"{key}/q_scaled", 4, per_token=h * d_qk),
-            Saved(f"{key}/k_scaled", 4, per_token=h * d_qk),
-            Saved(f"{key}/softmax", 4, per_score=h),
-            Saved(f"{key}/v", 4, per_token=h * d_v),
-            Saved(f"{key}/out", c, per_token=h * d_v),
-        ]
-        return out
-    # eager_attention_forward: softmax(dtype=float32) then .to(q.dtype) (GPT-2 keeps the
-    # input dtype unless autocast upcasts it), dropout, matmul with v.
-    out = [Saved(f"{key}/q", c, per_token=h * d_qk), Saved(f"{key}/k", c, per_token=h * d_qk)]
+    storages = _qkv_storages(spec, ctx, spec.n_kv_heads, d_qk, d_v)
+    if kernel.gqa == "repeat_kv" and spec.n_kv_heads > 1:
+        k = Saved("attention/k", c, per_token=h * d_qk)
+        storages = [storages[0], k, Saved("attention/v", c, per_token=h * d_v)]
+    out = [*storages, Saved("attention/out", c, per_token=h * d_v)]
+    if spec.rotary_concat and backend != "mem-efficient":
+        out.append(Saved("o_proj/input", c, per_token=h * d_v))
+    align = 32 if backend == "mem-efficient" else 1
+    out.append(Saved("attention/logsumexp_fp32", 4, per_row=h, align=align))
+    out.append(Saved("attention/rng_seed", 8, fixed=2 if backend == "flash" else 1))
+    out.append(Saved("attention/rng_offset", 8, fixed=1))
+    if kernel.has_mask and backend != "flash":
+        pad = 8 if backend == "mem-efficient" else 1
+        out.append(Saved("attention/mask_bias", c, per_score=1, score_align=pad))
+    return out
+
+
+def _math_kernel_saved(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:
+    """``_scaled_dot_product_attention_math`` (attention.cpp): k and v repeated for GQA,
+    everything in fp32 for half inputs; q*sqrt(scale) and k*sqrt(scale), the softmax and v are
+    saved, and the output's transposed copy feeds o_proj. With dropout, CUDA's fused dropout
+    keeps its bool mask and the second matmul the dropped probabilities."""
+    c, h = ctx.compute_bytes, spec.n_heads
+    mla = spec.mla
+    d_qk = mla.qk_head_dim if mla else spec.head_dim
+    d_v = mla.v_head_dim if mla else spec.head_dim
+    out = [
+        Saved("attention/q_scaled", 4, per_token=h * d_qk),
+        Saved("attention/k_scaled", 4, per_token=h * d_qk),
+        Saved("attention/softmax", 4, per_score=h),
+    ]
+    if ctx.attention_dropout > 0:
+        out.append(Saved("attention/dropout_mask", ctx.mask_bytes or 4, per_score=h))
+        out.append(Saved("attention/probs", 4, per_score=h))
+    out.append(Saved("attention/v", 4, per_token=h * d_v))
+    out.append(Saved("attention/out", c, per_token=h * d_v))
+    return out
+
+
+def _eager_saved(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:
+    """``eager_attention_forward``: softmax(dtype=float32) then ``.to(q.dtype)`` (GPT-2 keeps
+    the input dtype unless autocast upcasts it), dropout, matmul with v."""
+    c, h = ctx.compute_bytes, spec.n_heads
+    mla = spec.mla
+    d_qk = mla.qk_head_dim if mla else spec.head_dim
+    d_v = mla.v_head_dim if mla else spec.head_dim
+    out = [Saved("attention/q", c, per_token=h * d_qk), Saved("attention/k", c, per_token=h * d_qk)]
     if spec.attn_logit_softcapping is not None:
-        out.append(Saved(f"{key}/softcap_tanh", c, per_score=h))
-    soft = 4 if ctx.autocast or spec.model_type not in _SOFTMAX_IN_INPUT_DTYPE else c
-    out.append(Saved(f"{key}/softmax", soft, per_score=h))
+        out.append(Saved("attention/softcap_tanh", c, per_score=h))
+    soft = 4 if ctx.autocast or not spec.softmax_in_input_dtype else c
+    out.append(Saved("attention/softmax", soft, per_score=h))
     p = ctx.attention_dropout
     if soft != c or p > 0:
-        out.append(Saved(f"{key}/probs", c, per_score=h))
+        out.append(Saved("attention/probs", c, per_score=h))
     if p > 0:
         mask = ctx.mask_bytes if ctx.mask_bytes else c
-        out.append(Saved(f"{key}/dropout_mask", mask, per_score=h))
-    out.append(Saved(f"{key}/v", c, per_token=h * d_v))
-    out.append(Saved(f"{key}/out", c, per_token=h * d_v))
-    if ctx.checkpointing is Checkpointing.SELECTIVE:
-        out = [s for s in out if not s.per_score]
+        out.append(Saved("attention/dropout_mask", mask, per_score=h))
+    out.append(Saved("attention/v", c, per_token=h * d_v))
+    out.append(Saved("attention/out", c, per_token=h * d_v))
     return out
 
 
@@ -474,12 +473,11 @@ def _layer_full(
     out: list[Saved] = []
     out += _group("input_layernorm", _norm(spec, ctx, hdim, r, input_grad, trainable))
     norm_out = _norm_out_bytes(spec, ctx, r)
-    layer_type = spec.attention_type(index)
-    backend = attention_backend(spec, ctx, has_mask=False)
+    kernel = ctx.kernel(spec.slides(index))
     attn = _projections(spec, ctx, norm_out, train, input_grad)
     attn += _qk_norms(spec, ctx, trainable)
     if any_grad:
-        attn += _attention_core(spec, ctx, backend, layer_type)
+        attn += _attention_core(spec, ctx, kernel)
         attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
     out += _group("self_attn", attn)
     if spec.n_layer_norms >= 4:  # Gemma 2/3: a norm on the half attention output
@@ -524,10 +522,11 @@ def _group(prefix: str, items: list[Saved]) -> list[Saved]:
 
 
 def _prefixed(prefix: str, item: Saved) -> Saved:
-    tail = item.key.split("/")[-1]
+    # positional: dataclasses.replace costs seconds over a 2048-layer model's tensors
     return Saved(
-        f"{prefix}/{tail}", item.elem_bytes, item.per_token, item.per_score, item.per_row,
-        item.align, item.per_position, item.fixed, item.category,
+        f"{prefix}/{item.key.split('/')[-1]}", item.elem_bytes, item.per_token, item.per_score,
+        item.per_row, item.align, item.per_position, item.fixed, item.category,
+        item.whole_buffer_at_batch_1, item.score_align,
     )  # fmt: skip
 
 
@@ -553,8 +552,10 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
     if spec.position is PositionKind.ROTARY:
         d = spec.rotary_dim or (spec.mla.qk_rope_head_dim if spec.mla else spec.head_dim)
         cos_bytes = ctx.stream_bytes
-        out.append(Saved("rotary/cos", cos_bytes, per_position=d))
-        out.append(Saved("rotary/sin", cos_bytes, per_position=d))
+        for table in range(spec.n_rotary_tables):
+            suffix = f"_{table}" if table else ""
+            out.append(Saved(f"rotary/cos{suffix}", cos_bytes, per_position=d))
+            out.append(Saved(f"rotary/sin{suffix}", cos_bytes, per_position=d))
     if ctx.checkpointing is Checkpointing.FULL and spec.position is PositionKind.ROTARY:
         # non-reentrant checkpointing keeps every layer call's inputs: position_ids too
         out.append(Saved("checkpoint/position_ids", 8, per_position=1))

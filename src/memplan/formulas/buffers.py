@@ -17,13 +17,12 @@ buffers along with the parameters.
 from __future__ import annotations
 
 from memplan.report import Item
-from memplan.specs.model import AttentionType, ModelSpec, PositionKind
+from memplan.specs.model import ModelSpec, PositionKind
 
 __all__ = ["buffer_breakdown", "buffer_bytes", "rotary_dim"]
 
 _FP32 = 4
 _SRC = "transformers 5.23 named_buffers() of modeling_{}.py"
-_ROTARY_FREE = {"gpt2", "gpt_bigcode"}
 
 
 def rotary_dim(spec: ModelSpec) -> int:
@@ -35,12 +34,9 @@ def rotary_dim(spec: ModelSpec) -> int:
 
 def _rotary_tables(spec: ModelSpec) -> int:
     """How many (inv_freq, original_inv_freq) pairs the model registers."""
-    if spec.model_type in _ROTARY_FREE or spec.position is PositionKind.LEARNED:
+    if spec.position is PositionKind.LEARNED:
         return 0
-    if spec.model_type == "gemma3_text":
-        kinds = set(spec.layer_types) or {AttentionType.FULL}
-        return len(kinds)
-    return 1
+    return spec.n_rotary_tables
 
 
 def buffer_breakdown(spec: ModelSpec) -> Item:
@@ -52,9 +48,9 @@ def buffer_breakdown(spec: ModelSpec) -> Item:
         half = (rotary_dim(spec) + 1) // 2
         formula = f"{tables} x 2 x ceil({rotary_dim(spec)}/2) x 4 B"
         root.leaf("rotary_inv_freq", tables * 2 * half * _FP32, formula, src)
-    if spec.model_type in ("gemma", "gemma2", "gemma3_text"):
+    if spec.embedding_multiplier is not None:  # Gemma registers its sqrt(hidden) scale
         root.leaf("embed_scale", _FP32, "float32 scalar", src)
-    if spec.model_type == "gpt_bigcode":
+    if spec.causal_mask_buffer:
         p = spec.max_position_embeddings
         root.leaf("causal_mask", p * p, f"bool ({p}, {p})", src)
     if spec.moe is not None and spec.moe.router_bias:

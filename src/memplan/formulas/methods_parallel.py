@@ -38,6 +38,7 @@ __all__ = [
     "largest_layer_params",
     "parallel_method_report",
     "zero_paper_bytes",
+    "zero_paper_communication_elements",
 ]
 
 ZERO_PAPER_K = 12
@@ -87,6 +88,12 @@ def deepspeed_zero3_gpu_bytes(psi: int, largest: int, n_gpus: int) -> int:
     return 4 * largest + int(18 * psi / n_gpus)
 
 
+def zero_paper_communication_elements(psi: float, stage: int) -> float:
+    """Elements each rank sends per step (ZeRO paper section 7; seed 002): ``2 Psi`` for
+    data parallelism and stages 1-2 (reduce-scatter + all-gather), ``3 Psi`` for stage 3."""
+    return 3 * psi if stage == 3 else 2 * psi
+
+
 def _report(spec: ModelSpec, method: str, parts: dict[str, float], source: str) -> Report:
     root = Item("peak", note=f"textbook method: {method}")
     for key, value in parts.items():
@@ -119,7 +126,14 @@ def parallel_method_report(
     stage = equivalent_zero_stage(plan)
     if method == "zero-paper":
         parts = zero_paper_bytes(psi, plan.dp, stage)
-        return _report(spec, method, parts, "Rajbhandari et al. 2020, figure 1 (K = 12)")
+        report = _report(spec, method, parts, "Rajbhandari et al. 2020, figure 1 (K = 12)")
+        elements = zero_paper_communication_elements(psi, stage)
+        report.scalars["communication_elements_per_step"] = elements
+        report.notes.append(
+            f"communication per rank and step: {'3' if stage == 3 else '2'} Psi = "
+            f"{elements:,.0f} elements (seed 002; memplan's exact bytes: `--method exact`)"
+        )
+        return report
     if method == "deepspeed":
         n = plan.world_size
         total = (

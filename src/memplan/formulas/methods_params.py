@@ -2,7 +2,11 @@
 
 ``memplan params MODEL --method NAME`` shows one of these next to the exact count and says
 why they differ. Each formula is written as its seed states it; only the symbols are mapped to
-the spec (E = hidden size, N = layers, V = vocabulary).
+the spec (E = hidden size, N = layers, V = vocabulary). Names say what each assumes (the old
+names, after the seeds, still work): ``dense-ffn-4e`` (seed000: Llama layout, d_ff = 4E,
+full K/V, untied), ``dense-ffn-8/3e`` (seed000-swiglu: d_ff = 8/3 E), ``matrices-only``
+(seed001: no norms or biases), ``nominal-size`` (seed002: the size in the name),
+``gpt2-formula`` (seed003: GPT-2's calc_params).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from memplan.specs.model import MlpKind, ModelSpec, PositionKind
 
 __all__ = [
     "METHODS",
+    "METHOD_ALIASES",
     "MethodResult",
     "method_params",
     "seed000_params",
@@ -108,7 +113,7 @@ def seed002_nominal_params(name: str) -> int | None:
 def _seed000(spec: ModelSpec) -> MethodResult:
     total = seed000_params(spec.vocab_size, spec.hidden_size, spec.n_layers)
     return MethodResult(
-        "seed000",
+        "dense-ffn-4e",
         total,
         "VE + N(4E^2 + E + 12E^2 + E) + E + VE",
         "seed 000 (llama2 parameter analysis), d_ff = 4E",
@@ -121,7 +126,7 @@ def _seed000(spec: ModelSpec) -> MethodResult:
 def _seed000_swiglu(spec: ModelSpec) -> MethodResult:
     total = seed000_swiglu_params(spec.vocab_size, spec.hidden_size, spec.n_layers)
     return MethodResult(
-        "seed000-swiglu",
+        "dense-ffn-8/3e",
         total,
         "VE + N(4E^2 + E + 3 x 8/3 E^2 + E) + E + VE",
         "seed 000, 'if let 4 = 8/3'",
@@ -136,7 +141,7 @@ def _seed001(spec: ModelSpec) -> MethodResult:
         spec.vocab_size, spec.hidden_size, spec.n_layers, spec.q_dim, spec.intermediate_size, mats
     )
     return MethodResult(
-        "seed001",
+        "matrices-only",
         total,
         f"V d + N (4 d (d_head n_head) + {mats} d d_ffn) + d V",
         "seed 001 (basic model parameters)",
@@ -157,7 +162,7 @@ def _seed003(spec: ModelSpec) -> MethodResult:
         weight_tying=spec.tie_word_embeddings,
     )
     return MethodResult(
-        "seed003",
+        "gpt2-formula",
         total,
         "N(2E + 12E^2 [+ 11E]) + E [+ E] + VE + SE [+ VE untied]",
         "seed 003 (calc_params)",
@@ -170,11 +175,11 @@ def _seed002(spec: ModelSpec) -> MethodResult:
     nominal = seed002_nominal_params(spec.name)
     if nominal is None:
         raise SetupError(
-            f"seed002 takes the nominal size from the model name, and {spec.name!r} has none"
+            f"nominal-size takes the size from the model name, and {spec.name!r} has none"
         )
     bf16_gib = nominal * 2 / 2**30
     return MethodResult(
-        "seed002",
+        "nominal-size",
         nominal,
         "nominal size from the name x 2 B (bf16)",
         "seed 002 (memory for model parameters loading)",
@@ -184,17 +189,28 @@ def _seed002(spec: ModelSpec) -> MethodResult:
 
 
 METHODS: dict[str, Callable[[ModelSpec], MethodResult]] = {
-    "seed000": _seed000,
-    "seed000-swiglu": _seed000_swiglu,
-    "seed001": _seed001,
-    "seed002": _seed002,
-    "seed003": _seed003,
+    "dense-ffn-4e": _seed000,
+    "dense-ffn-8/3e": _seed000_swiglu,
+    "matrices-only": _seed001,
+    "nominal-size": _seed002,
+    "gpt2-formula": _seed003,
 }
+"""Textbook counts by name (``--method``), named after what they assume."""
+
+METHOD_ALIASES = {
+    "seed000": "dense-ffn-4e",
+    "seed000-swiglu": "dense-ffn-8/3e",
+    "seed001": "matrices-only",
+    "seed002": "nominal-size",
+    "seed003": "gpt2-formula",
+}
+"""The names the methods had before (after the seed documents they come from)."""
 
 
 def method_params(spec: ModelSpec, method: str) -> MethodResult:
-    """The named textbook formula applied to ``spec``."""
-    func = METHODS.get(method)
+    """The named textbook formula (a name or an old alias) applied to ``spec``."""
+    key = method.strip().lower()
+    func = METHODS.get(METHOD_ALIASES.get(key, key))
     if func is None:
         raise SetupError(f"unknown method {method!r}; choose one of: exact, {', '.join(METHODS)}")
     return func(spec)

@@ -7,17 +7,17 @@ see how far it lands from the exact number for their model, and why:
   Transformer Models", eq. 1 (seed 002): activations per layer ``s*b*h*(34 + 5*a*s/h)`` bytes
   (16-bit activations, dropout masks, no recomputation), plus seed 001's 16 bytes per
   parameter for weights, gradients and Adam states.
-- ``seed004``: the float32 AdamW formula of seed 004 (a CS336-style count): per block
+- ``fp32-adamw-count`` (was ``seed004``): the float32 AdamW formula of seed 004 (a CS336-style count): per block
   ``18*B*T*d + 8*d + 64*d^2 + 2*B*H*T^2`` floats, final norm ``B*T*d + 4*d``, output
   ``B*T*V + 4*V*d``, times 4 bytes. It assumes ``d_ff = 4*d`` and counts everything (weights,
   gradients, two Adam moments) in the same float32 units. GPT-2 XL:
   ``3.27463424e10 + 1.59410463e10 * batch`` bytes, batch 2 on an 80 GB device.
-- ``seed003``: the per-op GPT-2 accounting of seed 003 (``calc_all``), which names each saved
+- ``per-node-saved`` (was ``seed003``): the per-op GPT-2 accounting of seed 003 (``calc_all``), which names each saved
   tensor by its autograd node. Reproduced with its quirks: the MLP weights' half copies are
   counted as ``S*D`` instead of ``4*D*D``, the lm_head output is kept in the compute dtype, and
   optimizer states are two fp32 copies. ``calc_all(B=24, S=1024, D=384, NH=4, V=8192,
   n_layers=4, amp=True, dropout=True)`` = 2,094,331,968 bytes.
-- ``16n``: seed 001's rule, 16 bytes per parameter (fp32 Adam states and master weights with
+- ``16-bytes-per-param`` (was ``16n``): seed 001's rule, 16 bytes per parameter (fp32 Adam states and master weights with
   half weights and gradients), plus its forward activation sum (mixed precision, 2 bytes per
   value, ``O(backward) = O(forward)`` not added).
 """
@@ -34,8 +34,10 @@ from memplan.specs.training import Precision, TrainingSetup
 
 __all__ = [
     "METHODS",
+    "METHOD_ALIASES",
     "MethodResult",
     "calc_all_seed003",
+    "canonical_method",
     "korthikanti_activation_bytes_per_layer",
     "method_report",
     "method_result",
@@ -109,7 +111,7 @@ def _seed004(spec: ModelSpec, setup: TrainingSetup) -> MethodResult:
     )
     parts = {"parameters_gradients_adam": 4 * const, "activations": 4 * setup.batch * per_batch}
     return MethodResult(
-        "seed004",
+        "fp32-adamw-count",
         sum(parts.values()),
         parts,
         "seed 004: float32 AdamW memory of a pre-norm transformer",
@@ -168,7 +170,7 @@ def _seed003(spec: ModelSpec, setup: TrainingSetup) -> MethodResult:
         spec.n_layers, amp=amp, dropout=dropout,
     )  # fmt: skip
     return MethodResult(
-        "seed003",
+        "per-node-saved",
         sum(parts.values()),
         parts,
         "seed 003: calc_all, per-op saved tensors of GPT-2 (bias=False)",
@@ -187,7 +189,7 @@ def _sixteen_n(spec: ModelSpec, setup: TrainingSetup) -> MethodResult:
     forward = 2 * (b * s * d + spec.n_layers * per_layer + b * s * v)
     parts = {"model_states_16n": 16 * n, "activations_forward": forward}
     return MethodResult(
-        "16n",
+        "16-bytes-per-param",
         sum(parts.values()),
         parts,
         "seed 001: 16 bytes per parameter (mixed precision Adam) + its forward activations",
@@ -198,25 +200,42 @@ def _sixteen_n(spec: ModelSpec, setup: TrainingSetup) -> MethodResult:
 
 METHODS = {
     "korthikanti": _korthikanti,
-    "seed004": _seed004,
-    "seed003": _seed003,
-    "16n": _sixteen_n,
+    "fp32-adamw-count": _seed004,
+    "per-node-saved": _seed003,
+    "16-bytes-per-param": _sixteen_n,
 }
-"""Textbook methods by name (``--method``); ``exact`` is memplan's own."""
+"""Textbook methods by name (``--method``), named after what they do; ``exact`` is memplan's
+own."""
+
+METHOD_ALIASES = {
+    "seed004": "fp32-adamw-count",
+    "seed003": "per-node-saved",
+    "16n": "16-bytes-per-param",
+}
+"""The names the methods had before (after the seed documents they come from)."""
+
+
+def canonical_method(method: str) -> str:
+    """``seed004`` -> ``fp32-adamw-count``; ``exact`` and current names unchanged."""
+    key = method.strip().lower()
+    key = METHOD_ALIASES.get(key, key)
+    if key != "exact" and key not in METHODS:
+        known = ", ".join(["exact", *METHODS])
+        raise SetupError(f"unknown method {method!r}: choose one of {known}")
+    return key
 
 
 def method_result(spec: ModelSpec, setup: TrainingSetup, method: str) -> MethodResult:
-    """The result of textbook ``method`` for ``spec`` under ``setup``."""
-    try:
-        fn = METHODS[method]
-    except KeyError:
-        known = ", ".join(["exact", *METHODS])
-        raise SetupError(f"unknown method {method!r}: choose one of {known}") from None
-    return fn(spec, setup)
+    """The result of textbook ``method`` (a name or an old alias) for ``spec`` under ``setup``."""
+    key = canonical_method(method)
+    if key == "exact":
+        raise SetupError("exact is memplan's own accounting, not a textbook method")
+    return METHODS[key](spec, setup)
 
 
 def method_report(spec: ModelSpec, setup: TrainingSetup, method: str) -> Report:
     """A :class:`Report` of textbook ``method`` (labelled as such; no phases)."""
+    method = canonical_method(method)
     result = method_result(spec, setup, method)
     root = Item("peak", note=f"textbook method: {method}")
     for key, value in result.parts.items():

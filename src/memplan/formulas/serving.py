@@ -31,6 +31,7 @@ from memplan.formulas.kv_cache import layer_window
 from memplan.specs.model import ModelSpec
 
 __all__ = [
+    "BLOCK_SIZES",
     "DEFAULT_BLOCK_SIZE",
     "VLLM_SOURCE",
     "KvCacheLayout",
@@ -53,6 +54,9 @@ __all__ = [
 VLLM_SOURCE = "vLLM v1 (vllm-project/vllm @ 001cabc1): kv_cache_utils.py, kv_cache_interface.py"
 DEFAULT_BLOCK_SIZE = 16
 """vLLM's default ``--block-size`` for CUDA attention backends."""
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+"""The ``--block-size`` values vLLM accepts (``vllm/config/cache.py``: ``BlockSize =
+Literal[1, 8, 16, 32, 64, 128, 256]``)."""
 
 
 def cdiv(a: int, b: int) -> int:

@@ -132,7 +132,7 @@ def _attention_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
         return items
     q, kv = spec.q_dim, spec.kv_dim
     if spec.fused_qkv:
-        module = "c_attn" if spec.model_type == "gpt2" else "qkv_proj"
+        module = "c_attn" if spec.conv1d_names else "qkv_proj"
         items = _linear(f"{p}.{module}", module, q + 2 * kv, h, spec.qkv_bias, i)
     else:
         items = []
@@ -144,7 +144,7 @@ def _attention_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
     elif spec.qk_norm is QkNorm.FULL:
         items += _norm(spec, f"{p}.q_norm", q, i)
         items += _norm(spec, f"{p}.k_norm", kv, i)
-    o_module = "c_proj" if spec.model_type == "gpt2" else "o_proj"
+    o_module = "c_proj" if spec.conv1d_names else "o_proj"
     items += _linear(f"{p}.{o_module}", o_module, h, q, spec.o_bias, i)
     return items
 
@@ -154,7 +154,7 @@ def _dense_mlp_tensors(
 ) -> list[ParamTensor]:
     h, bias = spec.hidden_size, spec.mlp_bias
     if spec.mlp_kind is MlpKind.PLAIN:
-        up, down = ("c_fc", "c_proj") if spec.model_type == "gpt2" else ("up_proj", "down_proj")
+        up, down = ("c_fc", "c_proj") if spec.conv1d_names else ("up_proj", "down_proj")
         return _linear(f"{prefix}.{up}", up, width, h, bias, layer) + _linear(
             f"{prefix}.{down}", down, h, width, bias, layer
         )
@@ -235,17 +235,12 @@ def buffer_allocations(spec: ModelSpec) -> tuple[int, ...]:
     DeepSeek-V3 an fp32 ``e_score_correction_bias`` per MoE layer.
     """
     out: list[int] = []
-    if spec.position is PositionKind.ROTARY and spec.model_type not in ("gpt2", "gpt_bigcode"):
+    if spec.position is PositionKind.ROTARY:
         rot = spec.mla.qk_rope_head_dim if spec.mla else (spec.rotary_dim or spec.head_dim)
-        tables = (
-            len(set(spec.layer_types))
-            if spec.model_type == "gemma3_text" and spec.layer_types
-            else 1
-        )
-        out += [(rot + 1) // 2 * 4] * (2 * tables)
-    if spec.model_type in ("gemma", "gemma2", "gemma3_text"):
+        out += [(rot + 1) // 2 * 4] * (2 * spec.n_rotary_tables)
+    if spec.embedding_multiplier is not None:  # Gemma's embed_scale
         out.append(4)
-    if spec.model_type == "gpt_bigcode":
+    if spec.causal_mask_buffer:
         out.append(spec.max_position_embeddings**2)
     if spec.moe is not None and spec.moe.router_bias:
         n_moe = sum(1 for i in range(spec.n_layers) if spec.is_moe_layer(i))

@@ -19,6 +19,12 @@ by default:
 - ``awq-int4`` (AutoAWQ ``WQLinear_GEMM``, group 128): ``qweight`` int32 (in, out/8),
   ``qzeros`` int32 (in/128, out/8), ``scales`` fp16 (in/128, out); no g_idx.
 
+- ``fp8-block`` (DeepSeek-V3's ``quant_method: fp8`` with ``weight_block_size [128, 128]``):
+  fp8 weight (out, in) and ``weight_scale_inv``, one float32 per 128 x 128 block
+  (transformers ``FP8Linear``; DeepSeek-V3 technical report, section 3.3).
+- ``fp8-rowwise`` (``fbgemm_fp8``, Llama-3.1-405B-FP8): fp8 weight and ``weight_scale``, one
+  float32 per output row (transformers ``FbgemmFp8Linear``; Llama 3 paper, section 6.2).
+
 MoE experts (fused 3D tensors in transformers 5) are counted as ``n_experts`` linear layers
 each, as GPTQ/AWQ checkpoints of MoE models store them.
 """
@@ -157,7 +163,18 @@ def _awq(lin: Linear) -> list[tuple[str, int]]:
     ]
 
 
+def _fp8_block(lin: Linear) -> list[tuple[str, int]]:
+    blocks = ceil(lin.n_out / _GROUP) * ceil(lin.n_in / _GROUP)
+    return [("weight_fp8", lin.n_in * lin.n_out), ("weight_scale_inv_fp32", 4 * blocks)]
+
+
+def _fp8_rowwise(lin: Linear) -> list[tuple[str, int]]:
+    return [("weight_fp8", lin.n_in * lin.n_out), ("weight_scale_fp32", 4 * lin.n_out)]
+
+
 QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] = {
+    "fp8-block": (_fp8_block, "transformers FP8Linear (block 128 x 128 float32 scale_inv)"),
+    "fp8-rowwise": (_fp8_rowwise, "transformers FbgemmFp8Linear (float32 scale per row)"),
     "bnb-int8": (_bnb_int8, _SRC_BNB),
     "bnb-nf4": (_bnb_nf4, _SRC_BNB),
     "bnb-nf4-nodq": (lambda lin: _bnb_nf4(lin, double_quant=False), _SRC_BNB),

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 from memplan.errors import SetupError
 
-__all__ = ["COMPUTE_DTYPES", "Gpu", "compute_dtype", "custom_gpu"]
+__all__ = [
+    "COMPUTE_DTYPES",
+    "TORCH_CUDNN_VERSION",
+    "CudaDevice",
+    "Gpu",
+    "compute_dtype",
+    "custom_gpu",
+]
 
 COMPUTE_DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8")
 """Dtypes whose dense peak a :class:`Gpu` may know."""
@@ -34,6 +41,32 @@ _DTYPE_ALIASES = {
 }
 
 
+TORCH_CUDNN_VERSION = 9_20_00
+"""The cuDNN runtime that PyTorch's kernel choice reads (``versionRuntimeCuDNN``), as installed
+with torch 2.13.0 from PyPI: the wheel (CUDA 13.0, ``torch.version.cuda == "13.0"``) requires
+``nvidia-cudnn-cu13==9.20.0.48``; cuDNN encodes version 9.20.0 as 92000."""
+
+
+@dataclass(frozen=True, slots=True)
+class CudaDevice:
+    """What ``select_sdp_backend`` reads off the device and the build (sdp_utils.cpp).
+
+    Both engines take it from :meth:`Gpu.cuda_device`, so their attention-kernel choice cannot
+    differ for the same GPU.
+    """
+
+    name: str
+    major: int
+    """Compute capability, major (``cudaDeviceProp::major``): 8 Ampere/Ada, 9 Hopper, 10 Blackwell."""
+    minor: int
+    cudnn_version: int = TORCH_CUDNN_VERSION
+    """cuDNN runtime version (92000 for 9.20.0); 0: no cuDNN."""
+
+    @property
+    def sm(self) -> tuple[int, int]:
+        return (self.major, self.minor)
+
+
 def compute_dtype(dtype: str) -> str:
     """The canonical compute dtype for ``dtype`` (``bfloat16`` -> ``bf16``)."""
     key = dtype.lower()
@@ -50,8 +83,11 @@ class Gpu:
 
     name: str
     memory_bytes: int
-    """Memory the CUDA/ROCm driver reports as total (``torch.cuda.mem_get_info()[1]``) where
-    known, else the datasheet capacity."""
+    """Memory the CUDA/ROCm driver reports as total (``cudaMemGetInfo``,
+    ``torch.cuda.mem_get_info()[1]``) where known, else an estimate (``memory_estimated``)."""
+    memory_estimated: bool = False
+    """``memory_bytes`` is not a cudaMemGetInfo reading (the datasheet, nvidia-smi's total, or
+    a sibling GPU's figure): its source says which."""
     tflops: dict[str, float] = field(default_factory=dict, hash=False)
     """Dense peak TFLOP/s (TOP/s for int8) per compute dtype; missing: not supported/unknown."""
     memory_bandwidth_bytes_per_s: float | None = None
@@ -64,8 +100,17 @@ class Gpu:
     datasheet_memory_bytes: int | None = None
     """The capacity on the datasheet (binary, as HBM/GDDR stacks are built)."""
     aliases: tuple[str, ...] = ()
+    compute_capability: tuple[int, int] | None = None
+    """CUDA compute capability (major, minor); None: not a CUDA device (ROCm) or not known."""
     sources: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+
+    def cuda_device(self) -> CudaDevice | None:
+        """The facts PyTorch's attention-kernel choice reads; None for a non-CUDA GPU."""
+        if self.compute_capability is None:
+            return None
+        major, minor = self.compute_capability
+        return CudaDevice(self.name, major, minor)
 
     def peak_flops_per_s(self, dtype: str) -> float:
         """Dense peak FLOP/s for ``dtype``; a clear error when the GPU has no such unit."""

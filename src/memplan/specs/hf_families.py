@@ -135,6 +135,7 @@ def _gemma(cfg: _Config, n_norms: int = 2) -> dict[str, Any]:
         cfg, out["hidden_size"], out["n_heads"], explicit=cfg.get("head_dim")
     )
     out["embedding_multiplier"] = float(out["hidden_size"]) ** 0.5
+    out["norm_one_plus_weight"] = True
     out["n_layer_norms"] = n_norms
     out["mlp_bias"] = False
     return out
@@ -156,6 +157,7 @@ def _gemma3_text(cfg: _Config) -> dict[str, Any]:
     """Gemma 3 text: Gemma 2's four norms plus RMSNorm(head_dim) on q and k."""
     out = _gemma2(cfg)
     out["qk_norm"] = QkNorm.PER_HEAD
+    out["rotary_per_layer_type"] = True
     if not isinstance(cfg.raw.get("layer_types"), list):
         period = int(cfg.raw.get("sliding_window_pattern") or 6)
         out["layer_types"] = tuple(
@@ -172,6 +174,7 @@ def _phi3(cfg: _Config) -> dict[str, Any]:
         head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]),
         fused_qkv=True,
         fused_gate_up=True,
+        rotary_concat=True,
         sliding_window=cfg.int_("sliding_window", default=None),
         hidden_dropout=cfg.number("resid_pdrop", default=0.0) or 0.0,
         embedding_dropout=cfg.number("embd_pdrop", default=0.0) or 0.0,
@@ -209,6 +212,8 @@ def _gpt2(cfg: _Config) -> dict[str, Any]:
         "attention_dropout": cfg.number("attn_pdrop", default=0.1) or 0.0,
         "hidden_dropout": cfg.number("resid_pdrop", default=0.1) or 0.0,
         "embedding_dropout": cfg.number("embd_pdrop", default=0.1) or 0.0,
+        "softmax_in_input_dtype": True,
+        "conv1d_names": True,
     }
 
 
@@ -223,6 +228,9 @@ def _div(cfg: _Config, hidden: int, heads: int) -> int:
 def _gpt_bigcode(cfg: _Config) -> dict[str, Any]:
     """GPT-BigCode (SantaCoder/StarCoder 1): GPT-2 with multi-query attention (one KV head)."""
     out = _gpt2(cfg)
+    # its eager softmax runs in fp32 (attention_softmax_in_fp32); its modules are named like
+    # Llama's in memplan's tensor list; it registers a (P, P) causal mask
+    out.update(softmax_in_input_dtype=False, conv1d_names=False, causal_mask_buffer=True)
     if cfg.bool_("multi_query"):
         out["n_kv_heads"] = 1
     return out
@@ -233,6 +241,7 @@ def _gpt_neox(cfg: _Config) -> dict[str, Any]:
     out = _common(cfg)
     out["n_kv_heads"] = out["n_heads"]
     out["head_dim"] = _div(cfg, out["hidden_size"], out["n_heads"])
+    out["rotary_concat"] = True
     bias = cfg.bool_("attention_bias")
     partial = _partial_rotary(cfg, "rotary_pct", default=0.25)
     out.update(
@@ -290,6 +299,7 @@ def _falcon(cfg: _Config) -> dict[str, Any]:
         "rope_theta": _rope_theta(cfg),
         "hidden_dropout": cfg.number("hidden_dropout", default=0.0) or 0.0,
         "attention_dropout": cfg.number("attention_dropout", default=0.0) or 0.0,
+        "sdpa_own_call": not new_arch,
     }
 
 
@@ -303,7 +313,7 @@ def _olmo(cfg: _Config) -> dict[str, Any]:
 def _olmo2(cfg: _Config) -> dict[str, Any]:
     """OLMo 2: post-attention and post-feed-forward RMSNorms; RMSNorm over all q and all k."""
     out = _llama(cfg)
-    out.update(qk_norm=QkNorm.FULL, mlp_bias=False)
+    out.update(qk_norm=QkNorm.FULL, mlp_bias=False, norm_weight_fp32=True)
     return out
 
 

@@ -29,6 +29,9 @@ class InferenceSetup:
     """Prefill logits over ``all`` positions or the ``last`` only (generate does last)."""
     tp_degree: int = 1
     target: str = "cuda"
+    gpu: str | None = None
+    """The GPU whose attention-kernel choice applies (``memplan.formulas.sdpa``), e.g. "H100";
+    None: the default kernel GPU (H100)."""
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "tp_degree"):

@@ -198,6 +198,28 @@ class ModelSpec:
     final_logit_softcapping: float | None = None
     embedding_multiplier: float | None = None
     """Gemma scales embeddings by sqrt(hidden)."""
+    rotary_per_layer_type: bool = False
+    """One rotary table (inv_freq buffers, cos/sin) per distinct layer type (Gemma 3: local
+    and global bases)."""
+    rotary_concat: bool = False
+    """The rotary embedding concatenates the rotated and the passed-through parts
+    (``torch.cat``), so q comes out (B, H, S, D) contiguous (Phi-3, GPT-NeoX)."""
+    sdpa_own_call: bool = False
+    """The family calls ``F.scaled_dot_product_attention`` itself, with a mask it always
+    materialises (``create_causal_mask(allow_is_causal_skip=False)``) and its K/V heads as they
+    are: no ``enable_gqa``, no ``repeat_kv`` (Falcon, ``modeling_falcon.py``)."""
+    conv1d_names: bool = False
+    """GPT-2's Conv1D module names: ``c_attn``, ``c_proj``, ``c_fc`` (LoRA targets, tensor
+    names)."""
+    causal_mask_buffer: bool = False
+    """A registered bool (P, P) causal-mask buffer (GPT-BigCode)."""
+    softmax_in_input_dtype: bool = False
+    """Eager attention calls softmax without ``dtype=torch.float32`` (GPT-2)."""
+    norm_one_plus_weight: bool = False
+    """RMSNorm scales by ``1 + weight`` in fp32 and saves the fp32 normalised tensor (Gemma)."""
+    norm_weight_fp32: bool = False
+    """RMSNorm multiplies by the weight before casting back, so the weight's gradient reads a
+    fp32 normed tensor (OLMo 2, ``Olmo2RMSNorm.forward``)."""
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     """Residual dropout (GPT-2 resid_pdrop, NeoX hidden_dropout)."""
@@ -262,3 +284,20 @@ class ModelSpec:
         if not self.layer_types:
             return AttentionType.FULL
         return self.layer_types[index]
+
+    @property
+    def n_rotary_tables(self) -> int:
+        """Rotary embeddings the model computes per forward (one per layer type for Gemma 3)."""
+        if self.rotary_per_layer_type and self.layer_types:
+            return len(set(self.layer_types))
+        return 1
+
+    def slides(self, index: int) -> bool:
+        """transformers gives layer ``index`` a sliding-window mask: its ``sliding_attention``
+        layers, or every layer of a family without ``layer_types`` whose ``sliding_window`` is
+        set (Mistral, Mixtral, Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
+        if self.sliding_window is None:
+            return False
+        if self.layer_types:
+            return self.layer_types[index] is AttentionType.SLIDING
+        return True

@@ -13,10 +13,15 @@ from enum import StrEnum
 from memplan.errors import SetupError
 
 __all__ = [
+    "DEFAULT_LORA_ALPHA",
+    "DEFAULT_SEQ",
+    "PLAIN_DEFAULTS",
+    "QLORA_RECIPE",
     "Attention",
     "Checkpointing",
     "Optimizer",
     "Precision",
+    "SetupDefaults",
     "Target",
     "TrainingSetup",
 ]
@@ -24,6 +29,55 @@ __all__ = [
 
 MAX_COUNT = 2**40
 """Largest batch or sequence length accepted (about 1.1e12): beyond any real setup."""
+
+
+DEFAULT_SEQ = 2048
+"""Sequence length when none is given (the CLI caps it at the model's context)."""
+DEFAULT_LORA_ALPHA = 16.0
+"""peft ``LoraConfig``'s default ``lora_alpha`` (peft/tuners/lora/config.py: 8 before 0.14,
+16 in the QLoRA recipe below); memory does not depend on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetupDefaults:
+    """The choices a command fills in where the user gave none."""
+
+    precision: str
+    optimizer: str
+    checkpointing: str
+    lora_rank: int
+    lora_targets: str
+    """Comma-separated module names, ``attention`` or ``all-linear``."""
+
+
+PLAIN_DEFAULTS = SetupDefaults(
+    precision="bf16-mixed",
+    optimizer="adamw",
+    checkpointing="none",
+    lora_rank=0,
+    lora_targets="attention",
+)
+"""What ``memplan train`` assumes without ``--qlora``: PyTorch AMP with AdamW, no recomputation,
+full training (LoRA's default targets: the attention block's linear layers)."""
+
+QLORA_RECIPE = SetupDefaults(
+    precision="bf16",
+    optimizer="paged-adamw-8bit",
+    checkpointing="full",
+    lora_rank=64,
+    lora_targets="all-linear",
+)
+"""The standard QLoRA recipe, what ``--qlora`` alone means (each part can be overridden):
+the base model loaded in bf16 (``torch_dtype=torch.bfloat16``) with its linear layers in NF4
+and double quantization, bf16 compute (``bnb_4bit_compute_dtype``), LoRA r=64, alpha 16 on
+every linear layer of the decoder, gradient checkpointing, and a paged 8-bit AdamW.
+
+Sources: Dettmers et al. 2023, "QLoRA" (NF4, double quantization, paged optimizers; LoRA on
+all linear transformer-block layers, which the paper finds necessary to match 16-bit
+finetuning), the defaults of ``qlora.py`` in artidoro/qlora (``lora_r=64``, ``lora_alpha=16``,
+``gradient_checkpointing=True``, ``bf16`` compute); the Hugging Face 4-bit/QLoRA blog notebook
+(``optim="paged_adamw_8bit"``, ``bnb_4bit_compute_dtype=torch.bfloat16``). ``qlora.py``
+itself defaults to ``paged_adamw_32bit``; ``--optimizer`` picks it."""
 
 
 class Precision(StrEnum):

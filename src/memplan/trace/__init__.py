@@ -63,18 +63,18 @@ if TYPE_CHECKING:
 
 __all__ = ["require_torch", "trace_inference", "trace_training"]
 
-INSTALL_HINT = "the trace engine needs torch and transformers: pip install 'memplan[trace]'"
+INSTALL_HINT = "the trace engine needs torch and transformers: {command}"
 
 
 def require_torch() -> None:
     """Raise MissingExtraError (one line, with the install command) without torch."""
-    from memplan.errors import MissingExtraError
+    from memplan.errors import MissingExtraError, install_command
 
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as exc:
-        raise MissingExtraError(INSTALL_HINT) from exc
+        raise MissingExtraError(INSTALL_HINT.format(command=install_command("trace"))) from exc
 
 
 def __getattr__(name: str) -> Any:

@@ -144,10 +144,19 @@ def reserved_model(session: TraceSession, stop: int) -> tuple[int, int, int]:
     return model.peak_reserved_bytes, reserved_at_peak, model.n_segments
 
 
+_LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "qlora")
+
+
 def setup_dict(setup: Any) -> dict[str, Any]:
+    """The setup block: every field that is set, without None, False or the LoRA fields of a
+    full training (rank 0)."""
     out = {}
+    lora = getattr(setup, "lora_rank", 0) > 0
     for f in dataclasses.fields(setup):
         value = getattr(setup, f.name)
+        unset = value is None or value is False or (f.name == "freeze_layers" and value == 0)
+        if unset or (f.name in _LORA_FIELDS and not lora):
+            continue
         out[f.name] = value.value if isinstance(value, enum.Enum) else value
         if isinstance(value, tuple):
             out[f.name] = ",".join(value)

@@ -3,11 +3,13 @@
 A ``TorchFunctionMode`` sits above autograd, so what it substitutes is recorded by autograd
 exactly as on the GPU:
 
-- ``F.scaled_dot_product_attention`` calls the CUDA kernel PyTorch would pick
-  (``aten._scaled_dot_product_flash_attention`` / ``_efficient_attention`` /
-  ``_cudnn_attention``), whose meta kernels and autograd formulas save what the GPU saves
-  (TRACE-NOTES.md), with the mask handling of ``attention.cpp`` (bool mask converted to the
-  query dtype; mem-efficient pads its last dim to a multiple of 16; flash pads head dims to 8).
+- ``F.scaled_dot_product_attention`` calls the kernel PyTorch picks on the emulated GPU
+  (:func:`memplan.formulas.sdpa.sdpa_backend`, the same choice the analytic engine makes):
+  ``aten._scaled_dot_product_flash_attention`` / ``_efficient_attention`` /
+  ``_cudnn_attention``, whose meta kernels and autograd formulas save what the GPU saves
+  (TRACE-NOTES.md), or the math composite (with ``enable_gqa`` it repeats K and V itself),
+  with the mask handling of ``attention.cpp`` (bool mask converted to the query dtype;
+  mem-efficient pads its last dim to a multiple of 8; flash pads head dims to 8).
 - ``F.dropout`` calls ``aten.native_dropout`` (the fused CUDA kernel, bool mask), as
   ``at::native::dropout`` does for CUDA tensors (``is_fused_kernel_acceptable``).
 - Autocast with CUDA's op lists (``aten/src/ATen/autocast_mode.cpp``, ``AutocastCUDA``):
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from memplan.errors import SetupError
-from memplan.trace.cuda_env import GpuArch, SdpaCall, backend_usable, choose_sdpa_backend
+from memplan.formulas.sdpa import SdpaCall, backend_usable, sdpa_backend
+from memplan.trace.cuda_env import GpuArch
 from memplan.trace.tracker import Flag, StorageTracker
 
 __all__ = ["CudaEmulation"]
@@ -67,21 +70,20 @@ class CudaEmulation(TorchFunctionMode):
         arch: GpuArch,
         *,
         sdpa_backend: str = "auto",
-        prefer_cudnn: bool = False,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.tracker = tracker
         self.arch = arch
         self.sdpa_backend = sdpa_backend
-        self.prefer_cudnn = prefer_cudnn
         self.autocast_dtype = autocast_dtype
         self.autocast_on = False
         """Inside an autocast region (the forward, and checkpointing's recomputation)."""
         self.cache_on = True
         self._cache: dict[int, torch.Tensor] = {}
         self.backends_used: dict[str, int] = {}
-        self.gqa_expanded = 0
+        self.calls: list[tuple[str, SdpaCall]] = []
+        """Every sdpa call emulated, with the kernel it ran (for tests of the choice)."""
 
     def clear_cache(self) -> None:
         """End of the autocast region: drop the cached casts (as leaving ``torch.autocast``)."""
@@ -178,6 +180,9 @@ class CudaEmulation(TorchFunctionMode):
     ) -> torch.Tensor:
         call = SdpaCall(
             dtype=str(query.dtype).removeprefix("torch."),
+            batch=query.shape[0],
+            q_heads=query.shape[1],
+            kv_heads=key.shape[1],
             head_dim_qk=query.shape[-1],
             head_dim_v=value.shape[-1],
             q_len=query.shape[-2],
@@ -185,27 +190,28 @@ class CudaEmulation(TorchFunctionMode):
             has_mask=attn_mask is not None,
             dropout_p=dropout_p,
             is_causal=is_causal,
+            enable_gqa=enable_gqa,
             requires_grad=torch.is_grad_enabled()
             and any(t.requires_grad for t in (query, key, value)),
         )
         backend = self._backend(call)
         self.backends_used[backend] = self.backends_used.get(backend, 0) + 1
+        self.calls.append((backend, call))
+        if backend == "math" and dropout_p > 0:
+            return _math_with_cuda_dropout(
+                query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+            )
         if backend == "math":
+            # the composite is the same code on every device (attention.cpp); with enable_gqa it
+            # repeats K and V itself (pre_process_group_query_attention_input)
             return torch.ops.aten._scaled_dot_product_attention_math(
                 query, key, value, attn_mask, dropout_p, is_causal, None,
                 scale=scale, enable_gqa=enable_gqa,
             )[0]  # fmt: skip
-        if backend == "mem-efficient" and query.shape[1] != key.shape[1]:
-            # flash and cuDNN take grouped KV heads natively (their meta kernels too); the
-            # mem-efficient meta backward does not, so K/V are expanded by a copy (an upper
-            # bound of what the CUDA kernel keeps)
-            groups = query.shape[1] // key.shape[1]
-            key = key.repeat_interleave(groups, dim=1)
-            value = value.repeat_interleave(groups, dim=1)
-            self.gqa_expanded += 1
         if attn_mask is not None and attn_mask.dtype == torch.bool:
-            # attention.cpp convert_boolean_attn_mask: a new mask in the query dtype
-            attn_mask = torch.where(attn_mask, 0.0, -math.inf).to(query.dtype)
+            # attention.cpp convert_boolean_attn_mask: one new mask in the query dtype
+            zero = torch.zeros((), dtype=query.dtype)
+            attn_mask = torch.where(attn_mask, zero, torch.full((), -math.inf, dtype=query.dtype))
         grad = call.requires_grad
         if backend == "flash":
             return _flash(query, key, value, dropout_p, is_causal, scale)
@@ -214,31 +220,65 @@ class CudaEmulation(TorchFunctionMode):
                 query, key, value, attn_mask, grad, dropout_p, is_causal, False, scale=scale
             )[0]
         if attn_mask is not None:
-            attn_mask = _pad_mask_16(attn_mask)
+            attn_mask = _pad_mask_8(attn_mask)
         return torch.ops.aten._scaled_dot_product_efficient_attention(
             query, key, value, attn_mask, grad, dropout_p, is_causal, scale=scale
         )[0]
 
     def _backend(self, call: SdpaCall) -> str:
+        device = self.arch.device
         if self.sdpa_backend == "auto":
-            return choose_sdpa_backend(call, self.arch, prefer_cudnn=self.prefer_cudnn)
-        if not backend_usable(self.sdpa_backend, call, self.arch):
+            return sdpa_backend(call, device)
+        if not backend_usable(self.sdpa_backend, call, device):
             raise SetupError(
                 f"the {self.sdpa_backend} attention kernel cannot run this model on "
                 f"{self.arch.name} (head dim {call.head_dim_qk}/{call.head_dim_v}, "
-                f"{call.dtype}, {'a' if call.has_mask else 'no'} mask); use --attention sdpa "
+                f"{call.dtype}, {call.q_heads}/{call.kv_heads} heads, "
+                f"{'a' if call.has_mask else 'no'} mask); use --attention sdpa "
                 "to let PyTorch choose"
             )
         return self.sdpa_backend
 
 
-def _expand_heads(tensor: torch.Tensor, groups: int) -> torch.Tensor:
-    batch, heads, seq, dim = tensor.shape
-    return (
-        tensor[:, :, None]
-        .expand(batch, heads, groups, seq, dim)
-        .reshape(batch, heads * groups, seq, dim)
-    )
+def _math_with_cuda_dropout(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> torch.Tensor:
+    """``_scaled_dot_product_attention_math`` (attention.cpp) op by op, with the dropout a CUDA
+    tensor gets: ``at::dropout`` takes the fused ``native_dropout`` (bool mask) on CUDA
+    (``is_fused_kernel_acceptable``), where the CPU composite would keep a float mask.
+
+    Half inputs run in fp32; q and k are each scaled by sqrt(scale); the causal mask is a
+    (S_q, S_kv) additive tensor; grouped K/V heads are repeated with ``repeat_interleave``;
+    the second output, ``attn.to(origin_dtype)``, is made and dropped.
+    """
+    origin = query.dtype
+    q, k, v = (t.to(torch.float32) if t.dtype in _HALF else t for t in (query, key, value))
+    factor = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    q = q * factor
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        attn_mask = causal
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=q.dtype)
+        attn_mask = torch.where(attn_mask, zero, torch.full((), -math.inf, dtype=q.dtype))
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    attn = torch.matmul(q, k.transpose(-2, -1) * factor)
+    if attn_mask is not None:
+        attn.add_(attn_mask)
+    attn = torch.ops.aten._safe_softmax(attn, -1)
+    attn = torch.ops.aten.native_dropout(attn, dropout_p, True)[0]
+    out = torch.matmul(attn, v).to(origin)
+    attn.to(origin)
+    return out
 
 
 def _flash(
@@ -262,10 +302,12 @@ def _flash(
     return out[..., :head_dim] if pad else out
 
 
-def _pad_mask_16(mask: torch.Tensor) -> torch.Tensor:
-    """attention.cpp preprocess_mask: the mem-efficient kernel wants the last dim % 16 == 0."""
-    last = mask.shape[-1]
-    pad = -last % 16
-    if not pad:
+def _pad_mask_8(mask: torch.Tensor) -> torch.Tensor:
+    """attention.cpp ``preprocess_mask`` as torch 2.13.0 compiles it (``pad_bias<8>``): unless
+    every stride but the last is a multiple of 8 (and the last is 1), pad the last dim by
+    ``8 - last % 8`` and slice back; the memory-efficient kernel saves the padded storage."""
+    strides = mask.stride()
+    if strides[-1] == 1 and all(stride % 8 == 0 for stride in strides[:-1]):
         return mask
-    return F.pad(mask, (0, pad))[..., :last]
+    last = mask.shape[-1]
+    return F.pad(mask, (0, 8 - last % 8))[..., :last]

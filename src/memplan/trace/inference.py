@@ -61,7 +61,7 @@ def trace_inference(
     dtype = _check(name, config, setup)
     cuda = setup.target == "cuda"
     session = TraceSession(
-        fake=fake, cuda=cuda, arch=gpu_arch(None), sdpa_backend=_BACKENDS[setup.attention]
+        fake=fake, cuda=cuda, arch=gpu_arch(setup.gpu), sdpa_backend=_BACKENDS[setup.attention]
     )
     marks: dict[str, int] = {}
     tick("building the model", 0.0)

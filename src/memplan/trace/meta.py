@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from memplan.errors import ConfigError, MissingExtraError
+from memplan.errors import ConfigError, MissingExtraError, install_command
 from memplan.report import Item
 
 __all__ = ["build_meta_model", "meta_param_breakdown", "meta_param_count"]
@@ -25,7 +25,7 @@ def build_meta_model(config: dict[str, Any]) -> Any:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise MissingExtraError(
-            "counting on the meta device needs the trace extra: pip install 'memplan[trace]'"
+            "counting on the meta device needs the trace extra: " + install_command("trace")
         ) from exc
     model_type = config.get("model_type")
     try:

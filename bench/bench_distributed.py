@@ -1,0 +1,79 @@
+"""Speed of the per-rank engine: rank estimates per second on one core, 64-GPU plans.
+
+A rank estimate is every phase and category of one distinct rank group at a (micro-batch,
+seq) the caches have not seen: the rank-local model's saved tensors at that shape, the
+backward high point with the rank's model states, the communication buffers. The per-plan
+constants (tensor shapes per stage, sharded states, the local model's plan) are built once, as
+a search or the fit would. Plans (Llama-3.1-70B, 64 x H100, bf16-mixed, AdamW):
+
+- ``fsdp``: 8 nodes x 8, tp 8, FSDP2 full over dp 8 (one rank group);
+- ``pipeline``: tp 8, pp 4, ZeRO-1 over dp 2, 1F1B with 8 micro-batches (four stages);
+- ``report``: the full Report (rank table, communication, time, advice) for the fsdp plan.
+
+Run: ``python bench/bench_distributed.py``. Issue 9 asks for at least 10,000 rank estimates per
+second. CPU time (``time.process_time``) is reported so a loaded machine does not skew it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from memplan.catalog import resolve
+from memplan.catalog.gpus import resolve_gpu
+from memplan.estimate.dist_report import parallel_training_report
+from memplan.estimate.distributed import rank_groups
+from memplan.specs.parallel import ParallelPlan, Sharding
+from memplan.specs.training import TrainingSetup
+
+TARGET_PER_S = 10_000
+
+
+def _setups(n: int) -> list[TrainingSetup]:
+    base = TrainingSetup(batch=1, seq=2048)
+    return [
+        dataclasses.replace(base, batch=1 + i % 8, seq=512 * (1 + i // 8 % 32)) for i in range(n)
+    ]
+
+
+def _rate(spec: object, plan: ParallelPlan, setups: list[TrainingSetup]) -> float:
+    rank_groups(spec, setups[0], plan)  # type: ignore[arg-type]
+    groups = 0
+    start = time.process_time()
+    for setup in setups:
+        groups += len(rank_groups(spec, setup, plan))  # type: ignore[arg-type]
+    return groups / (time.process_time() - start)
+
+
+def main() -> None:
+    spec = resolve("meta-llama/Llama-3.1-70B")
+    setups = _setups(256)  # 256 distinct (micro-batch, seq): every one a cache miss
+    fsdp = ParallelPlan(nodes=8, gpus_per_node=8, tp_degree=8, sharding=Sharding.FSDP_FULL)
+    pipeline = ParallelPlan(nodes=8, gpus_per_node=8, tp_degree=8, pp_degree=4,
+                            sharding=Sharding.ZERO_1, micro_batches=8)  # fmt: skip
+    fsdp_rate = _rate(spec, fsdp, setups)
+    pipe_rate = _rate(spec, pipeline, setups)
+    from memplan.estimate.distributed import local_step
+    from memplan.estimate.train_step import evaluate
+
+    local = local_step(spec, setups[0], fsdp)
+    start = time.process_time()
+    for setup in setups:
+        evaluate(local.plan, setup.batch, setup.seq)
+    eval_rate = len(setups) / (time.process_time() - start)
+    gpu = resolve_gpu("H100")
+    start = time.process_time()
+    for setup in setups[:64]:
+        parallel_training_report(spec, setup, fsdp, gpu=gpu)
+    report_rate = 64 / (time.process_time() - start)
+    print(f"memplan per-rank estimates, {spec.name}, 64 x H100, bf16-mixed, AdamW, one core")
+    print(f"  tp 8 x FSDP2 dp 8 (1 rank group):       {fsdp_rate:>10,.0f} rank estimates/s")
+    print(f"  tp 8 x pp 4 x ZeRO-1 dp 2 (4 groups):   {pipe_rate:>10,.0f} rank estimates/s")
+    print(f"  full report with time and advice:       {report_rate:>10,.0f} reports/s")
+    print(f"  reference, the single-GPU evaluate() of the tp-local model: {eval_rate:,.0f}/s")
+    verdict = "meets" if min(fsdp_rate, pipe_rate) >= TARGET_PER_S else "MISSES"
+    print(f"  target {TARGET_PER_S:,}/s: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
