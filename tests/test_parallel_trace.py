@@ -25,12 +25,12 @@ from memplan.trace.parallel import trace_parallel_training
 
 pytestmark = pytest.mark.trace
 
-CONFIG = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 352,
+CONFIG = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 176,
           "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 8,
-          "vocab_size": 512, "max_position_embeddings": 1024, "tie_word_embeddings": False}  # fmt: skip
+          "vocab_size": 256, "max_position_embeddings": 1024, "tie_word_embeddings": False}  # fmt: skip
 """Every degree below divides heads, KV heads, widths and the vocabulary."""
 
-SETUP = TrainingSetup(batch=2, seq=256)
+SETUP = TrainingSetup(batch=2, seq=128)
 """The defaults otherwise: bf16-mixed, AdamW, sdpa, CUDA target (H100 kernels)."""
 
 TOLERANCE = 0.01
