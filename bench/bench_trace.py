@@ -1,53 +1,151 @@
 """Benchmark of the trace engine: Llama-2-7B training step (batch 1, seq 2048, bf16
-parameters, AdamW, sdpa, two iterations), time and peak RSS, beside PyTorch's MemTracker.
+parameters, AdamW, sdpa, two iterations), in fresh processes, beside PyTorch's MemTracker.
 
-    python bench/bench_trace.py                 # memplan's trace
+    python bench/bench_trace.py                 # split and fresh-process time, 3 runs each
+    python bench/bench_trace.py --runs 5
     python bench/bench_trace.py --memtracker    # also torch's MemTracker on the same step (~1 min)
-    python bench/bench_trace.py --model llama-3.1-405b --layers 126
+    python bench/bench_trace.py --model llama-3.1-8b --seq 4096
 
-Prints one line per measurement and the phase table. Times are wall-clock seconds on this
-machine; ``import`` is the one-off cost of importing torch and transformers.
+Prints, over N fresh Python processes each:
+
+- the split of one trace: ``import`` (torch, transformers, torch._dynamo, the model's module),
+  ``build`` (the model on fake tensors), ``trace`` (two training iterations), ``assemble`` (the
+  report); wall-clock and CPU seconds of each stage, median over the runs;
+- the fresh-process time of the command a user types,
+  ``memplan trace MODEL --train --batch B --seq S --precision bf16 --json``: wall-clock
+  seconds, CPU seconds (user + system of the child) and peak RSS, each run and the median;
+- the floor under it: a fresh process that only imports what a trace needs (torch,
+  transformers, the model's module, torch._dynamo) and exits.
+
+On a shared machine the wall-clock figures move with the load; the CPU figures much less.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+STAGES = ("import", "build", "trace", "assemble")
 
 
-def rss_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+def child_split(model: str, batch: int, seq: int) -> None:
+    """One trace in this (fresh) process, timed stage by stage; prints one JSON line."""
+    marks = [(time.perf_counter(), time.process_time())]
 
+    def mark() -> None:
+        marks.append((time.perf_counter(), time.process_time()))
 
-def bench_memplan(model: str, batch: int, seq: int) -> None:
-    started = time.perf_counter()
-    import torch  # noqa: F401
     import transformers
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from memplan.catalog import resolve
     from memplan.specs.training import Optimizer, Precision, TrainingSetup
-    from memplan.trace.training import trace_training
+    from memplan.trace.assemble import training_report
+    from memplan.trace.build import config_of
+    from memplan.trace.training import run_training
 
     spec = resolve(model)
-    # one-off lazy imports: torch._dynamo (through FakeTensorMode) and the model's module
-    FakeTensorMode()
-    getattr(transformers, (spec.hf_config or {}).get("architectures", ["LlamaForCausalLM"])[0])
-    imported = time.perf_counter()
+    name, config = config_of(spec)
+    FakeTensorMode()  # imports torch._dynamo
+    getattr(transformers, (config.get("architectures") or ["LlamaForCausalLM"])[0])
+    mark()
     setup = TrainingSetup(batch=batch, seq=seq, precision=Precision.BF16, optimizer=Optimizer.ADAMW)
-    report = trace_training(spec, setup)
-    done = time.perf_counter()
-    print(f"imports (torch, transformers, torch._dynamo, model class): {imported - started:.2f} s")
-    print(f"memplan trace ({spec.name}): {done - imported:.2f} s, peak RSS {rss_mib():.0f} MiB")
-    print(f"  total wall time in this process: {done - started:.2f} s")
-    print(f"  ops traced: {report.scalars['n_ops']}, peak {report.scalars['peak_bytes']:,} B")
-    for phase in report.phases:
-        print(f"  {phase.name:<28} {phase.bytes / 2**30:9.3f} GiB  {phase.bytes:,} B")
-    for key in ("reserved_bytes", "tensor_bytes_at_peak", "flops"):
-        print(f"  {key:<28} {report.scalars[key]:,}")
+    run = run_training(config, setup, name=name)
+    mark()
+    report = training_report(name, setup, run.session, run)
+    mark()
+    (w0, c0), (w1, c1), (w2, c2), (w3, c3) = marks
+    out = {
+        "wall": [w1 - w0, run.build_seconds, w2 - w1 - run.build_seconds, w3 - w2],
+        "cpu": [c1 - c0, run.build_cpu_seconds, c2 - c1 - run.build_cpu_seconds, c3 - c2],
+        "n_ops": report.scalars["n_ops"],
+        "peak_bytes": report.scalars["peak_bytes"],
+    }
+    print(json.dumps(out))
+
+
+def run_child(argv: list[str]) -> tuple[float, float, str]:
+    """(wall s, user+sys CPU s, stdout) of one fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu, done.stdout
+
+
+def children_peak_rss_gib() -> float:
+    """Largest resident set of the child processes so far."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale / 2**30
+
+
+def bench_split(model: str, batch: int, seq: int, runs: int) -> None:
+    rows = []
+    for _ in range(runs):
+        argv = [sys.executable, __file__, "--child-split", "--model", model]
+        argv += ["--batch", str(batch), "--seq", str(seq)]
+        _, _, stdout = run_child(argv)
+        rows.append(json.loads(stdout.strip().splitlines()[-1]))
+    print(f"split of one trace, median of {runs} fresh processes (wall s / CPU s):")
+    for index, stage in enumerate(STAGES):
+        wall = statistics.median(r["wall"][index] for r in rows)
+        cpu = statistics.median(r["cpu"][index] for r in rows)
+        print(f"  {stage:<9} {wall:6.2f} / {cpu:6.2f}")
+    print(f"  ops traced: {rows[0]['n_ops']:,}, peak {rows[0]['peak_bytes']:,} B")
+
+
+def bench_fresh(model: str, batch: int, seq: int, runs: int) -> None:
+    memplan = str(Path(sys.executable).with_name("memplan"))
+    argv = [memplan, "trace", model, "--train", "--batch", str(batch), "--seq", str(seq)]
+    argv += ["--precision", "bf16", "--json"]
+    print(f"fresh process: {' '.join(argv[1:])}")
+    walls, cpus = [], []
+    for index in range(runs):
+        wall, cpu, stdout = run_child(argv)
+        scalars = json.loads(stdout)
+        walls.append(wall)
+        cpus.append(cpu)
+        print(
+            f"  run {index + 1}: wall {wall:6.2f} s, CPU {cpu:6.2f} s, "
+            f"trace_seconds {scalars['trace_seconds']:.2f}, {scalars['n_ops']:,} ops"
+        )
+    print(
+        f"  median of {runs}: wall {statistics.median(walls):.2f} s, "
+        f"CPU (user+sys) {statistics.median(cpus):.2f} s, peak RSS {children_peak_rss_gib():.2f} GiB"
+    )
+
+
+IMPORT_FLOOR = (
+    "import sys, transformers; from torch._subclasses.fake_tensor import FakeTensorMode; "
+    "FakeTensorMode(); getattr(transformers, sys.argv[1])"
+)
+
+
+def bench_import_floor(model: str, runs: int) -> None:
+    from memplan.catalog import resolve
+
+    config = resolve(model).hf_config or {}
+    architecture = (config.get("architectures") or ["LlamaForCausalLM"])[0]
+    walls, cpus = [], []
+    for _ in range(runs):
+        wall, cpu, _ = run_child([sys.executable, "-c", IMPORT_FLOOR, architecture])
+        walls.append(wall)
+        cpus.append(cpu)
+    print(
+        f"import floor (torch, transformers, {architecture}, torch._dynamo; nothing traced), "
+        f"median of {runs}: wall {statistics.median(walls):.2f} s, "
+        f"CPU {statistics.median(cpus):.2f} s"
+    )
 
 
 def bench_memtracker(model: str, batch: int, seq: int) -> None:
@@ -86,12 +184,19 @@ def bench_memtracker(model: str, batch: int, seq: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="llama-2-7b")
+    parser.add_argument("--model", default="meta-llama/Llama-2-7b-hf")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per measurement")
     parser.add_argument("--memtracker", action="store_true", help="also run torch's MemTracker")
+    parser.add_argument("--child-split", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bench_memplan(args.model, args.batch, args.seq)
+    if args.child_split:
+        child_split(args.model, args.batch, args.seq)
+        return
+    bench_split(args.model, args.batch, args.seq, args.runs)
+    bench_fresh(args.model, args.batch, args.seq, args.runs)
+    bench_import_floor(args.model, args.runs)
     if args.memtracker:
         bench_memtracker(args.model, args.batch, args.seq)
 

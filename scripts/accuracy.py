@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "training", "inference", "distributed", "proof")
+AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "proof")
 
 
 def load_section(area: str) -> str:

@@ -1,18 +1,26 @@
-"""Accuracy of memplan's serving, latency and time figures against the seeds' measurements.
+"""Accuracy of memplan's inference, serving, latency and time figures.
 
-``section() -> str`` returns the markdown for ``docs/accuracy.md`` (the lead assembles the
-sections); run directly it prints it.
+Inference memory: ``memplan infer`` beside ``memplan trace --infer`` at full size (every phase
+and every category of the peak); trace FLOPs of MoE models beside the analytic count. Serving,
+latency and time: against the seeds' measurements. ``section() -> str`` returns the markdown
+for ``docs/accuracy.md`` (``scripts/accuracy.py`` assembles the sections); run directly it
+prints it. The traces need the trace extra and take a few minutes on 2 cores.
 """
 
 from __future__ import annotations
+
+import time
 
 from memplan.catalog import resolve
 from memplan.catalog.gpus import resolve_gpu
 from memplan.estimate.inference import inference_report
 from memplan.estimate.serving import ServingSetup, serving_report, vllm_weights_item
 from memplan.estimate.timing import TrainingRun, training_time_report
+from memplan.formulas.flops import forward_flops_item
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
+from memplan.report import Report
 from memplan.specs.inference import InferenceSetup
+from memplan.specs.training import Precision, TrainingSetup
 from memplan.units import GIB
 
 __all__ = ["section"]
@@ -96,11 +104,176 @@ def _time_rows() -> list[str]:
     ]
 
 
+MEMORY_CASES: list[tuple[str, InferenceSetup]] = [
+    ("meta-llama/Llama-3.2-1B", InferenceSetup(batch=4, prompt_len=1024, gen_len=2)),
+    ("Qwen/Qwen2.5-0.5B", InferenceSetup(batch=1, prompt_len=512, gen_len=128)),
+    ("meta-llama/Llama-3.1-8B", InferenceSetup(batch=8, prompt_len=2048, gen_len=64)),
+    ("meta-llama/Llama-3.1-8B", InferenceSetup(batch=1, prompt_len=8192, gen_len=16)),
+    ("meta-llama/Llama-2-7b-hf", InferenceSetup(batch=2, prompt_len=1024, gen_len=32)),
+    (
+        "meta-llama/Llama-2-7b-hf",
+        InferenceSetup(batch=4, prompt_len=512, gen_len=8, weights="fp32"),
+    ),
+    ("mistralai/Mistral-7B-v0.1", InferenceSetup(batch=4, prompt_len=2048, gen_len=64)),
+    ("Qwen/Qwen2.5-7B", InferenceSetup(batch=2, prompt_len=4096, gen_len=8, logits="all")),
+    ("mistralai/Mixtral-8x7B-v0.1", InferenceSetup(batch=2, prompt_len=1024, gen_len=16)),
+    ("Qwen/Qwen1.5-MoE-A2.7B", InferenceSetup(batch=4, prompt_len=1024, gen_len=32)),
+    ("Qwen/Qwen3-30B-A3B", InferenceSetup(batch=2, prompt_len=2048, gen_len=16)),
+    ("deepseek-ai/DeepSeek-V2-Lite", InferenceSetup(batch=2, prompt_len=2048, gen_len=32)),
+    (
+        "meta-llama/Llama-2-7b-hf",
+        InferenceSetup(batch=1, prompt_len=512, gen_len=32, cache="static"),
+    ),
+    ("microsoft/Phi-3-mini-4k-instruct", InferenceSetup(batch=2, prompt_len=1024, gen_len=8)),
+    ("google/gemma-2-2b", InferenceSetup(batch=2, prompt_len=1024, gen_len=8, attention="eager")),
+    ("openai-community/gpt2", InferenceSetup(batch=4, prompt_len=512, gen_len=8)),
+]
+"""Full-size generate calls: the issue's two cases first, then each family the replay covers,
+then known gaps (static cache masks, Phi-3's fused projections, Gemma 2, GPT-2)."""
+
+FLOP_CASES = (
+    "mistralai/Mixtral-8x7B-v0.1",
+    "Qwen/Qwen1.5-MoE-A2.7B",
+    "deepseek-ai/DeepSeek-V2-Lite",
+)
+
+
+def _describe(setup: InferenceSetup) -> str:
+    extra = [setup.weights] + [
+        text
+        for text, on in (
+            (f"{setup.cache} cache", setup.cache != "dynamic"),
+            ("all logits", setup.logits == "all"),
+            (setup.attention, setup.attention != "sdpa"),
+        )
+        if on
+    ]
+    return f"b{setup.batch} p{setup.prompt_len} g{setup.gen_len}, " + ", ".join(extra)
+
+
+def _worst(analytic: Report, trace: Report) -> tuple[str, float]:
+    """The line (phase or category at the peak) with the largest relative error."""
+    ours = {f"phase/{p.name}": p.bytes for p in analytic.phases}
+    ours.update({f"peak/{c.key}": c.total for c in analytic.breakdown.children})
+    theirs = {f"phase/{p.name}": p.bytes for p in trace.phases}
+    theirs.update({f"peak/{c.key}": c.total for c in trace.breakdown.children})
+    floor = 0.01 * trace.scalars["peak_bytes"]
+    worst, error = "-", 0.0
+    for key in sorted(set(ours) | set(theirs)):
+        gap = ours.get(key, 0) - theirs.get(key, 0)
+        relative = gap / max(theirs.get(key, 0), floor)
+        if gap and abs(relative) > abs(error):
+            worst, error = key, relative
+    return worst, error
+
+
+def _memory_rows() -> tuple[list[str], int, int]:
+    from memplan.trace.inference import trace_inference
+
+    rows = [
+        "| model | setup | trace peak (GiB) | analytic peak (GiB) | peak error | worst line | "
+        "its error | trace s |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    exact = within = 0
+    for name, setup in MEMORY_CASES:
+        spec = resolve(name)
+        started = time.perf_counter()
+        trace = trace_inference(spec, setup)
+        seconds = time.perf_counter() - started
+        analytic = inference_report(spec, setup)
+        ours, theirs = analytic.scalars["peak_bytes"], trace.scalars["peak_bytes"]
+        worst, error = _worst(analytic, trace)
+        exact += ours == theirs and worst == "-"
+        within += abs(ours - theirs) <= 0.01 * theirs
+        rows.append(
+            f"| {name} | {_describe(setup)} | {theirs / GIB:.3f} | {ours / GIB:.3f} | "
+            f"{100 * (ours - theirs) / theirs:+.3f} % | {worst} | {100 * error:+.3f} % | "
+            f"{seconds:.1f} |"
+        )
+    return rows, exact, within
+
+
+def _flop_rows() -> list[str]:
+    from memplan.specs.hf import spec_from_config
+    from memplan.trace.inference import trace_inference
+    from memplan.trace.training import trace_training
+
+    rows = [
+        "| model | run | trace FLOPs | analytic FLOPs | error |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for name in FLOP_CASES:
+        spec = resolve(name)
+        assert spec.hf_config is not None
+        spec = spec_from_config(dict(spec.hf_config), source=name)
+        setup = InferenceSetup(batch=1, prompt_len=512, gen_len=4)
+        traced = trace_inference(spec, setup).scalars["flops"]
+        common = dict(batch=1, convention="matmul", logits="last")
+        ours = forward_flops_item(spec, q_len=512, **common).total + sum(
+            forward_flops_item(spec, q_len=1, past_len=512 + step, **common).total
+            for step in range(3)
+        )
+        rows.append(
+            f"| {name} | generate b1 p512 g4 | {traced:,} | {int(ours):,} | "
+            f"{_error(traced, ours)} |"
+        )
+        step = trace_training(spec, TrainingSetup(batch=1, seq=512, precision=Precision.BF16))
+        forward = forward_flops_item(spec, batch=1, q_len=512, convention="matmul")
+        core = forward.find("layers/attention_core").total
+        d_qk, d_v = (
+            (spec.mla.qk_head_dim, spec.mla.v_head_dim) if spec.mla else (spec.head_dim,) * 2
+        )
+        ours = 3 * forward.total + core * d_qk // (d_qk + d_v)
+        rows.append(
+            f"| {name} | training step b1 s512 | {step.scalars['flops']:,} | {int(ours):,} | "
+            f"{_error(step.scalars['flops'], ours)} |"
+        )
+    return rows
+
+
+def _inference_memory_lines() -> list[str]:
+    rows, exact, within = _memory_rows()
+    return [
+        "### Inference memory: analytic engine vs trace engine (full size)",
+        "",
+        "`memplan infer` beside `memplan trace --infer` (H100 kernels, CUDA allocator rounding,",
+        "greedy generate: the prefill, then the last decode step, the one with the longest",
+        "cache). *Worst line*: the largest error over the five phases and the categories at the",
+        "peak (relative to the line, or to 1 % of the peak for smaller lines). Before the",
+        "op-by-op replay the temporaries line was an estimate: -12.8 % on the first row,",
+        "-10.5 % on the second. Peaks are tensors only (allocated bytes); the CUDA context and",
+        "the cuBLAS workspace are separate lines in both engines.",
+        "",
+        *rows,
+        "",
+        f"{exact} of {len(MEMORY_CASES)} identical to the byte on every line; {within} of "
+        f"{len(MEMORY_CASES)} peaks within 1 %. Known gaps: a StaticCache's decode step and "
+        "sliding windows once the keys reach the window build masks the replay does not "
+        "model yet; Phi-3's fused projections, Gemma 2 (eager attention, four norms) and "
+        "GPT-2 (Conv1D, LayerNorm, gelu_new) are not replayed op by op.",
+        "",
+        "### MoE FLOPs: trace vs analytic (full size)",
+        "",
+        "The trace counts the expert matmuls (`aten._grouped_mm`, transformers'",
+        "`grouped_mm_fallback`) with `memplan.trace.flops`; before, torch's counter had no",
+        "formula for them and the trace left them out (tiny Mixtral -71.5 %, tiny DeepSeek-V2",
+        "-18.9 %). Generation: prefill + 3 decode steps, all matmuls as run (no causal",
+        "halving). Training: 3 x forward plus the fused attention backward's recomputed",
+        "`Q K^T` (`flop_counter`'s convention).",
+        "",
+        *_flop_rows(),
+        "",
+    ]
+
+
 def section() -> str:
-    """Markdown: serving, latency and training-time comparisons."""
+    """Markdown: inference memory and MoE FLOPs against the trace; serving, latency and
+    training-time comparisons against the seeds."""
     lines = [
         "## Inference, serving and time (issue 5)",
         "",
+        *_inference_memory_lines(),
         "### Serving (vLLM) against seed 002",
         "",
         "vLLM arithmetic follows the v1 engine source (vllm-project/vllm @ 001cabc1:",
@@ -152,8 +325,13 @@ def section() -> str:
         "  six families, prefill and decode, eager attention (`tests/test_flops_exact.py`).",
         "  torch counts CPU sdpa's flash kernel and `torch._grouped_mm` MoE experts as zero.",
         "- Generation FLOPs (prefill + decode steps, sliding windows included): exact against",
-        "  the trace engine's counter for llama, qwen2, mistral, gemma2; for mixtral and",
-        "  deepseek_v2 the trace lacks exactly the routed experts (`_grouped_mm`).",
+        "  the trace engine's counter for llama, qwen2, mistral, gemma2, mixtral and deepseek_v2",
+        "  (`tests/test_kv_trace.py`), and for MoE training steps and both expert paths",
+        "  (`tests/test_moe_flops.py`).",
+        "- Inference memory: every phase and category equal to the trace on 11 size-reduced",
+        "  cases (dense GQA and MHA, sliding window, MoE with and without shared experts, MLA;",
+        "  batch 1-3, prompts 6-100, one to eight decode steps; `tests/test_inference_exact.py`),",
+        "  with the known gaps as strict xfails.",
     ]
     return "\n".join(lines) + "\n"
 

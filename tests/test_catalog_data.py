@@ -1,7 +1,8 @@
 """The bundled model catalog data: every config.json file and the models.json index.
 
 No torch here: these tests read JSON only. The exact parameter counts are checked against
-transformers by ``scripts/verify_catalog.py`` and by the foundation's trace tests.
+the published figures by ``test_published_params.py``, against transformers by
+``scripts/verify_catalog.py`` and by the trace tests.
 """
 
 from __future__ import annotations

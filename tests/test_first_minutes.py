@@ -265,7 +265,7 @@ def test_train_verdict_none_and_what_to_try(capsys: pytest.CaptureFixture[str]) 
     assert "longest sequence at batch 1: none" in lines
     assert lines[-1] == (
         "verdict: training step of meta-llama/Llama-3.1-8B (batch 1 x seq 2048): peak 149.58 GiB"
-        " per GPU; does not fit on H100-SXM-80GB (79.65 GiB, 79.12 GiB usable): short by 70.46 GiB"
+        " per GPU; does not fit on H100-SXM-80GB (79.65 GiB, 79.08 GiB usable): short by 70.49 GiB"
     )
     levers = _json(capsys, ["train", "llama-3.1-8b", "--gpu", "H100"])["what_to_try"]
     flags = [lever["flags"] for lever in levers]
@@ -294,9 +294,11 @@ def test_infer_answers(capsys: pytest.CaptureFixture[str]) -> None:
     assert "\ntime to first token: 24 ms; decode: " in out and " tokens/s over the batch" in out
     assert out.splitlines()[-1].startswith(
         "verdict: generate with meta-llama/Meta-Llama-3-8B (batch 1, prompt 1,000, 128 new tokens,"
-        " bf16): peak 15.71 GiB, first token 24 ms, "
+        " bf16): peak 15.19 GiB, first token 24 ms, "
     )
-    assert out.splitlines()[-1].endswith("fits on H100-SXM-80GB (79.65 GiB): 63.94 GiB to spare")
+    assert out.splitlines()[-1].endswith(
+        "fits on H100-SXM-80GB (79.65 GiB, 79.12 GiB usable): 63.93 GiB to spare"
+    )
 
 
 def test_infer_longest_prompt_is_memory_bound_when_memory_binds(

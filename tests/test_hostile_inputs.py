@@ -419,13 +419,18 @@ ANSWERS = [
 ]
 
 
+# The time limits below bound this process's CPU time, not the wall clock: they catch work
+# that grows with an absurd size (a loop over a billion tokens), and other processes on the
+# machine (parallel test workers, other jobs) cannot make them fail.
+
+
 @pytest.mark.parametrize(("argv", "phrase"), ANSWERS, ids=_ids)
 def test_absurd_setups_are_answered_quickly(
     capsys: pytest.CaptureFixture[str], argv: list[str], phrase: str
 ) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     status, out, err = _run(capsys, argv)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert status == 0, err
     assert phrase in out
     assert elapsed < 1.0, f"{argv} took {elapsed:.2f} s"
@@ -439,9 +444,9 @@ def test_refusals_of_huge_sizes_are_quick(capsys: pytest.CaptureFixture[str]) ->
         ["train", _corpus("astronomical_hidden_size.json")],
         ["serve-capacity", "gpt2", "--gpu", "H100", "--tp", BIG[:13]],
     ):
-        start = time.perf_counter()
+        start = time.process_time()
         _one_line_error(capsys, argv)
-        assert time.perf_counter() - start < 1.0, argv
+        assert time.process_time() - start < 1.0, argv
 
 
 def test_deepest_accepted_model_answers_within_a_second(
@@ -454,10 +459,10 @@ def test_deepest_accepted_model_answers_within_a_second(
     config["num_hidden_layers"] = MAX_LAYERS
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
-    start = time.perf_counter()
+    start = time.process_time()
     status, _, err = _run(capsys, ["train", str(path), "--seq", "64", "--gpu", "H100"])
     assert status == 0, err
-    assert time.perf_counter() - start < 1.5
+    assert time.process_time() - start < 1.5
     config["num_hidden_layers"] = MAX_LAYERS + 1
     path.write_text(json.dumps(config))
     assert "2,049 layers is beyond any real model" in _one_line_error(capsys, ["params", str(path)])

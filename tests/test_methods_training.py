@@ -18,6 +18,7 @@ from memplan.formulas.methods_training import (
     seed004_max_batch,
 )
 from memplan.formulas.params import total_params
+from memplan.specs.hardware import custom_gpu
 from memplan.specs.training import Precision, TrainingSetup
 from memplan.units import GB
 
@@ -50,11 +51,11 @@ def test_seed004_question_exact_answer() -> None:
     """Seed 004's question answered by memplan: GPT-2 XL, fp32, AdamW, 1024, 80 GB."""
     spec = resolve("gpt2-xl")
     setup = TrainingSetup(batch=1, seq=1024, precision=Precision.FP32)
-    fit = fit_training(spec, setup, 80 * GB)
-    assert fit.max_batch_size == 5
+    found = fit_training(spec, setup, custom_gpu(memory_bytes=80 * GB))
+    assert found.max_batch_size == 5
     at_five = estimate_training(spec, dataclasses.replace(setup, batch=5)).scalars["peak_bytes"]
     at_six = estimate_training(spec, dataclasses.replace(setup, batch=6)).scalars["peak_bytes"]
-    assert at_five <= fit.usable_bytes < at_six
+    assert at_five <= found.fit.usable_bytes < at_six
 
 
 def test_korthikanti_eq1() -> None:

@@ -1,11 +1,27 @@
-"""The core never imports torch: checked in a fresh interpreter."""
+"""The core never imports torch: checked in a fresh interpreter, and in the source of every
+core module (an import inside a function, run only on a rare path, counts too)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
+
+import memplan
+
+PACKAGE = Path(memplan.__file__).parent
+CORE = sorted(
+    path
+    for path in PACKAGE.rglob("*.py")
+    if path.relative_to(PACKAGE).parts[0] not in ("trace", "cli", "web", "__main__.py")
+)
+"""Everything but the trace engine and the edges that may call it (command line, web page)."""
+FORBIDDEN = ("torch", "transformers", "peft", "memplan.trace", "memplan.cli")
 
 SCRIPT = textwrap.dedent(
     """
@@ -43,3 +59,28 @@ def test_params_and_models_do_not_import_torch() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
+
+
+def _imported_modules(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _forbidden(name: str) -> bool:
+    return any(name == root or name.startswith(f"{root}.") for root in FORBIDDEN)
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_core_module_never_imports_torch_or_the_trace_engine(path: Path) -> None:
+    assert [name for name in _imported_modules(path) if _forbidden(name)] == []
+
+
+def test_the_core_scan_sees_every_layer() -> None:
+    layers = {path.relative_to(PACKAGE).parts[0] for path in CORE}
+    assert {"estimate", "formulas", "specs", "catalog", "units.py", "api.py"} <= layers

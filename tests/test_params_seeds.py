@@ -24,8 +24,13 @@ def test_llama2_7b_exact_count_is_seed000_measurement() -> None:
 
 
 def test_seed000_closed_form_with_dff_4e() -> None:
-    assert seed000_params(32000, 4096, 32) == 8_852_344_832
-    assert seed000_swiglu_params(32000, 4096, 32) == 6_704_861_184
+    # seed 000, "llama_7B parameter number" (E = 4096, N = 32, V = 32000): "Calculated total
+    # number of parameters = 8,852,344,832" for VE + N(4E^2 + E + 12E^2 + E) + E + VE, and
+    # "if let 4=8/3, ... = 6,704,861,184": d_ff = 8/3 E makes the MLP's 12E^2 exactly 8E^2
+    v, e, n = 32000, 4096, 32
+    assert seed000_params(v, e, n) == 2 * v * e + n * (16 * e * e + 2 * e) + e == 8_852_344_832
+    assert seed000_swiglu_params(v, e, n) == 2 * v * e + n * (12 * e * e + 2 * e) + e
+    assert seed000_swiglu_params(v, e, n) == 6_704_861_184
 
 
 def test_seed001_formula_leaves_out_the_norms() -> None:

@@ -13,7 +13,7 @@ from memplan.cli.main import main
 from memplan.errors import SetupError
 from memplan.estimate.serving import ServingSetup, serving_report, vllm_weights_item
 from memplan.formulas import serving as vllm
-from memplan.formulas.overheads import cuda_block_bytes
+from memplan.formulas.allocator import cuda_block_bytes
 from memplan.units import GIB
 
 
@@ -111,7 +111,13 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert data["kv_cache_tokens"] % 16 == 0 and data["kv_cache_tokens"] > 100_000
     assert data["max_concurrency"] == pytest.approx(data["num_gpu_blocks"] / 256, abs=1e-4)
-    assert data["peak_bytes"] == int(85_520_809_984 * 0.9)
+    assert data["requested_bytes"] == int(85_520_809_984 * 0.9)
+    # the tensors: weights, the KV cache blocks and the profiling run's activation peak
+    kv = data["num_gpu_blocks"] * data["page_size_bytes"] * 32  # one group of 32 layers
+    assert (
+        data["peak_bytes"] == data["weights_bytes"] + kv + data["breakdown"]["children"][1]["total"]
+    )
+    assert data["fits"] is True and data["cuda_context_bytes"] == 512 * 2**20
 
 
 @pytest.mark.parametrize(
@@ -143,4 +149,14 @@ def test_cli_quant_format_the_model_cannot_use(capsys: pytest.CaptureFixture[str
 def test_requested_memory_is_total_times_utilization() -> None:
     gpu = dataclasses.replace(resolve_gpu("H200"), memory_bytes=100 * GIB)
     report = serving_report(resolve("Qwen/Qwen2.5-7B"), ServingSetup(max_model_len=32768), gpu)
-    assert report.scalars["peak_bytes"] == 90 * GIB
+    assert report.scalars["requested_bytes"] == 90 * GIB
+
+
+def test_requested_memory_beside_the_context_must_fit_the_gpu() -> None:
+    """vLLM refuses to start when the requested share and the CUDA context exceed the GPU."""
+    gpu = dataclasses.replace(resolve_gpu("H200"), memory_bytes=100 * GIB)
+    spec = resolve("Qwen/Qwen2.5-7B")
+    setup = ServingSetup(max_model_len=32768, gpu_memory_utilization=0.999)
+    report = serving_report(spec, setup, gpu, cuda_context_bytes=GIB)
+    assert report.scalars["vllm_kv_check"] is True and report.scalars["fits"] is False
+    assert report.scalars["headroom_bytes"] == 99 * GIB - int(0.999 * 100 * GIB)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from memplan.errors import SetupError, UnknownGpuError
+from memplan.formulas.allocator import alloc_bytes
 from memplan.trace.allocator import (
     CachingAllocatorModel,
     allocation_size,
     round_size,
 )
 from memplan.trace.cuda_env import cublas_workspace_bytes, gpu_arch
-from memplan.trace.timeline import Timeline, allocated_bytes
+from memplan.trace.timeline import Timeline
 
 MIB = 2**20
 
@@ -20,9 +21,9 @@ def test_round_size_is_512_multiples() -> None:
     assert round_size(1) == 512
     assert round_size(512) == 512
     assert round_size(513) == 1024
-    assert allocated_bytes(4, 512) == 512
-    assert allocated_bytes(0, 512) == 0
-    assert allocated_bytes(1000, 1) == 1000
+    assert alloc_bytes(4, 512) == 512
+    assert alloc_bytes(0, 512) == 0
+    assert alloc_bytes(1000, 1) == 1000
 
 
 def test_allocation_size_pools() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 
@@ -12,7 +11,6 @@ from memplan.errors import SetupError
 from memplan.estimate.training import (
     estimate_training,
     evaluate,
-    training_peak_bytes,
     training_plan,
 )
 from memplan.formulas.optimizer import (
@@ -22,10 +20,13 @@ from memplan.formulas.optimizer import (
 )
 from memplan.formulas.params import total_params
 from memplan.formulas.training import alloc_bytes, param_tensors, regime
+from memplan.formulas.weights import weights_total_bytes
+from memplan.specs.hf import spec_from_config
 from memplan.specs.training import (
     Checkpointing,
     Optimizer,
     Precision,
+    Target,
     TrainingSetup,
 )
 
@@ -88,12 +89,20 @@ def test_regimes() -> None:
 
 
 def test_deepspeed_is_sixteen_bytes_per_parameter() -> None:
+    """Seed 001's 16 bytes per parameter (bf16 weights and gradients, fp32 master weights and
+    two fp32 Adam moments), plus fused AdamW's fp32 ``step`` counter per tensor on the GPU."""
     spec = resolve(LLAMA2)
+    tensors = param_tensors(spec)
     setup = TrainingSetup(precision=Precision.DEEPSPEED_BF16, optimizer=Optimizer.ADAMW_FUSED)
-    plan = _plan(spec, setup)
-    n = total_params(spec)
-    static = plan.param_bytes + plan.grad_bytes + plan.state_bytes
-    assert 16 * n <= static <= 16 * n + 8 * 291 * 512  # rounding of 291 tensors, 6 copies + steps
+    cpu = _plan(spec, dataclasses.replace(setup, target=Target.CPU))  # no allocator rounding
+    assert cpu.param_bytes + cpu.grad_bytes + cpu.state_bytes == (
+        16 * total_params(spec) + 4 * len(tensors)
+    )
+    cuda = _plan(spec, setup)  # each tensor its own 512-B blocks
+    assert cuda.param_bytes + cuda.grad_bytes + cuda.state_bytes == sum(
+        2 * alloc_bytes(2 * t.numel) + 3 * alloc_bytes(4 * t.numel) + alloc_bytes(4)
+        for t in tensors
+    )
 
 
 def test_eight_bit_adamw_block_statistics() -> None:
@@ -126,13 +135,15 @@ def test_timeline_invariants() -> None:
     assert phases["after_load"] == phases["after_zero_grad"]
     assert phases["after_backward"] - phases["after_load"] == plan.grad_bytes
     assert phases["optimizer_step"] - phases["after_backward"] == plan.step_temporary
-    assert (
-        report.scalars["peak_bytes"] == max(phases.values())
-        or report.scalars["peak_phase"] == "forward"
-    )
+    # this setup peaks in the backward, the highest of the phases
+    assert report.scalars["peak_phase"] == "backward"
+    assert report.scalars["peak_bytes"] == phases["peak_backward"] == max(phases.values())
     assert report.scalars["peak_bytes"] == int(report.breakdown.total)
-    # the first step has no optimizer states before step()
-    assert report.scalars["first_step_peak_bytes"] <= report.scalars["peak_bytes"]
+    # the first step runs forward and backward without optimizer states; its step makes them
+    # (and the step temporaries) on top of the same gradients, as every later step has them
+    assert report.scalars["first_step_peak_bytes"] == max(
+        phases["peak_backward"] - plan.state_bytes, phases["optimizer_step"]
+    )
 
 
 def test_peak_grows_with_batch_and_sequence() -> None:
@@ -152,9 +163,8 @@ def test_checkpointing_keeps_only_layer_inputs() -> None:
         g.count * sum(alloc_bytes(s.nbytes(8, 2048)) for s in g.saved) for g in plan.layers
     )
     assert layer_bytes == spec.n_layers * alloc_bytes(8 * 2048 * spec.hidden_size * 2)
-    full = training_peak_bytes(spec, setup)
-    ckpt = training_peak_bytes(spec, dataclasses.replace(setup, checkpointing=Checkpointing.FULL))
-    assert ckpt < full
+    # the peaks with recomputation: against the trace in test_trace_semantics.py and
+    # test_training_exact.py
 
 
 def test_lora_trains_only_the_adapters() -> None:
@@ -163,17 +173,22 @@ def test_lora_trains_only_the_adapters() -> None:
     report = estimate_training(spec, setup)
     assert report.scalars["trainable_params"] == 32 * 2 * (16 * 4096 + 4096 * 16) == 8_388_608
     plan = _plan(spec, setup)
+    # per layer and target: A (16 x 4096) and B (4096 x 16), fp32 (peft keeps adapters fp32)
     assert plan.grads == {"lora_adapters": 32 * 2 * 2 * alloc_bytes(16 * 4096 * 4)}
-    full = _plan(spec, TrainingSetup(precision=Precision.BF16))
-    assert plan.state_bytes * 100 < full.state_bytes
+    # AdamW's two moments of the adapters only (the step counters live on the host)
+    assert plan.state_bytes == 2 * 32 * 2 * 2 * alloc_bytes(16 * 4096 * 4)
 
 
 def test_qlora_stores_the_base_in_nf4() -> None:
+    """The base model as the inference weights formula stores it in bitsandbytes NF4 (layers'
+    linear weights quantized, embeddings, norms and lm_head in bf16), plus the fp32 adapters
+    (A and B of rank 16 on q, k, v and o in each of the 32 layers)."""
     spec = resolve(LLAMA2)
-    bf16 = _plan(spec, TrainingSetup(lora_rank=16, precision=Precision.BF16))
-    nf4 = _plan(spec, TrainingSetup(lora_rank=16, qlora=True, precision=Precision.BF16))
-    assert "quantized_nf4" in nf4.params
-    assert nf4.param_bytes < 0.4 * bf16.param_bytes
+    setup = TrainingSetup(lora_rank=16, qlora=True, precision=Precision.BF16, target=Target.CPU)
+    nf4 = _plan(spec, setup)
+    adapters = 32 * 4 * (16 * 4096 + 4096 * 16) * 4
+    assert nf4.params["lora_adapters"] == adapters
+    assert nf4.param_bytes == weights_total_bytes(spec, "bnb-nf4") + adapters
 
 
 def test_batch_one_saves_the_padded_labels() -> None:
@@ -183,16 +198,6 @@ def test_batch_one_saves_the_padded_labels() -> None:
     (labels,) = [s for s in plan.head_saved if s.key == "loss/shift_labels"]
     assert labels.nbytes(1, 64) == 65 * 8
     assert labels.nbytes(2, 64) == 2 * 64 * 8
-
-
-def test_an_estimate_takes_well_under_a_millisecond() -> None:
-    spec = resolve("meta-llama/Llama-3.1-8B")
-    training_peak_bytes(spec, TrainingSetup())
-    setups = [TrainingSetup(batch=1 + i % 4, seq=512 * (1 + i % 8)) for i in range(2000)]
-    start = time.perf_counter()
-    for setup in setups:
-        training_peak_bytes(spec, setup)
-    assert (time.perf_counter() - start) / len(setups) < 1e-3
 
 
 # Bad input -------------------------------------------------------------------------------------
@@ -205,10 +210,15 @@ def test_sequence_beyond_max_positions_needs_an_override() -> None:
     spec = resolve("gpt2")
     with pytest.raises(SetupError, match="max_position_embeddings"):
         estimate_training(spec, TrainingSetup(seq=2048))
-    assert (
-        estimate_training(spec, TrainingSetup(seq=2048, allow_long_seq=True)).scalars["peak_bytes"]
-        > 0
-    )
+    # the override lifts the check and changes nothing else: a rotary model (no position
+    # table) limited to 1024 positions answers as the same model allowed 4096
+    config = dict(resolve("meta-llama/Llama-3.2-1B").hf_config or {})
+    short = spec_from_config({**config, "max_position_embeddings": 1024})
+    long = spec_from_config({**config, "max_position_embeddings": 4096})
+    allowed = estimate_training(short, TrainingSetup(seq=2048, allow_long_seq=True))
+    plain = estimate_training(long, TrainingSetup(seq=2048))
+    assert allowed.phases == plain.phases
+    assert allowed.scalars["peak_bytes"] == plain.scalars["peak_bytes"]
 
 
 def test_lora_rank_larger_than_the_layer() -> None:

@@ -9,13 +9,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "params"]
+__all__ = ["__version__", "infer", "params", "train"]
 
 
 def __getattr__(name: str) -> Any:
     """Lazy exports, so that ``import memplan`` stays instant (and torch-free)."""
-    if name == "params":
-        from memplan.api import params
+    if name in ("params", "train", "infer"):
+        from memplan import api
 
-        return params
+        return getattr(api, name)
     raise AttributeError(f"module 'memplan' has no attribute {name!r}")

@@ -19,7 +19,14 @@ from typing import Any
 
 from memplan.units import render_marks
 
-__all__ = ["TRAINING_CATEGORIES", "TRAINING_PHASES", "Item", "Phase", "Report"]
+__all__ = [
+    "INFERENCE_PHASES",
+    "TRAINING_CATEGORIES",
+    "TRAINING_PHASES",
+    "Item",
+    "Phase",
+    "Report",
+]
 
 TRAINING_PHASES = (
     "after_load",
@@ -30,6 +37,9 @@ TRAINING_PHASES = (
     "after_zero_grad",
 )
 """The phases of a training step, in order: the same in the analytic and the trace engine."""
+
+INFERENCE_PHASES = ("after_load", "prefill_peak", "after_prefill", "decode_peak", "after_decode")
+"""The phases of a generate call, in order: the same in the analytic and the trace engine."""
 
 TRAINING_CATEGORIES = (
     "parameters",

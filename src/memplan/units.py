@@ -14,6 +14,7 @@ __all__ = [
     "GB",
     "GIB",
     "KIB",
+    "MAX_COUNT",
     "MIB",
     "TIB",
     "bytes_mark",
@@ -38,6 +39,9 @@ GB = 10**9
 TB = 10**12
 MAX_SIZE_BYTES = 2**60
 """Largest size ``parse_size`` accepts (1 EiB): beyond it a value is a typo, not a GPU."""
+MAX_COUNT = 2**40
+"""Largest count accepted (batch, lengths, degrees, ranks): about 1.1e12, far beyond any real
+setup, and small enough that products of counts stay exact in float arithmetic's range."""
 
 _SIZE_UNITS = {
     "": 1,

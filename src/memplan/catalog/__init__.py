@@ -185,9 +185,7 @@ def _unknown(name: str, tried_hub: bool = False) -> UnknownModelError:
     close = suggestions(name)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     if tried_hub:
-        hint += (
-            " (not in the catalog, and the Hugging Face hub was unreachable or has no such repo)"
-        )
+        hint += " (not in the catalog, and the Hugging Face hub has no such repo; a private one needs HF_TOKEN)"
     return UnknownModelError(
         f"unknown model {name!r}{hint} (`memplan models` lists the catalog; a config.json path "
         "or model folder works too)"

@@ -13,7 +13,7 @@ import socket
 from typing import Any
 from urllib.parse import urlparse
 
-from memplan.errors import ConfigError
+from memplan.errors import ConfigError, UnknownModelError
 
 __all__ = ["fetch_config", "hub_available"]
 
@@ -28,8 +28,6 @@ def hub_available() -> bool:
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """A quick TCP connect to the hub, so that offline machines fail at once, not after
     huggingface_hub's retries (about 25 s)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return False
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
@@ -41,20 +39,41 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def fetch_config(repo_id: str) -> dict[str, Any] | None:
-    """The repo's config.json as a dict, or None when the repo or the network is unreachable.
+    """The repo's config.json as a dict; None when ``huggingface_hub`` is not installed or the
+    hub has no such repo (the caller says "unknown model", with suggestions).
 
-    Gated repos (Llama, Gemma) need ``HF_TOKEN`` set, as for any hub download.
+    Every other failure is an :class:`UnknownModelError` that says why, in one line: the hub
+    switched off or unreachable, a gated repo (accept its licence and set ``HF_TOKEN``), a repo
+    without a config.json, an id the hub refuses, an HTTP error.
     """
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import errors, hf_hub_download
     except ImportError:
         return None
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise _hub_error(repo_id, "the Hugging Face hub is switched off (HF_HUB_OFFLINE)")
     if not _hub_reachable():
-        return None
+        raise _hub_error(repo_id, "the Hugging Face hub is unreachable (is the network off?)")
     try:
         path = hf_hub_download(repo_id, "config.json", etag_timeout=_TIMEOUT_S)
-    except Exception:  # network errors, missing or gated repos: fall back to "unknown model"
-        return None
+    except errors.GatedRepoError as exc:
+        raise _hub_error(
+            repo_id,
+            "it is a gated repo: accept its licence on huggingface.co and set HF_TOKEN",
+        ) from exc
+    except errors.RepositoryNotFoundError:
+        return None  # missing, or private without a token: "unknown model"
+    except errors.LocalEntryNotFoundError as exc:
+        raise _hub_error(repo_id, "the download failed (is the network off?)") from exc
+    except errors.EntryNotFoundError as exc:
+        raise _hub_error(repo_id, "the repo has no config.json") from exc
+    except errors.HFValidationError as exc:
+        raise _hub_error(repo_id, "it is not a valid Hugging Face repo id") from exc
+    except errors.HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise _hub_error(repo_id, f"the hub answered HTTP {status}") from exc
+    except OSError as exc:  # connection errors, a cache that cannot be written
+        raise _hub_error(repo_id, f"the download failed: {exc}") from exc
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -63,3 +82,10 @@ def fetch_config(repo_id: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ConfigError(f"{repo_id}: the hub's config.json is not a JSON object")
     return data
+
+
+def _hub_error(repo_id: str, reason: str) -> UnknownModelError:
+    return UnknownModelError(
+        f"{repo_id!r} is not in the catalog and its config.json could not be fetched from the "
+        f"Hugging Face hub: {reason} (or give a config.json path or model folder)"
+    )

@@ -1,8 +1,8 @@
 """Shared CLI helpers: the GPU flags every command takes, and model resolution.
 
-``add_gpu_flags(parser)`` adds ``--gpu NAME``, ``--gpu-memory SIZE``, ``--tflops X`` and
-``--bandwidth RATE``; ``gpu_from_args(args)`` turns them into a :class:`Gpu` (or None when none
-was given). A catalog GPU's figures can be overridden one by one (``--gpu H100 --gpu-memory
+``add_gpu_flags(parser)`` adds ``--gpu NAME``, ``--gpu-memory SIZE``, ``--tflops X``,
+``--bandwidth RATE`` and (for commands with a fit verdict) ``--cuda-context SIZE``;
+``gpu_from_args(args)`` turns them into a :class:`Gpu` (or None when none was given). A catalog GPU's figures can be overridden one by one (``--gpu H100 --gpu-memory
 40GiB`` for a MIG slice or a shared card).
 """
 
@@ -15,21 +15,18 @@ from typing import Any
 
 from memplan.errors import SetupError
 from memplan.specs.hardware import COMPUTE_DTYPES, Gpu, custom_gpu
-from memplan.units import parse_count, parse_size
+from memplan.units import MAX_COUNT, parse_count, parse_size
 
 __all__ = [
     "MAX_COUNT",
     "add_gpu_flags",
     "count",
+    "cuda_context_from_args",
     "gpu_from_args",
     "non_negative_int",
     "parse_bandwidth",
     "positive_int",
 ]
-
-MAX_COUNT = 2**40
-"""Largest count a flag accepts (batch, lengths, degrees): about 1.1e12, far beyond any real
-setup, and small enough that products of counts stay exact in float arithmetic's range."""
 
 
 def positive_int(text: str) -> int:
@@ -76,8 +73,9 @@ def parse_bandwidth(text: str) -> float:
         ) from None
 
 
-def add_gpu_flags(parser: Any) -> None:
-    """``--gpu``, ``--gpu-memory``, ``--tflops``, ``--bandwidth`` (each optional)."""
+def add_gpu_flags(parser: Any, *, cuda_context: bool = True) -> None:
+    """``--gpu``, ``--gpu-memory``, ``--tflops``, ``--bandwidth`` and, where the command gives a
+    fit verdict, ``--cuda-context`` (each optional)."""
     group = parser.add_argument_group("GPU")
     group.add_argument(
         "--gpu",
@@ -100,6 +98,19 @@ def add_gpu_flags(parser: Any) -> None:
         metavar="RATE",
         help="memory bandwidth, e.g. 3.35TB/s (overrides the catalog figure)",
     )
+    if not cuda_context:
+        return
+    group.add_argument(
+        "--cuda-context",
+        metavar="SIZE",
+        help="CUDA context size counted in the fit verdict (default 512MiB, a typical figure)",
+    )
+
+
+def cuda_context_from_args(args: Any) -> int | None:
+    """``--cuda-context SIZE`` in bytes, or None (the typical default applies)."""
+    text = getattr(args, "cuda_context", None)
+    return parse_size(text) if text else None
 
 
 def gpu_from_args(args: Any) -> Gpu | None:

@@ -10,19 +10,18 @@ the exact number and says why each differs, and seed 004's question (the largest
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args
 from memplan.cli.parallel import add_parallel_flags, plan_from_args
-from memplan.cli.render import add_output_flags
+from memplan.cli.render import add_output_flags, print_report
 from memplan.cli.train import add_training_flags, setup_from_args
 from memplan.report import Report
 from memplan.units import GB, format_bytes
 
-__all__ = ["Row", "compare_rows", "methods_rows", "register", "run"]
+__all__ = ["Row", "compare_report", "compare_rows", "methods_rows", "register", "run"]
 
 EPILOG = """\
 examples:
@@ -50,6 +49,18 @@ class Row:
         if self.trace == 0:
             return 0.0 if self.analytic == 0 else float("inf")
         return (self.analytic - self.trace) / self.trace
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row in JSON: ``error`` is None where the trace has no such line or 0 B on it
+        (a relative error without a finite value); ``difference_bytes`` is always exact."""
+        error = self.error
+        return {
+            "line": self.line,
+            "trace": self.trace,
+            "analytic": self.analytic,
+            "difference_bytes": None if self.trace is None else self.analytic - self.trace,
+            "error": error if error is not None and error != float("inf") else None,
+        }
 
 
 def register(subparsers: Any) -> None:
@@ -145,42 +156,63 @@ def run(args: Any, out: TextIO | None = None) -> int:
     rows = compare_rows(analytic, trace) if trace is not None else []
     methods = methods_rows(spec, setup, int(analytic.scalars["peak_bytes"])) if args.methods else []
     question = _seed004_question(spec, setup, args) if args.methods else None
+    method_dicts = [{"method": m, "bytes": b, "error": e, "why": w} for m, b, e, w in methods]
+    report = compare_report(analytic, trace, rows, method_dicts, question)
     if getattr(args, "json", False):
-        payload: dict[str, Any] = {
-            "model": spec.name,
-            "analytic": analytic.to_dict(),
-            "rows": [
-                {"line": r.line, "trace": r.trace, "analytic": r.analytic, "error": r.error}
-                for r in rows
-            ],
-        }
-        if trace is not None:
-            payload["trace"] = trace.to_dict()
-        if methods:
-            payload["methods"] = [
-                {"method": m, "bytes": b, "error": e, "why": w} for m, b, e, w in methods
-            ]
-            payload["seed004_question"] = question
-        json.dump(payload, out, indent=2, default=str)
-        out.write("\n")
+        print_report(report, args, out)
         return 0
     _print(out, spec, analytic, rows, methods, question, getattr(args, "decimal", False))
     return 0
+
+
+def compare_report(
+    analytic: Report,
+    trace: Report | None,
+    rows: list[Row],
+    methods: list[dict[str, Any]],
+    question: dict[str, Any] | None,
+    *,
+    kind: str = "compare/training",
+) -> Report:
+    """The comparison as a Report (``kind``): the analytic estimate's tree, setup and phases,
+    with scalars ``rows`` (line by line), ``lines_identical``, the two engines' own reports
+    (``analytic``, ``trace``), and with ``--methods`` the textbook ``methods`` (and, for one
+    GPU, ``seed004_question``)."""
+    report = Report(
+        kind=kind,
+        model=analytic.model,
+        breakdown=analytic.breakdown,
+        setup=dict(analytic.setup),
+        phases=list(analytic.phases),
+    )
+    report.scalars["rows"] = [row.to_dict() for row in rows]
+    if trace is not None:
+        identical = sum(1 for row in rows if row.trace == row.analytic)
+        report.scalars["lines_identical"] = identical
+        report.notes.append(f"{identical} of {len(rows)} lines identical to the byte")
+    report.scalars["analytic"] = analytic.to_dict()
+    if trace is not None:
+        report.scalars["trace"] = trace.to_dict()
+    if methods:
+        report.scalars["methods"] = methods
+    if question is not None:
+        report.scalars["seed004_question"] = question
+    return report
 
 
 def _seed004_question(spec: Any, setup: Any, args: Any) -> dict[str, Any]:
     """Seed 004's question for this model: the largest batch on the GPU (80 GB by default)."""
     from memplan.estimate.fit import fit_training
     from memplan.formulas.methods_training import seed004_max_batch
+    from memplan.specs.hardware import custom_gpu
 
-    gpu = gpu_from_args(args)
-    memory = gpu.memory_bytes if gpu is not None else 80 * GB
-    fit = fit_training(spec, setup, memory)
+    gpu = gpu_from_args(args) or custom_gpu(memory_bytes=80 * GB, name="80 GB")
+    found = fit_training(spec, setup, gpu, cuda_context_bytes=cuda_context_from_args(args))
     return {
-        "memory_bytes": memory,
+        "memory_bytes": gpu.memory_bytes,
         "seq": setup.seq,
-        "seed004_max_batch": seed004_max_batch(spec, setup.seq, memory),
-        "exact_max_batch": fit.max_batch_size,
+        "seed004_max_batch": seed004_max_batch(spec, setup.seq, gpu.memory_bytes),
+        "exact_max_batch": found.max_batch_size,
     }
 
 

@@ -10,10 +10,10 @@ each phase, beside the trace's figure for the group's first rank. The trace of a
 
 from __future__ import annotations
 
-import json
 from typing import Any, TextIO
 
-from memplan.cli.compare import Row, _fmt_error
+from memplan.cli.compare import Row, _fmt_error, compare_report
+from memplan.cli.render import print_report
 from memplan.errors import MissingExtraError
 from memplan.report import Report
 from memplan.specs.parallel import ParallelPlan
@@ -76,16 +76,10 @@ def run_parallel(args: Any, spec: Any, setup: Any, plan: ParallelPlan, out: Text
             methods.append({"method": name, "bytes": value, "error": (value - exact) / exact})
     decimal = getattr(args, "decimal", False)
     if getattr(args, "json", False):
-        payload = {
-            "model": spec.name,
-            "analytic": analytic.to_dict(),
-            "trace": trace.to_dict() if trace is not None else None,
-            "rows": [{"line": r.line, "trace": r.trace, "analytic": r.analytic, "error": r.error}
-                     for r in rows],
-            "methods": methods,
-        }  # fmt: skip
-        json.dump(payload, out, indent=2, default=str)
-        out.write("\n")
+        report = compare_report(
+            analytic, trace, rows, methods, None, kind="compare/parallel-training"
+        )
+        print_report(report, args, out)
         return 0
     out.write(f"{spec.name}: training on {plan.world_size} GPUs, per rank group\n\n")
     width = max(len(r.line) for r in rows)

@@ -60,7 +60,7 @@ def run(args: Any) -> int:
     gpus = list_gpus()
     out = sys.stdout
     if args.json:
-        json.dump([gpu_to_dict(g) for g in gpus], out, indent=2)
+        json.dump([gpu_to_dict(g) for g in gpus], out, indent=2, allow_nan=False)
         out.write("\n")
         return 0
     header = ["GPU", "GiB", *(f"{d}" for d in COMPUTE_DTYPES), "TB/s", "GPU-GPU GB/s"]

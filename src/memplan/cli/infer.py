@@ -6,12 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
     fit_phrase,
     none_if_zero,
+    outside_lines,
     plot_if_asked,
     print_report,
     verdict_line,
@@ -20,7 +21,7 @@ from memplan.cli.serve_capacity import weight_format_alias
 from memplan.formulas.time import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY
 from memplan.report import Report
 from memplan.specs.model import ModelSpec
-from memplan.units import format_bytes, format_seconds, parse_size
+from memplan.units import format_bytes, format_seconds
 
 __all__ = ["build_report", "register", "run"]
 
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
         "infer",
         help="memory and latency of generation (transformers generate)",
         description="Peak memory of transformers' generate() for one batch of requests "
-        "(weights, KV cache, transients, CUDA context) on one GPU or a tensor-parallel group, "
+        "(weights, KV cache, transients; the CUDA context and cuBLAS workspace beside them) on one GPU or a tensor-parallel group, "
         "its latency (roofline), and the largest batch and prompt that fit. For a vLLM server's "
         "capacity, see serve-capacity.",
         epilog=EPILOG,
@@ -68,7 +69,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--bandwidth-efficiency", type=float, default=DEFAULT_BANDWIDTH_EFFICIENCY, metavar="F"
     )
-    parser.add_argument("--cuda-context", metavar="SIZE", help="CUDA context size (default 512MiB)")
     add_gpu_flags(parser)
     add_output_flags(parser)
     add_plot_flag(parser)
@@ -99,9 +99,7 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         setup,
         gpu_from_args(args),
         efficiency=Efficiency(args.compute_efficiency, args.bandwidth_efficiency),
-        cuda_context_bytes=parse_size(args.cuda_context, flag="--cuda-context")
-        if args.cuda_context
-        else None,
+        cuda_context_bytes=cuda_context_from_args(args),
     )
     if args.weights is None:
         note = weight_format_note(spec, setup.weights)
@@ -109,9 +107,6 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
             report.notes.insert(0, note)
     kv_per_token = kv_bytes_per_token(spec, report)
     report.scalars["kv_cache_bytes_per_token"] = kv_per_token
-    gpu = gpu_from_args(args)
-    if gpu is not None:
-        report.scalars["max_prompt_len"] = max_prompt_len(spec, setup, gpu, report)
     report.scalars["verdict"] = _verdict(report, args.decimal)
     return report
 
@@ -139,34 +134,6 @@ def kv_bytes_per_token(spec: Any, report: Any) -> int:
     return int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
 
 
-def max_prompt_len(spec: Any, setup: Any, gpu: Any, report: Any) -> int:
-    """The longest prompt whose generate (same batch and gen-len) fits the GPU (0: none),
-    by bisection over the same estimate."""
-    import dataclasses
-
-    from memplan.estimate.inference import inference_report
-
-    limit = spec.max_position_embeddings - setup.gen_len
-    if limit < 1:
-        return 0
-
-    def fits(prompt: int) -> bool:
-        changed = dataclasses.replace(setup, prompt_len=prompt)
-        peak = inference_report(spec, changed, None).scalars["peak_bytes"]
-        return int(peak) <= gpu.memory_bytes  # type: ignore[call-overload]
-
-    if not fits(1):
-        return 0
-    low, high = 1, limit + 1
-    while high - low > 1:
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    return low
-
-
 def _verdict(report: Any, decimal: bool) -> str:
     s, setup = report.scalars, report.setup
     question = (
@@ -181,7 +148,13 @@ def _verdict(report: Any, decimal: bool) -> str:
     if "gpu_memory_bytes" not in s:
         return verdict_line(question, answer, "give --gpu NAME to check a fit")
     gpu = setup["gpu"]
-    fit = fit_phrase(gpu, s["gpu_memory_bytes"], s["headroom_bytes"], decimal=decimal)
+    fit = fit_phrase(
+        gpu,
+        s["gpu_memory_bytes"],
+        s["headroom_bytes"],
+        decimal=decimal,
+        usable_bytes=s["usable_bytes"],
+    )
     return verdict_line(question, answer, fit)
 
 
@@ -199,6 +172,8 @@ def _print_answers(report: Any, decimal: bool) -> None:
             f"{s['decode_tokens_per_s']:,.0f} tokens/s over the batch; whole request "
             f"{format_seconds(s['e2e_s'])}\n"
         )
+    for line in outside_lines(s, decimal=decimal):
+        out.write(line + "\n")
     if "max_batch_size" in s:
         out.write(
             f"largest batch at prompt {setup['prompt_len']:,}: {none_if_zero(s['max_batch_size'])};"

@@ -3,6 +3,11 @@
 Each command lives in ``memplan.cli.<name>`` and exposes ``register(subparsers)``, which adds
 its parser and sets ``func`` (``args -> int``) as the parser default. Command modules import
 nothing heavy at module level: ``memplan params`` must answer without importing torch.
+
+A command module that cannot be imported is a broken install and fails loudly, with one
+exception: a module that needs an optional extra at import time raises ``MissingExtraError``
+(whose message is the install command); the command is then still listed, and running it
+prints that install hint (``memplan: error: ...``, exit 2).
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from memplan.errors import MemplanError
+from memplan.errors import MemplanError, MissingExtraError
 
 __all__ = ["OneLineParser", "build_parser", "main", "run"]
 
@@ -78,12 +83,29 @@ def build_parser(parser_class: type[OneLineParser] = OneLineParser) -> argparse.
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"memplan.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command still being built
-            if exc.name != f"memplan.cli.{name}":
-                raise
+        except MissingExtraError as exc:
+            _register_missing_extra(subparsers, name, str(exc))
             continue
         module.register(subparsers)
     return parser
+
+
+def _register_missing_extra(subparsers: Any, name: str, hint: str) -> None:
+    """A command whose optional extra is not installed: listed, and running it says how to
+    install the extra."""
+
+    def missing(args: argparse.Namespace) -> int:
+        raise MissingExtraError(hint)
+
+    # whatever follows (options included) is accepted, so that the hint is what the user sees
+    parser = subparsers.add_parser(
+        name.replace("_", "-"),
+        help=f"(not installed: {hint})",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    parser.add_argument("args", nargs="*")
+    parser.set_defaults(func=missing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,7 +73,7 @@ def run(args: Any) -> int:
             f"no catalog model of family {args.family!r}; families: {', '.join(families)}"
         )
     if args.json:
-        json.dump({"models": rows}, sys.stdout, indent=2)
+        json.dump({"models": rows}, sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
         return 0
     width = max([len(r["id"]) for r in rows] + [5])

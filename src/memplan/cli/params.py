@@ -142,11 +142,21 @@ def _can_build_on_meta() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
+def _meta_params_report(config: dict[str, Any], name: str) -> Report:
+    """The trace layer's count on the meta device (the analytic core never imports torch)."""
+    from memplan.trace import require_torch
+
+    require_torch()  # one line with the install command where torch is absent or broken
+    from memplan.trace.meta import meta_params_report
+
+    return meta_params_report(config, name)
+
+
 def build_report(args: Any, spec: Any = None, *, allow_torch: bool = True) -> Report:
     """The Report ``memplan params`` prints (the web API calls it too, with ``allow_torch``
     False: a model type the analytic engine does not know is then an error, never a build of
     the model on the meta device). ``spec`` replaces MODEL when already resolved."""
-    from memplan.estimate.params import meta_params_report, params_report
+    from memplan.estimate.params import params_report
     from memplan.specs.hf import UnsupportedModelTypeError
 
     if spec is not None:
@@ -156,7 +166,7 @@ def build_report(args: Any, spec: Any = None, *, allow_torch: bool = True) -> Re
     except UnsupportedModelTypeError as exc:
         if not (allow_torch and _can_build_on_meta()):
             raise
-        return meta_params_report(exc.config, exc.name)
+        return _meta_params_report(exc.config, exc.name)
     return params_report(spec, method=args.method, weights=args.weights)
 
 

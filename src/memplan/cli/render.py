@@ -16,11 +16,13 @@ from memplan.units import (
 )
 
 __all__ = [
+    "OUTSIDE_LINES",
     "add_output_flags",
     "add_plot_flag",
     "fit_phrase",
     "format_value",
     "none_if_zero",
+    "outside_lines",
     "plot_if_asked",
     "print_report",
     "render_tree",
@@ -66,8 +68,11 @@ def plot_if_asked(report: Report, args: Any) -> None:
 
 
 def report_json(report: Report, *, decimal: bool = False) -> str:
-    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same)."""
-    return json.dumps(report.to_dict(decimal=decimal), indent=2) + "\n"
+    """The report's JSON text, exactly as ``--json`` prints it (the web API returns the same).
+
+    Strict JSON: a NaN or an infinity anywhere is a bug to surface (ValueError), not to print.
+    """
+    return json.dumps(report.to_dict(decimal=decimal), indent=2, allow_nan=False) + "\n"
 
 
 def format_value(value: float, unit: str, *, decimal: bool = False) -> str:
@@ -174,3 +179,23 @@ def verdict_line(question: str, answer: str, fit: str = "") -> str:
 def none_if_zero(value: int) -> str:
     """A largest-that-fits count: ``none`` when not even one fits."""
     return f"{value:,}" if value else "none"
+
+
+OUTSIDE_LINES = ("cuda_context", "cublas_workspace", "allocator_reserved")
+"""The named lines outside the tensors that a fit verdict counts (memplan.estimate.fit)."""
+
+
+def outside_lines(scalars: dict[str, Any], *, decimal: bool = False) -> list[str]:
+    """What the verdict counts beside the tensors' peak, by name, and what holds the peak."""
+    if "usable_bytes" not in scalars:
+        return []
+    parts = [
+        f"{name} {format_bytes(scalars[name + '_bytes'], decimal=decimal)}"
+        for name in OUTSIDE_LINES
+        if name + "_bytes" in scalars
+    ]
+    usable = format_bytes(scalars["usable_bytes"], decimal=decimal)
+    lines = [f"outside the tensors: {', '.join(parts)} ({usable} usable for tensors)"]
+    if scalars.get("limit"):
+        lines.append(f"limited by: {scalars['limit']}")
+    return lines

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, positive_int
+from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
@@ -123,12 +123,13 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         if args.non_torch_memory
         else 0,
     )
-    report = serving_report(spec, setup, gpu)
+    context = cuda_context_from_args(args)
+    report = serving_report(spec, setup, gpu, cuda_context_bytes=context)
     if weights is not None and args.weights is None:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
-    _add_answers(report, spec, setup, gpu)
+    _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
     return report
 
@@ -145,7 +146,7 @@ def run(args: Any) -> int:
     return 0
 
 
-def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
+def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any, context: int | None) -> None:
     """KV bytes per token, the smallest tensor-parallel degree that starts, the largest
     max_model_len that fits, and the verdict."""
     import dataclasses
@@ -162,7 +163,9 @@ def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any) -> None:
     s["min_tp"] = None
     for tp in (1, 2, 4, 8, 16, 32, 64):
         try:
-            trial = serving_report(spec, dataclasses.replace(setup, tp_degree=tp), gpu)
+            trial = serving_report(
+                spec, dataclasses.replace(setup, tp_degree=tp), gpu, cuda_context_bytes=context
+            )
         except SetupError:  # heads not divisible by this degree
             continue
         if trial.scalars["fits"]:
@@ -202,6 +205,15 @@ def _verdict(report: Any, decimal: bool) -> str:
             f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
             f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
         )
-    else:
+    elif not s["vllm_kv_check"]:
         answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
+    else:
+        answer = "vLLM would refuse to start (the requested memory and the CUDA context)"
+        fit = fit_phrase(
+            gpu,
+            s["gpu_memory_bytes"],
+            s["headroom_bytes"],
+            decimal=decimal,
+            usable_bytes=s["usable_bytes"],
+        )
     return verdict_line(question, answer, fit)

@@ -258,7 +258,7 @@ def run(args: Any, out: TextIO | None = None) -> int:
 
         plot_sweep(sweep, mine.plot)
     if mine.json:
-        json.dump(sweep, out, indent=2)
+        json.dump(sweep, out, indent=2, allow_nan=False)
         out.write("\n")
     else:
         render_sweep(sweep, out)

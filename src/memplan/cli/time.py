@@ -115,7 +115,7 @@ def register(subparsers: Any) -> None:
         help="allow a sequence beyond max_position_embeddings",
     )
     parser.add_argument("--price-per-gpu-hour", type=float, metavar="USD")
-    add_gpu_flags(parser)
+    add_gpu_flags(parser, cuda_context=False)
     add_parallel_flags(parser, gpus_flag=False, batch_flags=False)
     add_output_flags(parser)
     add_plot_flag(parser)

@@ -11,13 +11,20 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from memplan.cli.common import add_gpu_flags, gpu_from_args, non_negative_int, positive_int
+from memplan.cli.common import (
+    add_gpu_flags,
+    cuda_context_from_args,
+    gpu_from_args,
+    non_negative_int,
+    positive_int,
+)
 from memplan.cli.parallel import add_parallel_flags, plan_from_args
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
     fit_phrase,
     none_if_zero,
+    outside_lines,
     plot_if_asked,
     print_report,
     verdict_line,
@@ -193,11 +200,13 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
     plan = plan_from_args(args, spec, micro_batch=setup.batch, seq=setup.seq)
     if plan is not None:
         return _parallel_report(args, spec, setup, plan)
-    method = canonical_method(args.method)
-    report = estimate_training(spec, setup, method=method)
-    gpu = gpu_from_args(args)
-    if gpu is not None:
-        _add_fit(report, spec, setup, gpu, method)
+    report = estimate_training(
+        spec,
+        setup,
+        method=canonical_method(args.method),
+        gpu=gpu_from_args(args),
+        cuda_context_bytes=cuda_context_from_args(args),
+    )
     report.scalars["verdict"] = _verdict(report, getattr(args, "decimal", False))
     return report
 
@@ -247,52 +256,6 @@ def _parallel_report(args: Any, spec: ModelSpec, setup: TrainingSetup, plan: Any
     return report
 
 
-def _add_fit(report: Report, spec: Any, setup: TrainingSetup, gpu: Any, method: str) -> None:
-    from memplan.estimate.fit import fit_training, usable_bytes
-    from memplan.formulas.methods_training import seed004_max_batch
-
-    report.scalars["gpu"] = gpu.name
-    report.scalars["gpu_memory_bytes"] = gpu.memory_bytes
-    if method == "fp32-adamw-count":
-        report.scalars["max_batch_size"] = seed004_max_batch(spec, setup.seq, gpu.memory_bytes)
-        report.scalars["headroom_bytes"] = gpu.memory_bytes - report.scalars["peak_bytes"]
-        return
-    if method != "exact":
-        report.scalars["headroom_bytes"] = (
-            usable_bytes(gpu.memory_bytes) - report.scalars["peak_bytes"]
-        )
-        return
-    fit = fit_training(spec, setup, gpu.memory_bytes)
-    report.scalars.update(
-        fits=fit.fits,
-        usable_bytes=fit.usable_bytes,
-        headroom_bytes=fit.headroom_bytes,
-        max_batch_size=fit.max_batch_size,
-        max_seq_len=fit.max_seq_len,
-        limit=fit.limit,
-    )
-    if not fit.fits:
-        from memplan.estimate.advice import what_to_try
-
-        report.scalars["what_to_try"] = [
-            {
-                "lever": lever.name.split(" (")[0],
-                "name": lever.name,
-                "flags": lever.flags,
-                "saved_bytes": lever.saved_bytes,
-                "peak_bytes": lever.peak_bytes,
-                "fits": lever.fits,
-            }
-            for lever in what_to_try(
-                spec,
-                setup,
-                fit.usable_bytes,
-                peak_bytes=int(report.scalars["peak_bytes"]),
-                peak_phase=str(report.scalars.get("peak_phase", "")),
-            )
-        ]
-
-
 def _print_text(report: Report, args: Any, out: TextIO) -> None:
     decimal = getattr(args, "decimal", False)
     scalars = report.scalars
@@ -309,12 +272,13 @@ def _print_text(report: Report, args: Any, out: TextIO) -> None:
     if "gpu" not in scalars:
         out.write(scalars["verdict"] + "\n")
         return
-    if "fits" not in scalars:  # a textbook method: its own budget
+    for line in outside_lines(scalars, decimal=decimal):
+        out.write(line + "\n")
+    if "max_seq_len" not in scalars:  # a textbook method
         if "max_batch_size" in scalars:
             out.write(f"the method's largest batch: {none_if_zero(scalars['max_batch_size'])}\n")
         out.write(scalars["verdict"] + "\n")
         return
-    out.write(f"limited by: {scalars['limit']}\n")
     out.write(
         f"largest micro-batch at seq {setup['seq']}: {none_if_zero(scalars['max_batch_size'])}\n"
     )

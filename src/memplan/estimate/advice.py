@@ -3,7 +3,8 @@
 Each lever is a change to the setup that is not already on; its worth is the peak it would
 remove, computed by the same accounting (:func:`memplan.estimate.training.training_peak_bytes`)
 on the changed setup. Only levers that lower the peak are listed, largest first, with whether
-the step would then fit the GPU's usable memory (:func:`memplan.estimate.fit.usable_bytes`).
+the step would then fit the GPU's usable memory (``usable_bytes`` of the fit verdict,
+:func:`memplan.estimate.fit.fit_on_gpu`).
 """
 
 from __future__ import annotations

@@ -101,10 +101,11 @@ def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) 
     cp = plan.cp_degree
     seq = setup.seq // cp
     tplan = _local_plan(spec, setup, plan)
-    if cp > 1 and tplan.backend in ("eager", "math"):
+    unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"})
+    if cp > 1 and unfused:
         raise SetupError(
             f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
-            f"not {tplan.backend}: choose --attention flash or sdpa with half precision"
+            f"not {unfused[0]}: choose --attention flash or sdpa with half precision"
         )
     b = setup.batch
     if plan.sequence_parallel:

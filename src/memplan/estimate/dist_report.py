@@ -19,7 +19,7 @@ from typing import Any
 from memplan.errors import MemplanError
 from memplan.estimate.dist_time import collectives, comm_seconds, step_time
 from memplan.estimate.distributed import DIST_CATEGORIES, RankGroup, local_step, rank_groups
-from memplan.estimate.fit import usable_bytes
+from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.timing import TrainingRun
 from memplan.estimate.train_report import _PEAK_PHASE_NAMES
 from memplan.report import TRAINING_PHASES, Item, Phase, Report
@@ -105,7 +105,7 @@ def _group_dict(group: RankGroup, gpu: Gpu | None) -> dict[str, Any]:
         out["host_bytes"] = sum(group.states.offloaded.values())
         out["host_breakdown"] = dict(group.states.offloaded)
     if gpu is not None:
-        usable = usable_bytes(gpu.memory_bytes)
+        usable = training_usable_bytes(gpu)
         out["headroom_bytes"] = usable - group.peak_bytes
         out["fits"] = group.peak_bytes <= usable
     return out
@@ -192,7 +192,7 @@ def parallel_training_report(
         )
     if gpu is not None:
         scalars["gpu"] = gpu.name
-        scalars["usable_bytes"] = usable_bytes(gpu.memory_bytes)
+        scalars["usable_bytes"] = training_usable_bytes(gpu)
         scalars["fits"] = all(g.peak_bytes <= scalars["usable_bytes"] for g in groups)
         scalars["advice"] = _advice(spec, setup, plan, worst)
         if gpu.tflops:

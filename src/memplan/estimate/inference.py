@@ -1,10 +1,15 @@
 """``inference_report(spec, setup, gpu) -> Report``: memory and latency of ``generate``.
 
-Memory (root ``peak``; keys shared with the trace engine): ``parameters`` (weights in their
-dtype or quantization format), ``buffers``, ``kv_cache`` (transformers' DynamicCache or
-StaticCache, exact), ``temporaries`` (the prefill's largest transient: an estimate), and
-``overheads`` (CUDA context, cuBLAS workspace: labelled lines). With tensor parallelism the
-figures are per rank (weights and KV heads split, communication buffers not counted).
+Memory (root ``peak``, the allocated bytes at the peak; keys shared with the trace engine):
+``parameters`` (weights in their dtype or quantization format), ``buffers``, ``kv_cache``
+(transformers' DynamicCache or StaticCache, as live at the peak), ``temporaries`` (every tensor
+the forward holds there, by name) and ``inputs`` (the prompt's token ids). The phases and their
+peaks come from replaying the prefill and the last decode step op by op
+(:mod:`memplan.estimate.inference_memory`). ``peak_bytes`` is that peak: the tensors'
+allocated bytes, as in ``train`` and ``trace``. The CUDA context and the cuBLAS workspace are
+named lines of their own (section ``outside_tensors``), counted with the tensors in the fit
+verdict (:mod:`memplan.estimate.fit`). With tensor parallelism the figures are per rank
+(weights, heads and widths split; communication buffers not counted).
 
 Latency (section ``latency``): prefill and decode under the roofline
 (:mod:`memplan.formulas.time`) with explicit efficiency factors.
@@ -13,16 +18,22 @@ Latency (section ``latency``): prefill and decode under the roofline
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
+from memplan.estimate.fit import Fit, fit_on_gpu, fit_scalars, largest
+from memplan.estimate.inference_memory import (
+    InferenceMemory,
+    activation_bytes,
+    inference_memory,
+    inference_peak_bytes,
+)
 from memplan.estimate.serving import check_weight_format
 from memplan.formulas import serving as vllm
-from memplan.formulas.buffers import buffer_breakdown
 from memplan.formulas.flops import forward_flops_item
+from memplan.formulas.forward_memory import REPLAYED_FAMILIES
 from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
-from memplan.formulas.overheads import overheads_item
+from memplan.formulas.overheads import outside_tensors_item
 from memplan.formulas.time import (
     DEFAULT_BANDWIDTH_EFFICIENCY,
     DEFAULT_COMPUTE_EFFICIENCY,
@@ -33,20 +44,22 @@ from memplan.formulas.weights import normalize_format, weights_bytes
 from memplan.report import Item, Phase, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.inference import InferenceSetup
-from memplan.specs.model import MlpKind, ModelSpec
+from memplan.specs.model import ModelSpec
 
 __all__ = [
     "Efficiency",
+    "InferenceFit",
     "activation_bytes",
     "check_setup",
     "compute_dtype_for",
+    "fit_inference",
     "inference_report",
     "latency_item",
-    "prefill_temporaries_item",
-    "temporaries_item",
+    "memory_item",
 ]
 
-_ACTIVATION = {"fp32": 4, "fp16": 2, "bf16": 2}
+_MAX_BATCH = 1 << 24
+_SOURCE = "memplan.formulas.forward_memory (transformers 5.23 modeling code, torch 2.13 kernels)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,75 +90,122 @@ def compute_dtype_for(fmt: str) -> str:
     }.get(key, key)
 
 
-def activation_bytes(fmt: str) -> int:
-    """Bytes of an activation element: the weights' float width, 2 for quantized formats."""
-    return _ACTIVATION.get(normalize_format(fmt), 2)
+@dataclass(frozen=True, slots=True)
+class _Formats:
+    """The weight format and the widths it implies."""
+
+    weights: str
+    act: int
+    kv: int
 
 
-def temporaries_item(
-    spec: ModelSpec,
-    setup: InferenceSetup,
-    act: int,
-    *,
-    batch: int,
-    q_len: int,
-    context: int,
-    key: str = "temporaries",
-) -> Item:
-    """The largest transient of one forward over ``q_len`` new tokens with ``context`` keys (an
-    estimate; the trace engine measures it). Candidates, the largest wins:
+def _formats(spec: ModelSpec, setup: InferenceSetup) -> _Formats:
+    vllm.check_tp_degree(spec, setup.tp_degree)
+    check_setup(setup, spec)
+    fmt = check_weight_format(spec, setup.weights, setup.tp_degree)
+    act = activation_bytes(fmt)
+    return _Formats(fmt, act, kv_dtype_bytes(setup.kv_dtype, "fp32" if act == 4 else "bf16"))
 
-    * a layer's hidden and residual plus its MLP intermediates (``act(gate)``, ``up``, their
-      product: ``3 B q I``);
-    * the logits (``all`` positions or the ``last``; generate keeps an fp32 copy of the last);
-    * MLA in transformers 5.23 (``DeepseekV2Attention.expand_kv``): the whole cached latent
-      up-projected, ``B ctx H (nope + v)`` plus a new key tensor ``B ctx H (nope + rope)``;
-    * eager attention (Gemma-2's default): scores ``B H q ctx`` in the activation dtype and
-      their fp32 softmax.
-    """
-    b, h, tp = batch, spec.hidden_size, setup.tp_degree
-    width = spec.intermediate_size
-    if spec.moe is not None:
-        width = max(width, spec.moe.expert_intermediate_size)
-    mlp_factor = 3 if spec.mlp_kind is MlpKind.GATED else 2
-    residual = 2 * b * q_len * h * act
-    logit_rows = b * q_len if setup.logits == "all" and q_len > 1 else b
-    candidates = {
-        "layer_mlp": (
-            residual + mlp_factor * b * q_len * width * act // tp,
-            f"(2 B q h + {mlp_factor} B q I) x {act} B",
-        ),
-        "logits": (
-            logit_rows * spec.vocab_size * act + b * spec.vocab_size * 4 + b * q_len * h * act,
-            f"{logit_rows} rows x V x {act} B + fp32 copy of the last",
-        ),
-    }
-    if spec.mla is not None:
-        m = spec.mla
-        expanded = b * context * spec.n_heads * (2 * m.qk_nope_head_dim + m.qk_rope_head_dim)
-        expanded += b * context * spec.n_heads * m.v_head_dim
-        candidates["mla_expanded_kv"] = (
-            residual + expanded * act // tp,
-            "B ctx H (2 nope + rope + v) x act: kv_b_proj output and the key tensor",
-        )
-    if setup.attention == "eager" or spec.model_type.startswith("gemma2"):
-        scores = b * spec.n_heads * q_len * context * (2 * act + 4) // tp
-        candidates["eager_scores"] = (residual + scores, "B H q ctx x (2 act + 4) B")
-    name, (value, formula) = max(candidates.items(), key=lambda kv: kv[1][0])
-    root = Item(key, unit="bytes", note="estimate")
-    root.leaf(name, value, formula, "memplan estimate (transformers 5.23 modeling code)")
+
+def _display(name: str) -> str:
+    """A replay name as a breakdown key (``layer_output/14`` is the next layer's input)."""
+    if name.startswith("layer_output/"):
+        return f"layer_{int(name.split('/')[1]) + 1}_input"
+    return name.replace("/", ".")
+
+
+def memory_item(spec: ModelSpec, setup: InferenceSetup, fmt: str, mem: InferenceMemory) -> Item:
+    """The ``peak`` tree: what is allocated at the peak of ``generate``."""
+    root = Item("peak", unit="bytes", note=f"phase: {mem.peak_phase}")
+    total = int(weights_bytes(spec, fmt).total)
+    split = f" / tp {setup.tp_degree}" if setup.tp_degree > 1 else ""
+    root.leaf(
+        "parameters",
+        mem.fixed["parameters"],
+        f"{fmt}: {total:,} B{split}, each tensor in 512 B blocks",
+        "memplan.formulas.weights, formulas.training.param_tensors",
+    )
+    if mem.fixed["buffers"]:
+        root.leaf("buffers", mem.fixed["buffers"], "rotary inv_freq etc., 512 B blocks")
+    live = mem.at_peak.at_peak()
+    kv = sum(size for size, category in live.values() if category == "kv_cache")
+    counters = mem.fixed["cache_counters"]
+    root.leaf(
+        "kv_cache",
+        kv + counters,
+        f"{setup.cache} cache as live at the {mem.peak_phase} peak"
+        + (f" (+ {counters:,} B of int64 counters)" if counters else ""),
+        "transformers 5.23 cache_utils.py",
+    )
+    temporaries = root.add(Item("temporaries", unit="bytes", source=_SOURCE))
+    for name, (size, category) in sorted(live.items(), key=lambda kv: -kv[1][0]):
+        if category == "temporaries" and size:
+            temporaries.leaf(_display(name), size)
+    inputs = sum(size for size, category in live.values() if category == "inputs")
+    if inputs:
+        root.leaf("inputs", inputs, "the prompt's token ids, int64")
     return root
 
 
-def prefill_temporaries_item(spec: ModelSpec, setup: InferenceSetup, act: int) -> Item:
-    """The prefill's largest transient (see :func:`temporaries_item`)."""
-    return temporaries_item(
-        spec,
-        setup,
-        act,
-        batch=setup.batch,
-        q_len=setup.prompt_len,
-        context=setup.prompt_len,
+def phases_of(mem: InferenceMemory, setup: InferenceSetup) -> list[Phase]:
+    """The trace engine's phases (``memplan.trace.__init__``)."""
+    end = setup.prompt_len + max(setup.gen_len - 1, 0)
+    notes = {
+        "after_prefill": f"KV cache of {setup.prompt_len} tokens",
+        "decode_peak": "the last decode step" if setup.gen_len > 1 else "no decode step",
+        "after_decode": f"KV cache of {end} tokens",
+    }
+    return [Phase(name, value, notes.get(name, "")) for name, value in mem.phases.items()]
+
+
+def _limit(mem: InferenceMemory) -> str:
+    """What holds the peak, in words."""
+    totals = mem.at_peak.by_category()
+    totals["parameters"] = mem.fixed["parameters"]
+    biggest = max(totals, key=lambda key: totals[key])
+    share = 100 * totals[biggest] / max(mem.peak_bytes, 1)
+    return f"the {mem.peak_phase} ({biggest} {share:.0f}% of the peak)"
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceFit:
+    """A generate call's verdict on one GPU, and the inverse questions at its setup."""
+
+    fit: Fit
+    max_batch_size: int
+    """Largest batch at the setup's prompt and generation lengths (0: not even 1)."""
+    max_prompt_len: int
+    """Longest prompt at the setup's batch and generation length (0: not even 1 token)."""
+
+
+def fit_inference(
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    gpu: Gpu,
+    *,
+    cuda_context_bytes: int | None = None,
+) -> InferenceFit:
+    """The verdict for ``setup`` on ``gpu``; the largest batch and the longest prompt that
+    fit there (bisections over the same replay)."""
+    formats = _formats(spec, setup)
+    mem = inference_memory(spec, setup, formats.weights, formats.kv)
+    outside = outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes)
+    verdict = fit_on_gpu(gpu.memory_bytes, mem.peak_bytes, outside, _limit(mem))
+
+    def fits(batch: int, prompt_len: int) -> bool:
+        changed = dataclasses.replace(setup, batch=batch, prompt_len=prompt_len)
+        peak = inference_peak_bytes(spec, changed, formats.weights, formats.kv)
+        return peak <= verdict.usable_bytes
+
+    prompt_limit = spec.max_position_embeddings - setup.gen_len
+    return InferenceFit(
+        fit=verdict,
+        max_batch_size=largest(lambda b: fits(b, setup.prompt_len), _MAX_BATCH, setup.batch),
+        max_prompt_len=(
+            largest(lambda p: fits(setup.batch, p), prompt_limit, setup.prompt_len)
+            if prompt_limit > 0
+            else 0
+        ),
     )
 
 
@@ -234,135 +294,83 @@ def inference_report(
     efficiency: Efficiency | None = None,
     cuda_context_bytes: int | None = None,
 ) -> Report:
-    """Peak memory of ``generate`` (per rank) and, with a GPU that has figures, its latency."""
-    vllm.check_tp_degree(spec, setup.tp_degree)
-    check_setup(setup, spec)
-    fmt = check_weight_format(spec, setup.weights, setup.tp_degree)
-    act = activation_bytes(fmt)
-    kv_element = kv_dtype_bytes(setup.kv_dtype, "fp32" if act == 4 else "bf16")
-    heads = vllm.vllm_kv_heads_per_rank(spec, setup.tp_degree)
-    total_weights = int(weights_bytes(spec, fmt).total)
-    weights_rank = -(total_weights // -setup.tp_degree)
-    end_tokens = setup.prompt_len + max(setup.gen_len - 1, 0)
-    static_len = setup.total_len if setup.cache == "static" else None
-
-    def kv(batch: int, n_tokens: int, decoded: bool) -> Item:
-        return kv_cache_item(
-            spec,
-            batch=batch,
-            n_tokens=n_tokens,
-            dtype_bytes=kv_element,
-            cache=setup.cache,
-            decoded=decoded,
-            max_cache_len=static_len,
-            kv_heads=heads,
-        )
-
-    buffers = buffer_breakdown(spec)
-    overheads = overheads_item(gpu.name if gpu else None, cuda_context_bytes)
-    fixed = weights_rank + buffers.total + overheads.total
-
-    def peaks(batch: int) -> tuple[Item, Item, Item, Item]:
-        """KV after the prefill, the prefill's temporaries, KV at the end, the last decode
-        step's temporaries, at ``batch``."""
-        at_batch = dataclasses.replace(setup, batch=batch)
-        return (
-            kv(batch, setup.prompt_len, decoded=False),
-            prefill_temporaries_item(spec, at_batch, act),
-            kv(batch, end_tokens, decoded=setup.gen_len > 1),
-            temporaries_item(spec, at_batch, act, batch=batch, q_len=1, context=end_tokens),
-        )
-
-    def peak_bytes(batch: int) -> float:
-        kv_prefill, temp_prefill, kv_end, temp_decode = peaks(batch)
-        return fixed + max(kv_prefill.total + temp_prefill.total, kv_end.total + temp_decode.total)
-
-    kv_prefill, temporaries, kv_end, decode_temporaries = peaks(setup.batch)
-    prefill_peak = fixed + kv_prefill.total + temporaries.total
-    end_peak = fixed + kv_end.total + decode_temporaries.total
-
-    root = Item("peak", unit="bytes")
-    root.leaf(
-        "parameters",
-        weights_rank,
-        f"{fmt}: {total_weights:,} B" + (f" / tp {setup.tp_degree}" if setup.tp_degree > 1 else ""),
-        "memplan.formulas.weights",
-    )
-    if buffers.total:
-        root.add(buffers)
-    if prefill_peak >= end_peak:
-        root.add(kv_prefill)
-        root.add(temporaries)
-    else:
-        root.add(kv_end)
-        root.add(decode_temporaries)
-    root.add(overheads)
-    peak = int(root.total)
-    phases = [
-        Phase("after_load", int(fixed)),
-        Phase("end_of_prefill", int(prefill_peak), f"KV cache of {setup.prompt_len} tokens"),
-        Phase("end_of_generation", int(end_peak), f"KV cache of {end_tokens} tokens"),
-    ]
+    """Peak memory of ``generate`` (per rank) and, with a GPU, the fit verdict and (when the
+    GPU has figures) the latency."""
+    formats = _formats(spec, setup)
+    mem = inference_memory(spec, setup, formats.weights, formats.kv)
+    outside = outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes)
     scalars: dict[str, object] = {
-        "peak_bytes": peak,
-        "peak_phase": "end_of_prefill" if prefill_peak >= end_peak else "end_of_generation",
-        "kv_cache_bytes": int(kv_end.total),
-        "weights_bytes": weights_rank,
+        "peak_bytes": mem.peak_bytes,
+        "peak_phase": mem.peak_phase,
+        "kv_cache_bytes": mem.kv_end_bytes,
+        "weights_bytes": mem.fixed["parameters"],
+        **{f"{child.key}_bytes": int(child.total) for child in outside.children},
     }
-    notes = [
-        f"KV cache: {setup.cache} cache, {kv_element} B per element; after generating "
-        f"{setup.gen_len} tokens it holds {end_tokens} (the last token is never fed back)",
-        "temporaries are memplan's estimate of a forward's largest transient (the trace measures it)",
-    ]
-    sections: dict[str, Item] = {}
+    sections: dict[str, Item] = {"outside_tensors": outside}
+    notes = _notes(spec, setup, formats)
     if gpu is not None:
-        scalars["gpu_memory_bytes"] = gpu.memory_bytes
-        scalars["headroom_bytes"] = gpu.memory_bytes - peak
-        scalars["max_batch_size"] = _max_batch(peak_bytes, gpu.memory_bytes)
-        if peak > gpu.memory_bytes:
-            notes.append(f"does not fit: {peak:,} B needed on a {gpu.memory_bytes:,} B {gpu.name}")
+        found = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
+        scalars.update(gpu=gpu.name, **fit_scalars(found.fit))
+        scalars.update(max_batch_size=found.max_batch_size, max_prompt_len=found.max_prompt_len)
         if gpu.memory_bandwidth_bytes_per_s is not None and gpu.tflops:
+            weights_total = int(weights_bytes(spec, formats.weights).total)
             latency, extra = latency_item(
-                spec, setup, gpu, total_weights, kv_element, efficiency or Efficiency()
+                spec, setup, gpu, weights_total, formats.kv, efficiency or Efficiency()
             )
             sections["latency"] = latency
             scalars.update(extra)
     return Report(
         kind="infer",
         model=spec.name,
-        breakdown=root,
-        setup={
-            "batch": setup.batch,
-            "prompt_len": setup.prompt_len,
-            "gen_len": setup.gen_len,
-            "weights": fmt,
-            "kv_dtype": setup.kv_dtype,
-            "cache": setup.cache,
-            "logits": setup.logits,
-            "tp": setup.tp_degree,
-            "gpu": gpu.name if gpu else None,
-        },
+        breakdown=memory_item(spec, setup, formats.weights, mem),
+        setup=_setup_dict(setup, formats, gpu),
         scalars=scalars,
-        phases=phases,
+        phases=phases_of(mem, setup),
         notes=notes,
         sections=sections,
     )
 
 
-def _max_batch(peak_of: Callable[[int], float], memory_bytes: int) -> int:
-    """The largest batch whose peak fits in ``memory_bytes`` (0 when batch 1 does not)."""
-    if peak_of(1) > memory_bytes:
-        return 0
-    low, high = 1, 2
-    while peak_of(high) <= memory_bytes and high < 1 << 24:
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        if peak_of(middle) <= memory_bytes:
-            low = middle
-        else:
-            high = middle
-    return low
+def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> dict[str, object]:
+    return {
+        "batch": setup.batch,
+        "prompt_len": setup.prompt_len,
+        "gen_len": setup.gen_len,
+        "weights": formats.weights,
+        "kv_dtype": setup.kv_dtype,
+        "cache": setup.cache,
+        "logits": setup.logits,
+        "attention": setup.attention,
+        "tp": setup.tp_degree,
+        "gpu": gpu.name if gpu else None,
+    }
+
+
+def _notes(spec: ModelSpec, setup: InferenceSetup, formats: _Formats) -> list[str]:
+    end = setup.prompt_len + max(setup.gen_len - 1, 0)
+    notes = [
+        f"KV cache: {setup.cache} cache, {formats.kv} B per element; after generating "
+        f"{setup.gen_len} tokens it holds {end} (the last token is never fed back)",
+        "peak_bytes counts the tensors (allocated bytes, as torch.cuda.max_memory_allocated); "
+        "the CUDA context and the cuBLAS workspace are the outside_tensors lines",
+    ]
+    if spec.model_type not in REPLAYED_FAMILIES:
+        notes.append(
+            f"{spec.model_type}: the forward is replayed with the Llama layout; this family's "
+            "own ops (projections, norms, activations, eager scores) are not followed one by "
+            "one, so the temporaries line is an approximation (docs/accuracy.md: its gap)"
+        )
+    if formats.weights not in ("fp32", "fp16", "bf16"):
+        notes.append(
+            f"{formats.weights}: the forward is replayed in the {formats.act}-byte compute "
+            "dtype; the kernels' dequantization buffers are not modelled"
+        )
+    if setup.tp_degree > 1:
+        notes.append(
+            "tensor parallelism: heads and widths split per rank; all-reduce buffers and the "
+            "replicated activations' exact layout are not modelled (the trace runs one GPU)"
+        )
+    return notes
 
 
 def check_setup(setup: InferenceSetup, spec: ModelSpec) -> None:

@@ -13,22 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from memplan.formulas.buffers import buffer_breakdown
+from memplan.formulas.dtypes import canonical_dtype
 from memplan.formulas.methods_params import method_params
 from memplan.formulas.params import param_breakdown, param_totals
 from memplan.formulas.weights import WEIGHT_FORMATS, normalize_format, weights_bytes
-from memplan.report import Item, Report
+from memplan.report import Report
 from memplan.specs.model import ModelSpec
 from memplan.units import bytes_mark
 
 __all__ = [
     "checkpoint_quantization",
     "default_weight_format",
-    "meta_params_report",
     "params_report",
     "weight_format_note",
 ]
-
-_DTYPE_TO_FORMAT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def checkpoint_quantization(config: dict[str, Any]) -> str | None:
@@ -63,7 +61,8 @@ def default_weight_format(spec: ModelSpec) -> str:
     quantized = checkpoint_quantization(spec.hf_config or {})
     if quantized is not None:
         return quantized
-    return _DTYPE_TO_FORMAT.get(spec.dtype, "bf16")
+    fmt = canonical_dtype(spec.dtype)
+    return fmt if fmt in ("fp32", "fp16", "bf16") else "bf16"
 
 
 def weight_format_note(spec: ModelSpec, fmt: str) -> str | None:
@@ -168,26 +167,4 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
         scalars=scalars,
         notes=notes,
         sections=sections,
-    )
-
-
-def meta_params_report(config: dict[str, Any], name: str) -> Report:
-    """Counts for an unsupported model_type, by building it on the meta device (needs torch)."""
-    from memplan.trace import require_torch
-
-    require_torch()  # one line with the install command where torch is absent or broken
-    from memplan.trace.meta import meta_param_breakdown
-
-    tree: Item = meta_param_breakdown(config)
-    total = int(tree.total)
-    return Report(
-        kind="params",
-        model=name,
-        breakdown=tree,
-        setup={"model_type": str(config.get("model_type")), "source": "meta-device build"},
-        scalars={"total_params": total, "trainable_params": total},
-        notes=[
-            f"model_type {config.get('model_type')!r} has no analytic parser: counted by "
-            "building the model with transformers on the meta device (no weights, no memory)"
-        ],
     )

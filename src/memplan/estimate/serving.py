@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memplan.errors import SetupError
+from memplan.estimate.fit import fit_on_gpu, fit_scalars
 from memplan.formulas import serving as vllm
+from memplan.formulas.allocator import cuda_block_bytes
+from memplan.formulas.dtypes import float_dtype_bytes
 from memplan.formulas.kv_cache import kv_dtype_bytes
-from memplan.formulas.overheads import cuda_block_bytes
+from memplan.formulas.overheads import outside_tensors_item
 from memplan.formulas.weights import linear_layers, normalize_format, weights_bytes
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
@@ -27,7 +30,6 @@ __all__ = [
     "vllm_weights_item",
 ]
 
-_ACT_BYTES = {"fp32": 4, "float32": 4, "fp16": 2, "float16": 2, "bf16": 2, "bfloat16": 2}
 _VOCAB_PADDING = 64
 """``vllm/model_executor/layers/vocab_parallel_embedding.py``: DEFAULT_VOCAB_PADDING_SIZE."""
 _QUANT_GROUP = 128
@@ -135,7 +137,7 @@ def vllm_weights_item(spec: ModelSpec, fmt: str, tp_degree: int, act_bytes: int)
             "allocator_rounding",
             rounding,
             "large tensors not a multiple of 2 MiB count their whole segment",
-            "c10/cuda/CUDACachingAllocator.cpp (memplan.formulas.overheads.cuda_block_bytes)",
+            "c10/cuda/CUDACachingAllocator.cpp (memplan.formulas.allocator.cuda_block_bytes)",
         )
     rotary = _rotary_dim(spec)
     if rotary:
@@ -230,13 +232,21 @@ def _defaults(setup: ServingSetup, spec: ModelSpec, gpu: Gpu) -> tuple[int, int,
     return max_len, batched, seqs
 
 
-def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
-    """vLLM's capacity on one rank of ``setup.tp_degree`` identical GPUs."""
+def serving_report(
+    spec: ModelSpec, setup: ServingSetup, gpu: Gpu, *, cuda_context_bytes: int | None = None
+) -> Report:
+    """vLLM's capacity on one rank of ``setup.tp_degree`` identical GPUs.
+
+    ``peak_bytes`` is what torch allocates once vLLM runs (weights, the KV cache blocks, the
+    activation peak of its profiling run), as in every command; ``requested_bytes`` the
+    ``gpu_memory_utilization`` share vLLM may fill. The verdict (``fits``) needs both vLLM's
+    own start-up check (one request of ``max_model_len`` tokens in the cache) and the requested
+    memory beside the CUDA context on the GPU (:func:`memplan.estimate.fit.fit_on_gpu`)."""
     vllm.check_tp_degree(spec, setup.tp_degree)
     fmt = setup.weights or activation_dtype(spec, setup.dtype, None)
     fmt = check_weight_format(spec, fmt, setup.tp_degree)
     act = activation_dtype(spec, setup.dtype, setup.weights)
-    act_bytes = _ACT_BYTES.get(act, 2)
+    act_bytes = float_dtype_bytes(act)
     max_len, batched, seqs = _defaults(setup, spec, gpu)
     kv_bytes = kv_dtype_bytes(setup.kv_cache_dtype, act)
     rows = min(seqs, batched)
@@ -285,6 +295,25 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
         scalars["estimated_max_model_len"] = vllm.estimate_max_model_len(
             layout, max(available, 0), max_len, batched, setup.block_size, page
         )
+    device = fit_on_gpu(
+        gpu.memory_bytes,
+        int(requested),
+        outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes, n_workspaces=0),
+        "vLLM's requested memory (gpu_memory_utilization x total)",
+    )
+    kv_ok = needed <= available
+    if not device.fits:
+        notes.append(
+            "vLLM would fail at start-up: the requested memory and the CUDA context exceed "
+            "the GPU's memory; lower --gpu-memory-utilization"
+        )
+    verdict = fit_scalars(device)
+    verdict.update(
+        fits=device.fits and kv_ok,
+        vllm_kv_check=kv_ok,
+        limit=device.limit if not device.fits else "vLLM's KV cache check (max_model_len)",
+    )
+    tensors = int(weights.total + profile.total + blocks * page * layout.group_size)
     return Report(
         kind="serve-capacity",
         model=spec.name,
@@ -302,16 +331,16 @@ def serving_report(spec: ModelSpec, setup: ServingSetup, gpu: Gpu) -> Report:
             "vllm": vllm.VLLM_SOURCE,
         },
         scalars={
-            "peak_bytes": int(requested),
+            "peak_bytes": tensors,
+            "requested_bytes": int(requested),
             "available_kv_cache_bytes": available,
             "num_gpu_blocks": blocks,
             "page_size_bytes": page,
             "kv_cache_tokens": tokens,
             "max_concurrency": round(concurrency, 4),
-            "fits": needed <= available,
             "kv_cache_needed_bytes": needed,
-            "gpu_memory_bytes": gpu.memory_bytes,
             "weights_bytes": int(weights.total),
+            **verdict,
             **scalars,
         },
         notes=notes,

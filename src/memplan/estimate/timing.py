@@ -29,6 +29,7 @@ from memplan.formulas.training import param_tensors
 from memplan.report import Item, Report
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
+from memplan.units import MAX_COUNT
 
 __all__ = [
     "METHODS",
@@ -71,7 +72,7 @@ class TrainingRun:
         if (self.steps is None) == (self.tokens is None):
             raise SetupError("give the run length as exactly one of --steps or --tokens")
         for name in ("batch", "seq", "n_gpus"):
-            if not 1 <= getattr(self, name) <= 2**40:
+            if not 1 <= getattr(self, name) <= MAX_COUNT:
                 raise SetupError(f"--{name.replace('n_', '')} must be an integer in [1, 2**40]")
         price = self.price_per_gpu_hour
         if price is not None and not (math.isfinite(price) and price >= 0):

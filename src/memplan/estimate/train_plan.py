@@ -21,6 +21,7 @@ from memplan.formulas.activations import (
     layer_saved,
     model_saved,
 )
+from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
 from memplan.formulas.optimizer import (
     optimizer_shared_state_bytes,
     optimizer_state_allocations,
@@ -30,7 +31,6 @@ from memplan.formulas.optimizer import (
 from memplan.formulas.training import (
     ParamTensor,
     Regime,
-    alloc_bytes,
     buffer_allocations,
     param_tensors,
     regime,
@@ -289,7 +289,7 @@ def _dequant_bytes(spec: ModelSpec, setup: TrainingSetup, r: int) -> int:
 @lru_cache(maxsize=512)
 def _training_plan(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> TrainingPlan:
     reg = regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
-    r = 512 if setup.target is Target.CUDA else 1
+    r = ALLOCATOR_ROUND_BYTES if setup.target is Target.CUDA else 1
     ctx = _context(spec, setup, reg, kernels)
     ledger = _ledger(spec, setup, reg, r)
     step_temp = _step_temporary(setup, reg, r, ledger)

@@ -15,7 +15,7 @@ from memplan.estimate.train_plan import (
     training_plan,
 )
 from memplan.formulas.activations import Saved
-from memplan.formulas.training import alloc_bytes
+from memplan.formulas.allocator import alloc_bytes
 from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES
 from memplan.specs.model import MlpKind, ModelSpec, NormKind
 from memplan.specs.training import Checkpointing, TrainingSetup
@@ -70,9 +70,7 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
         if it.per_row:
             a = it.align
             n += b * (-(-s // a) * a) * it.per_row
-        n *= it.elem_bytes
-        if n > 0:
-            total += -(-n // round_to) * round_to
+        total += alloc_bytes(n * it.elem_bytes, round_to)
     return total
 
 

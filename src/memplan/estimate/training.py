@@ -48,6 +48,7 @@ from memplan.estimate.train_step import (
     training_peak_bytes,
 )
 from memplan.report import Report
+from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.training import TrainingSetup
 
@@ -63,18 +64,42 @@ __all__ = [
 ]
 
 
-def estimate_training(spec: ModelSpec, setup: TrainingSetup, *, method: str = "exact") -> Report:
+def estimate_training(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    *,
+    method: str = "exact",
+    gpu: Gpu | None = None,
+    cuda_context_bytes: int | None = None,
+) -> Report:
     """Per-GPU memory of one training step of ``spec`` under ``setup``.
 
     ``method="exact"`` (default) is the op-by-op accounting above; the textbook methods
-    (``memplan.formulas.methods_training``) are selectable by name and labelled as such.
+    (``memplan.formulas.methods_training``) are selectable by name and labelled as such. With
+    a ``gpu``, the fit verdict of :mod:`memplan.estimate.fit` (the CUDA context, the cuBLAS
+    workspaces of its architecture, the largest batch and sequence) joins the scalars.
     """
     validate_setup(spec, setup)
     if method != "exact":
         from memplan.formulas.methods_training import method_report
 
-        return method_report(spec, setup, method)
-    kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
-    plan = training_plan(spec, _plan_key(setup), kernels)
-    mem = evaluate(plan, setup.batch, setup.seq)
-    return _report(plan, setup, mem)
+        report = method_report(spec, setup, method)
+    else:
+        kernels = attention_kernels(spec, setup, setup.batch, setup.seq)
+        plan = training_plan(spec, _plan_key(setup), kernels)
+        report = _report(plan, setup, evaluate(plan, setup.batch, setup.seq))
+    if gpu is not None:
+        from memplan.estimate.fit import training_fit_scalars
+
+        report.scalars.update(
+            training_fit_scalars(
+                spec,
+                setup,
+                gpu,
+                int(report.scalars["peak_bytes"]),
+                method=method,
+                peak_phase=str(report.scalars.get("peak_phase", "")),
+                cuda_context_bytes=cuda_context_bytes,
+            )
+        )
+    return report

@@ -27,14 +27,15 @@ and each ``StaticLayer`` its ``cumulative_length`` (an int64 scalar): 8 bytes ea
 from __future__ import annotations
 
 from memplan.errors import SetupError
+from memplan.formulas.allocator import alloc_bytes
+from memplan.formulas.dtypes import DTYPE_BYTES, canonical_dtype
 from memplan.report import Item
 from memplan.specs.model import AttentionType, ModelSpec
 
 __all__ = [
-    "KV_DTYPE_BYTES",
+    "KV_DTYPES",
     "cache_counter_bytes",
     "cached_tokens",
-    "kv_bytes_per_token",
     "kv_cache_bytes",
     "kv_cache_item",
     "kv_dtype_bytes",
@@ -42,32 +43,20 @@ __all__ = [
     "layer_window",
 ]
 
-KV_DTYPE_BYTES = {
-    "fp32": 4,
-    "float32": 4,
-    "fp16": 2,
-    "float16": 2,
-    "half": 2,
-    "bf16": 2,
-    "bfloat16": 2,
-    "fp8": 1,
-    "fp8_e4m3": 1,
-    "fp8_e5m2": 1,
-    "int8": 1,
-}
-"""Bytes per cached element by cache dtype (fp8 caches: vLLM ``--kv-cache-dtype fp8``)."""
+KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
+"""Cache dtypes (fp8 caches: vLLM ``--kv-cache-dtype fp8``); widths in ``formulas.dtypes``."""
 
 _SRC = "transformers 5.23 cache_utils.py"
 
 
 def kv_dtype_bytes(kv_dtype: str, activation_dtype: str = "bf16") -> int:
     """Bytes per cached element; ``auto`` means the activation (model) dtype, as in vLLM."""
-    key = (activation_dtype if kv_dtype == "auto" else kv_dtype).lower()
-    if key not in KV_DTYPE_BYTES:
+    key = canonical_dtype(activation_dtype if kv_dtype == "auto" else kv_dtype)
+    if key not in KV_DTYPES:
         raise SetupError(
             f"unknown KV cache dtype {kv_dtype!r}: choose auto, fp32, fp16, bf16 or fp8"
         )
-    return KV_DTYPE_BYTES[key]
+    return int(DTYPE_BYTES[key])
 
 
 def kv_elements_per_token_per_layer(spec: ModelSpec, kv_heads: int | None = None) -> int:
@@ -128,11 +117,6 @@ def _layer_groups(spec: ModelSpec) -> dict[int | None, int]:
     return groups
 
 
-def kv_bytes_per_token(spec: ModelSpec, dtype_bytes: int, kv_heads: int | None = None) -> int:
-    """Bytes one token adds to the cache of all layers (no window cap)."""
-    return spec.n_layers * kv_elements_per_token_per_layer(spec, kv_heads) * dtype_bytes
-
-
 def cache_counter_bytes(spec: ModelSpec, cache: str = "dynamic") -> int:
     """The int64 scalars the cache layers keep (see the module docstring)."""
     if cache == "static":
@@ -146,10 +130,6 @@ def _kv_widths(spec: ModelSpec, kv_heads: int | None) -> tuple[int, int]:
         return spec.mla.kv_lora_rank, spec.mla.qk_rope_head_dim
     heads = spec.n_kv_heads if kv_heads is None else kv_heads
     return heads * spec.head_dim, heads * spec.head_dim
-
-
-def _round_up(n_bytes: int, multiple: int) -> int:
-    return -(n_bytes // -multiple) * multiple if multiple > 1 else n_bytes
 
 
 def kv_cache_item(
@@ -183,7 +163,7 @@ def kv_cache_item(
             max_cache_len=max_cache_len,
         )
         rows = batch * tokens * dtype_bytes
-        per_layer = _round_up(rows * k_width, round_to) + _round_up(rows * v_width, round_to)
+        per_layer = alloc_bytes(rows * k_width, round_to) + alloc_bytes(rows * v_width, round_to)
         key = "full_attention_layers" if window is None else f"sliding_{window}_layers"
         rounding = f", each tensor rounded up to {round_to} B" if round_to > 1 else ""
         root.leaf(
@@ -198,7 +178,7 @@ def kv_cache_item(
         if counters:
             root.leaf(
                 "cache_counters",
-                counters * (_round_up(8, round_to) // 8),
+                counters * (alloc_bytes(8, round_to) // 8),
                 "int64 scalars kept by the cache layers",
                 _SRC,
             )

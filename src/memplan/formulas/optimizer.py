@@ -25,6 +25,7 @@ Sources (torch 2.13 ``torch/optim``; bitsandbytes ``optim/optimizer.py``):
 from __future__ import annotations
 
 from memplan.errors import SetupError
+from memplan.formulas.allocator import alloc_bytes
 from memplan.specs.training import Optimizer
 
 __all__ = [
@@ -101,17 +102,15 @@ def optimizer_step_temporary_bytes(
     the largest of them. See the module docstring for each implementation.
     """
     if optimizer in (Optimizer.ADAMW, Optimizer.ADAMW_FOREACH, Optimizer.ADAM):
-        return sum(-(-s // round_to) * round_to for s in sizes if s)
+        return sum(alloc_bytes(s, round_to) for s in sizes)
     if optimizer is Optimizer.ADAFACTOR:
         # per parameter: ``update = grad**2 + eps``, then ``-update`` beside ``update``: two fp32
         # copies of the largest parameter, and a few 0-d tensors (norms, means).
         fp32_largest = largest // state_bytes * 4 if state_bytes else largest
         copies = 2 if state_bytes == 4 else 4  # half parameters: p.float() and grad.float() too
-        return copies * (-(-fp32_largest // round_to) * round_to) + 5 * (
-            -(-4 // round_to) * round_to
-        )
+        return copies * alloc_bytes(fp32_largest, round_to) + 5 * alloc_bytes(4, round_to)
     if optimizer in (Optimizer.ADAMW_FORLOOP, Optimizer.LION):
-        return 2 * (-(-largest // round_to) * round_to)
+        return 2 * alloc_bytes(largest, round_to)
     return 0
 
 

@@ -5,16 +5,21 @@ Each figure is a default the user can override; none is hidden in another number
 
 from __future__ import annotations
 
+from memplan.formulas.allocator import cuda_block_bytes
 from memplan.report import Item
+from memplan.specs.hardware import Gpu
 from memplan.units import MIB
 
 __all__ = [
     "CUBLAS_WORKSPACE_BYTES_HOPPER",
     "CUBLAS_WORKSPACE_BYTES_PRE_HOPPER",
     "CUDA_CONTEXT_BYTES",
+    "HIPBLAS_WORKSPACE_BYTES",
+    "HIPBLAS_WORKSPACE_BYTES_GFX94",
+    "compute_capability_of",
     "cublas_workspace_bytes",
     "cuda_block_bytes",
-    "overheads_item",
+    "outside_tensors_item",
 ]
 
 CUDA_CONTEXT_BYTES = 512 * MIB
@@ -25,27 +30,62 @@ gap between the process's usage and ``torch.cuda.memory_reserved()``. Override w
 ``--cuda-context``. vLLM does not count it inside ``gpu_memory_utilization`` (its baseline
 snapshot is taken after the context exists)."""
 
+_CUBLAS_SOURCE = "pytorch aten/src/ATen/cuda/CublasHandlePool.cpp (parseChosenWorkspaceSize)"
+
 CUBLAS_WORKSPACE_BYTES_HOPPER = 4096 * 8 * 1024
-"""32 MiB: PyTorch's default cuBLAS workspace (``:4096:8``) on sm90 and newer, one per
-(handle, stream), taken from the caching allocator (``aten/src/ATen/cuda/CublasHandlePool.cpp``,
-``parseChosenWorkspaceSize``); cuBLASLt shares it (unified workspace, the default)."""
+"""32 MiB: PyTorch's default cuBLAS workspace (``:4096:8``) on sm90 (compute capability 9.0
+exactly: ``properties->major == 9 && properties->minor == 0``), one per (handle, stream),
+taken from the caching allocator (``CublasHandlePool.cpp``, ``parseChosenWorkspaceSize``);
+cuBLASLt shares it (unified workspace)."""
 
 CUBLAS_WORKSPACE_BYTES_PRE_HOPPER = 4096 * 2 * 1024 + 16 * 8 * 1024
-"""8,519,680 B: the default ``:4096:2:16:8`` before sm90 (same source)."""
+"""8,519,680 B: the default ``:4096:2:16:8`` on every other CUDA architecture (same source;
+Blackwell sm100/sm120 included, as the check is for 9.0 only)."""
 
-_HOPPER_OR_NEWER = ("H100", "H200", "B200", "GH200", "RTX-5090")
+HIPBLAS_WORKSPACE_BYTES = 32 * MIB
+"""ROCm builds: 32 MiB default hipBLAS workspace (same function, ``USE_ROCM`` branch)."""
+
+HIPBLAS_WORKSPACE_BYTES_GFX94 = 128 * MIB
+"""ROCm on gfx94x/gfx95x (MI300X, MI325X, MI355X): 128 MiB (same source)."""
+
+_GFX94_OR_95 = ("MI300", "MI325", "MI350", "MI355")
 
 
-def cublas_workspace_bytes(gpu_name: str | None) -> int:
-    """The cuBLAS workspace PyTorch allocates on the first matmul, by GPU generation."""
-    if gpu_name and any(gpu_name.upper().startswith(prefix) for prefix in _HOPPER_OR_NEWER):
-        return CUBLAS_WORKSPACE_BYTES_HOPPER
-    return CUBLAS_WORKSPACE_BYTES_PRE_HOPPER
+def compute_capability_of(gpu: Gpu | None) -> tuple[int, int] | None:
+    """The GPU's CUDA compute capability from the catalog, or None (not known, not CUDA)."""
+    return None if gpu is None else gpu.compute_capability
 
 
-def overheads_item(gpu_name: str | None, cuda_context_bytes: int | None = None) -> Item:
-    """``overheads``: the CUDA context and the cuBLAS workspace, each a labelled leaf."""
-    root = Item("overheads", unit="bytes")
+def cublas_workspace_bytes(gpu: Gpu | None) -> tuple[int, str]:
+    """(bytes, how it was chosen) of the BLAS workspace PyTorch allocates at the first matmul,
+    by architecture (:data:`CUBLAS_WORKSPACE_BYTES_HOPPER` and the others). A GPU whose
+    architecture memplan does not know (given by ``--gpu-memory`` only) gets the larger
+    CUDA default, and says so."""
+    if gpu is not None and gpu.vendor == "AMD":
+        if any(gpu.name.upper().startswith(prefix) for prefix in _GFX94_OR_95):
+            return HIPBLAS_WORKSPACE_BYTES_GFX94, "ROCm gfx94x/95x default (128 MiB)"
+        return HIPBLAS_WORKSPACE_BYTES, "ROCm default (32 MiB)"
+    capability = compute_capability_of(gpu)
+    if capability is None:
+        return CUBLAS_WORKSPACE_BYTES_HOPPER, "architecture unknown: the larger default (32 MiB)"
+    sm = f"sm{capability[0]}{capability[1]}"
+    if capability == (9, 0):
+        return CUBLAS_WORKSPACE_BYTES_HOPPER, f"{sm} default :4096:8 (32 MiB)"
+    return CUBLAS_WORKSPACE_BYTES_PRE_HOPPER, f"{sm} default :4096:2:16:8 (8.125 MiB)"
+
+
+def outside_tensors_item(
+    gpu: Gpu | None,
+    *,
+    cuda_context_bytes: int | None = None,
+    n_workspaces: int = 1,
+    reserved_bytes: int | None = None,
+) -> Item:
+    """``outside_tensors``: what a process holds on the GPU beyond its tensors' allocated
+    bytes, as named lines: the CUDA context, ``n_workspaces`` cuBLAS workspaces (one per
+    handle and stream: 1 for inference, 2 for training, whose backward runs on its own
+    thread) and, where known, the caching allocator's reserved-but-unallocated bytes."""
+    root = Item("outside_tensors", unit="bytes")
     context = CUDA_CONTEXT_BYTES if cuda_context_bytes is None else cuda_context_bytes
     root.leaf(
         "cuda_context",
@@ -53,35 +93,20 @@ def overheads_item(gpu_name: str | None, cuda_context_bytes: int | None = None) 
         "assumed typical (override with --cuda-context)" if cuda_context_bytes is None else "given",
         "CUDA driver; memplan.formulas.overheads.CUDA_CONTEXT_BYTES",
     )
-    root.leaf(
-        "cublas_workspace",
-        cublas_workspace_bytes(gpu_name),
-        "PyTorch default workspace (32 MiB on sm90+, 8.125 MiB before)",
-        "pytorch aten/src/ATen/cuda/CublasHandlePool.cpp",
-    )
+    if n_workspaces:
+        each, how = cublas_workspace_bytes(gpu)
+        root.leaf(
+            "cublas_workspace",
+            n_workspaces * each,
+            f"{n_workspaces} x {how}",
+            _CUBLAS_SOURCE,
+            "from the caching allocator: inside torch.cuda.max_memory_allocated on a GPU",
+        )
+    if reserved_bytes is not None:
+        root.leaf(
+            "allocator_reserved",
+            reserved_bytes,
+            "reserved by the caching allocator beyond the allocated bytes at the peak",
+            "memplan.trace.allocator (a replay of c10/cuda/CUDACachingAllocator.cpp)",
+        )
     return root
-
-
-_BLOCK_ROUND = 512  # kMinBlockSize
-_SMALL_SIZE = 1 << 20  # kSmallSize: requests up to 1 MiB use the small pool
-_SMALL_BUFFER = 2 << 20  # kSmallBuffer: small-pool segments
-_MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
-_LARGE_BUFFER = 20 << 20  # kLargeBuffer: segments for 1-10 MiB requests
-_ROUND_LARGE = 2 << 20  # kRoundLarge
-
-
-def cuda_block_bytes(n_bytes: int) -> int:
-    """Bytes PyTorch's CUDA caching allocator counts as allocated for one fresh request.
-
-    ``c10/cuda/CUDACachingAllocator.cpp``: a request is rounded up to 512 B; a large one
-    (> 1 MiB) gets a segment of ``roundup(size, 2 MiB)`` (20 MiB below 10 MiB), and the block is
-    split only when more than 1 MiB would remain; otherwise the whole segment is the block and
-    ``allocated_bytes`` counts all of it. Assumes no free block is reused (a fresh segment)."""
-    rounded = max(_BLOCK_ROUND, -(n_bytes // -_BLOCK_ROUND) * _BLOCK_ROUND)
-    if rounded <= _SMALL_SIZE:
-        return rounded
-    if rounded < _MIN_LARGE_ALLOC:
-        segment = _LARGE_BUFFER
-    else:
-        segment = -(rounded // -_ROUND_LARGE) * _ROUND_LARGE
-    return rounded if segment - rounded > _SMALL_SIZE else segment

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
 from memplan.specs.model import MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
 from memplan.specs.training import Precision
 
@@ -36,17 +37,6 @@ __all__ = [
     "param_tensors",
     "regime",
 ]
-
-ALLOCATOR_ROUND_BYTES = 512
-"""The PyTorch CUDA caching allocator rounds every block up to 512 bytes
-(``c10/cuda/CUDACachingAllocator.cpp``, ``kMinBlockSize``)."""
-
-
-def alloc_bytes(n_bytes: int, round_to: int = ALLOCATOR_ROUND_BYTES) -> int:
-    """Bytes one allocation of ``n_bytes`` occupies (0 stays 0; ``round_to=1``: CPU, exact)."""
-    if n_bytes <= 0:
-        return 0
-    return -(-n_bytes // round_to) * round_to
 
 
 @dataclass(frozen=True, slots=True)

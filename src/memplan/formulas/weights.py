@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from math import ceil
 
 from memplan.errors import SetupError
+from memplan.formulas.dtypes import DTYPE_BYTES, canonical_dtype
 from memplan.formulas.params import total_params
 from memplan.report import Item
 from memplan.specs.model import MlpKind, ModelSpec
@@ -51,12 +52,11 @@ __all__ = [
     "weights_total_bytes",
 ]
 
-DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 _ALIASES = {
-    "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "half": "fp16",
-    "float8": "fp8", "fp8_e4m3": "fp8", "nf4": "bnb-nf4", "bnb-4bit": "bnb-nf4",
-    "llm.int8": "bnb-int8", "bnb-8bit": "bnb-int8", "gptq": "gptq-int4", "awq": "awq-int4",
+    "nf4": "bnb-nf4", "bnb-4bit": "bnb-nf4", "llm.int8": "bnb-int8", "bnb-8bit": "bnb-int8",
+    "gptq": "gptq-int4", "awq": "awq-int4",
 }  # fmt: skip
+"""Other spellings of the quantization formats (those of the dtypes: ``formulas.dtypes``)."""
 _HALF = 2  # bytes of the fp16/bf16 compute dtype that unquantized modules keep
 _GROUP = 128
 _NF4_BLOCK = 64
@@ -186,7 +186,7 @@ WEIGHT_FORMATS: tuple[str, ...] = (*DTYPE_BYTES, *QUANT_FORMATS)
 
 def normalize_format(fmt: str) -> str:
     """``"bfloat16"`` -> ``"bf16"``, ``"nf4"`` -> ``"bnb-nf4"``; SetupError when unknown."""
-    key = fmt.strip().lower().replace("torch.", "")
+    key = canonical_dtype(fmt.strip().lower().replace("torch.", ""))
     key = _ALIASES.get(key, key)
     if key not in DTYPE_BYTES and key not in QUANT_FORMATS:
         raise SetupError(

@@ -90,8 +90,14 @@ def _dtype(cfg: _Config) -> str:
     return str(value).replace("torch.", "")
 
 
-def _rope_theta(cfg: _Config, default: float = 10000.0) -> float:
+def _rope_theta(cfg: _Config) -> float:
+    """``rope_parameters.rope_theta`` (transformers 5), else ``rope_theta``, else the family's
+    default (the config class's ``default_theta``: 10000, Mixtral 1e6). Where
+    ``rope_parameters`` is given per layer type (Gemma 3), the full-attention layers' theta."""
+    default = float(cfg.defaults.get("rope_theta", 10000.0))
     params = cfg.raw.get("rope_parameters")
+    if isinstance(params, dict) and isinstance(params.get("full_attention"), dict):
+        params = params["full_attention"]
     if isinstance(params, dict) and isinstance(params.get("rope_theta"), int | float):
         return float(params["rope_theta"])
     value = cfg.raw.get("rope_theta")

@@ -103,11 +103,22 @@ def _layer_indices(cfg: _Config, key: str) -> tuple[int, ...]:
 
 
 def _qwen2_moe(cfg: _Config) -> dict[str, Any]:
+    """Qwen2-MoE: with ``use_sliding_window``, the odd-numbered layers (counting from 1) below
+    ``max_window_layers`` slide (``configuration_qwen2_moe.py``; Qwen2 slides the layers from
+    ``max_window_layers`` on)."""
     out = _common(cfg)
     out.update(
         head_dim=_head_dim(cfg, out["hidden_size"], out["n_heads"]),
         qkv_bias=cfg.bool_("qkv_bias"),
     )
+    if cfg.bool_("use_sliding_window", default=False):
+        out["sliding_window"] = cfg.int_("sliding_window", default=None)
+        below = cfg.int_("max_window_layers", default=28)
+        if out["sliding_window"] and not out["layer_types"]:
+            out["layer_types"] = tuple(
+                AttentionType.SLIDING if (i + 1) % 2 and i < below else AttentionType.FULL
+                for i in range(out["n_layers"])
+            )
     return _qwen_moe(cfg, out, shared=True)
 
 
@@ -131,6 +142,10 @@ def _qwen3_moe(cfg: _Config) -> dict[str, Any]:
 def _gemma(cfg: _Config, n_norms: int = 2) -> dict[str, Any]:
     """Gemma: head_dim defaults to 256, embeddings scaled by sqrt(hidden), tied lm_head."""
     out = _llama(cfg)
+    if out["activation"] == "gelu":
+        # configuration_gemma.py: the legacy "gelu" of the official configs means the tanh
+        # approximation, and transformers runs that
+        out["activation"] = "gelu_pytorch_tanh"
     out["head_dim"] = _head_dim(
         cfg, out["hidden_size"], out["n_heads"], explicit=cfg.get("head_dim")
     )
@@ -406,7 +421,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                 "max_position_embeddings": 131072, "sliding_window": 4096},
     "mixtral": {"num_key_value_heads": 8, "tie_word_embeddings": False, "hidden_act": "silu",
                 "max_position_embeddings": 131072, "num_local_experts": 8,
-                "num_experts_per_tok": 2},
+                "num_experts_per_tok": 2, "rope_theta": 1e6},
     "qwen2": {"num_key_value_heads": 32, "tie_word_embeddings": False, "hidden_act": "silu",
               "max_position_embeddings": 32768, "sliding_window": 4096},
     "qwen2_moe": {"num_key_value_heads": 16, "tie_word_embeddings": False, "qkv_bias": True,
@@ -431,7 +446,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
     "gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
                     "attention_bias": False, "hidden_activation": "gelu_pytorch_tanh",
-                    "max_position_embeddings": 131072, "sliding_window": 4096},
+                    "max_position_embeddings": 131072, "sliding_window": 4096,
+                    "rope_theta": 1e6},
     "phi3": {"tie_word_embeddings": False, "hidden_act": "silu",
              "max_position_embeddings": 4096},
     "gpt2": {"tie_word_embeddings": True, "activation_function": "gelu_new",

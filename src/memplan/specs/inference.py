@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.errors import SetupError
+from memplan.units import MAX_COUNT
 
 __all__ = ["InferenceSetup"]
-
-MAX_COUNT = 2**40
-"""Largest batch, length or degree accepted (about 1.1e12): beyond any real setup."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.errors import SetupError
+from memplan.units import MAX_COUNT
 
 __all__ = [
     "DEFAULT_LORA_ALPHA",
@@ -25,10 +26,6 @@ __all__ = [
     "Target",
     "TrainingSetup",
 ]
-
-
-MAX_COUNT = 2**40
-"""Largest batch or sequence length accepted (about 1.1e12): beyond any real setup."""
 
 
 DEFAULT_SEQ = 2048

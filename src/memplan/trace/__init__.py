@@ -31,8 +31,12 @@ Report contract (the analytic engine mirrors these keys; they are stable)
 - sections: ``saved_by_node`` (tensor bytes saved for backward at the end of the forward, by
   ``Node.field``, unrounded, seed 003 style); ``activations_end_of_forward`` (the
   ``activations`` tree at the end of the steady-state forward, unrounded tensor bytes, whatever
-  the peak); ``outside_tensors`` (CUDA target: named lines
-  ``cuda_context``, ``cublas_workspace``, not included in ``peak_bytes``).
+  the peak); ``outside_tensors`` (CUDA target: named lines ``cuda_context``,
+  ``cublas_workspace`` and ``allocator_reserved`` (reserved minus allocated at the peak), not
+  included in ``peak_bytes``). CUDA target: the fit verdict on the emulated GPU (H100 unless
+  named), as every command gives it (``memplan.estimate.fit``): ``gpu``,
+  ``gpu_memory_bytes``, the outside lines as ``<line>_bytes``, ``usable_bytes``,
+  ``headroom_bytes``, ``fits``, ``limit``.
 
 ``trace_parallel_training(model, setup, plan, *, ranks=None, progress=None) -> Report``
 (``memplan.trace.parallel``; ``kind="training/parallel"``, ``method="trace"``): the shape of
@@ -49,8 +53,9 @@ traced rank) with ``peak_bytes``, ``peak_phase``, ``breakdown`` and ``phases`` w
 - ``phases``: ``after_load``, ``prefill_peak``, ``after_prefill``, ``decode_peak``,
   ``after_decode``.
 - scalars: ``peak_bytes``, ``peak_phase`` (``prefill`` or ``decode``), ``kv_cache_bytes``
-  (at the end), ``tensor_bytes_at_peak``, ``reserved_bytes``, ``flops`` (prefill + decode),
-  ``total_params``, ``trace_seconds``.
+  (at the end: keys, values and the cache layers' int64 counters), ``tensor_bytes_at_peak``,
+  ``reserved_bytes``, ``reserved_bytes_at_peak``, ``flops`` (prefill + decode),
+  ``total_params``, ``trace_seconds``; ``outside_tensors`` and the fit verdict as in training.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A model of PyTorch's CUDA caching allocator: reserved memory and fragmentation.
 
 Pure Python (no torch), replayed over the allocation sequence a trace records. It follows
-``c10/cuda/CUDACachingAllocator.cpp`` (native allocator, default settings, one stream):
+``c10/cuda/CUDACachingAllocator.cpp`` (native allocator, default settings, one stream; the
+sizes are defined once, in :mod:`memplan.formulas.allocator`):
 
 - requests are rounded up to a multiple of 512 B (``round_size``, ``kMinBlockSize``);
 - requests of at most 1 MiB (``kSmallSize``) use the small pool, whose segments are 2 MiB
@@ -22,30 +23,31 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-__all__ = ["CachingAllocatorModel", "allocation_size", "round_size"]
+from memplan.formulas.allocator import (
+    ALLOCATOR_ROUND_BYTES,
+    LARGE_BUFFER_BYTES,
+    MIN_LARGE_ALLOC_BYTES,
+    ROUND_LARGE_BYTES,
+    SMALL_BUFFER_BYTES,
+    SMALL_SIZE_BYTES,
+    alloc_bytes,
+)
 
-MIN_BLOCK_SIZE = 512
-SMALL_SIZE = 1 << 20
-SMALL_BUFFER = 2 << 20
-LARGE_BUFFER = 20 << 20
-MIN_LARGE_ALLOC = 10 << 20
-ROUND_LARGE = 2 << 20
+__all__ = ["CachingAllocatorModel", "allocation_size", "round_size"]
 
 
 def round_size(size: int) -> int:
     """``round_size``: at least 512 B, a multiple of 512 B."""
-    if size < MIN_BLOCK_SIZE:
-        return MIN_BLOCK_SIZE
-    return -(-size // MIN_BLOCK_SIZE) * MIN_BLOCK_SIZE
+    return max(ALLOCATOR_ROUND_BYTES, alloc_bytes(size))
 
 
 def allocation_size(size: int) -> int:
     """``get_allocation_size``: the segment ``cudaMalloc``'d for a (rounded) request."""
-    if size <= SMALL_SIZE:
-        return SMALL_BUFFER
-    if size < MIN_LARGE_ALLOC:
-        return LARGE_BUFFER
-    return -(-size // ROUND_LARGE) * ROUND_LARGE
+    if size <= SMALL_SIZE_BYTES:
+        return SMALL_BUFFER_BYTES
+    if size < MIN_LARGE_ALLOC_BYTES:
+        return LARGE_BUFFER_BYTES
+    return alloc_bytes(size, ROUND_LARGE_BYTES)
 
 
 @dataclass(slots=True, eq=False)
@@ -76,10 +78,10 @@ class CachingAllocatorModel:
     def malloc(self, nbytes: int) -> int:
         """Allocate ``nbytes``; returns a handle for :meth:`free`."""
         size = round_size(nbytes)
-        small = size <= SMALL_SIZE
+        small = size <= SMALL_SIZE_BYTES
         block = self._take_free(size, small) or self._new_segment(size, small)
         rest = block.size - size
-        if rest >= MIN_BLOCK_SIZE if small else rest > SMALL_SIZE:
+        if rest >= ALLOCATOR_ROUND_BYTES if small else rest > SMALL_SIZE_BYTES:
             tail = _Block(block.addr + size, rest, small, True, block, block.next)
             if block.next is not None:
                 block.next.prev = tail

@@ -8,11 +8,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from memplan.catalog.gpus import resolve_gpu
+from memplan.estimate.fit import fit_on_gpu, fit_scalars
+from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
+from memplan.formulas.overheads import outside_tensors_item
 from memplan.report import TRAINING_CATEGORIES, Item, Phase, Report
+from memplan.specs.hardware import Gpu
 from memplan.trace.allocator import CachingAllocatorModel
 from memplan.trace.build import module_section
-from memplan.trace.cuda_env import cublas_workspace_bytes, gpu_arch
-from memplan.trace.timeline import CUDA_ROUNDING_BYTES, Timeline, allocated_bytes
+from memplan.trace.timeline import Timeline
 from memplan.trace.tracker import Flag
 
 if TYPE_CHECKING:
@@ -56,9 +60,9 @@ def category_of(flags: int) -> str:
 def sizes_of(session: TraceSession, *, rounded: bool) -> list[int]:
     """Bytes per storage key: allocator-rounded under the CUDA target; host storages count 0."""
     tracker = session.tracker
-    round_to = CUDA_ROUNDING_BYTES if (rounded and session.cuda) else 1
+    round_to = ALLOCATOR_ROUND_BYTES if (rounded and session.cuda) else 1
     return [
-        0 if flags & Flag.HOST else allocated_bytes(nbytes, round_to)
+        0 if flags & Flag.HOST else alloc_bytes(nbytes, round_to)
         for nbytes, flags in zip(tracker.nbytes, tracker.flags, strict=True)
     ]
 
@@ -163,22 +167,29 @@ def setup_dict(setup: Any) -> dict[str, Any]:
     return out
 
 
-def device_section(session: TraceSession, gpu: str | None, n_workspaces: int) -> Item:
-    """Memory outside the traced tensors, as named lines (figures and sources in cuda_env)."""
-    arch = gpu_arch(gpu)
-    root = Item("outside_tensors")
-    root.leaf(
-        "cuda_context",
-        arch.cuda_context_bytes,
-        note="typical figure, not from the allocator; --measure reads the real one",
+def device_section(
+    session: TraceSession, gpu: str | None, n_workspaces: int, reserved_slack: int | None = None
+) -> Item:
+    """Memory outside the traced tensors, as the named lines the analytic engine uses
+    (:func:`memplan.formulas.overheads.outside_tensors_item`): the CUDA context, the cuBLAS
+    workspaces of the emulated GPU's architecture and the caching allocator's reserved but
+    unallocated bytes at the peak (the allocator model)."""
+    return outside_tensors_item(
+        _emulated_gpu(gpu), n_workspaces=n_workspaces, reserved_bytes=reserved_slack
     )
-    root.leaf(
-        "cublas_workspace",
-        n_workspaces * cublas_workspace_bytes(arch),
-        formula=f"{n_workspaces} x workspace (one per cuBLAS handle and stream)",
-        source="aten/src/ATen/cuda/CublasHandlePool.cpp parseChosenWorkspaceSize",
-    )
-    return root
+
+
+def _emulated_gpu(name: str | None) -> Gpu:
+    """The catalog GPU the trace emulates (H100 when none is named)."""
+    return resolve_gpu(name or "H100")
+
+
+def fit_fields(gpu: str | None, peak: int, outside: Item) -> dict[str, Any]:
+    """The fit verdict on the emulated GPU (:func:`memplan.estimate.fit.fit_on_gpu`), the
+    allocator's reserved slack counted among the outside lines."""
+    card = _emulated_gpu(gpu)
+    verdict = fit_on_gpu(card.memory_bytes, peak, outside, "the traced peak")
+    return {"gpu": card.name, **fit_scalars(verdict)}
 
 
 def training_report(name: str, setup: Any, session: TraceSession, run: Any) -> Report:
@@ -216,7 +227,9 @@ def training_report(name: str, setup: Any, session: TraceSession, run: Any) -> R
     end_tree.key = "activations_end_of_forward"
     report.sections["activations_end_of_forward"] = end_tree
     if session.cuda:
-        report.sections["outside_tensors"] = device_section(session, setup.gpu, 2)
+        outside = device_section(session, setup.gpu, 2, max(0, reserved_at_peak - peak))
+        report.sections["outside_tensors"] = outside
+        report.scalars.update(fit_fields(setup.gpu, peak, outside))
         report.notes.append(
             f"allocator model: {n_segments} segments, reserved {reserved_peak:,} B at most"
         )

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from memplan.catalog.gpus import kernel_device
 from memplan.errors import SetupError
+from memplan.formulas.overheads import (
+    CUBLAS_WORKSPACE_BYTES_HOPPER,
+    CUBLAS_WORKSPACE_BYTES_PRE_HOPPER,
+)
 from memplan.specs.hardware import CudaDevice
 
 __all__ = ["GpuArch", "cublas_workspace_bytes", "gpu_arch"]
@@ -74,5 +78,5 @@ def cublas_workspace_bytes(arch: GpuArch) -> int:
     sm90 (Hopper), else 4096 KiB x 2 + 16 KiB x 8, unless ``CUBLAS_WORKSPACE_CONFIG`` is set.
     """
     if (arch.major, arch.minor) == (9, 0):
-        return 4096 * 1024 * 8
-    return 4096 * 1024 * 2 + 16 * 1024 * 8
+        return CUBLAS_WORKSPACE_BYTES_HOPPER
+    return CUBLAS_WORKSPACE_BYTES_PRE_HOPPER

@@ -21,6 +21,7 @@ from memplan.specs.model import ModelSpec
 from memplan.trace.assemble import (
     breakdown_at,
     device_section,
+    fit_fields,
     reserved_model,
     setup_dict,
     sizes_of,
@@ -210,9 +211,12 @@ def _forward(
 
 
 def _flag_cache(cache: Any, session: TraceSession) -> int:
+    """Flag the cache layers' tensors as ``kv_cache`` and return their bytes: keys, values,
+    and the int64 counters (``StaticLayer.cumulative_length``,
+    ``DynamicSlidingWindowLayer._sliding_window_tensor``)."""
     total = 0
     for layer in getattr(cache, "layers", []):
-        for attr in ("keys", "values"):
+        for attr in ("keys", "values", "cumulative_length", "_sliding_window_tensor"):
             tensor = getattr(layer, attr, None)
             if isinstance(tensor, torch.Tensor):
                 session.tracker.flag(tensor, Flag.KV_CACHE)
@@ -255,6 +259,7 @@ def _report(
         "kv_cache_bytes": kv_bytes,
         "tensor_bytes_at_peak": sum(raw[k] for k in live),
         "reserved_bytes": reserved[0],
+        "reserved_bytes_at_peak": reserved[1],
         "flops": session.tracker.flops,
         "total_params": n_params,
         "trace_seconds": round(seconds, 3),
@@ -267,7 +272,9 @@ def _report(
         Phase("after_decode", timeline.at(marks["after_decode"])),
     ]
     if session.cuda:
-        report.sections["outside_tensors"] = device_section(session, None, 1)
+        outside = device_section(session, None, 1, max(0, reserved[1] - peak))
+        report.sections["outside_tensors"] = outside
+        report.scalars.update(fit_fields(None, peak, outside))
     if session.emulation is not None and session.emulation.backends_used:
         used = ", ".join(
             f"{k} ({v} calls)" for k, v in sorted(session.emulation.backends_used.items())

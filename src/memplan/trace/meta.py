@@ -1,7 +1,8 @@
 """Counting parameters by building the transformers model on the meta device (torch only).
 
 Used as the oracle of ``memplan.formulas.params`` in the tests, and by ``memplan params`` as
-the fallback for a ``model_type`` that has no analytic parser. Meta tensors hold shapes but no
+the fallback for a ``model_type`` that has no analytic parser (:func:`meta_params_report`,
+called by the CLI: the analytic core never imports this). Meta tensors hold shapes but no
 storage: a 405B model builds in about half a second and takes no memory.
 """
 
@@ -11,9 +12,9 @@ import re
 from typing import Any
 
 from memplan.errors import ConfigError, MissingExtraError, install_command
-from memplan.report import Item
+from memplan.report import Item, Report
 
-__all__ = ["build_meta_model", "meta_param_breakdown", "meta_param_count"]
+__all__ = ["build_meta_model", "meta_param_breakdown", "meta_params_report"]
 
 _INDEX = re.compile(r"\.(\d+)(?=\.)")
 
@@ -41,12 +42,6 @@ def build_meta_model(config: dict[str, Any]) -> Any:
         ) from exc
 
 
-def meta_param_count(config: dict[str, Any]) -> int:
-    """``sum(p.numel())`` over the unique parameters (tied weights once)."""
-    model = build_meta_model(config)
-    return sum(p.numel() for p in model.parameters())
-
-
 def meta_param_breakdown(config: dict[str, Any], max_depth: int = 4) -> Item:
     """The parameters grouped by module path, layer indices folded (``model.layers.attn``)."""
     model = build_meta_model(config)
@@ -70,3 +65,21 @@ def meta_param_breakdown(config: dict[str, Any], max_depth: int = 4) -> Item:
                     node.value += param.numel()
             parent = node
     return root
+
+
+def meta_params_report(config: dict[str, Any], name: str) -> Report:
+    """``memplan params`` for a ``model_type`` with no analytic parser: the counts of the
+    model transformers builds on the meta device."""
+    tree = meta_param_breakdown(config)
+    total = int(tree.total)
+    return Report(
+        kind="params",
+        model=name,
+        breakdown=tree,
+        setup={"model_type": str(config.get("model_type")), "source": "meta-device build"},
+        scalars={"total_params": total, "trainable_params": total},
+        notes=[
+            f"model_type {config.get('model_type')!r} has no analytic parser: counted by "
+            "building the model with transformers on the meta device (no weights, no memory)"
+        ],
+    )

@@ -24,6 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memplan.trace.build import layer_index
 from memplan.trace.cuda_env import GpuArch
+from memplan.trace.dispatch_cache import DispatchCache
 from memplan.trace.emulate import CudaEmulation
 from memplan.trace.tracker import Flag, StorageTracker
 
@@ -45,8 +46,15 @@ class TraceSession:
     ) -> None:
         self.fake = fake
         self.cuda = cuda
-        self.tracker = tracker if tracker is not None else StorageTracker()
         self.fake_mode = FakeTensorMode() if fake else None
+        # a tracker of its own (the distributed trace's) answers every op through the fake mode
+        self.tracker = (
+            tracker
+            if tracker is not None
+            else StorageTracker(
+                DispatchCache(self.fake_mode) if self.fake_mode is not None else None
+            )
+        )
         self.emulation = (
             CudaEmulation(
                 self.tracker, arch, sdpa_backend=sdpa_backend, autocast_dtype=autocast_dtype
@@ -207,9 +215,7 @@ class TraceSession:
             if self.checkpointed_layers and layer_index(self.module_of_node(order)) is not None:
                 # reading a checkpointed node's saved tensor would run the recomputation
                 continue
-            for attr in dir(node):
-                if not (attr.startswith("_saved_") or attr == "saved_tensors"):
-                    continue
+            for attr in _saved_attributes(node):
                 try:
                     value = getattr(node, attr)
                 except RuntimeError:
@@ -224,6 +230,23 @@ class TraceSession:
             tracker.field_of[key] = field
             tracker.module_of[key] = self.module_of_node(order)
         self._transitions.clear()
+
+
+def _saved_attributes(node: Any) -> tuple[str, ...]:
+    """The attributes through which an autograd node exposes what it saved: fixed by the
+    class for nodes written in C++ (no instance ``__dict__``), per node for Python ones."""
+    if hasattr(node, "__dict__"):
+        return _saved_names(dir(node))
+    return _saved_attributes_of_class(type(node))
+
+
+@functools.cache
+def _saved_attributes_of_class(node_type: type) -> tuple[str, ...]:
+    return _saved_names(dir(node_type))
+
+
+def _saved_names(names: list[str]) -> tuple[str, ...]:
+    return tuple(name for name in names if name.startswith("_saved_") or name == "saved_tensors")
 
 
 def _sequence_nr() -> int:

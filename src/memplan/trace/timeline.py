@@ -1,28 +1,15 @@
 """Replaying a tracker's event log: live bytes over time, peaks per phase, live set at a point.
 
-Sizes are what the allocator hands out: under the CUDA target, PyTorch's caching allocator
-rounds every request up to a multiple of 512 bytes (``round_size`` in
-``c10/cuda/CUDACachingAllocator.cpp``: ``kMinBlockSize = 512``), and a zero-byte request
-allocates nothing. Storages flagged as host memory count zero.
+Sizes are what the allocator hands out (:func:`memplan.trace.assemble.sizes_of`): under the
+CUDA target each request rounded up to the caching allocator's 512-byte blocks
+(:mod:`memplan.formulas.allocator`), a zero-byte request nothing, host storages zero.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CUDA_ROUNDING_BYTES", "Timeline", "allocated_bytes"]
-
-CUDA_ROUNDING_BYTES = 512
-"""``kMinBlockSize`` of c10/cuda/CUDACachingAllocator.cpp: every block is a multiple of it."""
-
-
-def allocated_bytes(nbytes: int, round_to: int) -> int:
-    """Bytes the allocator reserves for a request of ``nbytes`` (no rounding when ``round_to`` is 1)."""
-    if nbytes <= 0:
-        return 0
-    if round_to <= 1:
-        return nbytes
-    return -(-nbytes // round_to) * round_to
+__all__ = ["Timeline"]
 
 
 @dataclass(slots=True)

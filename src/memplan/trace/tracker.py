@@ -18,13 +18,19 @@ may be set after the allocation. :mod:`memplan.trace.timeline` replays the log a
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+
+from memplan.trace.flops import flop_formula
+
+if TYPE_CHECKING:
+    from memplan.trace.dispatch_cache import DispatchCache
 
 __all__ = ["Flag", "StorageTracker"]
+
+_PRIM_DEVICE = torch.ops.prim.device.default
 
 
 class Flag:
@@ -45,8 +51,10 @@ class Flag:
 class StorageTracker(TorchDispatchMode):
     """Records the allocation and the free of every storage that ops produce."""
 
-    def __init__(self) -> None:
+    def __init__(self, dispatch_cache: DispatchCache | None = None) -> None:
         super().__init__()
+        self.dispatch_cache = dispatch_cache
+        """Answers the calls the fake mode has cached (None: every call goes to ``func``)."""
         self._key_by_id: dict[int, int] = {}
         self.nbytes: list[int] = []
         self.flags: list[int] = []
@@ -95,10 +103,34 @@ class StorageTracker(TorchDispatchMode):
         return len(self.events)
 
     # Dispatch ------------------------------------------------------------------------------
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps ``__torch_dispatch__`` in ``torch._dynamo.disable`` (a frame
+        # evaluation switch around every op) for modes used under torch.compile; nothing here
+        # is compiled
+        return False
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         self.n_ops += 1
+        if self.on_op is not None and self.n_ops % 256 == 0:
+            self.on_op(self.n_ops)
+        cache = self.dispatch_cache
+        if cache is not None and func is _PRIM_DEVICE:
+            # two thirds of the calls: the autograd engine asking a fake tensor its device
+            return cache.device(func, args)
+        kwargs = kwargs or {}
+        # what this method does itself (storage lookups, the call below) is not a user-level
+        # torch call: keep torch-function modes (the CUDA emulation) out of it
+        with torch._C.DisableTorchFunction():
+            out = func(*args, **kwargs) if cache is None else cache.dispatch(func, args, kwargs)
+            self._register_outputs(out)
+            if self.count_flops:
+                counter = flop_formula(func._overloadpacket)
+                if counter is not None:
+                    self.flops += int(counter(*args, **kwargs, out_val=out))
+        return out
+
+    def _register_outputs(self, out: Any) -> None:
         if isinstance(out, torch.Tensor):
             self.key(out)
         elif isinstance(out, (tuple, list)):
@@ -109,10 +141,3 @@ class StorageTracker(TorchDispatchMode):
                     for sub in item:
                         if isinstance(sub, torch.Tensor):
                             self.key(sub)
-        if self.count_flops:
-            counter = flop_registry.get(func._overloadpacket)
-            if counter is not None:
-                self.flops += int(counter(*args, **kwargs, out_val=out))
-        if self.on_op is not None and self.n_ops % 256 == 0:
-            self.on_op(self.n_ops)
-        return out

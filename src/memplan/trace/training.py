@@ -66,6 +66,9 @@ class TrainingRun:
     iterations: list[IterationMarks] = field(default_factory=list)
     keep: set[int] = field(default_factory=set)
     seconds: float = 0.0
+    build_seconds: float = 0.0
+    """Of ``seconds``: building the model (bench/bench_trace.py prints the split)."""
+    build_cpu_seconds: float = 0.0
     n_params: int = 0
     n_trainable: int = 0
     backends: dict[str, int] = field(default_factory=dict)
@@ -98,7 +101,7 @@ def run_training(
     name: str = "model",
 ) -> TrainingRun:
     """Build and run; returns the session (tracker and marks) for the report."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     tick = progress or (lambda message, fraction: None)
     _check_setup(name, config, setup, fake)
     cuda = setup.target is Target.CUDA
@@ -124,6 +127,8 @@ def run_training(
         model = _prepare_model(config, setup, attention)
         session.register_model(model)
         session.wrap_checkpointing(model)
+        run.build_seconds = time.perf_counter() - started
+        run.build_cpu_seconds = time.process_time() - started_cpu
         run.n_params = sum(p.numel() for p in model.parameters())
         run.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         tracker = session.tracker

@@ -144,7 +144,7 @@ class Api:
         spec = self._spec(values)
         argv = self.fields.argv(job, self._values(values, spec))
         sweep = sweep_json(self.fields.parse_argv, job, argv, flag, points, spacing, spec)
-        return json.dumps(sweep, indent=2) + "\n"
+        return json.dumps(sweep, indent=2, allow_nan=False) + "\n"
 
     @functools.cached_property
     def models(self) -> str:

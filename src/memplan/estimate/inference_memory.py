@@ -1,0 +1,240 @@
+"""``inference_memory(spec, setup) -> InferenceMemory``: the live bytes of ``generate``, by phase.
+
+The same phases as the trace engine's inference mode (``memplan trace --infer``):
+``after_load`` (weights, buffers, the cache's counters), ``prefill_peak``, ``after_prefill``
+(the prompt's KV cache and the first token), ``decode_peak`` (the last decode step, the one
+with the longest cache), ``after_decode``. The two peaks come from replaying the forward op by
+op (:mod:`memplan.formulas.forward_memory`); everything is in allocated bytes (CUDA target:
+each storage rounded up to 512 B), the quantity ``torch.cuda.max_memory_allocated`` reports.
+Memory outside the tensors (CUDA context, library workspaces) is not in these figures: see
+:mod:`memplan.estimate.fit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from memplan.estimate.train_kernels import kernel_device
+from memplan.formulas.attention import AttentionKernel, generate_attention_kernel
+from memplan.formulas.dtypes import float_dtype_bytes
+from memplan.formulas.forward_memory import (
+    ForwardShape,
+    Replay,
+    forward_replay,
+    kv_row_bytes,
+    layer_runs,
+)
+from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_window
+from memplan.formulas.serving import vllm_kv_heads_per_rank
+from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
+from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_bytes
+from memplan.report import INFERENCE_PHASES
+from memplan.specs.inference import InferenceSetup
+from memplan.specs.model import ModelSpec
+
+__all__ = [
+    "INFERENCE_PHASES",
+    "InferenceMemory",
+    "activation_bytes",
+    "attention_kernels",
+    "inference_memory",
+    "inference_peak_bytes",
+]
+
+_TOKEN_BYTES = 8  # the greedy token, (batch, 1) int64
+
+
+def activation_bytes(fmt: str) -> int:
+    """Bytes of an activation element: the weights' float width, 2 for quantized formats."""
+    return float_dtype_bytes(normalize_format(fmt))
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceMemory:
+    """Live bytes of one generate call (per rank with tensor parallelism)."""
+
+    fixed: dict[str, int]
+    """``parameters``, ``buffers`` and ``cache_counters`` (live from the start)."""
+    phases: dict[str, int]
+    """Live bytes at each of :data:`INFERENCE_PHASES` (``decode_peak`` 0 without decoding)."""
+    peak_phase: str
+    """``prefill`` or ``decode``."""
+    at_peak: Replay
+    """The replay of the forward that holds the peak (its ``at_peak``: tensor -> bytes)."""
+    kv_end_bytes: int
+    """The cache after the last step: its tensors' bytes (not rounded) and counters."""
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phases["prefill_peak"], self.phases["decode_peak"])
+
+
+def attention_kernels(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, *, past: int, q_len: int
+) -> tuple[AttentionKernel, AttentionKernel]:
+    """The kernels of full-attention and sliding-window layers in one forward: the rule both
+    engines share (:func:`memplan.formulas.attention.generate_attention_kernel`), on the GPU
+    whose kernels the trace emulates by default; ``eager`` for soft-capped logits
+    (transformers' default for Gemma 2) or when asked."""
+    attention = setup.attention
+    if spec.attn_logit_softcapping is not None:
+        attention = "eager"
+    device, _ = kernel_device(None)
+    dtype = {"fp32": "float32", "fp16": "float16"}.get(normalize_format(fmt), "bfloat16")
+    return tuple(  # type: ignore[return-value]
+        generate_attention_kernel(
+            spec,
+            attention,
+            device,
+            dtype=dtype,
+            batch=setup.batch,
+            q_len=q_len,
+            past=past,
+            sliding=sliding,
+            static_cache=setup.cache == "static",
+            cache_len=setup.total_len,
+        )
+        for sliding in (False, True)
+    )
+
+
+def _round_to(setup: InferenceSetup) -> int:
+    return 512 if setup.target == "cuda" else 1
+
+
+def parameter_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> int:
+    """Weights of one rank: plain dtypes tensor by tensor, each allocation rounded; quantized
+    formats from their packed layouts (:mod:`memplan.formulas.weights`)."""
+    return _parameter_bytes(spec, fmt, setup.tp_degree, _round_to(setup))
+
+
+@lru_cache(maxsize=256)
+def _parameter_bytes(spec: ModelSpec, fmt: str, tp_degree: int, round_to: int) -> int:
+    if fmt in ("fp32", "fp16", "bf16") and tp_degree == 1:
+        width = int(DTYPE_BYTES[fmt])
+        return sum(alloc_bytes(t.numel * width, round_to) for t in param_tensors(spec))
+    total = int(weights_bytes(spec, fmt).total)
+    return -(total // -tp_degree)
+
+
+def _fixed_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> dict[str, int]:
+    r = _round_to(setup)
+    counters = _counters(spec, setup.cache) // 8
+    return {
+        "parameters": parameter_bytes(spec, setup, fmt),
+        "buffers": sum(alloc_bytes(n, r) for n in buffer_allocations(spec)),
+        "cache_counters": counters * alloc_bytes(8, r),
+    }
+
+
+@lru_cache(maxsize=256)
+def _counters(spec: ModelSpec, cache: str) -> int:
+    return cache_counter_bytes(spec, cache)
+
+
+def _shape(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int, *, past: int, q_len: int
+) -> ForwardShape:
+    act = activation_bytes(fmt)
+    return ForwardShape(
+        batch=setup.batch,
+        q_len=q_len,
+        past=past,
+        act=act,
+        kv_bytes=kv_bytes,
+        kernels=attention_kernels(spec, setup, fmt, past=past, q_len=q_len),
+        cache=setup.cache,
+        max_cache_len=setup.total_len,
+        logits_all=setup.logits == "all" and past == 0,
+        tp_degree=setup.tp_degree,
+        kv_heads=vllm_kv_heads_per_rank(spec, setup.tp_degree),
+    )
+
+
+def _cached(spec: ModelSpec, setup: InferenceSetup, index: int, seen: int, decoded: bool) -> int:
+    """Tokens layer ``index``'s cache storage holds after ``seen`` tokens."""
+    return cached_tokens(
+        seen,
+        layer_window(spec, index),
+        cache=setup.cache,
+        decoded=decoded,
+        max_cache_len=setup.total_len,
+    )
+
+
+def _replay(
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    shape: ForwardShape,
+    seen: int,
+    decoded: bool,
+    detail: bool = True,
+) -> Replay:
+    """One forward replayed on top of the cache of ``seen`` tokens (none in the prefill)."""
+    replay = Replay(round_to=_round_to(setup), keep_log=detail)
+    if seen:
+        k_row, v_row = kv_row_bytes(spec, shape)
+        for start, stop, _ in layer_runs(spec):
+            tokens = _cached(spec, setup, start, seen, decoded)
+            replay.new(f"kv/{start}/k", k_row * tokens, "kv_cache", stop - start)
+            replay.new(f"kv/{start}/v", v_row * tokens, "kv_cache", stop - start)
+    return forward_replay(spec, shape, replay)
+
+
+def _kv_bytes(
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    shape: ForwardShape,
+    seen: int,
+    decoded: bool,
+    *,
+    round_to: int,
+) -> int:
+    """The cache's tensors after ``seen`` tokens (each rounded up to ``round_to``)."""
+    k_row, v_row = kv_row_bytes(spec, shape)
+    total = 0
+    for start, stop, _ in layer_runs(spec):
+        tokens = _cached(spec, setup, start, seen, decoded)
+        per_layer = alloc_bytes(k_row * tokens, round_to) + alloc_bytes(v_row * tokens, round_to)
+        total += (stop - start) * per_layer
+    return total
+
+
+def inference_memory(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int, *, detail: bool = True
+) -> InferenceMemory:
+    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens);
+    ``detail=False`` skips what only the breakdown at the peak needs (for searches)."""
+    fixed = _fixed_bytes(spec, setup, fmt)
+    base = sum(fixed.values())
+    prompt, steps = setup.prompt_len, max(setup.gen_len - 1, 0)
+    first = _shape(spec, setup, fmt, kv_bytes, past=0, q_len=prompt)
+    prefill = _replay(spec, setup, first, 0, False, detail)
+    token = alloc_bytes(setup.batch * _TOKEN_BYTES, _round_to(setup))
+    step = _shape(spec, setup, fmt, kv_bytes, past=prompt + steps - 1, q_len=1)
+    r = _round_to(setup)
+    kv_prompt = _kv_bytes(spec, setup, step, prompt, False, round_to=r)
+    end = prompt + steps
+    kv_end = _kv_bytes(spec, setup, step, end, steps > 0, round_to=r)
+    kv_end_tensors = _kv_bytes(spec, setup, step, end, steps > 0, round_to=1)
+    counters = _counters(spec, setup.cache)
+    phases = {
+        "after_load": base,
+        "prefill_peak": base + prefill.peak,
+        "after_prefill": base + kv_prompt + token,
+        "decode_peak": 0,
+        "after_decode": base + kv_end + token,
+    }
+    at_peak, peak_phase = prefill, "prefill"
+    if steps:
+        last = _replay(spec, setup, step, end - 1, steps > 1, detail)
+        phases["decode_peak"] = base + last.peak
+        if last.peak > prefill.peak:
+            at_peak, peak_phase = last, "decode"
+    return InferenceMemory(fixed, phases, peak_phase, at_peak, kv_end_tensors + counters)
+
+
+def inference_peak_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int) -> int:
+    """The peak of ``generate`` in allocated bytes (for searches over batch or length)."""
+    return inference_memory(spec, setup, fmt, kv_bytes, detail=False).peak_bytes
