@@ -80,21 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     recorded = json.loads(out.read_text()) if out.exists() else {"cases": []}
     cases = {(c["model"], c["flags"]): c for c in recorded["cases"]}
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
     for model, flags in CASES:
         if args.only and args.only not in f"{model} {flags}":
             continue
         print(f"tracing {model} {flags} ...", file=sys.stderr, flush=True)
         cases[(model, flags)] = trace_case(model, flags)
         print(f"  {cases[(model, flags)]['seconds']} s", file=sys.stderr, flush=True)
-    recorded = {
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
-        "cases": [cases[key] for key in ((m, f) for m, f in CASES) if key in cases],
-    }
-    out.write_text(json.dumps(recorded, indent=1) + "\n")
+        # written after each case: a long run that stops keeps what it traced
+        recorded = {
+            "versions": versions,
+            "cases": [cases[key] for key in ((m, f) for m, f in CASES) if key in cases],
+        }
+        out.write_text(json.dumps(recorded, indent=1) + "\n")
     return 0
 
 
