@@ -5,7 +5,8 @@ FSDP2 full / shard-grad-op / mixed precision / bf16, tensor and sequence paralle
 TP; Llama with grouped KV heads, Qwen2, Mixtral) and measures each rank three ways: PyTorch's
 ``MemTracker`` / ``FSDPMemTracker``, memplan's tracker on the same real run, and memplan's
 trace of the same rank under a fake process group. The results are shared by the tests of a
-session (``gloo2`` / ``gloo4`` fixtures). Three claims:
+session (``gloo2`` / ``gloo4`` fixtures); by default a light subset of the cases (:data:`LIGHT`),
+every case with ``MEMPLAN_GLOO_FULL=1``. Three claims:
 
 1. the fake trace equals the real run, per phase and per category, on every rank;
 2. memplan's tracker equals PyTorch's MemTracker on the real run, per phase, and on the model
@@ -15,6 +16,8 @@ session (``gloo2`` / ``gloo4`` fixtures). Three claims:
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -30,15 +33,37 @@ pytestmark = [pytest.mark.trace, pytest.mark.gloo, pytest.mark.xdist_group("gloo
 
 CASES = {world: {case.name: case for case in gloo_cases(world)} for world in (2, 4)}
 
+FULL = os.environ.get("MEMPLAN_GLOO_FULL", "") == "1"
+"""Run every case (``MEMPLAN_GLOO_FULL=1``; ``make accuracy`` runs them all for
+docs/accuracy.md). Otherwise the cases of :data:`LIGHT`, which keep the spawns within about
+a minute on two cores."""
+
+LIGHT = {
+    2: ("llama/ddp", "llama/fsdp-shard-grad-op", "llama/fsdp-bf16-mixed", "qwen2/tp-sp",
+        "mixtral/fsdp-full"),
+    4: ("llama-odd/fsdp-full",),
+}  # fmt: skip
+"""One case of each kind (DDP; FSDP2 without resharding, in mixed precision, and full with an
+uneven shard on 4 ranks; tensor and sequence parallelism; MoE) on each family."""
+
+HEAVY = pytest.mark.skipif(
+    not FULL, reason="heavy gloo case: MEMPLAN_GLOO_FULL=1 runs it (so does make accuracy)"
+)
+
+
+def _run(world: int) -> dict:
+    cases = [c for name, c in CASES[world].items() if FULL or name in LIGHT[world]]
+    return run_gloo(world, cases, fake=True)
+
 
 @pytest.fixture(scope="session")
 def gloo2() -> dict:
-    return run_gloo(2, list(CASES[2].values()), fake=True)
+    return _run(2)
 
 
 @pytest.fixture(scope="session")
 def gloo4() -> dict:
-    return run_gloo(4, list(CASES[4].values()), fake=True)
+    return _run(4)
 
 
 def _results(request: pytest.FixtureRequest, world: int, name: str) -> list[dict]:
@@ -50,7 +75,15 @@ def _phases(report: dict) -> dict[str, tuple[int, dict[str, int]]]:
 
 
 def _ids(world: int) -> list:
-    return [pytest.param(world, name, id=f"W{world}-{name}") for name in CASES[world]]
+    return [
+        pytest.param(
+            world,
+            name,
+            id=f"W{world}-{name}",
+            marks=[] if name in LIGHT[world] else [pytest.mark.slow, HEAVY],
+        )
+        for name in CASES[world]
+    ]
 
 
 ALL = _ids(2) + _ids(4)
@@ -61,7 +94,7 @@ def _marked(known: dict[str, str]) -> list:
     for param in ALL:
         reason = known.get(param.id)
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(*param.values, id=param.id, marks=marks))
+        out.append(pytest.param(*param.values, id=param.id, marks=[*param.marks, *marks]))
     return out
 
 

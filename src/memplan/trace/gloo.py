@@ -62,30 +62,27 @@ def run_gloo(
     A rank's result: ``memtracker`` (see :meth:`MemTrackerProbe.result`), ``report`` (the
     per-rank report's JSON from memplan's tracker), ``seconds``, and ``plain`` for the cases
     that ask for it; with ``fake``, also ``fake``: the same rank traced under a fake process
-    group, by ``world_size`` more processes that run beside the gloo ones (a process that ran
-    real collectives keeps DTensor caches that name its process groups, which are gone after).
+    group, by the same process once its gloo group is gone (each run starts with DTensor's
+    caches emptied, so nothing of the real run's process groups carries over).
     """
     for case in cases:
         if case.plan.world_size != world_size:
             raise ValueError(
                 f"{case.name}: a plan for {case.plan.world_size} ranks, not {world_size}"
             )
-    modes = ("real", "fake") if fake else ("real",)
+    mode = "real+fake" if fake else "real"
     with tempfile.TemporaryDirectory(prefix="memplan-gloo-") as tmp:
         work = Path(tmp)
         (work / "cases.pkl").write_bytes(pickle.dumps(cases))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         procs = []
         try:
-            for mode in modes:
-                for rank in range(world_size):
-                    log = open(work / f"{mode}{rank}.log", "wb")  # noqa: SIM115 (closed below)
-                    command = [sys.executable, "-m", "memplan.trace.gloo", str(work), str(rank),
-                               str(world_size), mode]  # fmt: skip
-                    process = subprocess.Popen(
-                        command, stdout=log, stderr=subprocess.STDOUT, env=env
-                    )
-                    procs.append((process, log, f"{mode}{rank}"))
+            for rank in range(world_size):
+                log = open(work / f"rank{rank}.log", "wb")  # noqa: SIM115 (closed below)
+                command = [sys.executable, "-m", "memplan.trace.gloo", str(work), str(rank),
+                           str(world_size), mode]  # fmt: skip
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                procs.append((process, log, f"rank{rank}"))
             _wait(procs, work, timeout_s)
         finally:
             for process, log, _ in procs:
@@ -93,15 +90,15 @@ def run_gloo(
                     process.kill()
                 process.wait()
                 log.close()
-        results = _collect(work, world_size, modes)
+        results = _collect(work, world_size, fake)
     return {case.name: [results[r][case.name] for r in range(world_size)] for case in cases}
 
 
-def _collect(work: Path, world_size: int, modes: tuple[str, ...]) -> list[dict[str, Any]]:
+def _collect(work: Path, world_size: int, fake: bool) -> list[dict[str, Any]]:
     results = []
     for rank in range(world_size):
         result = json.loads((work / f"real{rank}.json").read_text())
-        if "fake" in modes:
+        if fake:
             for name, report in json.loads((work / f"fake{rank}.json").read_text()).items():
                 result[name]["fake"] = report
         results.append(result)
@@ -327,5 +324,7 @@ def _fake_worker(work: Path, rank: int, world_size: int) -> None:
 
 
 if __name__ == "__main__":
-    _main = _fake_worker if sys.argv[4] == "fake" else _worker
-    _main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    _work, _rank, _world = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    _worker(_work, _rank, _world)
+    if sys.argv[4] == "real+fake":
+        _fake_worker(_work, _rank, _world)
