@@ -143,8 +143,9 @@ def full_size_table() -> list[str]:
                     f"{_error(theirs[phase['name']], mine)} |"
                 )
         times.append(f"{case['model']} `{case['flags']}`: {case['seconds']} s")
-    lines += ["", "Trace times (all traced ranks, recorded on the machine above): "
-              + "; ".join(times) + ".", "", f"What {UNTRACEABLE}.", ""]  # fmt: skip
+    lines += ["", "Trace wall times (all traced ranks; recorded on a 2-core machine shared "
+              "with other jobs, so noisy and high): " + "; ".join(times) + ".", "",
+              f"What {UNTRACEABLE}.", ""]  # fmt: skip
     return lines
 
 
