@@ -143,6 +143,17 @@ def full_size_table() -> list[str]:
                     f"{_error(theirs[phase['name']], mine)} |"
                 )
         times.append(f"{case['model']} `{case['flags']}`: {case['seconds']} s")
+    lines += [
+        "",
+        "Why they differ (each a strict xfail in tests/test_full_size_traces.py, the same "
+        "gaps in bytes on gloo in tests/test_gloo_proof.py): FSDP2's backward high point: the "
+        "analytic engine holds the current and the prefetched layer gathered at the loss "
+        "backward, the trace's high point comes after lm_head's reduce-scatter. Tensor "
+        "parallelism: torchtitan's plan (and Megatron's VocabParallelEmbedding) shards the "
+        "embeddings and lm_head by vocabulary rows over the TP group, the analytic engine "
+        "replicates them across TP; at dp = 1 it also counts DDP gradient buckets where no "
+        "DDP runs.",
+    ]
     lines += ["", "Trace wall times (all traced ranks; recorded on a 2-core machine shared "
               "with other jobs, so noisy and high): " + "; ".join(times) + ".", "",
               f"What {UNTRACEABLE}.", ""]  # fmt: skip
