@@ -20,9 +20,11 @@ from memplan.units import MAX_COUNT, parse_count, parse_size
 __all__ = [
     "MAX_COUNT",
     "add_gpu_flags",
+    "add_pipeline_flags",
     "count",
     "cuda_context_from_args",
     "gpu_from_args",
+    "layer_counts",
     "non_negative_int",
     "parse_bandwidth",
     "positive_int",
@@ -40,6 +42,30 @@ def positive_int(text: str) -> int:
     if value > MAX_COUNT:
         raise argparse.ArgumentTypeError(f"expected at most 2**40, got a {len(text)}-digit number")
     return value
+
+
+def layer_counts(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated positive layer counts (``--pp-partition 10,11,11``)."""
+    return tuple(positive_int(part.strip()) for part in text.split(","))
+
+
+def add_pipeline_flags(parser: Any) -> None:
+    """``--pp`` and ``--pp-partition``, as ``vllm serve --pipeline-parallel-size`` and
+    ``VLLM_PP_LAYER_PARTITION`` (serve-capacity and infer)."""
+    parser.add_argument(
+        "--pp",
+        type=positive_int,
+        default=1,
+        metavar="P",
+        help="pipeline-parallel stages (layers split as vLLM's get_pp_indices)",
+    )
+    parser.add_argument(
+        "--pp-partition",
+        type=layer_counts,
+        default=None,
+        metavar="N,N,...",
+        help="decoder layers per stage, as vLLM's VLLM_PP_LAYER_PARTITION (default: its split)",
+    )
 
 
 def non_negative_int(text: str) -> int:

@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
+from memplan.cli.common import (
+    add_gpu_flags,
+    add_pipeline_flags,
+    cuda_context_from_args,
+    gpu_from_args,
+    positive_int,
+)
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
@@ -31,6 +37,7 @@ examples:
   memplan infer meta-llama/Llama-3.1-8B --weights int4-awq --kv-dtype fp8 --gpu A10G
   memplan infer microsoft/Phi-3-mini-4k-instruct --prompt-len 512 --gen-len 128 --gpu H100 --json
   memplan infer meta-llama/Llama-3.1-70B --tp 4 --gpu H100 --cache static
+  memplan infer meta-llama/Llama-3.1-70B --pp 4 --gpu L40S --batch 8
 
 Latency uses the roofline with explicit efficiencies (defaults: compute 0.6, bandwidth 0.8).
 """
@@ -63,6 +70,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic")
     parser.add_argument("--logits", choices=("last", "all"), default="last")
     parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
+    add_pipeline_flags(parser)
     parser.add_argument(
         "--compute-efficiency", type=float, default=DEFAULT_COMPUTE_EFFICIENCY, metavar="F"
     )
@@ -93,6 +101,8 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         cache=args.cache,
         logits=args.logits,
         tp_degree=args.tp,
+        pp_degree=args.pp,
+        pp_partition=args.pp_partition or (),
     )
     report = inference_report(
         spec,
@@ -122,7 +132,9 @@ def run(args: Any) -> int:
 
 def kv_bytes_per_token(spec: Any, report: Any) -> int:
     """KV cache bytes one more token costs (every layer, per tensor-parallel rank; a
-    sliding-window layer counts while the context is inside its window)."""
+    sliding-window layer counts while the context is inside its window); with pipeline stages,
+    on the GPU of the stage with the highest peak (its layers' share: every layer costs the
+    same per token)."""
     from memplan.estimate.inference import activation_bytes
     from memplan.formulas import serving as vllm
     from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
@@ -131,7 +143,12 @@ def kv_bytes_per_token(spec: Any, report: Any) -> int:
     act = activation_bytes(setup["weights"])
     element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
     heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
-    return int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+    total = int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+    for entry in report.scalars.get("stages", ()):
+        if entry["stage"] == report.scalars["peak_stage"]:
+            start, stop = entry["layers"]
+            return total // spec.n_layers * (stop - start)
+    return total
 
 
 def _verdict(report: Any, decimal: bool) -> str:
@@ -148,6 +165,11 @@ def _verdict(report: Any, decimal: bool) -> str:
     if "gpu_memory_bytes" not in s:
         return verdict_line(question, answer, "give --gpu NAME to check a fit")
     gpu = setup["gpu"]
+    n_gpus = setup["tp"] * (setup.get("pp") or 1)
+    if n_gpus > 1:
+        gpu = f"{gpu} x {n_gpus} (tp {setup['tp']}" + (
+            f", pp {setup['pp']}; stage {s['peak_stage']} peaks)" if "peak_stage" in s else ")"
+        )
     fit = fit_phrase(
         gpu,
         s["gpu_memory_bytes"],
@@ -164,7 +186,18 @@ def _print_answers(report: Any, decimal: bool) -> None:
     out.write(
         f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
     )
-    out.write(" per GPU\n" if setup["tp"] > 1 else "\n")
+    if "peak_stage" in s:
+        out.write(f" per GPU of stage {s['peak_stage']}\n")
+        for entry in s["stages"]:
+            start, stop = entry["layers"]
+            out.write(
+                f"stage {entry['stage']}: layers {start}-{stop - 1}, peak "
+                f"{format_bytes(entry['peak_bytes'], decimal=decimal)} ({entry['peak_phase']}), "
+                f"weights {format_bytes(entry['weights_bytes'], decimal=decimal)}, KV cache "
+                f"{format_bytes(entry['kv_cache_bytes'], decimal=decimal)}\n"
+            )
+    else:
+        out.write(" per GPU\n" if setup["tp"] > 1 else "\n")
     if "ttft_s" in s:
         out.write(
             f"time to first token: {format_seconds(s['ttft_s'])}; decode: "

@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from memplan.cli.common import add_gpu_flags, cuda_context_from_args, gpu_from_args, positive_int
+from memplan.cli.common import (
+    add_gpu_flags,
+    add_pipeline_flags,
+    cuda_context_from_args,
+    gpu_from_args,
+    positive_int,
+)
 from memplan.cli.render import (
     add_output_flags,
     add_plot_flag,
@@ -29,9 +35,12 @@ examples:
   memplan serve-capacity microsoft/Phi-3-mini-4k-instruct --gpu H100-SXM
   memplan serve-capacity meta-llama/Llama-3.1-70B --gpu H100 --tp 4 --max-model-len 32768
   memplan serve-capacity Qwen/Qwen2.5-7B --gpu L40S --kv-cache-dtype fp8 --json
+  memplan serve-capacity meta-llama/Llama-3.1-70B --gpu L40S --tp 4 --pp 2 --max-model-len 8192
 
 Follows vLLM's v1 engine arithmetic (vllm/v1/core/kv_cache_utils.py); prints the lines vLLM
 logs: "GPU KV cache size: N tokens" and "Maximum concurrency for L tokens per request: X".
+With --pp each pipeline stage is sized on its own (its layers, the embedding on the first,
+lm_head and the sampler on the last) and the engine keeps the smallest stage's block count.
 """
 
 
@@ -40,7 +49,7 @@ def register(subparsers: Any) -> None:
         "serve-capacity",
         help="vLLM KV cache capacity and concurrency on a GPU",
         description="What `vllm serve` allocates at start-up on one GPU (or each of a "
-        "tensor-parallel group): its weights, profiling peak and KV-cache blocks, the tokens "
+        "tensor-parallel group, per pipeline stage): its weights, profiling peak and KV-cache blocks, the tokens "
         "and concurrency it logs, whether it starts, the smallest tensor-parallel degree that "
         "does, and the longest max_model_len that fits. Capacity, not latency (see infer).",
         epilog=EPILOG,
@@ -49,6 +58,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", help="catalog name, hub id, config.json or model folder")
     add_gpu_flags(parser)
     parser.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
+    add_pipeline_flags(parser)
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, metavar="F", help="(0, 1], default 0.9"
     )
@@ -111,6 +121,8 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         weights = checkpoint_quantization(spec.hf_config or {})
     setup = ServingSetup(
         tp_degree=args.tp,
+        pp_degree=args.pp,
+        pp_partition=args.pp_partition or (),
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_model_len=args.max_model_len,
         max_num_batched_tokens=args.max_num_batched_tokens,
@@ -147,8 +159,8 @@ def run(args: Any) -> int:
 
 
 def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any, context: int | None) -> None:
-    """KV bytes per token, the smallest tensor-parallel degree that starts, the largest
-    max_model_len that fits, and the verdict."""
+    """KV bytes per token, the smallest tensor-parallel degree that starts (at the same
+    pipeline degree), the largest max_model_len that fits, and the verdict."""
     import dataclasses
 
     from memplan.estimate.serving import serving_report
@@ -156,7 +168,11 @@ def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any, context: int | No
 
     s = report.scalars
     layout = vllm.kv_cache_layout(spec)
-    layers = layout.group_size * len(layout.groups)  # every layer's page, padded groups too
+    group_size = layout.group_size
+    for entry in s.get("stages", ()):  # the limiting stage's layers per group
+        if s["limiting_stage"] in entry["stages"]:
+            group_size = entry["layers_per_group"]
+    layers = group_size * len(layout.groups)  # every layer's page, padded groups too
     s["kv_cache_bytes_per_token"] = s["page_size_bytes"] * layers // setup.block_size
     max_len = report.setup["max_model_len"]
     s["max_model_len_that_fits"] = max_len if s["fits"] else s.get("estimated_max_model_len", 0)
@@ -173,40 +189,67 @@ def _add_answers(report: Any, spec: Any, setup: Any, gpu: Any, context: int | No
             break
 
 
+def _parallel(setup: dict[str, Any]) -> str:
+    """``tp 4`` or ``tp 4, pp 2``."""
+    pp = setup.get("pp") or 1
+    return f"tp {setup['tp']}" + (f", pp {pp}" if pp > 1 else "")
+
+
 def _print_answers(report: Any, decimal: bool) -> None:
     s, setup = report.scalars, report.setup
     out = sys.stdout
+    pp = setup.get("pp") or 1
     out.write(
         f"\nKV cache per token: {format_bytes(s['kv_cache_bytes_per_token'], decimal=decimal)}"
     )
-    out.write(f" per GPU (tp {setup['tp']})\n" if setup["tp"] > 1 else "\n")
+    if pp > 1:
+        out.write(f" per GPU of stage {s['limiting_stage']} ({_parallel(setup)})\n")
+    else:
+        out.write(f" per GPU (tp {setup['tp']})\n" if setup["tp"] > 1 else "\n")
+    for entry in s.get("stages", ()):
+        ids = ", ".join(str(i) for i in entry["stages"])
+        out.write(
+            f"stage {ids}: {entry['n_layers']} layers, weights "
+            f"{format_bytes(entry['weights_bytes'], decimal=decimal)}, profile "
+            f"{format_bytes(entry['profile_activation_bytes'], decimal=decimal)}, KV available "
+            f"{format_bytes(entry['available_kv_cache_bytes'], decimal=decimal)} -> "
+            f"{entry['own_num_gpu_blocks']:,} blocks of {entry['layers_per_group']} layers\n"
+        )
     min_tp = s["min_tp"]
+    at = f" at pp {pp}" if pp > 1 else ""
     out.write(
-        f"smallest tensor-parallel degree that starts: {min_tp if min_tp else 'none up to 64'}; "
-        f"largest max_model_len that fits at tp {setup['tp']}: "
+        f"smallest tensor-parallel degree that starts{at}: "
+        f"{min_tp if min_tp else 'none up to 64'}; "
+        f"largest max_model_len that fits at {_parallel(setup)}: "
         f"{none_if_zero(s['max_model_len_that_fits'])}\n"
     )
     out.write(s["verdict"] + "\n")
 
 
 def _verdict(report: Any, decimal: bool) -> str:
-    """Whether vLLM starts (its refusal is the verdict), with what, and by how much."""
+    """Whether vLLM starts (its refusal is the verdict), with what, and by how much; with
+    pipeline stages, the one that limits."""
     s, setup = report.scalars, report.setup
     question = (
-        f"vllm serve {report.model} (tp {setup['tp']}, max_model_len {setup['max_model_len']:,},"
-        f" {setup['weights']})"
+        f"vllm serve {report.model} ({_parallel(setup)}, max_model_len "
+        f"{setup['max_model_len']:,}, {setup['weights']})"
     )
     available = s["available_kv_cache_bytes"]
     needed = s["kv_cache_needed_bytes"]
-    gpu = f"{setup['gpu']} x {setup['tp']}" if setup["tp"] > 1 else setup["gpu"]
+    n_gpus = setup["tp"] * (setup.get("pp") or 1)
+    gpu = f"{setup['gpu']} x {n_gpus}" if n_gpus > 1 else setup["gpu"]
+    if "limiting_stage" in s:
+        gpu += f", stage {s['limiting_stage']}"
     fit = fit_phrase(gpu, s["gpu_memory_bytes"], available - needed, decimal=decimal)
+    where = f" (stage {s['limiting_stage']} limits)" if "limiting_stage" in s else ""
     if s["fits"]:
         answer = (
             f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
-            f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens"
+            f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens{where}"
         )
     elif not s["vllm_kv_check"]:
-        answer = "vLLM would refuse to start (KV cache for one max_model_len request)"
+        stage = f" on stage {s['limiting_stage']}" if "limiting_stage" in s else ""
+        answer = f"vLLM would refuse to start (KV cache for one max_model_len request{stage})"
     else:
         answer = "vLLM would refuse to start (the requested memory and the CUDA context)"
         fit = fit_phrase(

@@ -27,8 +27,9 @@ from memplan.estimate.inference_memory import (
     activation_bytes,
     inference_memory,
     inference_peak_bytes,
+    stages_of,
 )
-from memplan.estimate.serving import check_weight_format
+from memplan.estimate.serving import check_weight_format, stage_weights_bytes
 from memplan.formulas import serving as vllm
 from memplan.formulas.flops import forward_flops_item
 from memplan.formulas.forward_memory import REPLAYED_FAMILIES
@@ -101,6 +102,7 @@ class _Formats:
 
 def _formats(spec: ModelSpec, setup: InferenceSetup) -> _Formats:
     vllm.check_tp_degree(spec, setup.tp_degree)
+    vllm.check_pp_degree(spec, setup.pp_degree, setup.pp_partition)
     check_setup(setup, spec)
     fmt = check_weight_format(spec, setup.weights, setup.tp_degree)
     act = activation_bytes(fmt)
@@ -114,10 +116,21 @@ def _display(name: str) -> str:
     return name.replace("/", ".")
 
 
-def memory_item(spec: ModelSpec, setup: InferenceSetup, fmt: str, mem: InferenceMemory) -> Item:
-    """The ``peak`` tree: what is allocated at the peak of ``generate``."""
-    root = Item("peak", unit="bytes", note=f"phase: {mem.peak_phase}")
-    total = int(weights_bytes(spec, fmt).total)
+def memory_item(
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    fmt: str,
+    mem: InferenceMemory,
+    stage: vllm.PipelineStage | None = None,
+) -> Item:
+    """The ``peak`` tree: what is allocated at the peak of ``generate`` (on one pipeline
+    stage's GPU)."""
+    where = f"{stage.label}, " if stage is not None and setup.pp_degree > 1 else ""
+    root = Item("peak", unit="bytes", note=f"{where}phase: {mem.peak_phase}")
+    if stage is not None and setup.pp_degree > 1:
+        total = stage_weights_bytes(spec, fmt, stage)
+    else:
+        total = int(weights_bytes(spec, fmt).total)
     split = f" / tp {setup.tp_degree}" if setup.tp_degree > 1 else ""
     root.leaf(
         "parameters",
@@ -167,6 +180,23 @@ def _limit(mem: InferenceMemory) -> str:
     return f"the {mem.peak_phase} ({biggest} {share:.0f}% of the peak)"
 
 
+def stage_memories(
+    spec: ModelSpec, setup: InferenceSetup, formats: _Formats
+) -> list[tuple[vllm.PipelineStage, InferenceMemory]]:
+    """Each pipeline stage with the live bytes of ``generate`` on its GPU."""
+    return [
+        (stage, inference_memory(spec, setup, formats.weights, formats.kv, stage=stage))
+        for stage in stages_of(spec, setup)
+    ]
+
+
+def _worst_stage(
+    spec: ModelSpec, setup: InferenceSetup, formats: _Formats
+) -> tuple[vllm.PipelineStage, InferenceMemory]:
+    """The stage with the highest peak (the first of equals)."""
+    return max(stage_memories(spec, setup, formats), key=lambda pair: pair[1].peak_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceFit:
     """A generate call's verdict on one GPU, and the inverse questions at its setup."""
@@ -188,9 +218,10 @@ def fit_inference(
     """The verdict for ``setup`` on ``gpu``; the largest batch and the longest prompt that
     fit there (bisections over the same replay)."""
     formats = _formats(spec, setup)
-    mem = inference_memory(spec, setup, formats.weights, formats.kv)
+    stage, mem = _worst_stage(spec, setup, formats)
     outside = outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes)
-    verdict = fit_on_gpu(gpu.memory_bytes, mem.peak_bytes, outside, _limit(mem))
+    where = f"{stage.label}: " if setup.pp_degree > 1 else ""
+    verdict = fit_on_gpu(gpu.memory_bytes, mem.peak_bytes, outside, where + _limit(mem))
 
     def fits(batch: int, prompt_len: int) -> bool:
         changed = dataclasses.replace(setup, batch=batch, prompt_len=prompt_len)
@@ -297,7 +328,8 @@ def inference_report(
     """Peak memory of ``generate`` (per rank) and, with a GPU, the fit verdict and (when the
     GPU has figures) the latency."""
     formats = _formats(spec, setup)
-    mem = inference_memory(spec, setup, formats.weights, formats.kv)
+    pairs = stage_memories(spec, setup, formats)
+    stage, mem = max(pairs, key=lambda pair: pair[1].peak_bytes)
     outside = outside_tensors_item(gpu, cuda_context_bytes=cuda_context_bytes)
     scalars: dict[str, object] = {
         "peak_bytes": mem.peak_bytes,
@@ -308,6 +340,12 @@ def inference_report(
     }
     sections: dict[str, Item] = {"outside_tensors": outside}
     notes = _notes(spec, setup, formats)
+    if setup.pp_degree > 1:
+        scalars["peak_stage"] = stage.index
+        scalars["stages"] = [_stage_entry(st, m) for st, m in pairs]
+        for st, m in pairs:
+            if st is not stage:
+                sections[st.label] = memory_item(spec, setup, formats.weights, m, st)
     if gpu is not None:
         found = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
         scalars.update(gpu=gpu.name, **fit_scalars(found.fit))
@@ -322,8 +360,8 @@ def inference_report(
     return Report(
         kind="infer",
         model=spec.name,
-        breakdown=memory_item(spec, setup, formats.weights, mem),
-        setup=_setup_dict(setup, formats, gpu),
+        breakdown=memory_item(spec, setup, formats.weights, mem, stage),
+        setup=_setup_dict(setup, formats, gpu, [st for st, _ in pairs]),
         scalars=scalars,
         phases=phases_of(mem, setup),
         notes=notes,
@@ -331,7 +369,27 @@ def inference_report(
     )
 
 
-def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> dict[str, object]:
+def _stage_entry(stage: vllm.PipelineStage, mem: InferenceMemory) -> dict[str, object]:
+    """One stage's figures in the JSON (``stages``)."""
+    return {
+        "stage": stage.index,
+        "layers": [stage.start, stage.stop],
+        "embedding": stage.first,
+        "lm_head": stage.last,
+        "peak_bytes": mem.peak_bytes,
+        "peak_phase": mem.peak_phase,
+        "weights_bytes": mem.fixed["parameters"],
+        "kv_cache_bytes": mem.kv_end_bytes,
+        "phases": dict(mem.phases),
+    }
+
+
+def _setup_dict(
+    setup: InferenceSetup,
+    formats: _Formats,
+    gpu: Gpu | None,
+    stages: list[vllm.PipelineStage],
+) -> dict[str, object]:
     return {
         "batch": setup.batch,
         "prompt_len": setup.prompt_len,
@@ -342,6 +400,7 @@ def _setup_dict(setup: InferenceSetup, formats: _Formats, gpu: Gpu | None) -> di
         "logits": setup.logits,
         "attention": setup.attention,
         "tp": setup.tp_degree,
+        **vllm.pipeline_setup(stages),
         "gpu": gpu.name if gpu else None,
     }
 
@@ -369,6 +428,18 @@ def _notes(spec: ModelSpec, setup: InferenceSetup, formats: _Formats) -> list[st
         notes.append(
             "tensor parallelism: heads and widths split per rank; all-reduce buffers and the "
             "replicated activations' exact layout are not modelled (the trace runs one GPU)"
+        )
+    if setup.pp_degree > 1:
+        notes.append(
+            "pipeline parallelism: decoder layers split as vLLM's get_pp_indices "
+            "(vllm/distributed/utils.py; --pp-partition overrides it), one GPU per stage; "
+            "each stage holds its layers' weights and KV cache; the embedding and the model's "
+            "buffers are on the first, the final norm and lm_head (tied: a copy of the "
+            "embedding, as vLLM) on the last; each stage's forward is replayed on its own "
+            "layers: a later stage starts from the hidden states it receives (and builds its "
+            "own rotary tables), only the last computes the logits; send/recv buffers are not "
+            "modelled; peak_bytes and the verdict are the stage with the highest peak; "
+            "latency: the stages run one after another for each token"
         )
     return notes
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from memplan.estimate.serving import stage_holds, stage_weights_bytes
 from memplan.estimate.train_kernels import kernel_device
 from memplan.formulas.attention import AttentionKernel, generate_attention_kernel
 from memplan.formulas.dtypes import float_dtype_bytes
@@ -26,7 +27,7 @@ from memplan.formulas.forward_memory import (
     layer_runs,
 )
 from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_window
-from memplan.formulas.serving import vllm_kv_heads_per_rank
+from memplan.formulas.serving import PipelineStage, pipeline_stages, vllm_kv_heads_per_rank
 from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
 from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_bytes
 from memplan.report import INFERENCE_PHASES
@@ -40,6 +41,7 @@ __all__ = [
     "attention_kernels",
     "inference_memory",
     "inference_peak_bytes",
+    "stages_of",
 ]
 
 _TOKEN_BYTES = 8  # the greedy token, (batch, 1) int64
@@ -103,34 +105,70 @@ def _round_to(setup: InferenceSetup) -> int:
     return 512 if setup.target == "cuda" else 1
 
 
-def parameter_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> int:
-    """Weights of one rank: plain dtypes tensor by tensor, each allocation rounded; quantized
-    formats from their packed layouts (:mod:`memplan.formulas.weights`)."""
-    return _parameter_bytes(spec, fmt, setup.tp_degree, _round_to(setup))
+def stages_of(spec: ModelSpec, setup: InferenceSetup) -> tuple[PipelineStage, ...]:
+    """The pipeline stages of ``setup`` (one for ``pp_degree`` 1), layers split as vLLM's
+    ``get_pp_indices`` or ``setup.pp_partition``."""
+    return pipeline_stages(spec, setup.pp_degree, setup.pp_partition)
+
+
+def _whole(spec: ModelSpec) -> PipelineStage:
+    return PipelineStage(0, 0, spec.n_layers, True, True)
+
+
+def parameter_bytes(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, stage: PipelineStage | None = None
+) -> int:
+    """Weights of one rank (of one pipeline ``stage``): plain dtypes tensor by tensor, each
+    allocation rounded; quantized formats from their packed layouts
+    (:mod:`memplan.formulas.weights`)."""
+    return _parameter_bytes(spec, fmt, setup.tp_degree, _round_to(setup), stage or _whole(spec))
 
 
 @lru_cache(maxsize=256)
-def _parameter_bytes(spec: ModelSpec, fmt: str, tp_degree: int, round_to: int) -> int:
+def _parameter_bytes(
+    spec: ModelSpec, fmt: str, tp_degree: int, round_to: int, stage: PipelineStage
+) -> int:
     if fmt in ("fp32", "fp16", "bf16") and tp_degree == 1:
         width = int(DTYPE_BYTES[fmt])
-        return sum(alloc_bytes(t.numel * width, round_to) for t in param_tensors(spec))
-    total = int(weights_bytes(spec, fmt).total)
+        return sum(
+            alloc_bytes(t.numel * width, round_to)
+            for t in param_tensors(spec)
+            if stage_holds(spec, stage, t.layer, t.role, t.name)
+        )
+    if stage.first and stage.last:
+        total = int(weights_bytes(spec, fmt).total)
+    else:
+        total = stage_weights_bytes(spec, fmt, stage)
     return -(total // -tp_degree)
 
 
-def _fixed_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str) -> dict[str, int]:
+def _fixed_bytes(
+    spec: ModelSpec, setup: InferenceSetup, fmt: str, stage: PipelineStage
+) -> dict[str, int]:
+    """Parameters of the stage; the model's buffers on the first stage (the rotary
+    ``inv_freq`` lives in the model's ``rotary_emb``); the cache counters of its layers."""
     r = _round_to(setup)
-    counters = _counters(spec, setup.cache) // 8
+    counters = _counters(spec, setup.cache, stage.start, stage.stop) // 8
+    buffers = buffer_allocations(spec) if stage.first else ()
     return {
-        "parameters": parameter_bytes(spec, setup, fmt),
-        "buffers": sum(alloc_bytes(n, r) for n in buffer_allocations(spec)),
+        "parameters": parameter_bytes(spec, setup, fmt, stage),
+        "buffers": sum(alloc_bytes(n, r) for n in buffers),
         "cache_counters": counters * alloc_bytes(8, r),
     }
 
 
 @lru_cache(maxsize=256)
-def _counters(spec: ModelSpec, cache: str) -> int:
-    return cache_counter_bytes(spec, cache)
+def _counters(spec: ModelSpec, cache: str, start: int = 0, stop: int | None = None) -> int:
+    """The cache's int64 counters of layers ``[start, stop)``: one per layer of a
+    StaticCache, one per sliding layer of a DynamicCache."""
+    stop = spec.n_layers if stop is None else stop
+    if (start, stop) == (0, spec.n_layers):
+        return cache_counter_bytes(spec, cache)
+    per_layer = (
+        1 if cache == "static" else int(layer_window(spec, i) is not None)
+        for i in range(start, stop)
+    )
+    return 8 * sum(per_layer)
 
 
 def _shape(
@@ -169,17 +207,20 @@ def _replay(
     shape: ForwardShape,
     seen: int,
     decoded: bool,
-    detail: bool = True,
+    detail: bool,
+    stage: PipelineStage,
 ) -> Replay:
-    """One forward replayed on top of the cache of ``seen`` tokens (none in the prefill)."""
+    """One forward (the stage's share) replayed on top of the cache of ``seen`` tokens (none
+    in the prefill)."""
     replay = Replay(round_to=_round_to(setup), keep_log=detail)
     if seen:
         k_row, v_row = kv_row_bytes(spec, shape)
-        for start, stop, _ in layer_runs(spec):
+        for start, stop, _ in layer_runs(spec, stage.start, stage.stop):
             tokens = _cached(spec, setup, start, seen, decoded)
             replay.new(f"kv/{start}/k", k_row * tokens, "kv_cache", stop - start)
             replay.new(f"kv/{start}/v", v_row * tokens, "kv_cache", stop - start)
-    return forward_replay(spec, shape, replay)
+    whole = stage.first and stage.last
+    return forward_replay(spec, shape, replay, None if whole else stage)
 
 
 def _kv_bytes(
@@ -190,11 +231,13 @@ def _kv_bytes(
     decoded: bool,
     *,
     round_to: int,
+    stage: PipelineStage,
 ) -> int:
-    """The cache's tensors after ``seen`` tokens (each rounded up to ``round_to``)."""
+    """The cache's tensors of the stage's layers after ``seen`` tokens (each rounded up to
+    ``round_to``)."""
     k_row, v_row = kv_row_bytes(spec, shape)
     total = 0
-    for start, stop, _ in layer_runs(spec):
+    for start, stop, _ in layer_runs(spec, stage.start, stage.stop):
         tokens = _cached(spec, setup, start, seen, decoded)
         per_layer = alloc_bytes(k_row * tokens, round_to) + alloc_bytes(v_row * tokens, round_to)
         total += (stop - start) * per_layer
@@ -202,23 +245,33 @@ def _kv_bytes(
 
 
 def inference_memory(
-    spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int, *, detail: bool = True
+    spec: ModelSpec,
+    setup: InferenceSetup,
+    fmt: str,
+    kv_bytes: int,
+    *,
+    detail: bool = True,
+    stage: PipelineStage | None = None,
 ) -> InferenceMemory:
-    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens);
-    ``detail=False`` skips what only the breakdown at the peak needs (for searches)."""
-    fixed = _fixed_bytes(spec, setup, fmt)
+    """Live bytes at each phase of ``generate`` (greedy, ``setup.gen_len`` new tokens) on the
+    GPU of one pipeline ``stage`` (default: the whole model on one GPU); ``detail=False``
+    skips what only the breakdown at the peak needs (for searches)."""
+    stage = stage or _whole(spec)
+    fixed = _fixed_bytes(spec, setup, fmt, stage)
     base = sum(fixed.values())
     prompt, steps = setup.prompt_len, max(setup.gen_len - 1, 0)
     first = _shape(spec, setup, fmt, kv_bytes, past=0, q_len=prompt)
-    prefill = _replay(spec, setup, first, 0, False, detail)
+    prefill = _replay(spec, setup, first, 0, False, detail, stage)
+    # the next token: made on the last stage, fed to the first; none on the stages between
     token = alloc_bytes(setup.batch * _TOKEN_BYTES, _round_to(setup))
+    token *= int(stage.first or stage.last)
     step = _shape(spec, setup, fmt, kv_bytes, past=prompt + steps - 1, q_len=1)
     r = _round_to(setup)
-    kv_prompt = _kv_bytes(spec, setup, step, prompt, False, round_to=r)
+    kv_prompt = _kv_bytes(spec, setup, step, prompt, False, round_to=r, stage=stage)
     end = prompt + steps
-    kv_end = _kv_bytes(spec, setup, step, end, steps > 0, round_to=r)
-    kv_end_tensors = _kv_bytes(spec, setup, step, end, steps > 0, round_to=1)
-    counters = _counters(spec, setup.cache)
+    kv_end = _kv_bytes(spec, setup, step, end, steps > 0, round_to=r, stage=stage)
+    kv_end_tensors = _kv_bytes(spec, setup, step, end, steps > 0, round_to=1, stage=stage)
+    counters = _counters(spec, setup.cache, stage.start, stage.stop)
     phases = {
         "after_load": base,
         "prefill_peak": base + prefill.peak,
@@ -228,7 +281,7 @@ def inference_memory(
     }
     at_peak, peak_phase = prefill, "prefill"
     if steps:
-        last = _replay(spec, setup, step, end - 1, steps > 1, detail)
+        last = _replay(spec, setup, step, end - 1, steps > 1, detail, stage)
         phases["decode_peak"] = base + last.peak
         if last.peak > prefill.peak:
             at_peak, peak_phase = last, "decode"
@@ -236,5 +289,9 @@ def inference_memory(
 
 
 def inference_peak_bytes(spec: ModelSpec, setup: InferenceSetup, fmt: str, kv_bytes: int) -> int:
-    """The peak of ``generate`` in allocated bytes (for searches over batch or length)."""
-    return inference_memory(spec, setup, fmt, kv_bytes, detail=False).peak_bytes
+    """The peak of ``generate`` in allocated bytes, on the stage with the highest (for
+    searches over batch or length)."""
+    return max(
+        inference_memory(spec, setup, fmt, kv_bytes, detail=False, stage=stage).peak_bytes
+        for stage in stages_of(spec, setup)
+    )

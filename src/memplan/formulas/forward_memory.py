@@ -44,6 +44,7 @@ from memplan.formulas.replay_ops import (
     kv_row_bytes,
     norm,
 )
+from memplan.formulas.serving import PipelineStage
 from memplan.specs.model import ModelSpec
 
 __all__ = [
@@ -63,7 +64,9 @@ REPLAYED_FAMILIES = frozenset(
 projections, norms, activations or routers differ): see ``docs/accuracy.md`` for the gaps."""
 
 
-def forward_replay(spec: ModelSpec, shape: ForwardShape, replay: Replay) -> Replay:
+def forward_replay(
+    spec: ModelSpec, shape: ForwardShape, replay: Replay, stage: PipelineStage | None = None
+) -> Replay:
     """Replay one forward on ``replay`` (which holds the cache of ``shape.past`` tokens as
     ``kv/<first layer of its run>/k`` and ``.../v``, see :func:`layer_runs`, when
     ``past > 0``); returns it.
@@ -72,33 +75,56 @@ def forward_replay(spec: ModelSpec, shape: ForwardShape, replay: Replay) -> Repl
     shapes, and each leaves only its cache's growth behind, so the level a layer starts from
     never falls from one layer to the next: the highest point of a kind is in its last layer.
     Layer 0 (whose input is ``inputs_embeds`` itself) and the last layer of each kind are
-    replayed op by op; the runs of layers between them only grow their caches."""
-    _prologue(spec, shape, replay)
-    stream = "inputs_embeds"
-    for start, stop, replayed in layer_runs(spec):
-        output = f"layer_output/{stop - 1}"
+    replayed op by op; the runs of layers between them only grow their caches.
+
+    ``stage``: one pipeline stage's share of the forward: its layers; the prologue (token ids,
+    embeddings) only on the first, where a later stage starts from the hidden states it
+    receives (``stage_input``) and builds its own rotary tables; the epilogue (final norm,
+    logits, the next token) only on the last, where an earlier stage ends holding the hidden
+    states it hands on."""
+    first = stage is None or stage.first
+    last = stage is None or stage.last
+    start, stop = (0, spec.n_layers) if stage is None else (stage.start, stage.stop)
+    if first:
+        _prologue(spec, shape, replay)
+        stream = "inputs_embeds"
+    else:
+        replay.new("stage_input", shape.tokens * spec.hidden_size * shape.act)
+        _tables(spec, shape, replay)
+        stream = "stage_input"
+    for run_start, run_stop, replayed in layer_runs(spec, start, stop):
+        output = f"layer_output/{run_stop - 1}"
         if replayed:
-            _decoder_layer(spec, shape, replay, start, stream, output)
+            _decoder_layer(spec, shape, replay, run_start, stream, output)
             if stream != "inputs_embeds":
                 replay.free(stream)
         else:
-            cache_growth(spec, shape, replay, start, stop - start)
+            cache_growth(spec, shape, replay, run_start, run_stop - run_start)
             replay.rename(stream, output)
         stream = output
-    _epilogue(spec, shape, replay, stream)
+    if last:
+        _epilogue(spec, shape, replay, stream)
+    else:
+        tables = ("cos", "sin", "freqs_cis", "sliding_mask")
+        done = ("inputs_embeds", *tables, "cache_position", "input_ids")
+        replay.free(*(name for name in done if name in replay.live))
     return replay
 
 
 @lru_cache(maxsize=256)
-def layer_runs(spec: ModelSpec) -> tuple[tuple[int, int, bool], ...]:
-    """(start, stop, replayed) over the layers: each replayed layer alone (layer 0 and the
-    last layer of each kind), the others in maximal runs of one kind."""
+def layer_runs(
+    spec: ModelSpec, start: int = 0, stop: int | None = None
+) -> tuple[tuple[int, int, bool], ...]:
+    """(start, stop, replayed) over the layers ``[start, stop)`` (default: all): each replayed
+    layer alone (the first and the last layer of each kind), the others in maximal runs of one
+    kind."""
+    stop = spec.n_layers if stop is None else stop
     last: dict[tuple[bool, int | None], int] = {}
-    for index in range(spec.n_layers):
+    for index in range(start, stop):
         last[_kind(spec, index)] = index
-    replayed = {0} | set(last.values())
+    replayed = {start} | set(last.values())
     runs: list[tuple[int, int, bool]] = []
-    for index in range(spec.n_layers):
+    for index in range(start, stop):
         if index in replayed:
             runs.append((index, index + 1, True))
         elif runs and not runs[-1][2] and _kind(spec, runs[-1][0]) == _kind(spec, index):
@@ -119,6 +145,11 @@ def _prologue(spec: ModelSpec, shape: ForwardShape, r: Replay) -> None:
     r.new("input_ids", t * INT64_BYTES, "inputs" if shape.past == 0 else "temporaries")
     r.new("cache_position", shape.q_len * INT64_BYTES)
     r.new("inputs_embeds", t * spec.hidden_size * shape.act)
+    _tables(spec, shape, r)
+
+
+def _tables(spec: ModelSpec, shape: ForwardShape, r: Replay) -> None:
+    """The sliding-window mask where transformers builds one, and the rotary tables."""
     if _builds_sliding_mask(spec):
         _sliding_mask(shape, r)
     if spec.mla is not None:
@@ -207,14 +238,14 @@ def _epilogue(spec: ModelSpec, shape: ForwardShape, r: Replay, stream: str) -> N
     if stream != "inputs_embeds":
         r.free(stream)
     tables = ("cos", "sin", "freqs_cis", "sliding_mask")
-    r.free("inputs_embeds", *(name for name in tables if name in r.live))
+    r.free(*(name for name in ("inputs_embeds", *tables) if name in r.live))
     rows = shape.tokens if shape.logits_all else b
     r.new("logits", rows * v * shape.act)
     r.free("final_norm")
     r.new("next_token_logits_fp32", b * v * FP32_BYTES)
     r.free("logits")
     r.new("next_token", b * INT64_BYTES)
-    r.free("cache_position", "next_token_logits_fp32", "input_ids")
+    r.free("next_token_logits_fp32", *(n for n in ("cache_position", "input_ids") if n in r.live))
 
 
 # Decoder layer ---------------------------------------------------------------------------------

@@ -20,6 +20,13 @@ v0.11/v0.12 line):
 * Tensor parallelism (``ModelConfig.get_num_kv_heads``): each rank holds
   ``max(1, n_kv_heads // tp)`` KV heads; heads are replicated when tp > n_kv_heads. The MLA
   latent is replicated on every rank.
+* Pipeline parallelism: ``vllm/distributed/utils.py`` ``get_pp_indices`` splits the decoder
+  layers (``num_layers // pp`` each, the remainder one more each on the stages before the
+  last, counted back from the second to last; ``VLLM_PP_LAYER_PARTITION`` overrides it).
+  ``get_kv_cache_configs`` groups the layers of the whole model, projects the groups onto each
+  worker's layers (``_project_kv_cache_groups_to_worker``), checks each worker's memory, sizes
+  each worker's blocks from its own available memory and its projected group size, then sets
+  every worker's ``num_blocks`` to the smallest among them.
 """
 
 from __future__ import annotations
@@ -35,7 +42,9 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "VLLM_SOURCE",
     "KvCacheLayout",
+    "PipelineStage",
     "cdiv",
+    "check_pp_degree",
     "check_tp_degree",
     "estimate_max_model_len",
     "kv_cache_layout",
@@ -45,7 +54,11 @@ __all__ = [
     "needed_bytes",
     "num_blocks",
     "page_size_bytes",
+    "pipeline_setup",
+    "pipeline_stages",
+    "pp_layer_ranges",
     "requested_memory_bytes",
+    "stage_group_size",
     "vllm_head_size",
     "vllm_kv_heads_per_rank",
     "vllm_layer_window",
@@ -84,6 +97,101 @@ def check_tp_degree(spec: ModelSpec, tp_degree: int) -> None:
             f"{spec.name}: the KV heads ({kv}) must be divisible by the tensor-parallel "
             f"degree ({tp_degree})"
         )
+
+
+def check_pp_degree(spec: ModelSpec, pp_degree: int, partition: tuple[int, ...] = ()) -> None:
+    """The pipeline-parallel degree and an explicit partition (``--pp-partition``, vLLM's
+    ``VLLM_PP_LAYER_PARTITION``) against the model's decoder layers."""
+    n = spec.n_layers
+    if pp_degree < 1:
+        raise SetupError(f"--pp must be a positive integer, got {pp_degree}")
+    if pp_degree > n:
+        raise SetupError(
+            f"{spec.name}: --pp {pp_degree} is more pipeline stages than its {n} decoder "
+            f"layers; give --pp {n} or fewer"
+        )
+    if not partition:
+        return
+    if len(partition) != pp_degree:
+        raise SetupError(
+            f"--pp-partition names {len(partition)} stages but --pp is {pp_degree}; give "
+            f"one layer count per stage"
+        )
+    if any(count < 1 for count in partition):
+        raise SetupError("--pp-partition: every stage needs at least one decoder layer")
+    if sum(partition) != n:
+        raise SetupError(
+            f"--pp-partition sums to {sum(partition)} layers but {spec.name} has {n}; the "
+            f"counts must add up to the decoder layers"
+        )
+
+
+def pp_layer_ranges(
+    n_layers: int, pp_degree: int, partition: tuple[int, ...] = ()
+) -> tuple[tuple[int, int], ...]:
+    """(start, stop) of each pipeline stage's decoder layers, as vLLM's ``get_pp_indices``:
+    ``n // pp`` layers each, and the remainder ``r`` one more each on stages ``pp - 2``, ``pp
+    - 3``, ..., ``pp - 1 - r`` (the last stage, which holds the final norm and lm_head, never
+    gets one; the first gets one only when ``r = pp - 1``). ``partition``: explicit counts
+    (``VLLM_PP_LAYER_PARTITION``)."""
+    counts = list(partition) or [n_layers // pp_degree] * pp_degree
+    if not partition:
+        for back in range(2, n_layers % pp_degree + 2):
+            counts[-back] += 1
+    ranges, start = [], 0
+    for count in counts:
+        ranges.append((start, start + count))
+        start += count
+    return tuple(ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStage:
+    """One pipeline stage: decoder layers ``[start, stop)``; the first holds the embedding,
+    the last the final norm and lm_head (and, with tied embeddings, its own copy of the
+    embedding: ``vllm/model_executor/models/llama.py`` ``LlamaModel.__init__`` builds
+    ``embed_tokens`` on the first rank or, tied, the last)."""
+
+    index: int
+    start: int
+    stop: int
+    first: bool
+    last: bool
+
+    @property
+    def layers(self) -> range:
+        return range(self.start, self.stop)
+
+    @property
+    def label(self) -> str:
+        """``stage 1 (layers 16-31, lm_head)``."""
+        ends = [name for name, held in (("embedding", self.first), ("lm_head", self.last)) if held]
+        span = (
+            f"layers {self.start}-{self.stop - 1}"
+            if self.stop - self.start > 1
+            else (f"layer {self.start}")
+        )
+        return f"stage {self.index} ({', '.join([span, *ends])})"
+
+
+def pipeline_stages(
+    spec: ModelSpec, pp_degree: int = 1, partition: tuple[int, ...] = ()
+) -> tuple[PipelineStage, ...]:
+    """The stages of a ``pp_degree`` pipeline (checked), one for ``pp_degree`` 1."""
+    check_pp_degree(spec, pp_degree, partition)
+    ranges = pp_layer_ranges(spec.n_layers, pp_degree, partition)
+    last = len(ranges) - 1
+    return tuple(
+        PipelineStage(i, start, stop, i == 0, i == last) for i, (start, stop) in enumerate(ranges)
+    )
+
+
+def pipeline_setup(stages: list[PipelineStage]) -> dict[str, object]:
+    """The report's setup entries for a pipeline: ``pp`` and ``pp_layers`` (``11,11,10``);
+    none for a single stage."""
+    if len(stages) < 2:
+        return {}
+    return {"pp": len(stages), "pp_layers": ",".join(str(len(s.layers)) for s in stages)}
 
 
 def vllm_kv_heads_per_rank(spec: ModelSpec, tp_degree: int) -> int:
@@ -149,6 +257,34 @@ def kv_cache_layout(spec: ModelSpec) -> KvCacheLayout:
     for window, n in counts.items():
         groups.extend([window] * cdiv(n, group_size))
     return KvCacheLayout(group_size, tuple(groups))
+
+
+def _group_layers(spec: ModelSpec, layout: KvCacheLayout) -> tuple[tuple[int, ...], ...]:
+    """The layers of each of ``layout.groups`` (in that order): per attention type, in layer
+    order, ``layers[i::n_groups]`` for the type's ``i``-th group, as
+    ``_get_kv_cache_groups_uniform_page_size`` assigns them (so that pipeline stages share
+    the groups evenly); one group of every layer when all layers are alike."""
+    by_window: dict[int | None, list[int]] = {}
+    for index in range(spec.n_layers):
+        by_window.setdefault(vllm_layer_window(spec, index), []).append(index)
+    if len(by_window) == 1:
+        return (tuple(range(spec.n_layers)),)
+    out: list[tuple[int, ...]] = []
+    for layers in by_window.values():
+        n_groups = cdiv(len(layers), layout.group_size)
+        out.extend(tuple(layers[i::n_groups]) for i in range(n_groups))
+    return tuple(out)
+
+
+def stage_group_size(spec: ModelSpec, start: int, stop: int) -> int:
+    """Layers per group on the worker holding decoder layers ``[start, stop)``: the largest
+    group once the whole model's groups are projected onto those layers
+    (``_project_kv_cache_groups_to_worker``, then ``max(len(group.layer_names))`` in
+    ``get_kv_cache_config_from_groups``). The whole model: ``kv_cache_layout(spec).group_size``."""
+    layout = kv_cache_layout(spec)
+    return max(
+        sum(1 for index in group if start <= index < stop) for group in _group_layers(spec, layout)
+    )
 
 
 def max_memory_usage_bytes(

@@ -48,6 +48,7 @@ __all__ = [
     "Linear",
     "linear_layers",
     "normalize_format",
+    "part_weights_bytes",
     "weights_bytes",
     "weights_total_bytes",
 ]
@@ -76,8 +77,8 @@ class Linear:
     count: int
 
 
-def _attention_linears(spec: ModelSpec) -> Iterator[Linear]:
-    h, n, mla = spec.hidden_size, spec.n_layers, spec.mla
+def _attention_linears(spec: ModelSpec, n: int) -> Iterator[Linear]:
+    h, mla = spec.hidden_size, spec.mla
     if mla is not None:
         heads = spec.n_heads
         if mla.q_lora_rank is None:
@@ -108,11 +109,13 @@ def _mlp_linears(spec: ModelSpec, prefix: str, width: int, count: int) -> Iterat
     yield Linear(f"{prefix}down_proj", width, h, count)
 
 
-def linear_layers(spec: ModelSpec) -> list[Linear]:
-    """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head)."""
-    out = list(_attention_linears(spec))
-    n_moe = sum(1 for i in range(spec.n_layers) if spec.is_moe_layer(i))
-    n_dense = spec.n_layers - n_moe
+def linear_layers(spec: ModelSpec, layers: range | None = None) -> list[Linear]:
+    """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head),
+    in ``layers`` (default: all of them)."""
+    layers = range(spec.n_layers) if layers is None else layers
+    out = list(_attention_linears(spec, len(layers)))
+    n_moe = sum(1 for i in layers if spec.is_moe_layer(i))
+    n_dense = len(layers) - n_moe
     if n_dense:
         out += _mlp_linears(spec, "", spec.intermediate_size, n_dense)
     if n_moe and spec.moe is not None:
@@ -220,6 +223,21 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
         "modules kept in the compute dtype: embeddings, lm_head, norms, routers, biases",
     )
     return root
+
+
+def part_weights_bytes(spec: ModelSpec, fmt: str, numel: int, layers: range) -> int:
+    """Bytes of a part of the model (a pipeline stage) holding ``numel`` parameters, among
+    them the quantizable linears of decoder layers ``layers``: as :func:`weights_bytes` counts
+    them (quantized linears in their packed layout, every other parameter in 16 bits)."""
+    fmt = normalize_format(fmt)
+    if fmt in DTYPE_BYTES:
+        return int(numel * DTYPE_BYTES[fmt])
+    per_linear, _ = QUANT_FORMATS[fmt]
+    packed = n_quantized = 0
+    for lin in linear_layers(spec, layers):
+        packed += lin.count * sum(size for _, size in per_linear(lin))
+        n_quantized += lin.count * lin.n_in * lin.n_out
+    return int(packed + (numel - n_quantized) * _HALF)
 
 
 def weights_total_bytes(spec: ModelSpec, fmt: str) -> int:

@@ -26,13 +26,17 @@ class InferenceSetup:
     logits: str = "last"
     """Prefill logits over ``all`` positions or the ``last`` only (generate does last)."""
     tp_degree: int = 1
+    pp_degree: int = 1
+    """Pipeline stages (each its own GPU); layers split as vLLM's ``get_pp_indices``."""
+    pp_partition: tuple[int, ...] = ()
+    """Decoder layers per stage (``--pp-partition``); empty: the default split."""
     target: str = "cuda"
     gpu: str | None = None
     """The GPU whose attention-kernel choice applies (``memplan.formulas.sdpa``), e.g. "H100";
     None: the default kernel GPU (H100)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch", "prompt_len", "tp_degree"):
+        for name in ("batch", "prompt_len", "tp_degree", "pp_degree"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SetupError(
@@ -40,7 +44,7 @@ class InferenceSetup:
                 )
         if not isinstance(self.gen_len, int) or self.gen_len < 0:
             raise SetupError(f"gen-len must be a non-negative integer, got {self.gen_len!r}")
-        for name in ("batch", "prompt_len", "gen_len", "tp_degree"):
+        for name in ("batch", "prompt_len", "gen_len", "tp_degree", "pp_degree"):
             value = getattr(self, name)
             if value > MAX_COUNT:
                 raise SetupError(
