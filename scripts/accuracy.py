@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "proof")
+AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "proof", "plan")
 
 
 def load_section(area: str) -> str:

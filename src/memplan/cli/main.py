@@ -29,6 +29,7 @@ COMMANDS = (
     "infer",
     "serve_capacity",
     "time",
+    "plan",
     "gpus",
     "trace",
     "compare",
@@ -45,6 +46,7 @@ examples:
   memplan infer Qwen/Qwen2.5-7B-Instruct --batch 8 --prompt-len 2048 --gen-len 512 --gpu L40S
   memplan serve-capacity microsoft/Phi-3-mini-4k-instruct --gpu H100-SXM
   memplan time gpt2-xl --steps 400000 --batch 1024 --seq 1024 --gpu A100-80GB
+  memplan plan meta-llama/Llama-3.1-70B --gpus 64 --gpu H100 --seq 4096 --global-batch 512
   memplan gpus
   memplan trace llama-3.2-1b --train --batch 1 --seq 2048
   memplan compare llama-3.2-1b --batch 1 --seq 2048

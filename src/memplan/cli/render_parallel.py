@@ -122,7 +122,13 @@ def print_parallel_report(report: Report, args: Any, out: TextIO) -> None:
         out.write(
             f"\nstep: {format_seconds(s['step_seconds'])} (compute "
             f"{format_seconds(s['compute_seconds'])}, bubble {format_seconds(s['bubble_seconds'])}, "
-            f"exposed communication {format_seconds(s['exposed_comm_seconds'])}); "
+            f"exposed communication {format_seconds(s['exposed_comm_seconds'])}"
+            + (
+                f", offload {format_seconds(s['offload_seconds'])}"
+                if s.get("offload_seconds")
+                else ""
+            )
+            + "); "
             f"MFU {100 * s['mfu']:.1f}%, {s['tokens_per_s']:,.0f} tokens/s\n"
         )
     for note in report.notes:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_states import activation_precision, local_spec
-from memplan.estimate.train_plan import TrainingPlan, training_plan
+from memplan.estimate.train_plan import TrainingPlan, attention_kernels, training_plan
 from memplan.estimate.train_step import _sum_saved
 from memplan.formulas.activations import Saved
 from memplan.specs.model import ModelSpec
@@ -80,19 +81,24 @@ def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Loc
 _FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan]] = {}
 
 
-def _local_plan(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> TrainingPlan:
-    """The single-GPU engine's plan of the rank-local model, found by the identity of
-    ``spec`` and ``plan`` (``training_plan``'s own cache hashes the whole spec)."""
-    fast_key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+def _local_plan(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, batch: int = 1, seq: int = 2
+) -> TrainingPlan:
+    """The single-GPU engine's plan of the rank-local model with the attention kernels of its
+    own (micro-batch, local sequence), found by the identity of ``spec``, tp, the compute
+    precision and the kernels (``training_plan``'s own cache hashes the whole spec)."""
+    precision = activation_precision(setup, plan)
+    key = dataclasses.replace(setup, precision=precision, batch=1, seq=1, allow_long_seq=True)
+    lspec = local_spec(spec, plan)
+    kernels = attention_kernels(lspec, key, batch, max(seq, 2))
+    statics = (getattr(setup, f) for f in _STATIC_FIELDS)
+    fast_key = (id(spec), plan.tp_degree, precision, kernels, *statics)
     hit = _FAST_PLAN.get(fast_key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
+    if hit is not None and hit[0] is spec:
         return hit[2]
     if len(_FAST_PLAN) > 1024:
         _FAST_PLAN.clear()
-    key = dataclasses.replace(
-        setup, precision=activation_precision(setup, plan), batch=1, seq=1, allow_long_seq=True
-    )
-    tplan = training_plan(local_spec(spec, plan), key)
+    tplan = training_plan(lspec, key, kernels)
     _FAST_PLAN[fast_key] = (spec, plan, tplan)
     return tplan
 
@@ -100,7 +106,7 @@ def _local_plan(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Tr
 def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
     cp = plan.cp_degree
     seq = setup.seq // cp
-    tplan = _local_plan(spec, setup, plan)
+    tplan = _local_plan(spec, setup, plan, setup.batch, seq)
     unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"})
     if cp > 1 and unfused:
         raise SetupError(
@@ -113,14 +119,17 @@ def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) 
     return LocalStep(tplan, b, seq)
 
 
-_FAST_LOCAL: dict[tuple[int, int, TrainingSetup], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
+_FAST_LOCAL: dict[tuple[Any, ...], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
 
 
 def local_step_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
     """:func:`local_step` looked up by the identity of ``spec`` and ``plan``."""
-    key = (id(spec), id(plan), setup)
+    # the local model depends on the plan only through tp, cp, sequence parallelism and the
+    # precision the runtime computes in: plans that share them share the step
+    precision = activation_precision(setup, plan)
+    key = (id(spec), setup, plan.tp_degree, plan.cp_degree, plan.sequence_parallel, precision)
     hit = _FAST_LOCAL.get(key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
+    if hit is not None and hit[0] is spec:
         return hit[2]
     if len(_FAST_LOCAL) > 4096:
         _FAST_LOCAL.clear()

@@ -202,6 +202,7 @@ def parallel_training_report(
                 compute_seconds=t.compute_s,
                 bubble_seconds=t.bubble_s,
                 exposed_comm_seconds=t.exposed_comm_s,
+                offload_seconds=t.offload_s,
                 mfu=t.mfu,
                 tokens_per_s=plan.global_batch_size(setup.batch) * setup.seq / t.step_s,
             )
@@ -245,6 +246,8 @@ def parallel_time_report(
     step.leaf("compute", t.compute_s, "per-rank FLOPs / (peak x matmul efficiency)")
     step.leaf("pipeline_bubble", t.bubble_s, "(p - 1) / (v M) x compute")
     step.leaf("exposed_communication", t.exposed_comm_s, "tp/cp/ep/pp + dp beyond the backward")
+    if t.offload_s:
+        step.leaf("offload_transfers", t.offload_s, "offloaded states over PCIe, not overlapped")
     tokens = steps * run.batch * run.seq
     scalars: dict[str, Any] = {
         "seconds": seconds,

@@ -173,18 +173,26 @@ def stage_layers(spec: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, 
 def stage_tensors(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> tuple[LocalTensor, ...]:
-    """Every parameter tensor pipeline rank ``stage`` holds, at its TP/EP-local shape."""
+    """Every parameter tensor pipeline rank ``stage`` holds, at its TP/EP-local shape (cached
+    by what decides it: tp, ep, the stage's layers and ends; not the rest of the plan)."""
     key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
-    return _stage_tensors(spec, key, plan, stage)
+    layers = stage_layers(spec, plan, stage)
+    last = stage == plan.pp_degree - 1
+    return _stage_tensors(spec, key, plan.tp_degree, plan.ep_degree, layers, stage == 0, last)
 
 
 @lru_cache(maxsize=1024)
 def _stage_tensors(
-    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    tp: int,
+    ep: int,
+    stage_layer_ids: tuple[int, ...],
+    first: bool,
+    last: bool,
 ) -> tuple[LocalTensor, ...]:
-    local = local_spec(spec, plan)
-    layers = frozenset(stage_layers(spec, plan, stage))
-    first, last = stage == 0, stage == plan.pp_degree - 1
+    local = _local_spec(spec, tp)
+    layers = frozenset(stage_layer_ids)
     out = []
     for t in param_tensors(local):
         in_stage = t.layer in layers or (
@@ -200,7 +208,7 @@ def _stage_tensors(
         d0 = t.shape[0] if t.shape else t.numel
         numel, expert = t.numel, t.role == "experts"
         if expert:
-            d0, numel = d0 // plan.ep_degree, numel // plan.ep_degree
+            d0, numel = d0 // ep, numel // ep
         group = f"layers.{t.layer}" if t.layer >= 0 else "root"
         out.append(
             LocalTensor(

@@ -40,6 +40,18 @@ from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_local import LocalStep, local_step, local_step_fast, sp_split
+from memplan.estimate.dist_rank import (
+    ALL_PHASES,
+    DIST_CATEGORIES,
+    RankShape,
+    StateNumbers,
+    add_communication,
+    comm_lines,
+    local_numbers,
+    phase_total,
+    pipeline_stage_phases,
+    single_stage_phases,
+)
 from memplan.estimate.dist_states import (
     StageStates,
     stage_layers,
@@ -47,22 +59,8 @@ from memplan.estimate.dist_states import (
     stage_tensors,
     state_regime,
 )
-from memplan.estimate.train_plan import TrainingPlan
 from memplan.estimate.train_setup import validate_setup
-from memplan.estimate.train_step import (
-    _layer_transient,
-    evaluate,
-)
-from memplan.formulas.parallel import (
-    fsdp_local_view_numel,
-    in_flight_chunks,
-    maximum,
-    minimum,
-    round_up,
-    where,
-)
-from memplan.formulas.training import alloc_bytes
-from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES
+from memplan.formulas.parallel import fsdp_local_view_numel, in_flight_chunks
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import ParallelPlan, Schedule, Sharding, validate_plan
 from memplan.specs.training import TrainingSetup
@@ -74,13 +72,10 @@ __all__ = [
     "local_step",
     "rank_groups",
     "rank_ids",
+    "rank_shape",
     "sp_split",
 ]
 
-DIST_CATEGORIES = (*TRAINING_CATEGORIES, "communication")
-"""A rank's categories: the single-GPU ones plus the communication buffers."""
-_FORWARD_PHASES = ("end_of_forward", "forward_peak")
-_STEP_PHASES = ("end_of_forward", "forward_peak", "peak_backward")
 _STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
 
 
@@ -209,6 +204,31 @@ def _static_groups(
     return tuple(out)
 
 
+def rank_shape(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, micro_batches: int
+) -> RankShape:
+    """The numbers :mod:`memplan.estimate.dist_rank` needs about a rank's place and choices."""
+    sharding = plan.sharding
+    prefetch = plan.deepspeed.stage3_prefetch_bucket_size * state_regime(setup, plan).param_bytes
+    return RankShape(
+        micro_batches=micro_batches,
+        stage=stage,
+        pp=plan.pp_degree,
+        virtual=plan.virtual_stages,
+        gpipe=int(plan.schedule is Schedule.GPIPE),
+        stage_layers=len(stage_layers(spec, plan, stage)),
+        first=int(stage == 0),
+        last=int(stage == plan.pp_degree - 1),
+        fsdp_reshard=int(sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID)),
+        fsdp_keep=int(sharding is Sharding.FSDP_SHARD_GRAD_OP),
+        zero3=int(sharding is Sharding.ZERO_3),
+        prefetch_bytes=prefetch,
+        cp=int(plan.cp_degree > 1),
+        ep=int(plan.ep_degree > 1 and spec.moe is not None),
+        pipelined=int(plan.pp_degree > 1),
+    )
+
+
 def _group(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -220,185 +240,18 @@ def _group(
     ranks: tuple[int, ...],
 ) -> RankGroup:
     m = plan.resolved_micro_batches(setup.batch)
+    numbers = local_numbers(spec, local)
+    state = StateNumbers.of(states)
+    shape = rank_shape(spec, setup, plan, stage, m)
     if plan.pp_degree == 1:
-        phases, in_flight = _single_stage_phases(local, states, m), 1.0
+        phases, in_flight = single_stage_phases(numbers, state, m), 1.0
     else:
-        phases, in_flight = _stage_phases(spec, plan, local, stage, states, m)
-    comm = _comm_lines(spec, setup, plan, local, stage, states)
-    for name, lines in comm.items():
-        phases[name]["communication"] = sum(lines.values())
-    peak = max((*TRAINING_PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
+        phases = pipeline_stage_phases(numbers, state, shape)
+        v = plan.virtual_stages
+        gpipe = plan.schedule is Schedule.GPIPE
+        in_flight = in_flight_chunks(stage, plan.pp_degree, m, v, gpipe) / v
+    lines = comm_lines(numbers, state, shape, dict(states.persistent_comm))
+    comm = {name: {k: v for k, v in named.items() if v} for name, named in lines.items()}
+    add_communication(phases, comm)
+    peak = max(ALL_PHASES, key=lambda k: phase_total(phases[k]))
     return RankGroup(stage, dp_ranks, ranks, phases, peak, states, comm, in_flight)
-
-
-def _rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
-    """The local plan with the rank's model states in place of the single GPU's, so that the
-    single-GPU engine picks the backward high point with the rank's own gradients: layers'
-    gradients scaled to the rank's (sharded) sizes, the embeddings' and the head's exact."""
-    tplan = local.plan
-    rank = 0 if states.grads_persistent else sum(states.grads.values())
-    emb = states.grads_embedding
-    head = states.grads_head
-    layers_rank = max(rank - emb - head, 0)
-    layers_local = sum(g.count * g.grad_bytes for g in tplan.layers)
-    groups = tuple(
-        dataclasses.replace(g, grad_bytes=g.grad_bytes * layers_rank // max(layers_local, 1))
-        for g in tplan.layers
-    )
-    return dataclasses.replace(
-        tplan,
-        params={"rank": sum(states.params.values())},
-        states={"rank": sum(states.states.values())},
-        grads={"embeddings": emb, "layers": layers_rank, "head": rank - emb - layers_rank},
-        layers=groups,
-        step_temporary=states.step_temporary,
-    )
-
-
-_RANK_PLANS: dict[tuple[int, int], tuple[TrainingPlan, StageStates, TrainingPlan]] = {}
-
-
-def _cached_rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
-    """:func:`_rank_plan`, kept per (local plan, states) object pair (both are cached)."""
-    key = (id(local.plan), id(states))
-    hit = _RANK_PLANS.get(key)
-    if hit is not None and hit[0] is local.plan and hit[1] is states:
-        return hit[2]
-    if len(_RANK_PLANS) > 1024:
-        _RANK_PLANS.clear()
-    rank_plan = _rank_plan(local, states)
-    _RANK_PLANS[key] = (local.plan, states, rank_plan)
-    return rank_plan
-
-
-def _single_stage_phases(
-    local: LocalStep, states: StageStates, micro_batches: int
-) -> dict[str, dict[str, int]]:
-    """The single-GPU phases of the local model with the rank's model states in place."""
-    rank_plan = _cached_rank_plan(local, states)
-    memory = evaluate(rank_plan, local.batch, local.seq)
-    rank_grads = sum(states.grads.values())
-    for name, parts in memory.phases.items():  # fresh dicts: filled in place
-        parts["communication"] = 0
-        # from the second micro-batch on (or with persistent partitions) every gradient exists
-        whole = states.grads_persistent or ((micro_batches > 1) * (name in _STEP_PHASES))
-        parts["gradients"] = where(whole, rank_grads, parts["gradients"])
-    return memory.phases
-
-
-def _stage_phases(
-    spec: ModelSpec,
-    plan: ParallelPlan,
-    local: LocalStep,
-    stage: int,
-    states: StageStates,
-    micro_batches: int,
-) -> tuple[dict[str, dict[str, int]], float]:
-    """A pipeline stage: in-flight micro-batches of its layers (and the embeddings / head)."""
-    p, v = plan.pp_degree, plan.virtual_stages
-    first, last = stage == 0, stage == p - 1
-    tplan, b, s, r = local.plan, local.batch, local.seq, local.plan.round_to
-    n_layers = len(stage_layers(spec, plan, stage))
-    gpipe = plan.schedule is Schedule.GPIPE
-    chunks = in_flight_chunks(stage, p, micro_batches, v, gpipe)
-    layer_share = local.layer_acts * n_layers // spec.n_layers
-    per_chunk = layer_share // v + local.model_acts
-    head = local.head_acts * last * where(gpipe, micro_batches, 1)
-    acts = chunks * per_chunk + head
-    cache_layers = sum(g.count * g.cache_bytes for g in tplan.layers) * n_layers // spec.n_layers
-    cache = chunks * cache_layers // v + tplan.cache_head * last
-    tokens = b * s
-    inputs = alloc_bytes(tokens * 8, r) * (first + last)
-    grads = sum(states.grads.values())
-    static = {
-        "parameters": sum(states.params.values()),
-        "optimizer_states": sum(states.states.values()),
-        "buffers": tplan.buffers,
-        "inputs": inputs,
-    }
-    loss_temps = 2 * alloc_bytes(tokens * spec.vocab_size * 4, r) * last
-    transient = maximum(_layer_transient(tplan, b, s), loss_temps)
-    base = dict.fromkeys(DIST_CATEGORIES, 0)
-    base.update(static)
-
-    def phase(**parts: int) -> dict[str, int]:
-        out = base.copy()
-        out.update(parts)
-        return out
-
-    step = {"activations": acts, "autocast_cache": cache, "gradients": grads}
-    phases = {
-        "after_load": phase(),
-        "end_of_forward": phase(**step),
-        "forward_peak": phase(**step),
-        "peak_backward": phase(**step, temporaries=transient),
-        "after_backward": phase(gradients=grads),
-        "optimizer_step": phase(gradients=grads, temporaries=states.step_temporary),
-        "after_zero_grad": phase(),
-    }
-    return phases, chunks / v
-
-
-def _fsdp_backward_lines(states: StageStates) -> dict[str, int]:
-    """FSDP2's gathered layers in the backward, beside the root (unsharded from the forward):
-    inside a layer it is current and the next one prefetched, or, in the first layer, the
-    second's gradients wait in the reduce-scatter input. The larger set is kept at every
-    backward high point (a gloo run shows only the prefetched layer at the loss backward, one
-    layer less: tests/test_distributed_exact.py), so that peaks stay monotone in batch and
-    sequence whichever high point the single-GPU engine picks."""
-    layer, grads = states.layer_unsharded_bytes, states.layer_grad_unsharded_bytes
-    if grads > layer:
-        return {"fsdp_all_gather_current_layer": layer, "fsdp_reduce_scatter_input": grads}
-    return {"fsdp_all_gather_current_layer": layer, "fsdp_all_gather_prefetched_layer": layer}
-
-
-def _comm_lines(
-    spec: ModelSpec,
-    setup: TrainingSetup,
-    plan: ParallelPlan,
-    local: LocalStep,
-    stage: int,
-    states: StageStates,
-) -> dict[str, dict[str, int]]:
-    """Named communication buffers live in each phase."""
-    persistent = dict(states.persistent_comm)
-    step: dict[str, int] = {}
-    forward: dict[str, int] = {}
-    backward: dict[str, int] = {}
-    r = local.plan.round_to
-    sharding = plan.sharding
-    if sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID):
-        forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
-        backward.update(_fsdp_backward_lines(states))
-    elif sharding is Sharding.FSDP_SHARD_GRAD_OP:
-        n = len(stage_layers(spec, plan, stage))
-        forward["fsdp_root_unsharded"] = states.root_unsharded_bytes
-        forward["fsdp_unsharded_layers"] = n * states.layer_unsharded_bytes
-        backward["fsdp_reduce_scatter_input"] = states.layer_grad_unsharded_bytes
-    elif sharding is Sharding.ZERO_3:
-        ds = plan.deepspeed
-        width = state_regime(setup, plan).param_bytes
-        prefetch = minimum(ds.stage3_prefetch_bucket_size * width, states.layer_unsharded_bytes)
-        step["zero3_gathered_current_layer"] = states.layer_unsharded_bytes
-        step["zero3_prefetched_params"] = round_up(prefetch, r)
-    b, s, hidden = local.batch, local.seq, spec.hidden_size
-    compute = local.plan.regime.compute_bytes
-    if plan.cp_degree > 1:
-        kv = local.plan.spec.n_kv_heads * spec.head_dim
-        step["cp_ring_kv_buffers"] = 2 * 2 * alloc_bytes(b * s * kv * compute, r)
-    if plan.ep_degree > 1 and spec.moe is not None:
-        rows = b * s * spec.moe.top_k
-        step["ep_all_to_all_buffers"] = 2 * alloc_bytes(rows * hidden * compute, r)
-    if plan.pp_degree > 1:
-        stream = 4 if local.plan.regime.autocast else compute
-        step["pp_send_recv_buffers"] = 2 * alloc_bytes(b * s * hidden * stream, r)
-    out = {}
-    for name in (*TRAINING_PHASES, "forward_peak"):
-        lines = dict(persistent)
-        if name in _STEP_PHASES:
-            lines.update(step)
-            lines.update(forward)
-        if name == "peak_backward":
-            lines.update(backward)
-        out[name] = {k: v for k, v in lines.items() if v}
-    return out

@@ -301,6 +301,89 @@ _BACKWARD_CANDIDATES = (
 """The instants of the backward where live memory can peak, in the order they happen."""
 
 
+BACKWARD_CANDIDATES = tuple(name for name, _ in _BACKWARD_CANDIDATES)
+"""The backward high points' names, in order (the first of equal peaks is the one reported)."""
+
+
+def phase_gradients(
+    total: Any,
+    embeddings: Any,
+    layers: Any,
+    first_layer: Any,
+    last_down: Any,
+    first_down: Any,
+) -> dict[str, Any]:
+    """Gradient bytes live in each phase and at each backward high point, as the candidates
+    above count them: ``total`` every gradient, ``embeddings`` the input embeddings' (written
+    last), ``layers`` the decoder layers', ``first_layer`` the first layer's, ``last_down`` /
+    ``first_down`` the down-projections' of the last / first layer. Plain arithmetic: the
+    per-rank engine and the plan search call it with a rank's (sharded) sizes, on arrays."""
+    head = total - layers - embeddings
+    return {
+        "after_load": 0,
+        "end_of_forward": 0,
+        "forward_peak": 0,
+        "loss_backward": 0,
+        "last_layer_backward": head + last_down,
+        "moe_combine_backward": head,
+        "final_norm_backward": head,
+        "first_layer_backward": total - embeddings - first_layer + first_down,
+        "embedding_backward": total,
+        "after_backward": total,
+        "optimizer_step": total,
+        "after_zero_grad": 0,
+    }
+
+
+def with_states(
+    parts: dict[str, dict[str, Any]],
+    params: Any,
+    states: Any,
+    step_temporary: Any,
+    gradients: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """``parts`` (:func:`step_parts`) with model states in every phase: parameters, optimizer
+    states, the phase's gradients (:func:`phase_gradients`) and the optimizer step's
+    temporaries. Plain arithmetic (arrays welcome); new dicts, ``parts`` is left as it is."""
+    out = {}
+    for name, phase in parts.items():
+        full = phase.copy()
+        full["parameters"] = params
+        full["optimizer_states"] = states
+        full["gradients"] = gradients[name]
+        if name == "optimizer_step":
+            full["temporaries"] = full["temporaries"] + step_temporary
+        out[name] = full
+    return out
+
+
+def step_parts(plan: TrainingPlan, batch: int, seq: int) -> dict[str, dict[str, int]]:
+    """Every phase and backward high point at (batch, seq) without the model states
+    (parameters, optimizer states, gradients and the step's temporaries are 0;
+    :func:`with_states` fills them in): what the step itself allocates, from the same
+    candidates :func:`evaluate` takes. A high point this model does not have is absent."""
+    kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
+    if kernels != plan.kernels:  # as evaluate does
+        plan = dataclasses.replace(training_plan(plan.spec, plan.setup, kernels),
+                                   grads=plan.grads)  # fmt: skip
+    at = _at(plan, batch, seq)
+    at = dataclasses.replace(at, base={**at.base, "parameters": 0, "optimizer_states": 0})
+    parts: dict[str, dict[str, int]] = {
+        "after_load": at.phase(),
+        "end_of_forward": _end_of_forward(at),
+    }
+    for name, fn in _BACKWARD_CANDIDATES:
+        phase = fn(at)
+        if phase is not None:
+            phase["gradients"] = 0
+            parts[name] = phase
+    parts["after_backward"] = at.phase()
+    parts["optimizer_step"] = at.phase()
+    parts["after_zero_grad"] = at.phase()
+    parts["forward_peak"] = _forward_peak(at)
+    return parts
+
+
 def _forward_peak(at: _At) -> dict[str, int]:
     """While the loss runs in the forward: every activation, all autocast copies (biases too),
     the half logits and their fp32 copy, and :func:`_forward_loss_temporaries`."""

@@ -253,6 +253,11 @@ class ParallelPlan:
                     f"FSDP hybrid: the shard degree ({shard}) must divide dp({dp}); give "
                     "--hsdp-shard N"
                 )
+            if shard % self.ep_degree:
+                raise SetupError(
+                    f"FSDP hybrid: ep({self.ep_degree}) must divide the shard degree ({shard}): "
+                    "the experts are sharded over the shard group's expert-data-parallel ranks"
+                )
         elif self.hsdp_shard_degree is not None:
             raise SetupError("--hsdp-shard applies to --fsdp hybrid only")
         if self.global_batch is not None and self.micro_batches is not None:

@@ -1,0 +1,398 @@
+"""A rank's phases from numbers: the per-rank arithmetic the engine and the plan search share.
+
+:func:`memplan.estimate.distributed.rank_groups` (one plan, ints) and ``memplan.plan`` (a grid of
+plans, NumPy arrays) call the same functions below. Their inputs are numbers:
+
+- :class:`LocalNumbers`: what the rank-local model allocates at its (micro-batch, seq / cp), from
+  the single-GPU engine (``train_step.step_parts`` of the rank plan with no model states), per
+  phase and backward high point, and the sizes the pipeline and the communication buffers need.
+  A constant per (tp, cp, sequence parallelism, micro-batch, checkpointing, precision).
+- :class:`StateNumbers`: the rank's model states (``dist_states.stage_states`` summed).
+- :class:`RankShape`: where the rank sits (stage, pipeline schedule, micro-batches) and which
+  data-parallel runtime holds its states.
+
+**Contract:** plain arithmetic (``where``, ``maximum``, ``minimum``; no branch on a value), so
+every field may be an int or a NumPy array over plans; the result is the same number either way
+(tests/test_plan_search.py draws 10,000 plans and compares). Choices enter as 0/1 flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from memplan.estimate.dist_local import LocalStep
+from memplan.estimate.dist_states import StageStates
+from memplan.estimate.train_plan import TrainingPlan
+from memplan.estimate.train_step import (
+    BACKWARD_CANDIDATES,
+    _layer_transient,
+    phase_gradients,
+    step_parts,
+    with_states,
+)
+from memplan.formulas.parallel import in_flight_chunks, maximum, minimum, round_up, where
+from memplan.formulas.training import alloc_bytes
+from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES
+from memplan.specs.model import ModelSpec
+
+__all__ = [
+    "ALL_PHASES",
+    "DIST_CATEGORIES",
+    "LocalNumbers",
+    "RankShape",
+    "StateNumbers",
+    "comm_lines",
+    "first_max",
+    "local_numbers",
+    "phase_total",
+    "pipeline_stage_phases",
+    "rank_layer_gradients",
+    "rank_plan",
+    "single_stage_phases",
+]
+
+Num = Any
+"""An int, or a NumPy array of ints over plans."""
+
+DIST_CATEGORIES = (*TRAINING_CATEGORIES, "communication")
+"""A rank's categories: the single-GPU ones plus the communication buffers."""
+ALL_PHASES = (*TRAINING_PHASES, "forward_peak")
+"""The phases a rank's peak is taken over, in order (the first of equal peaks is reported)."""
+STEP_PHASES = ("end_of_forward", "forward_peak", "peak_backward")
+"""Phases inside the forward and backward of a micro-batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateNumbers:
+    """A rank's model states, summed (:class:`memplan.estimate.dist_states.StageStates`)."""
+
+    params: Num
+    states: Num
+    grads: Num
+    grads_embedding: Num
+    grads_head: Num
+    grads_persistent: Num
+    """1 when the gradient buffer lives through the whole step (ZeRO-2/3 partitions)."""
+    step_temporary: Num
+    persistent_comm: Num
+    """DDP buckets, DeepSpeed's IPG bucket and stage-3 persistent parameters."""
+    layer_unsharded: Num
+    layer_grad_unsharded: Num
+    root_unsharded: Num
+
+    @classmethod
+    def of(cls, states: StageStates) -> StateNumbers:
+        return cls(
+            params=sum(states.params.values()),
+            states=sum(states.states.values()),
+            grads=sum(states.grads.values()),
+            grads_embedding=states.grads_embedding,
+            grads_head=states.grads_head,
+            grads_persistent=int(states.grads_persistent),
+            step_temporary=states.step_temporary,
+            persistent_comm=sum(states.persistent_comm.values()),
+            layer_unsharded=states.layer_unsharded_bytes,
+            layer_grad_unsharded=states.layer_grad_unsharded_bytes,
+            root_unsharded=states.root_unsharded_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RankShape:
+    """The rank's place in the plan and the plan's choices that shape its buffers (0/1 flags)."""
+
+    micro_batches: Num
+    stage: Num = 0
+    pp: Num = 1
+    virtual: Num = 1
+    gpipe: Num = 0
+    stage_layers: Num = 0
+    """Decoder layers this pipeline rank holds (all of its virtual chunks)."""
+    first: Num = 1
+    last: Num = 1
+    fsdp_reshard: Num = 0
+    """FSDP2 full or hybrid: parameters gathered per layer, resharded after the forward."""
+    fsdp_keep: Num = 0
+    """FSDP2 shard-grad-op: the forward's gathered layers kept until the backward."""
+    zero3: Num = 0
+    prefetch_bytes: Num = 0
+    """DeepSpeed stage 3's prefetch bucket in bytes (elements x parameter width)."""
+    cp: Num = 0
+    """1 with context parallelism (the ring's K/V buffers)."""
+    ep: Num = 0
+    """1 with expert parallelism on a MoE model (the all-to-all buffers)."""
+    pipelined: Num = 0
+    """1 with pipeline parallelism (the send/recv buffers)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNumbers:
+    """What the rank-local model allocates at its micro-batch and local sequence."""
+
+    parts: dict[str, dict[str, Num]]
+    """Every phase and backward high point without model states (``train_step.step_parts`` of
+    the rank plan); a search may carry each phase's categories as one number."""
+    layer_groups: tuple[tuple[Num, Num], ...]
+    """(count, gradient bytes of one layer) per group of identical layers (the local model's)."""
+    first_layer_grad: Num
+    layers_grad: int
+    """All layers' gradient bytes in the local model (the scale of a rank's layer gradients)."""
+    last_down_grad: Num
+    first_down_grad: Num
+    layer_acts: Num
+    model_acts: Num
+    head_acts: Num
+    cache_layers: Num
+    cache_head: Num
+    buffers: Num
+    tokens_int64: Num
+    """One (micro-batch, seq) int64 tensor (input ids or labels)."""
+    loss_temporaries: Num
+    """Two fp32 (tokens, vocab) gradients of the loss's backward."""
+    layer_transient: Num
+    n_layers: int
+    cp_ring: Num
+    ep_buffers: Num
+    pp_buffers: Num
+    round_to: int
+
+
+_ZERO_STATES = StageStates(
+    params={},
+    grads={},
+    states={},
+    persistent_comm={},
+    step_temporary=0,
+    layer_unsharded_bytes=0,
+    layer_grad_unsharded_bytes=0,
+    root_unsharded_bytes=0,
+    trainable_numel=0,
+)
+
+
+def rank_plan(local: LocalStep, states: StageStates) -> TrainingPlan:
+    """The local plan with the rank's model states in place of the single GPU's, so that the
+    single-GPU engine picks the backward high point with the rank's own gradients: layers'
+    gradients scaled to the rank's (sharded) sizes, the embeddings' and the head's exact."""
+    tplan = local.plan
+    rank = 0 if states.grads_persistent else sum(states.grads.values())
+    emb = states.grads_embedding
+    head = states.grads_head
+    layers_rank = max(rank - emb - head, 0)
+    layers_local = sum(g.count * g.grad_bytes for g in tplan.layers)
+    groups = tuple(
+        dataclasses.replace(g, grad_bytes=g.grad_bytes * layers_rank // max(layers_local, 1))
+        for g in tplan.layers
+    )
+    return dataclasses.replace(
+        tplan,
+        params={"rank": sum(states.params.values())},
+        states={"rank": sum(states.states.values())},
+        grads={"embeddings": emb, "layers": layers_rank, "head": rank - emb - layers_rank},
+        layers=groups,
+        step_temporary=states.step_temporary,
+    )
+
+
+_LOCAL_NUMBERS: dict[int, tuple[LocalStep, LocalNumbers]] = {}
+
+
+def local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
+    """:class:`LocalNumbers` of a local step, kept per step object (local steps are cached, and
+    hashing one would cost more than building its numbers)."""
+    hit = _LOCAL_NUMBERS.get(id(local))
+    if hit is not None and hit[0] is local:
+        return hit[1]
+    if len(_LOCAL_NUMBERS) > 4096:
+        _LOCAL_NUMBERS.clear()
+    numbers = _local_numbers(spec, local)
+    _LOCAL_NUMBERS[id(local)] = (local, numbers)
+    return numbers
+
+
+def _local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
+    tplan, b, s = local.plan, local.batch, local.seq
+    r, reg, hidden = tplan.round_to, tplan.regime, spec.hidden_size
+    compute = reg.compute_bytes
+    tokens = b * s
+    first = next(g for g in tplan.layers if g.first)
+    kv = tplan.spec.n_kv_heads * spec.head_dim
+    rows = tokens * spec.moe.top_k if spec.moe is not None else 0
+    stream = 4 if reg.autocast else compute
+    return LocalNumbers(
+        parts=step_parts(rank_plan(local, _ZERO_STATES), b, s),
+        layer_groups=tuple((g.count, g.grad_bytes) for g in tplan.layers),
+        first_layer_grad=first.grad_bytes,
+        layers_grad=sum(g.count * g.grad_bytes for g in tplan.layers),
+        last_down_grad=tplan.last_down_grad,
+        first_down_grad=tplan.first_down_grad,
+        layer_acts=local.layer_acts,
+        model_acts=local.model_acts,
+        head_acts=local.head_acts,
+        cache_layers=sum(g.count * g.cache_bytes for g in tplan.layers),
+        cache_head=tplan.cache_head,
+        buffers=tplan.buffers,
+        tokens_int64=alloc_bytes(tokens * 8, r),
+        loss_temporaries=2 * alloc_bytes(tokens * spec.vocab_size * 4, r),
+        layer_transient=_layer_transient(tplan, b, s),
+        n_layers=spec.n_layers,
+        cp_ring=2 * 2 * alloc_bytes(tokens * kv * compute, r),
+        ep_buffers=2 * alloc_bytes(rows * hidden * compute, r),
+        pp_buffers=2 * alloc_bytes(tokens * hidden * stream, r),
+        round_to=r,
+    )
+
+
+def phase_total(phase: dict[str, Num]) -> Num:
+    """Live bytes of one phase: the sum of its categories."""
+    return sum(phase.values())
+
+
+def first_max(phases: list[dict[str, Num]]) -> dict[str, Num]:
+    """The phase with the largest total, the first of equal ones (elementwise on arrays)."""
+    best = phases[0]
+    best_total = phase_total(best)
+    for phase in phases[1:]:
+        total = phase_total(phase)
+        take = total > best_total
+        best = {k: where(take, phase[k], best[k]) for k in best}
+        best_total = where(take, total, best_total)
+    return best
+
+
+def rank_layer_gradients(local: Any, state: StateNumbers) -> tuple[Num, Num]:
+    """(all layers', the first layer's) gradient bytes of the rank: the local model's layer
+    groups scaled to the rank's (sharded) layer gradients, as :func:`rank_plan` does.
+
+    ``local`` needs ``layer_groups``, ``first_layer_grad`` and ``layers_grad`` (a
+    :class:`LocalNumbers`). The products reach 1e20 for a 70B model, past int64: a plan search
+    calls this on Python ints once per rank's states and passes the result on as arrays."""
+    rank = where(state.grads_persistent, 0, state.grads)
+    layers_rank = maximum(rank - state.grads_embedding - state.grads_head, 0)
+    scale = max(local.layers_grad, 1)
+    layers = 0
+    for count, grad in local.layer_groups:
+        layers = layers + count * (grad * layers_rank // scale)
+    return layers, local.first_layer_grad * layers_rank // scale
+
+
+def single_stage_phases(
+    local: LocalNumbers,
+    state: StateNumbers,
+    micro_batches: Num,
+    layer_grads: tuple[Num, Num] | None = None,
+) -> dict[str, dict[str, Num]]:
+    """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
+    model states in place (:func:`rank_plan`), the backward high point picked with them; from
+    the second micro-batch on (or with persistent partitions) every gradient exists.
+    ``layer_grads``: :func:`rank_layer_gradients`, when the caller computed it already."""
+    rank = where(state.grads_persistent, 0, state.grads)
+    layers, first = layer_grads if layer_grads is not None else rank_layer_gradients(local, state)
+    gradients = phase_gradients(
+        rank,
+        state.grads_embedding,
+        layers,
+        first,
+        local.last_down_grad,
+        local.first_down_grad,
+    )
+    full = with_states(local.parts, state.params, state.states, state.step_temporary, gradients)
+    best = first_max([full[n] for n in BACKWARD_CANDIDATES if n in full])
+    phases = {}
+    for name in ALL_PHASES:
+        phase = best if name == "peak_backward" else full[name]
+        whole = maximum(state.grads_persistent, (micro_batches > 1) * (name in STEP_PHASES))
+        phase["gradients"] = where(whole, state.grads, phase["gradients"])
+        phases[name] = phase
+    return phases
+
+
+def pipeline_stage_phases(
+    local: LocalNumbers, state: StateNumbers, shape: RankShape
+) -> dict[str, dict[str, Num]]:
+    """A pipeline stage: the activations of its micro-batches in flight (per schedule,
+    ``formulas.parallel.in_flight_chunks``), the embeddings' on the first stage and the head's
+    and loss's on the last, plus the largest backward transient (a layer's MLP or the loss)."""
+    sh = shape
+    m, v = sh.micro_batches, sh.virtual
+    chunks = in_flight_chunks(sh.stage, sh.pp, m, v, sh.gpipe)
+    layer_share = local.layer_acts * sh.stage_layers // local.n_layers
+    per_chunk = layer_share // v + local.model_acts
+    head = local.head_acts * sh.last * where(sh.gpipe, m, 1)
+    acts = chunks * per_chunk + head
+    cache_layers = local.cache_layers * sh.stage_layers // local.n_layers
+    cache = chunks * cache_layers // v + local.cache_head * sh.last
+    base = dict.fromkeys(DIST_CATEGORIES, 0)
+    base.update(
+        parameters=state.params,
+        optimizer_states=state.states,
+        buffers=local.buffers,
+        inputs=local.tokens_int64 * (sh.first + sh.last),
+    )
+    transient = maximum(local.layer_transient, local.loss_temporaries * sh.last)
+
+    def phase(**parts: Num) -> dict[str, Num]:
+        out = base.copy()
+        out.update(parts)
+        return out
+
+    step = {"activations": acts, "autocast_cache": cache, "gradients": state.grads}
+    return {
+        "after_load": phase(),
+        "end_of_forward": phase(**step),
+        "peak_backward": phase(**step, temporaries=transient),
+        "after_backward": phase(gradients=state.grads),
+        "optimizer_step": phase(gradients=state.grads, temporaries=state.step_temporary),
+        "after_zero_grad": phase(),
+        "forward_peak": phase(**step),
+    }
+
+
+def comm_lines(
+    local: LocalNumbers, state: StateNumbers, shape: RankShape, persistent: dict[str, Num]
+) -> dict[str, dict[str, Num]]:
+    """Named communication buffers live in each phase (zeros included: a line a plan does not
+    have is 0). ``persistent``: the states' own lines (DDP buckets, IPG bucket, ...)."""
+    sh = shape
+    layer, grads = state.layer_unsharded, state.layer_grad_unsharded
+    prefetch = round_up(minimum(sh.prefetch_bytes, layer), local.round_to)
+    step = {
+        "zero3_gathered_current_layer": sh.zero3 * layer,
+        "zero3_prefetched_params": sh.zero3 * prefetch,
+        "cp_ring_kv_buffers": sh.cp * local.cp_ring,
+        "ep_all_to_all_buffers": sh.ep * local.ep_buffers,
+        "pp_send_recv_buffers": sh.pipelined * local.pp_buffers,
+    }
+    forward = {
+        "fsdp_root_unsharded": (sh.fsdp_reshard + sh.fsdp_keep) * state.root_unsharded,
+        "fsdp_unsharded_layers": sh.fsdp_keep * sh.stage_layers * layer,
+    }
+    # FSDP2 full: the current layer and the next one prefetched, or, in the first layer, the
+    # second's gradients in the reduce-scatter input (the larger set, at every high point)
+    wide = grads > layer
+    backward = {
+        "fsdp_all_gather_current_layer": sh.fsdp_reshard * layer,
+        "fsdp_reduce_scatter_input": sh.fsdp_reshard * wide * grads + sh.fsdp_keep * grads,
+        "fsdp_all_gather_prefetched_layer": sh.fsdp_reshard * (1 - wide) * layer,
+    }
+    out = {}
+    for name in ALL_PHASES:
+        lines = dict(persistent)
+        if name in STEP_PHASES:
+            lines.update(step)
+            lines.update(forward)
+        if name == "peak_backward":
+            lines.update(backward)
+        out[name] = lines
+    return out
+
+
+def add_communication(
+    phases: dict[str, dict[str, Num]], lines: dict[str, dict[str, Num]]
+) -> dict[str, dict[str, Num]]:
+    """``phases`` with each phase's communication buffers as its ``communication`` category."""
+    for name, phase in phases.items():
+        phase["communication"] = sum(lines[name].values())
+    return phases

@@ -1,0 +1,476 @@
+"""A grid of parallel plans evaluated on NumPy arrays with the per-plan engine's own functions.
+
+``memplan plan`` (issue 10) judges every plan of a cluster. The per-plan engine
+(:func:`memplan.estimate.distributed.rank_groups`, :func:`memplan.estimate.dist_time.step_time`)
+splits a plan into constants and arithmetic:
+
+- constants, computed here by the same scalar code and kept in tables: the rank-local model's
+  numbers per ``(tp, cp, sequence parallelism, micro-batch, checkpointing, cast)``
+  (:func:`memplan.estimate.dist_rank.local_numbers`), the model states of each distinct rank
+  group (``distributed._static_groups``), its data-parallel collectives
+  (:func:`memplan.estimate.dist_time.dp_terms`) and offload transfers;
+- arithmetic, run once on arrays over every (plan, rank group) row:
+  :func:`~memplan.estimate.dist_rank.single_stage_phases`,
+  :func:`~memplan.estimate.dist_rank.pipeline_stage_phases`,
+  :func:`~memplan.estimate.dist_rank.comm_lines`,
+  :func:`~memplan.estimate.dist_time.model_parallel_terms`,
+  :func:`~memplan.estimate.dist_time.offload_seconds` and
+  :func:`~memplan.estimate.dist_time.step_numbers`.
+
+The result equals ``memplan train`` / ``memplan time`` of each plan to the byte and to the
+bit of the float (tests/test_plan_search.py draws 10,000 plans and compares).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from memplan.estimate.dist_local import _local_plan, local_step_fast
+from memplan.estimate.dist_rank import (
+    ALL_PHASES,
+    LocalNumbers,
+    RankShape,
+    StateNumbers,
+    add_communication,
+    comm_lines,
+    local_numbers,
+    phase_total,
+    pipeline_stage_phases,
+    rank_layer_gradients,
+    single_stage_phases,
+)
+from memplan.estimate.dist_states import (
+    StageStates,
+    _offload,
+    local_spec,
+    stage_layers,
+    stage_states,
+)
+from memplan.estimate.dist_time import (
+    CollectiveTerm,
+    dp_terms,
+    links,
+    model_parallel_terms,
+    offload_seconds,
+    offload_terms,
+    pcie_bytes_per_s,
+    step_numbers,
+)
+from memplan.estimate.distributed import _dp_classes_cached, _static_key, rank_shape
+from memplan.formulas.flops import forward_flops
+from memplan.formulas.time import DEFAULT_COMPUTE_EFFICIENCY
+from memplan.specs.hardware import Gpu
+from memplan.specs.model import ModelSpec
+from memplan.specs.parallel import Offload, OffloadDevice, ParallelPlan, Schedule, Sharding
+from memplan.specs.training import Checkpointing, TrainingSetup
+
+__all__ = ["GridResult", "PlanRow", "evaluate_grid", "new_tables"]
+
+DP_SLOTS = 6
+"""Data-parallel collectives per stage, at most: 3 for the dense tensors, 3 for the experts."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One plan of the grid: a structure (the plan without micro-batch and checkpointing), its
+    micro-batch and its checkpointing."""
+
+    plan: ParallelPlan
+    micro_batch: int
+    checkpointing: Checkpointing
+
+
+@dataclass(frozen=True, slots=True)
+class GridResult:
+    """Per plan (arrays in the order of the rows given): the worst rank's peak, the stage of
+    that rank, and the step's parts (``dist_time.StepNumbers`` fields)."""
+
+    peak_bytes: Any
+    worst_stage: Any
+    compute_s: Any
+    bubble_s: Any
+    exposed_comm_s: Any
+    offload_s: Any
+    step_s: Any
+    mfu: Any
+    comm_s: dict[str, Any]
+    """The slowest stage's seconds per parallelism (dp, tp, cp, ep, pp)."""
+
+
+@dataclass
+class _Tables:
+    """Scalar constants, each computed once, and the index of each in its table."""
+
+    spec: ModelSpec
+    setup: TrainingSetup
+    gpu: Gpu
+    local_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
+    locals_: list[LocalNumbers] = dataclasses.field(default_factory=list)
+    local_widths: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    """Per local model: (compute bytes, local KV heads) for the communication sizes."""
+    states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    groups: dict[ParallelPlan, list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+    flops: dict[int, float] = dataclasses.field(default_factory=dict)
+    stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
+
+
+def new_tables(spec: ModelSpec, setup: TrainingSetup, gpu: Gpu) -> _Tables:
+    """Empty tables for one (model, setup, GPU): pass to :func:`evaluate_grid` for each chunk."""
+    return _Tables(spec, dataclasses.replace(setup, batch=1), gpu)
+
+
+def _setup_for(base: TrainingSetup, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
+    return dataclasses.replace(base, batch=micro_batch, checkpointing=ckpt)
+
+
+def _local(
+    t: _Tables, plan: ParallelPlan, micro_batch: int, ckpt: Checkpointing, part: tuple[Any, ...]
+) -> int:
+    """Index of the local model's numbers (one per ``part`` = (tp, cp, sp, whether the runtime
+    casts the model to half), micro-batch and checkpointing)."""
+    key = (*part, micro_batch, ckpt)
+    index = t.local_index.get(key)
+    if index is None:
+        setup = _setup_for(t.setup, micro_batch, ckpt)
+        local = local_step_fast(t.spec, setup, plan)
+        t.locals_.append(local_numbers(t.spec, local))
+        kv = local_spec(t.spec, plan).n_kv_heads
+        t.local_widths.append((local.plan.regime.compute_bytes, kv))
+        index = t.local_index[key] = len(t.locals_) - 1
+    return index
+
+
+def _state_row(t: _Tables, plan: ParallelPlan, stage: int, states: StageStates) -> dict[str, Any]:
+    """The numbers of one rank group's states: memory, gradients scaled for the single-stage
+    backward, data-parallel collectives (padded to :data:`DP_SLOTS`) and offload transfers."""
+    state = StateNumbers.of(states)
+    tplan = _local_plan(t.spec, t.setup, plan)
+    grads = _LayerGrads(
+        tuple((g.count, g.grad_bytes) for g in tplan.layers),
+        next(g for g in tplan.layers if g.first).grad_bytes,
+        sum(g.count * g.grad_bytes for g in tplan.layers),
+    )
+    layers, first = rank_layer_gradients(grads, state)
+    terms = dp_terms(t.spec, t.setup, plan, stage)
+    assert len(terms) <= DP_SLOTS
+    slots = [(x.wire_bytes_per_call, x.fixed_calls, x.calls_per_micro_batch, x.group_size,
+              x.stride) for x in terms]  # fmt: skip
+    slots += [(0.0, 0, 0, 1, 1)] * (DP_SLOTS - len(slots))
+    row = {f.name: getattr(state, f.name) for f in dataclasses.fields(StateNumbers)}
+    row.update(
+        persistent=sum(states.persistent_comm.values()),
+        layer_grads=layers,
+        first_layer_grads=first,
+        offload=offload_terms(states) if plan.offload is not Offload.NONE else (0, 0, 0, 0),
+        dp_slots=slots,
+    )
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class _LayerGrads:
+    layer_groups: tuple[tuple[int, int], ...]
+    first_layer_grad: int
+    layers_grad: int
+
+
+def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
+    """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
+    sent across) of every rank group of ``plan``; the states do not depend on the schedule
+    beyond the virtual stages, nor on sequence parallelism or the global batch."""
+    key = dataclasses.replace(
+        plan, sequence_parallel=False, global_batch=None, micro_batches=None,
+        schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
+    )  # fmt: skip
+    hit = t.groups.get(key)
+    if hit is not None:
+        return hit
+    out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
+    p, ks = plan.pp_degree, _static_key(t.setup)
+    bare = dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
+    shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
+    base = (plan.tp_degree, plan.cp_degree, plan.ep_degree, plan.dp, plan.sharding, shard,
+            plan.offload, plan.offload_device)  # fmt: skip
+    for stage in range(p):
+        layers = stage_layers(t.spec, key, stage)
+        kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
+        # stages holding the same kinds of layers (and the same ends) hold the same states
+        skey = (*base, stage == 0, stage == p - 1, kinds)
+        entry = t.stage_cache.get(skey)
+        if entry is None:
+            entry = []
+            for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage):
+                # the states before offload do not depend on it (dist_states._stage_states)
+                states = _offload(stage_states(t.spec, ks, bare, stage, dp_ranks[0]), key)
+                t.states.append(_state_row(t, key, stage, states))
+                entry.append(len(t.states) - 1)
+            t.stage_cache[skey] = entry
+        sends = (stage < p - 1) + (stage > 0)
+        for j, index in enumerate(entry):
+            row = (stage, index, int(j == 0), len(layers), sum(kinds), sends)
+            # a later stage with the same states, layers and sends holds no more micro-batches
+            # in flight (formulas.parallel.in_flight_chunks does not grow with the stage) and
+            # joins the same collectives: the earliest such stage is the one that can be worst
+            if row[1:] not in seen:
+                seen.add(row[1:])
+                out.append(row)
+    t.groups[key] = out
+    return out
+
+
+def _stack(values: list[Any], index: Any, np: Any) -> Any:
+    """``values[index]`` as an array (nested dicts stacked key by key)."""
+    first = values[0]
+    if isinstance(first, dict):
+        keys: dict[str, None] = {}
+        for v in values:
+            keys.update(dict.fromkeys(v))
+        return {k: _stack([v.get(k, 0) for v in values], index, np) for k in keys}
+    return np.asarray(values)[index]
+
+
+def _local_arrays(t: _Tables, index: Any, np: Any, *, parts: bool = True) -> LocalNumbers:
+    """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table);
+    ``parts=False`` leaves the phases out (the communication lines do not read them)."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(LocalNumbers):
+        values = [getattr(x, f.name) for x in t.locals_]
+        if f.name == "parts" and not parts:
+            fields[f.name] = {}
+        elif f.name == "layer_groups":
+            fields[f.name] = values[0]  # unused: the rank's layer gradients come precomputed
+        elif f.name in ("n_layers", "round_to", "layers_grad"):
+            fields[f.name] = values[0]
+        else:
+            fields[f.name] = _stack(values, index, np)
+    return LocalNumbers(**fields)
+
+
+def evaluate_grid(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    gpu: Gpu,
+    rows: list[PlanRow],
+    *,
+    dtype: str = "bf16",
+    efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
+    tables: Any = None,
+) -> GridResult:
+    """Worst-rank peak and step time of every plan in ``rows`` (module docstring). ``setup``:
+    the fixed part (precision, optimizer, sequence); every row gives its micro-batch and
+    checkpointing. Plans must be valid (``validate_plan``); the caller filters. Rows sharing
+    a plan object share its constants (``enumerate_plans`` gives them so). ``tables``: a
+    ``new_tables(...)`` shared by the chunks of one grid (its scalar constants built once)."""
+    import numpy as np
+
+    t = tables if tables is not None else new_tables(spec, setup, gpu)
+    struct_of: dict[int, int] = {}
+    consts: list[tuple[Any, ...]] = []
+    local_keys: list[tuple[Any, ...]] = []
+    groups: list[list[tuple[int, ...]]] = []
+    plan_struct, plan_local, plan_b, plan_m, plan_ckpt, plan_flops = [], [], [], [], [], []
+    full = Checkpointing.FULL
+    for r in rows:
+        p = r.plan
+        si = struct_of.get(id(p))
+        if si is None or consts[si][0] is not p:
+            si = struct_of[id(p)] = len(consts)
+            consts.append((p, *_plan_consts(t, p)))
+            cast = p.sharding is not Sharding.DDP
+            local_keys.append((p.tp_degree, p.cp_degree, p.sequence_parallel, cast))
+            groups.append(_groups(t, p))
+        b, ckpt = r.micro_batch, r.checkpointing
+        plan_struct.append(si)
+        plan_local.append(_local(t, p, b, ckpt, local_keys[si]))
+        plan_b.append(b)
+        plan_m.append(p.resolved_micro_batches(b))
+        plan_ckpt.append(int(ckpt is full))
+        flops = t.flops.get(b)
+        if flops is None:
+            flops = t.flops[b] = float(forward_flops(spec, batch=b, seq=t.setup.seq))
+        plan_flops.append(flops)
+    ps = np.asarray(plan_struct, dtype=np.int64)
+    table = np.asarray([c[1:] for c in consts], dtype=np.float64)
+    per_plan = {k: table[ps, j] for j, k in enumerate(_CONST_FIELDS)}
+    for k in _CONST_FIELDS:
+        if k not in ("nvlink", "network"):
+            per_plan[k] = per_plan[k].astype(np.int64)
+    per_plan.update(b=np.asarray(plan_b, dtype=np.int64), m=np.asarray(plan_m, dtype=np.int64),
+                    recompute=np.asarray(plan_ckpt, dtype=np.int64),
+                    forward_flops=np.asarray(plan_flops, dtype=np.float64))  # fmt: skip
+    counts = np.asarray([len(g) for g in groups], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(counts)[:-1]]
+    flat = np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6)
+    per_row = counts[ps]
+    rp = np.repeat(np.arange(len(rows)), per_row)
+    starts = np.r_[0, np.cumsum(per_row)[:-1]]
+    row_group = flat[offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
+    return _evaluate_arrays(t, np.asarray(plan_local, dtype=np.int64), per_plan, rp, row_group,
+                            dtype, efficiency, np)  # fmt: skip
+
+
+_CONST_FIELDS = (
+    "tp", "pp", "cp", "ep", "dp", "world", "virtual", "gpipe", "sp", "gpus_per_node", "nvlink",
+    "network", "prefetch", "fsdp_reshard", "fsdp_keep", "zero3", "cp_on", "ep_on",
+)  # fmt: skip
+
+
+def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
+    """The plan's own numbers, in :data:`_CONST_FIELDS` order (what ``rank_shape`` and
+    ``step_time`` read from a plan beyond the micro-batch)."""
+    shape = rank_shape(t.spec, t.setup, p, 0, 1)
+    return (
+        p.tp_degree, p.pp_degree, p.cp_degree, p.ep_degree, p.dp, p.world_size,
+        p.virtual_stages, int(p.schedule is Schedule.GPIPE), int(p.sequence_parallel),
+        p.gpus_per_node, links(p, t.gpu)[0], p.network_bytes_per_s, shape.prefetch_bytes,
+        shape.fsdp_reshard, shape.fsdp_keep, shape.zero3, shape.cp, shape.ep,
+    )  # fmt: skip
+
+
+def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[str, Any]]:
+    """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns."""
+    cols = {k: [row[k] for row in t.states] for k in t.states[0]}
+    state = StateNumbers(
+        **{f.name: np.asarray(cols[f.name], dtype=np.int64)[index]
+           for f in dataclasses.fields(StateNumbers)}
+    )  # fmt: skip
+    other = {
+        "persistent": np.asarray(cols["persistent"], dtype=np.int64)[index],
+        "layer_grads": np.asarray(cols["layer_grads"], dtype=np.int64)[index],
+        "first_layer_grads": np.asarray(cols["first_layer_grads"], dtype=np.int64)[index],
+        "offload": np.asarray(cols["offload"], dtype=np.int64)[index].T,
+        "dp_slots": np.asarray(cols["dp_slots"], dtype=np.float64)[index].transpose(1, 2, 0),
+    }
+    return state, other
+
+
+def _memory(
+    t: _Tables,
+    local_rows: Any,
+    state: StateNumbers,
+    other: dict[str, Any],
+    shape: RankShape,
+    np: Any,
+) -> Any:
+    """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
+    single = shape.pp == 1
+    phases: dict[str, dict[str, Any]] = {}
+    for mask, pipelined in ((single, False), (~single, True)):
+        idx = np.nonzero(mask)[0]
+        if not len(idx):
+            continue
+        loc = _local_arrays(t, local_rows[idx], np)
+        st, sh = (_take(x, idx) for x in (state, shape))
+        if pipelined:
+            part = pipeline_stage_phases(loc, st, sh)
+        else:
+            grads = (other["layer_grads"][idx], other["first_layer_grads"][idx])
+            part = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
+        for name, cats in part.items():
+            into = phases.setdefault(name, {})
+            for cat, value in cats.items():
+                column = into.setdefault(cat, np.zeros(len(single), dtype=np.int64))
+                column[idx] = value
+    local = _local_arrays(t, local_rows, np, parts=False)
+    lines = comm_lines(local, state, shape, {"persistent": other["persistent"]})
+    add_communication(phases, lines)
+    peak = phase_total(phases[ALL_PHASES[0]])
+    for name in ALL_PHASES[1:]:
+        peak = np.maximum(peak, phase_total(phases[name]))
+    return peak
+
+
+def _take(obj: Any, idx: Any) -> Any:
+    """A dataclass of arrays (nested dicts too) restricted to rows ``idx``."""
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if hasattr(v, "shape") and v.shape:
+            return v[idx]
+        return v
+
+    return dataclasses.replace(obj, **{f.name: cut(getattr(obj, f.name))
+                                       for f in dataclasses.fields(obj)})  # fmt: skip
+
+
+def _evaluate_arrays(
+    t: _Tables,
+    plan_local: Any,
+    per_plan: dict[str, Any],
+    rp: Any,
+    row_group: Any,
+    dtype: str,
+    efficiency: float,
+    np: Any,
+) -> GridResult:
+    stage, state_idx, first_class, layers, moe_layers, sends = row_group.T
+    plan = {k: v[rp] for k, v in per_plan.items()}
+    state, other = _state_arrays(t, state_idx, np)
+    shape = RankShape(
+        micro_batches=plan["m"], stage=stage, pp=plan["pp"], virtual=plan["virtual"],
+        gpipe=plan["gpipe"], stage_layers=layers, first=(stage == 0).astype(np.int64),
+        last=(stage == plan["pp"] - 1).astype(np.int64), fsdp_reshard=plan["fsdp_reshard"],
+        fsdp_keep=plan["fsdp_keep"], zero3=plan["zero3"], prefetch_bytes=plan["prefetch"],
+        cp=plan["cp_on"], ep=plan["ep_on"], pipelined=(plan["pp"] > 1).astype(np.int64),
+    )  # fmt: skip
+    peak_rows = _memory(t, plan_local[rp], state, other, shape, np)
+    seconds = _row_seconds(t, plan, other, plan_local[rp], layers, moe_layers, sends, np)
+    seconds = {k: v * first_class for k, v in seconds.items()}
+    starts = np.flatnonzero(np.r_[1, np.diff(rp)])
+    peak = np.maximum.reduceat(peak_rows, starts)
+    is_peak = peak_rows == np.repeat(peak, np.diff(np.r_[starts, len(rp)]))
+    first_peak = np.minimum.reduceat(np.where(is_peak, np.arange(len(rp)), len(rp)), starts)
+    worst = {k: np.maximum.reduceat(v, starts) for k, v in seconds.items()}
+    p = per_plan
+    peak_flops = t.gpu.peak_flops_per_s(dtype)
+    numbers = step_numbers(
+        forward_flops=p["forward_flops"], recompute=p["recompute"], micro_batches=p["m"],
+        tp=p["tp"], pp=p["pp"], cp=p["cp"], dp=p["dp"], world=p["world"],
+        virtual=p["virtual"], peak_flops_per_s=peak_flops, efficiency=efficiency,
+        dp_s=worst["dp"], other_s=(worst["tp"], worst["cp"], worst["ep"], worst["pp"]),
+        offload_s=worst["offload"],
+    )  # fmt: skip
+    comm = {k: v for k, v in worst.items() if k != "offload"}
+    return GridResult(peak, stage[first_peak], numbers.compute_s, numbers.bubble_s,
+                      numbers.exposed_comm_s, numbers.offload_s, numbers.step_s, numbers.mfu,
+                      comm)  # fmt: skip
+
+
+def _row_seconds(
+    t: _Tables,
+    plan: dict[str, Any],
+    other: dict[str, Any],
+    local_idx: Any,
+    layers: Any,
+    moe_layers: Any,
+    sends: Any,
+    np: Any,
+) -> dict[str, Any]:
+    """Seconds per step of each parallelism's collectives, and of the offload transfers, for
+    every row (``dist_time.step_time``'s loop body, on arrays)."""
+    m, gpn, nvlink, network = plan["m"], plan["gpus_per_node"], plan["nvlink"], plan["network"]
+    dp_s = 0.0
+    for wire, fixed, per_micro, group, stride in other["dp_slots"]:
+        term = CollectiveTerm("dp", "", "", 0, fixed.astype(np.int64),
+                              per_micro.astype(np.int64), group.astype(np.int64),
+                              stride.astype(np.int64), wire)  # fmt: skip
+        dp_s = dp_s + term.seconds(m, gpn, nvlink, network)
+    widths = np.asarray(t.local_widths, dtype=np.int64)[local_idx]
+    compute, kv = widths[:, 0], widths[:, 1]
+    b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
+    top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
+    terms = model_parallel_terms(
+        act_bytes=b * s * h * compute, kv_bytes=2 * b * s * kv * t.spec.head_dim * compute,
+        routed_bytes=b * s * top_k * h * compute, tp=plan["tp"], cp=plan["cp"], ep=plan["ep"],
+        dp=plan["dp"], stage_layers=layers, moe_layers=moe_layers, sends=sends,
+        virtual=plan["virtual"],
+    )  # fmt: skip
+    out = {"dp": dp_s + np.zeros(len(m))}
+    for term in terms:
+        out[term.parallelism] = term.seconds(m, gpn, nvlink, network)
+    out["offload"] = offload_seconds(tuple(other["offload"]), m, pcie_bytes_per_s(t.gpu))
+    return out
