@@ -151,8 +151,8 @@ def full_size_table() -> list[str]:
         "backward, the trace's high point comes after lm_head's reduce-scatter. Tensor "
         "parallelism: torchtitan's plan (and Megatron's VocabParallelEmbedding) shards the "
         "embeddings and lm_head by vocabulary rows over the TP group, the analytic engine "
-        "replicates them across TP; at dp = 1 it also counts DDP gradient buckets where no "
-        "DDP runs.",
+        "replicates them across TP (it no longer counts DDP buckets at dp = 1, where no DDP "
+        "runs).",
     ]
     lines += ["", "Trace wall times (all traced ranks; recorded on a 2-core machine shared "
               "with other jobs, so noisy and high): " + "; ".join(times) + ".", "",

@@ -35,11 +35,10 @@ KNOWN = {
     ("llama-2-7b", "--gpus 8 --fsdp shard-grad-op"): _FSDP_BACKWARD.format("+1.628 %"),
     ("llama-3-70b", "--gpus 64 --fsdp full"): _FSDP_BACKWARD.format("+2.088 %"),
     ("llama-2-7b", "--gpus 8 --tp 8 --sp"): (
-        "TP at dp = 1: the analytic engine counts DDP buckets no DDP runs (+3.993 GiB "
-        "communication) and replicates the embeddings and lm_head that torchtitan's plan "
+        "TP: the analytic engine replicates the embeddings and lm_head that torchtitan's plan "
         "shards by vocabulary (+0.854 GiB parameters, +1.709 GiB optimizer states); the "
-        "autocast cache +0.214 GiB at peak_backward: after_load +69.632 %, peak_backward "
-        "+33.325 %"
+        "autocast cache +0.214 GiB at peak_backward: after_load +27.224 %, peak_backward "
+        "+13.669 %"
     ),
     ("llama-3-70b", "--gpus 64 --tp 8 --sp --fsdp full"): (
         "FSDP2 x TP: the analytic engine shards the embeddings and lm_head over dp = 8 only, "

@@ -203,7 +203,6 @@ _TP_VOCAB = (
     "VocabParallelEmbedding): the analytic engine replicates them: +65,536 B parameters, "
     "+131,072 B optimizer states, +32,768 B gradients at tp 2"
 )
-_TP_BUCKETS = "DDP buckets counted at dp = 1 (+316,672 B llama, +304,896 B qwen2): no DDP runs"
 _TP_2D = "FSDP2 x TP: communication +65,536 B at end_of_forward and +158,208 B at peak_backward"
 _SP_INPUTS = "sequence parallelism passes position_ids: -256 B inputs"
 _MOE = (
@@ -221,10 +220,7 @@ ANALYTIC_COMMUNICATION: dict[str, str] = {
     "W2-llama/fsdp-shard-grad-op": _FSDP_KEEP,
     "W2-llama/fsdp-bf16-mixed": _FSDP_HALF,
     "W2-llama/fsdp-bf16": _FSDP_HALF,
-    "W2-llama/tp": _TP_BUCKETS,
-    "W2-llama/tp-sp": _TP_BUCKETS,
     "W2-qwen2/fsdp-full": _FSDP_BACKWARD,
-    "W2-qwen2/tp-sp": _TP_BUCKETS,
     "W2-mixtral/fsdp-full": _MOE,
     "W4-llama-odd/fsdp-full": _FSDP_BACKWARD,
     "W4-llama/fsdp-tp-sp": _TP_2D,
@@ -239,10 +235,10 @@ ANALYTIC_PHASES: dict[str, str] = {
     "W2-llama/fsdp-shard-grad-op": f"{_CPU_GQA}; {_FSDP_KEEP}",
     "W2-llama/fsdp-bf16-mixed": f"{_CPU_GQA}; {_FSDP_HALF}",
     "W2-llama/fsdp-bf16": f"{_CPU_GQA}; {_FSDP_HALF}",
-    "W2-llama/tp": f"{_TP_VOCAB}; {_TP_BUCKETS}",
-    "W2-llama/tp-sp": f"{_TP_VOCAB}; {_TP_BUCKETS}; {_SP_INPUTS}",
+    "W2-llama/tp": _TP_VOCAB,
+    "W2-llama/tp-sp": f"{_TP_VOCAB}; {_SP_INPUTS}",
     "W2-qwen2/fsdp-full": f"{_CPU_GQA}; {_FSDP_BACKWARD}",
-    "W2-qwen2/tp-sp": f"{_TP_VOCAB}; {_TP_BUCKETS}; {_SP_INPUTS}",
+    "W2-qwen2/tp-sp": f"{_TP_VOCAB}; {_SP_INPUTS}",
     "W2-mixtral/ddp": f"{_CPU_GQA}; {_MOE}",
     "W2-mixtral/fsdp-full": f"{_CPU_GQA}; {_MOE}",
     "W4-llama-odd/fsdp-full": f"{_CPU_GQA}; {_FSDP_BACKWARD}",

@@ -349,7 +349,7 @@ def _torch_states(
         states += 4 * len(sizes)  # host step counters: CPU memory on this target
     step_temp = optimizer_step_temporary_bytes(step_optimizer, sizes, largest, r, reg.state_bytes)
     comm: dict[str, int] = {}
-    if plan.sharding is Sharding.DDP:
+    if plan.sharding is Sharding.DDP and plan.dp * plan.cp_degree > 1:  # no DDP on one replica
         buckets = ddp_bucket_bytes(tensors, plan, reg.grad_bytes, r)
         comm["ddp_gradient_buckets"] = buckets
         if plan.gradient_as_bucket_view:
