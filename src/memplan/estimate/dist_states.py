@@ -308,22 +308,23 @@ def _torch_states(
     grads_by_group: dict[str, int] = {}
     sizes: list[int] = []
     largest = n_train = 0
+    # the decoder layers repeat the same shapes: each distinct shape's numbers once
+    seen: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
     for t in tensors:
-        w = _shard_world(plan, t.expert)
-        stored = fsdp_padded_shard_numel(t.d0, t.rest, w) if fsdp else t.numel
-        params += round_up(stored * reg.param_bytes, r)
+        key = (t.numel, t.d0, t.rest, t.expert)
+        hit = seen.get(key)
+        if hit is None:
+            hit = seen[key] = _tensor_states(setup, reg, r, t, _shard_world(plan, t.expert),
+                                             dp_rank, fsdp)  # fmt: skip
+        stored, param_bytes, state_bytes, step_bytes = hit
+        params += param_bytes
         if not t.trainable:
             continue
         n_train += t.numel
         grads_by_group[t.group] = grads_by_group.get(t.group, 0) + stored * reg.grad_bytes
-        view = fsdp_local_view_numel(t.d0, t.rest, w, dp_rank) if fsdp else t.numel
-        shape = (view // t.rest, t.rest) if t.rest > 1 else (view,)
-        for size in optimizer_state_allocations(setup.optimizer, view, shape, reg.state_bytes):
-            states += round_up(size, r)
-        if reg.master_bytes:
-            states += round_up(view * reg.master_bytes, r)
-        sizes.append(view * reg.state_bytes)
-        largest = max(largest, view * reg.state_bytes)
+        states += state_bytes
+        sizes.append(step_bytes)
+        largest = max(largest, step_bytes)
     emb = head = 0
     if fsdp:  # the reduce-scatter output of each FSDP unit is one flat allocation
         grads = sum(round_up(g, r) for g in grads_by_group.values())
@@ -377,18 +378,45 @@ def _torch_states(
     )
 
 
+def _tensor_states(
+    setup: TrainingSetup,
+    reg: Regime,
+    r: int,
+    t: LocalTensor,
+    w: int,
+    dp_rank: int,
+    fsdp: bool,
+) -> tuple[int, int, int, int]:
+    """One tensor's (stored elements, parameter bytes, optimizer state bytes, bytes the step
+    temporary sees) on a DDP / FSDP2 rank (``_torch_states``)."""
+    stored = fsdp_padded_shard_numel(t.d0, t.rest, w) if fsdp else t.numel
+    view = fsdp_local_view_numel(t.d0, t.rest, w, dp_rank) if fsdp else t.numel
+    shape = (view // t.rest, t.rest) if t.rest > 1 else (view,)
+    states = 0
+    for size in optimizer_state_allocations(setup.optimizer, view, shape, reg.state_bytes):
+        states += round_up(size, r)
+    if reg.master_bytes:
+        states += round_up(view * reg.master_bytes, r)
+    return stored, round_up(stored * reg.param_bytes, r), states, view * reg.state_bytes
+
+
 def _largest_layer(
     tensors: tuple[LocalTensor, ...], plan: ParallelPlan, width: int, r: int, *, gathered: bool
 ) -> int:
     """The largest decoder layer's tensors, all-gathered and padded (``W * ceil(d0/W) *
     rest``), ``width`` bytes per element, one allocation each."""
     per_layer: dict[int, int] = {}
+    seen: dict[tuple[int, int, int, bool], int] = {}
     for t in tensors:
         if t.layer < 0:
             continue
-        w = _shard_world(plan, t.expert)
-        numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
-        per_layer[t.layer] = per_layer.get(t.layer, 0) + round_up(numel * width, r)
+        key = (t.numel, t.d0, t.rest, t.expert)
+        size = seen.get(key)
+        if size is None:
+            w = _shard_world(plan, t.expert)
+            numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
+            size = seen[key] = round_up(numel * width, r)
+        per_layer[t.layer] = per_layer.get(t.layer, 0) + size
     return max(per_layer.values(), default=0)
 
 
