@@ -367,7 +367,9 @@ def evaluate_grid(
         lambda i: _local(t, plans[ps[i]], int(b[i]), CHECKPOINTINGS[c[i]], keys[struct_key[ps[i]]]),
         np,
     )  # fmt: skip
-    plan_m = _per_unique(ps * span + b, lambda i: plans[ps[i]].resolved_micro_batches(int(b[i])), np)
+    plan_m = _per_unique(
+        ps * span + b, lambda i: plans[ps[i]].resolved_micro_batches(int(b[i])), np
+    )
     plan_flops = _per_unique(
         b, lambda i: float(forward_flops(spec, batch=int(b[i]), seq=t.setup.seq)), np,
         dtype=np.float64,

@@ -443,7 +443,10 @@ _MEMORY_RULES = tuple(
 
 
 def _kernel_rule(
-    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, seen: dict[tuple[Any, ...], str | None]
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    plan: ParallelPlan,
+    seen: dict[tuple[Any, ...], str | None],
 ) -> str | None:
     """Context parallelism needs a fused attention kernel: the rule a plan whose local model
     cannot run one breaks (``dist_local`` raises), None otherwise; ``seen`` caches it."""
