@@ -170,12 +170,21 @@ def stage_layers(spec: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, 
     return tuple(out)
 
 
+@lru_cache(maxsize=256)
+def static_setup(setup: TrainingSetup) -> TrainingSetup:
+    """``setup`` without what model states do not depend on (micro-batch, sequence): the key
+    of the per-plan caches (memoised: building a setup validates it)."""
+    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
+        return setup
+    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+
+
 def stage_tensors(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> tuple[LocalTensor, ...]:
     """Every parameter tensor pipeline rank ``stage`` holds, at its TP/EP-local shape (cached
     by what decides it: tp, ep, the stage's layers and ends; not the rest of the plan)."""
-    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    key = static_setup(setup)
     layers = stage_layers(spec, plan, stage)
     last = stage == plan.pp_degree - 1
     return _stage_tensors(spec, key, plan.tp_degree, plan.ep_degree, layers, stage == 0, last)
@@ -247,7 +256,7 @@ def stage_states(
 ) -> StageStates:
     """Model-state bytes of data-parallel rank ``dp_rank`` on pipeline rank ``stage``
     (independent of micro-batch and sequence: cached per plan)."""
-    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    key = static_setup(setup)
     return _stage_states(spec, key, plan, stage, dp_rank)
 
 

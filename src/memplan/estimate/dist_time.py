@@ -31,6 +31,7 @@ of compute; offloaded states cross PCIe each step (:func:`offload_terms`), not o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from memplan.estimate.dist_states import (
@@ -41,6 +42,7 @@ from memplan.estimate.dist_states import (
     stage_states,
     stage_tensors,
     state_regime,
+    static_setup,
 )
 from memplan.estimate.distributed import LocalStep
 from memplan.formulas.communication import (
@@ -157,7 +159,16 @@ def dp_terms(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> list[CollectiveTerm]:
     """Data-parallel collectives: the dense tensors over ``dp * cp`` ranks (stride ``tp``),
-    the experts over the expert-data-parallel ranks ``dp * cp / ep`` (stride ``tp * ep``)."""
+    the experts over the expert-data-parallel ranks ``dp * cp / ep`` (stride ``tp * ep``).
+    They do not depend on the micro-batch or the sequence: cached per plan (as the states)."""
+    key = static_setup(setup)
+    return list(_dp_terms(spec, key, plan, stage))
+
+
+@lru_cache(maxsize=4096)
+def _dp_terms(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> tuple[CollectiveTerm, ...]:
     tensors = stage_tensors(spec, setup, plan, stage)
     n, ep, tp = plan.dp * plan.cp_degree, plan.ep_degree, plan.tp_degree
     dense = [t for t in tensors if not t.expert]
@@ -165,7 +176,7 @@ def dp_terms(
     out = _dp_family(setup, plan, dense, n, tp, "")
     if experts:
         out += _dp_family(setup, plan, experts, n // ep, tp * ep, " of the experts")
-    return out
+    return tuple(out)
 
 
 def _dp_family(
