@@ -160,7 +160,7 @@ class _Tables:
     local_widths: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     """Per local model: (compute bytes, local KV heads) for the communication sizes."""
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    groups: dict[ParallelPlan, list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+    groups: dict[tuple[Any, ...], list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
@@ -227,17 +227,25 @@ class _LayerGrads:
     layers_grad: int
 
 
+_GROUP_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ParallelPlan)
+    if f.name not in ("sequence_parallel", "global_batch", "micro_batches", "schedule")
+)  # fmt: skip
+"""The plan's fields its rank groups depend on (the schedule only through virtual stages)."""
+
+
 def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
     beyond the virtual stages, nor on sequence parallelism or the global batch."""
+    fast = tuple(getattr(plan, f) for f in _GROUP_FIELDS)
+    hit = t.groups.get(fast)
+    if hit is not None:
+        return hit
     key = dataclasses.replace(
         plan, sequence_parallel=False, global_batch=None, micro_batches=None,
         schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
     )  # fmt: skip
-    hit = t.groups.get(key)
-    if hit is not None:
-        return hit
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
     p, ks = plan.pp_degree, _static_key(t.setup)
@@ -268,7 +276,7 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
             if row[1:] not in seen:
                 seen.add(row[1:])
                 out.append(row)
-    t.groups[key] = out
+    t.groups[fast] = out
     return out
 
 
@@ -294,9 +302,11 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
         return hit[1]
     everything = np.arange(len(table))
     if name == "locals":
-        value: Any = {f.name: _stack([getattr(x, f.name) for x in table], everything, np)
-                      for f in dataclasses.fields(LocalNumbers)
-                      if f.name not in ("layer_groups", "n_layers", "round_to", "layers_grad")}  # fmt: skip
+        columns = {f.name: _stack([getattr(x, f.name) for x in table], everything, np)
+                   for f in dataclasses.fields(LocalNumbers)
+                   if f.name not in ("layer_groups", "n_layers", "round_to", "layers_grad")}  # fmt: skip
+        parts = {"parts": columns.pop("parts")}
+        value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
     elif name == "local_widths":
         value = np.asarray(table, dtype=np.int64)
     else:
@@ -305,22 +315,54 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
     return value
 
 
-def _gather(value: Any, index: Any) -> Any:
-    """``value[index]`` through nested dicts of arrays."""
-    if isinstance(value, dict):
-        return {k: _gather(v, index) for k, v in value.items()}
-    return value[index]
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Nested dicts of equal-length arrays as one matrix per dtype (column = table entry), so
+    that gathering rows is one ``np.take`` per dtype, not one per leaf."""
+
+    paths: tuple[tuple[tuple[str, ...], str, int], ...]
+    """(keys to the leaf, dtype, row in that dtype's matrix) per leaf."""
+    matrices: dict[str, Any]
+
+    @classmethod
+    def of(cls, value: dict[str, Any], np: Any) -> _Columns:
+        leaves: list[tuple[tuple[str, ...], Any]] = []
+
+        def walk(v: Any, path: tuple[str, ...]) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(x, (*path, k))
+            else:
+                leaves.append((path, v))
+
+        walk(value, ())
+        by_dtype: dict[str, list[Any]] = {}
+        paths = []
+        for path, v in leaves:
+            rows = by_dtype.setdefault(v.dtype.str, [])
+            paths.append((path, v.dtype.str, len(rows)))
+            rows.append(v)
+        return cls(tuple(paths), {k: np.stack(v) for k, v in by_dtype.items()})
+
+    def gather(self, index: Any, np: Any) -> dict[str, Any]:
+        """The nested dicts at rows ``index``."""
+        taken = {k: np.take(m, index, axis=1) for k, m in self.matrices.items()}
+        out: dict[str, Any] = {}
+        for path, dtype, row in self.paths:
+            into = out
+            for k in path[:-1]:
+                into = into.setdefault(k, {})
+            into[path[-1]] = taken[dtype][row]
+        return out
 
 
 def _local_arrays(t: _Tables, index: Any, np: Any, *, parts: bool = True) -> LocalNumbers:
     """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table);
     ``parts=False`` leaves the phases out (the communication lines do not read them)."""
-    table = _stacked(t, "locals", np)
+    numbers, phases = _stacked(t, "locals", np)
     first = t.locals_[0]
-    fields: dict[str, Any] = {
-        k: _gather(v, index) for k, v in table.items() if k != "parts" or parts
-    }
-    fields.setdefault("parts", {})
+    fields = numbers.gather(index, np)
+    fields["parts"] = phases.gather(index, np)["parts"] if parts else {}
     # layer_groups is unused (the rank's layer gradients come precomputed); the rest are
     # the same for every local model of one spec
     for k in ("layer_groups", "n_layers", "round_to", "layers_grad"):
