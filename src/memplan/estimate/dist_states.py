@@ -40,7 +40,13 @@ from memplan.formulas.parallel import (
 )
 from memplan.formulas.training import Regime, param_tensors, regime
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import DDP_FIRST_BUCKET_BYTES, Offload, ParallelPlan, Sharding
+from memplan.specs.parallel import (
+    DDP_FIRST_BUCKET_BYTES,
+    Offload,
+    ParallelPlan,
+    Schedule,
+    Sharding,
+)
 from memplan.specs.training import Optimizer, Precision, Target, TrainingSetup
 
 __all__ = [
@@ -255,9 +261,20 @@ def stage_states(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, dp_rank: int
 ) -> StageStates:
     """Model-state bytes of data-parallel rank ``dp_rank`` on pipeline rank ``stage``
-    (independent of micro-batch and sequence: cached per plan)."""
+    (independent of micro-batch and sequence: cached per plan, less what the states do not
+    depend on, :func:`states_plan`)."""
     key = static_setup(setup)
-    return _stage_states(spec, key, plan, stage, dp_rank)
+    return _stage_states(spec, key, states_plan(plan), stage, dp_rank)
+
+
+@lru_cache(maxsize=4096)
+def states_plan(plan: ParallelPlan) -> ParallelPlan:
+    """``plan`` without what model states do not depend on: sequence parallelism, the batch
+    split, and the schedule beyond its virtual stages (the key of the states' cache, so that
+    the layouts of a plan search share their states; tests/test_plan_search.py checks it)."""
+    schedule = Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B
+    return dataclasses.replace(plan, sequence_parallel=False, global_batch=None,
+                               micro_batches=None, schedule=schedule)  # fmt: skip
 
 
 @lru_cache(maxsize=1024)
