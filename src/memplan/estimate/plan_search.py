@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from memplan.errors import MemplanError, SetupError
@@ -103,8 +104,9 @@ class SearchSpace:
         return self.nodes * self.gpus_per_node
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+@lru_cache(maxsize=256)
+def _divisors(n: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, n + 1) if n % d == 0)
 
 
 def _tp_rule(spec: ModelSpec, tp: int) -> str | None:
