@@ -17,6 +17,11 @@ splits a plan into constants and arithmetic:
   :func:`~memplan.estimate.dist_time.offload_seconds` and
   :func:`~memplan.estimate.dist_time.step_numbers`.
 
+Plans come as a :class:`PlanBatch` (the distinct structures, and per plan on arrays its
+structure, micro-batch and checkpointing; a list of :class:`PlanRow` is turned into one): the
+scalar engine runs once per distinct key, never once per plan, and its numbers are gathered
+into the rows by index (one ``np.take`` per dtype for the local models' phases).
+
 The result equals ``memplan train`` / ``memplan time`` of each plan to the byte and to the
 bit of the float (tests/test_plan_search.py draws 10,000 plans and compares).
 """
