@@ -15,8 +15,8 @@ than wall time), the median of ``--runs`` runs:
   the grid gathers from: rank-local models, rank states, data-parallel collectives, built by
   the per-plan engine for each distinct key; the arrays; the ranking);
 - ``enumeration``: ``enumerate_batch`` alone (rules per structure, plans laid out on arrays);
-- ``evaluation, tables built``: ``evaluate_grid`` over the whole ``PlanBatch`` once the scalar
-  tables exist (gathering them by index, every rank's phases, communication buffers,
+- ``evaluation, tables built``: ``evaluate_grid`` over the ``PlanBatch`` in the search's chunks
+  (``plan_search.CHUNK`` plans) once the scalar tables exist (gathering them by index, every rank's phases, communication buffers,
   collectives and step time): what each further plan costs;
 - ``array arithmetic``: ``plan_grid._evaluate_arrays`` alone (the evaluation less the lookups
   that index plans into the tables).
@@ -36,7 +36,7 @@ from typing import Any
 from memplan.catalog import resolve
 from memplan.catalog.gpus import resolve_gpu
 from memplan.estimate import plan_grid
-from memplan.estimate.plan_search import SearchSpace, enumerate_batch, search
+from memplan.estimate.plan_search import CHUNK, SearchSpace, enumerate_batch, search
 from memplan.specs.training import TrainingSetup
 
 TARGET_PER_S = 1_000_000
@@ -87,8 +87,13 @@ def main() -> None:
     batch, _, _ = enumerate_batch(spec, setup, space)
     tables = plan_grid.new_tables(spec, setup, gpu)
     plan_grid.evaluate_grid(spec, setup, gpu, batch, tables=tables)  # builds the tables
-    evaluation = _cpu(lambda: plan_grid.evaluate_grid(spec, setup, gpu, batch, tables=tables),
-                      args.runs)  # fmt: skip
+    chunks = [batch.take(slice(i, i + CHUNK)) for i in range(0, len(batch), CHUNK)]
+
+    def evaluate() -> None:  # in the search's chunks
+        for c in chunks:
+            plan_grid.evaluate_grid(spec, setup, gpu, c, tables=tables)
+
+    evaluation = _cpu(evaluate, args.runs)
     arrays: list[float] = []
     inner = plan_grid._evaluate_arrays
 
@@ -99,10 +104,13 @@ def main() -> None:
         return out
 
     plan_grid._evaluate_arrays = timed  # type: ignore[assignment]
+    runs = []
     for _ in range(args.runs):
-        plan_grid.evaluate_grid(spec, setup, gpu, batch, tables=tables)
+        arrays.clear()
+        evaluate()
+        runs.append(sum(arrays))
     plan_grid._evaluate_arrays = inner  # type: ignore[assignment]
-    arith = statistics.median(arrays)
+    arith = statistics.median(runs)
     print(f"memplan plan {spec.name}, 64 x {gpu.name}, seq 4096, global batch 512")
     print(f"  plans: {considered:,} considered, {n:,} evaluated (a plan: a layout that passed "
           f"the rules, every rank group judged), {feasible:,} fit")  # fmt: skip
