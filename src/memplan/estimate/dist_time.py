@@ -215,10 +215,12 @@ def _dp_family(
                                   stride, all_gather_wire_bytes(size, n)))  # fmt: skip
         return out
     world = min(plan.hybrid_shard_degree, n) if sharding is Sharding.FSDP_HYBRID else n
-    padded = sum(fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors)
-    padded_train = sum(
-        fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors if t.trainable
-    )
+    shapes: dict[tuple[int, int], int] = {}  # the layers repeat their shapes: each once
+    for t in tensors:
+        if (t.d0, t.rest) not in shapes:
+            shapes[t.d0, t.rest] = fsdp_padded_shard_numel(t.d0, t.rest, world) * world
+    padded = sum(shapes[t.d0, t.rest] for t in tensors)
+    padded_train = sum(shapes[t.d0, t.rest] for t in tensors if t.trainable)
     gathers = 1 if sharding is Sharding.FSDP_SHARD_GRAD_OP else 2
     size = padded * half
     out.append(CollectiveTerm("dp", "all-gather", "parameters (param_dtype)" + label, size,
