@@ -25,6 +25,7 @@ from typing import Any
 from memplan.errors import MemplanError, SetupError
 from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.plan_grid import GridResult, PlanRow, evaluate_grid, new_tables
+from memplan.estimate.plan_points import PlanPoints, chart_points
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
@@ -288,6 +289,8 @@ class SearchResult:
     seconds: float
     runner_up: PlanResult | None = None
     """The best feasible plan with a longer step than the first (what the first beats)."""
+    points: PlanPoints | None = None
+    """The feasible plans a chart of step time against peak draws (``plan_points``)."""
 
 
 def _limit(r: GridResult, i: int, headroom: int, usable: int) -> str:
@@ -384,8 +387,9 @@ def search(
         slower = feasible[grid.step_s[feasible] > grid.step_s[feasible[0]]]
         if len(slower):
             runner_up = _result(rows[int(slower[0])], grid, int(slower[0]), usable)
+    points = chart_points(rows, grid.peak_bytes, grid.step_s, feasible, top)
     return SearchResult(plans, len(rows), int(fits.sum()), total, removed,
-                        time.perf_counter() - start, runner_up)  # fmt: skip
+                        time.perf_counter() - start, runner_up, points)  # fmt: skip
 
 
 def _memory_rule(plan: ParallelPlan, stage: int) -> str:

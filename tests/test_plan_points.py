@@ -1,0 +1,52 @@
+"""The points of the plan chart: the Pareto front and the sample (estimate/plan_points.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from memplan.estimate.plan_points import MAX_POINTS, chart_points, pareto_mask
+
+np = pytest.importorskip("numpy")
+
+
+def _dominated(peak: list[int], step: list[float], i: int) -> bool:
+    return any(
+        peak[j] <= peak[i] and step[j] <= step[i] and (peak[j] < peak[i] or step[j] < step[i])
+        for j in range(len(peak))
+    )
+
+
+def test_pareto_mask_is_the_brute_force_front() -> None:
+    rng = np.random.default_rng(7)
+    peak = rng.integers(1, 40, 600)
+    step = rng.integers(1, 40, 600).astype(float)  # small ranges: many ties and duplicates
+    mask = pareto_mask(peak, step)
+    front = {(int(peak[i]), float(step[i])) for i in range(600) if not _dominated(peak, step, i)}
+    chosen = [(int(peak[i]), float(step[i])) for i in np.flatnonzero(mask)]
+    assert sorted(chosen) == sorted(front)  # one point per (peak, step) on the front
+    assert len(chosen) == len(set(chosen))
+
+
+def test_every_feasible_plan_when_few() -> None:
+    peak, step = np.array([5, 3, 9, 4]), np.array([1.0, 2.0, 0.5, 2.5])
+    ranked = np.array([2, 0, 1, 3])  # best first
+    points = chart_points(["a", "b", "c", "d"], peak, step, ranked, top=2)
+    assert points.selection == "all"
+    assert points.rows == ["c", "a", "b", "d"] and points.rank == [1, 2, 3, 4]
+    assert points.peak_bytes == [9, 5, 3, 4] and points.step_seconds == [0.5, 1.0, 2.0, 2.5]
+    assert points.pareto == [True, True, True, False]  # d: b is lighter and faster
+
+
+def test_a_sample_keeps_the_top_and_the_front() -> None:
+    rng = np.random.default_rng(3)
+    n = 20_000
+    peak = rng.integers(1, 10**11, n)
+    step = rng.random(n)
+    ranked = np.lexsort((peak, step))
+    points = chart_points(list(range(n)), peak, step, ranked, top=10)
+    assert points.selection == "sample"
+    assert len(points.rows) <= MAX_POINTS
+    assert points.rank[:10] == list(range(1, 11))
+    assert points.rank == sorted(points.rank) and points.rank[-1] == n  # the worst is kept
+    front = set(np.flatnonzero(pareto_mask(peak, step)).tolist())
+    assert front <= set(points.rows) and sum(points.pareto) == len(front)
