@@ -18,13 +18,30 @@ def _dominated(peak: list[int], step: list[float], i: int) -> bool:
 
 def test_pareto_mask_is_the_brute_force_front() -> None:
     rng = np.random.default_rng(7)
-    peak = rng.integers(1, 40, 600)
-    step = rng.integers(1, 40, 600).astype(float)  # small ranges: many ties and duplicates
+    peak = rng.integers(1, 40, 600)  # small ranges: many ties and duplicates; faster plans
+    step = (40 - peak + rng.integers(0, 8, 600)).astype(float)  # need more memory: a long front
     mask = pareto_mask(peak, step)
     front = {(int(peak[i]), float(step[i])) for i in range(600) if not _dominated(peak, step, i)}
     chosen = [(int(peak[i]), float(step[i])) for i in np.flatnonzero(mask)]
     assert sorted(chosen) == sorted(front)  # one point per (peak, step) on the front
-    assert len(chosen) == len(set(chosen))
+    assert len(chosen) == len(set(chosen)) > 10
+
+
+@pytest.mark.parametrize("by", ["time", "memory"])
+def test_a_ranked_order_needs_no_sort_and_gives_the_same_front(by: str) -> None:
+    """The search's rankings (time: by step then peak; memory: by peak then step) take the
+    one-pass path; the front is the one the sorting path finds."""
+    rng = np.random.default_rng(11)
+    peak = rng.integers(1, 30, 2_000)
+    step = (30 - peak + rng.integers(0, 6, 2_000)).astype(float)
+    order = np.lexsort((peak, step) if by == "time" else (step, peak))
+    p, t = peak[order], step[order]
+    fast = pareto_mask(p, t)  # in rank order: the one-pass path
+    slow = pareto_mask(peak, step)  # the draw's order: the sorting path
+    assert sorted(zip(p[fast], t[fast], strict=True)) == sorted(
+        zip(peak[slow], step[slow], strict=True)
+    )
+    assert fast.sum() == slow.sum() > 10
 
 
 def test_every_feasible_plan_when_few() -> None:
