@@ -47,7 +47,7 @@ def test_a_ranked_order_needs_no_sort_and_gives_the_same_front(by: str) -> None:
 def test_every_feasible_plan_when_few() -> None:
     peak, step = np.array([5, 3, 9, 4]), np.array([1.0, 2.0, 0.5, 2.5])
     ranked = np.array([2, 0, 1, 3])  # best first
-    points = chart_points(["a", "b", "c", "d"], peak, step, ranked, top=2)
+    points = chart_points(["a", "b", "c", "d"].__getitem__, peak, step, ranked, top=2)
     assert points.selection == "all"
     assert points.rows == ["c", "a", "b", "d"] and points.rank == [1, 2, 3, 4]
     assert points.peak_bytes == [9, 5, 3, 4] and points.step_seconds == [0.5, 1.0, 2.0, 2.5]
@@ -60,7 +60,7 @@ def test_a_sample_keeps_the_top_and_the_front() -> None:
     peak = rng.integers(1, 10**11, n)
     step = rng.random(n)
     ranked = np.lexsort((peak, step))
-    points = chart_points(list(range(n)), peak, step, ranked, top=10)
+    points = chart_points(int, peak, step, ranked, top=10)
     assert points.selection == "sample"
     assert len(points.rows) <= MAX_POINTS
     assert points.rank[:10] == list(range(1, 11))

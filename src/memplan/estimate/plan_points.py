@@ -10,6 +10,7 @@ cloud keeps its shape. :attr:`PlanPoints.selection` says which ("all" or "sample
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,11 @@ def _even(n: int, k: int) -> Any:
 
 
 def chart_points(
-    rows: list[Any], peak: Any, step: Any, ranked: Any, top: int, limit: int = MAX_POINTS
-) -> PlanPoints:
+    row: Callable[[int], Any], peak: Any, step: Any, ranked: Any, top: int,
+    limit: int = MAX_POINTS,
+) -> PlanPoints:  # fmt: skip
     """The points of the chart (module docstring). ``ranked``: indices of the feasible plans
-    into ``rows``, ``peak`` and ``step`` (the grid's arrays), best first."""
+    into ``peak`` and ``step`` (the grid's arrays), best first; ``row(i)``: plan ``i``."""
     import numpy as np
 
     ranked = np.asarray(ranked, dtype=np.int64)
@@ -103,7 +105,7 @@ def chart_points(
         keep, selection = np.union1d(chosen, _even(n, spare)), "sample"
     picked = [int(ranked[i]) for i in keep]
     return PlanPoints(
-        rows=[rows[i] for i in picked],
+        rows=[row(i) for i in picked],
         peak_bytes=[int(peak[i]) for i in picked],
         step_seconds=[float(step[i]) for i in picked],
         rank=[int(i) + 1 for i in keep],

@@ -387,7 +387,7 @@ def search(
         slower = feasible[grid.step_s[feasible] > grid.step_s[feasible[0]]]
         if len(slower):
             runner_up = _result(rows[int(slower[0])], grid, int(slower[0]), usable)
-    points = chart_points(rows, grid.peak_bytes, grid.step_s, feasible, top)
+    points = chart_points(rows.__getitem__, grid.peak_bytes, grid.step_s, feasible, top)
     return SearchResult(plans, len(rows), int(fits.sum()), total, removed,
                         time.perf_counter() - start, runner_up, points)  # fmt: skip
 
