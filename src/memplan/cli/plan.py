@@ -349,10 +349,12 @@ def _why(plans: list[dict[str, Any]], runner_up: dict[str, Any] | None) -> str:
     key = max(parts, key=lambda k: b[k] - a[k])
     gap = b["step_seconds"] - a["step_seconds"]
     mine, theirs = layout_text(a["args"][1:]).split(), layout_text(b["args"][1:]).split()
-    diff = " ".join(x for x in mine if x not in theirs) or "-"
-    other = " ".join(x for x in theirs if x not in mine) or "-"
+    diff = " ".join(x for x in mine if x not in theirs)
+    other = " ".join(x for x in theirs if x not in mine)
+    change = (f"with {diff} instead of {other}" if diff and other else f"without {other}"
+              if other else f"with {diff}" if diff else "with the same layout")  # fmt: skip
     return (
         f"{lead}it beats the runner-up ({layout_text(b['args'][1:])}) by {format_seconds(gap)} "
-        f"a step ({100 * gap / b['step_seconds']:.1f}%) with {diff} instead of {other}: "
+        f"a step ({100 * gap / b['step_seconds']:.1f}%) {change}: "
         f"{parts[key]} {format_seconds(a[key])} against {format_seconds(b[key])}"
     )
