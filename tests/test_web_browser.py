@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -339,6 +340,13 @@ def test_plan_tab_shows_the_clis_ranking_and_every_feasible_plan(
     )
     assert len(drawn) == data["plans_feasible"]
     assert [v for pair in drawn for v in pair] == pytest.approx([v for e in expected for v in e])
+    best_point = page.locator("#chart-plan .scatterlayer .trace").last.locator(".point").first
+    box = best_point.bounding_box()  # the table's plans are drawn last: #1 is their first point
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#chart-plan .hoverlayer .hovertext")
+    hover = page.locator("#chart-plan .hoverlayer").text_content() or ""
+    rank, layout = re.match(r"#(\d+) (.+?)peak ", hover).groups()  # #1 and #2 may coincide
+    assert layout == data["plans"][int(rank) - 1]["layout"] and int(rank) <= 5
     caption = page.inner_text("#plan-caption")
     assert caption.startswith(f"All {data['plans_feasible']} feasible plans, one point each")
     page.screenshot(path=str(shots / "plan.png"), full_page=True)
