@@ -161,3 +161,44 @@ def test_seed002_communication_beside_the_exact_bytes(
     assert sent == psis * 2 * flat  # bf16 buffers, one micro-batch per step
     wire = sum(c["wire_bytes_per_step"] for c in dp)
     assert wire == pytest.approx(sent * 63 / 64)
+
+
+def _qwen25_05b_fsdp_rows(world: int) -> int:
+    """Qwen2.5-0.5B's parameters as FSDP2 pads them on ``world`` ranks: each tensor's dim 0
+    rounded up to a multiple of ``world`` (config.json: h 896, I 4864, 24 layers, 14 heads of
+    64, 2 KV heads, vocabulary 151,936, tied embeddings, q/k/v biases)."""
+    h, inter, kv, vocab = 896, 4864, 2 * 64, 151936
+
+    def padded(d0: int, rest: int = 1) -> int:
+        return -(-d0 // world) * world * rest
+
+    layer = (
+        padded(h, h) + padded(h)  # q_proj
+        + 2 * (padded(kv, h) + padded(kv))  # k_proj, v_proj
+        + padded(h, h)  # o_proj
+        + 2 * padded(inter, h) + padded(h, inter)  # gate, up, down
+        + 2 * padded(h)  # the two RMSNorms
+    )  # fmt: skip
+    return 24 * layer + padded(vocab, h) + padded(h)
+
+
+@pytest.mark.parametrize("gpus", [8, 3])
+def test_fsdp2_collectives_move_param_dtype_and_reduce_dtype_bytes(
+    capsys: pytest.CaptureFixture[str], gpus: int
+) -> None:
+    """FSDP2 under bf16-mixed (MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)): the
+    shards stay fp32, but the all-gathers move bf16 (twice per micro-batch: forward and
+    backward) and the reduce-scatter fp32 gradients, each tensor padded to the shard count."""
+    from cli_helpers import cli_json
+
+    rows = _qwen25_05b_fsdp_rows(gpus)
+    if gpus == 8:
+        assert rows == 494_032_768  # every dim 0 divides: the published count
+    argv = ["train", "Qwen/Qwen2.5-0.5B", "--gpus", str(gpus), "--fsdp", "full", "--json"]
+    argv += ["--precision", "bf16-mixed", "--seq", "1024", "--global-batch", str(2 * gpus)]
+    out = cli_json(capsys, argv)
+    dp = {c["op"]: c for c in out["communication"] if c["parallelism"] == "dp"}
+    assert dp["all-gather"]["bytes"] == rows * 2
+    assert dp["all-gather"]["calls_per_step"] == 2 * 2  # two micro-batches of one
+    assert dp["reduce-scatter"]["bytes"] == rows * 4
+    assert dp["reduce-scatter"]["calls_per_step"] == 2

@@ -252,10 +252,11 @@ def _print(
     if methods:
         out.write("\ntextbook methods beside exact\n")
         exact_peak = int(analytic.scalars["peak_bytes"])
-        out.write(f"  {'exact':<12} {format_bytes(exact_peak, decimal=decimal):>13}\n")
+        name_width = max(len("exact"), *(len(m[0]) for m in methods))
+        out.write(f"  {'exact':<{name_width}} {format_bytes(exact_peak, decimal=decimal):>13}\n")
         for name, value, error, why in methods:
             out.write(
-                f"  {name:<12} {format_bytes(value, decimal=decimal):>13}  "
+                f"  {name:<{name_width}} {format_bytes(value, decimal=decimal):>13}  "
                 f"{_fmt_error(error):>8}  {why}\n"
             )
     if question:

@@ -105,11 +105,21 @@ def weight_format_alias(text: str | None) -> str | None:
     return aliases.get(text.lower(), text)
 
 
+FP32_CHECKPOINT_NOTE = (
+    "the checkpoint is stored in fp32; --dtype auto loads it in bf16, as nearly everyone does "
+    "(vLLM downcasts a float32 config; --dtype fp32 keeps the stored width)"
+)
+
+
 def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
     """The Report ``memplan serve-capacity`` prints (the web API calls it too); ``spec``
     replaces ``args.model`` when the model is already resolved."""
     from memplan.catalog import resolve
-    from memplan.estimate.params import checkpoint_quantization, weight_format_note
+    from memplan.estimate.params import (
+        checkpoint_quantization,
+        stored_in_fp32,
+        weight_format_note,
+    )
     from memplan.estimate.serving import ServingSetup, serving_report
 
     gpu = gpu_from_args(args)
@@ -141,6 +151,8 @@ def build_report(args: Any, spec: ModelSpec | None = None) -> Report:
         note = weight_format_note(spec, weights)
         if note:
             report.notes.insert(0, note)
+    elif args.weights is None and args.dtype == "auto" and stored_in_fp32(spec):
+        report.notes.insert(0, FP32_CHECKPOINT_NOTE)
     _add_answers(report, spec, setup, gpu, context)
     report.scalars["verdict"] = _verdict(report, args.decimal)
     return report
@@ -247,6 +259,9 @@ def _verdict(report: Any, decimal: bool) -> str:
             f"starts with {s['kv_cache_tokens']:,} tokens of KV cache, "
             f"{s['max_concurrency']:.2f}x concurrency at {setup['max_model_len']:,} tokens{where}"
         )
+    elif not s["vllm_kv_check"] and available <= 0:
+        # vLLM raises "No available memory for the cache blocks" before the one-request check
+        answer = "vLLM would refuse to start (no memory left for KV cache blocks)"
     elif not s["vllm_kv_check"]:
         stage = f" on stage {s['limiting_stage']}" if "limiting_stage" in s else ""
         answer = f"vLLM would refuse to start (KV cache for one max_model_len request{stage})"

@@ -5,6 +5,10 @@ remove, computed by the same accounting (:func:`memplan.estimate.training.traini
 on the changed setup. Only levers that lower the peak are listed, largest first, with whether
 the step would then fit the GPU's usable memory (``usable_bytes`` of the fit verdict,
 :func:`memplan.estimate.fit.fit_on_gpu`).
+
+More GPUs (:func:`fewest_gpus`): the smallest power-of-two count of the same GPU over which
+FSDP full sharding brings every rank's peak under that memory, computed by the per-rank engine
+(:mod:`memplan.estimate.distributed`), each rank at the same micro-batch and sequence.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from memplan.errors import MemplanError
 from memplan.estimate.train_setup import ALL_LINEAR, ATTENTION, lora_targets_for
 from memplan.estimate.training import estimate_training, training_peak_bytes
 from memplan.specs.model import ModelSpec
+from memplan.specs.parallel import DEFAULT_GPUS_PER_NODE, ParallelPlan, Sharding
 from memplan.specs.training import (
     QLORA_RECIPE,
     Checkpointing,
@@ -25,12 +30,14 @@ from memplan.specs.training import (
     TrainingSetup,
 )
 
-__all__ = ["Lever", "what_to_try"]
+__all__ = ["Lever", "fewest_gpus", "what_to_try"]
 
 _FOREACH = (Optimizer.ADAMW, Optimizer.ADAM, Optimizer.ADAMW_FOREACH)
 _EIGHT_BIT = (Optimizer.ADAMW_8BIT, Optimizer.PAGED_ADAMW_8BIT)
 _LORA_RANK = 16
 """The rank the LoRA lever proposes (peft's examples; memory barely depends on it)."""
+MAX_GPUS = 1024
+"""The most GPUs the "more GPUs" lever tries (128 nodes of 8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class Lever:
     saved_bytes: int
     peak_bytes: int
     fits: bool
+    gpus: int = 1
+    """GPUs the lever uses (``peak_bytes`` is then per GPU, the worst rank's)."""
 
 
 def _levers(
@@ -109,6 +118,50 @@ def _levers(
         )
 
 
+def _fsdp_plan(n_gpus: int) -> ParallelPlan:
+    """FSDP full sharding over ``n_gpus`` GPUs, nodes of :data:`DEFAULT_GPUS_PER_NODE` (the
+    layout ``--gpus N --fsdp full`` builds)."""
+    per_node = min(n_gpus, DEFAULT_GPUS_PER_NODE)
+    return ParallelPlan(
+        nodes=n_gpus // per_node, gpus_per_node=per_node, sharding=Sharding.FSDP_FULL
+    )
+
+
+def fewest_gpus(
+    spec: ModelSpec, setup: TrainingSetup, usable_bytes: int, *, max_gpus: int = MAX_GPUS
+) -> Lever | None:
+    """The smallest power-of-two GPU count (2 to ``max_gpus``) whose FSDP full sharding puts
+    every rank's peak within ``usable_bytes``, or None: no such count (the activations do not
+    shard) or a setup the per-rank engine does not take. A rank's peak does not grow with the
+    count (its share of the states shrinks, its activations and buffers stay), so the count is
+    found by bisection over the exponents."""
+    from memplan.estimate.dist_report import worst_peak_bytes
+
+    def peak_at(n_gpus: int) -> int:
+        return worst_peak_bytes(spec, setup, _fsdp_plan(n_gpus))
+
+    try:
+        peaks = {2: peak_at(2)}  # two GPUs often suffice: try them first
+        low, high = 1, max_gpus.bit_length() - 1  # 2**low .. 2**high GPUs; 2**high fits
+        if peaks[2] <= usable_bytes:
+            high = 1
+        else:
+            peaks[2**high] = peak_at(2**high)
+            if peaks[2**high] > usable_bytes:
+                return None
+            low = 2
+        while low < high:
+            mid = (low + high) // 2
+            peaks[2**mid] = peak_at(2**mid)
+            low, high = (low, mid) if peaks[2**mid] <= usable_bytes else (mid + 1, high)
+    except MemplanError:
+        return None
+    n_gpus, peak = 2**high, peaks[2**high]
+    flags = f"--gpus {n_gpus} --fsdp full"
+    name = f"more GPUs: FSDP full sharding over {n_gpus} GPUs, per-GPU peak"
+    return Lever(name, flags, training_peak_bytes(spec, setup) - peak, peak, True, gpus=n_gpus)
+
+
 def what_to_try(
     spec: ModelSpec,
     setup: TrainingSetup,
@@ -132,4 +185,6 @@ def what_to_try(
             continue
         if new_peak < peak:
             out.append(Lever(name, flags, peak - new_peak, new_peak, new_peak <= usable_bytes))
-    return sorted(out, key=lambda lever: -lever.saved_bytes)
+    out.sort(key=lambda lever: -lever.saved_bytes)
+    more = fewest_gpus(spec, setup, usable_bytes)
+    return out if more is None else [*out, more]

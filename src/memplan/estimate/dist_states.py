@@ -47,6 +47,7 @@ __all__ = [
     "LocalTensor",
     "StageStates",
     "activation_precision",
+    "compute_width",
     "local_spec",
     "stage_layers",
     "stage_states",
@@ -289,7 +290,10 @@ def _offload(states: StageStates, plan: ParallelPlan) -> StageStates:
     return dataclasses.replace(states, **changes)  # type: ignore[arg-type]
 
 
-def _compute_width(setup: TrainingSetup, plan: ParallelPlan, reg: Regime) -> int:
+def compute_width(setup: TrainingSetup, plan: ParallelPlan, reg: Regime) -> int:
+    """Bytes of a parameter as the forward uses it: the all-gathered width under FSDP2's
+    ``param_dtype`` (half under a mixed policy, though the shards stay fp32), DeepSpeed's half
+    model, or autocast's copies."""
     precision = activation_precision(setup, plan)
     return 2 if precision in _HALF or reg.autocast else reg.param_bytes
 
@@ -350,7 +354,7 @@ def _torch_states(
         comm["ddp_gradient_buckets"] = buckets
         if plan.gradient_as_bucket_view:
             grads = 0  # the .grad tensors are views into the buckets
-    compute = _compute_width(setup, plan, reg)
+    compute = compute_width(setup, plan, reg)
     return StageStates(
         params={"sharded" if fsdp else "replicated": params},
         grads={"sharded" if fsdp else "replicated": grads} if grads else {},

@@ -36,6 +36,7 @@ from typing import Any
 from memplan.estimate.dist_states import (
     LocalTensor,
     StageStates,
+    compute_width,
     local_spec,
     stage_layers,
     stage_states,
@@ -182,7 +183,7 @@ def _dp_family(
     reg = state_regime(setup, plan)
     sharding = plan.sharding
     trainable = sum(t.numel for t in tensors if t.trainable)
-    half = 2 if reg.compute_bytes == 2 else reg.param_bytes
+    half = compute_width(setup, plan, reg)
     out = []
     if sharding in (Sharding.DDP, Sharding.ZERO_0, Sharding.FSDP_NO_SHARD):
         size = trainable * reg.grad_bytes

@@ -225,12 +225,13 @@ def _levers(
 
     return [
         {
-            "lever": lever.name.split(" (")[0],
+            "lever": lever.name.split(" (")[0].split(":")[0],
             "name": lever.name,
             "flags": lever.flags,
             "saved_bytes": lever.saved_bytes,
             "peak_bytes": lever.peak_bytes,
             "fits": lever.fits,
+            "gpus": lever.gpus,
         }
         for lever in what_to_try(
             spec,

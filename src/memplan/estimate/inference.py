@@ -79,7 +79,8 @@ class Efficiency:
 
 def compute_dtype_for(fmt: str) -> str:
     """The dtype the matmuls run in: the weights' for plain dtypes; fp16 for GPTQ/AWQ kernels
-    (dequantized fp16 GEMMs); bf16 for bitsandbytes; fp8 and int8 for those formats."""
+    (dequantized fp16 GEMMs); bf16 for bitsandbytes; fp8 and int8 for those formats (the fp8
+    checkpoints' block and row-wise scaled GEMMs included)."""
     key = normalize_format(fmt)
     return {
         "gptq-int4": "fp16",
@@ -88,6 +89,8 @@ def compute_dtype_for(fmt: str) -> str:
         "bnb-nf4-nodq": "bf16",
         "bnb-int8": "int8",
         "int4": "bf16",
+        "fp8-block": "fp8",
+        "fp8-rowwise": "fp8",
     }.get(key, key)
 
 
@@ -350,7 +353,10 @@ def inference_report(
         found = fit_inference(spec, setup, gpu, cuda_context_bytes=cuda_context_bytes)
         scalars.update(gpu=gpu.name, **fit_scalars(found.fit))
         scalars.update(max_batch_size=found.max_batch_size, max_prompt_len=found.max_prompt_len)
-        if gpu.memory_bandwidth_bytes_per_s is not None and gpu.tflops:
+        missing = _missing_peak(gpu, formats.weights)
+        if missing:
+            notes.append(missing)
+        elif gpu.memory_bandwidth_bytes_per_s is not None and gpu.tflops:
             weights_total = int(weights_bytes(spec, formats.weights).total)
             latency, extra = latency_item(
                 spec, setup, gpu, weights_total, formats.kv, efficiency or Efficiency()
@@ -366,6 +372,19 @@ def inference_report(
         phases=phases_of(mem, setup),
         notes=notes,
         sections=sections,
+    )
+
+
+def _missing_peak(gpu: Gpu, weights: str) -> str | None:
+    """The note when ``gpu`` has figures but none for the dtype the matmuls run in (GB200 has
+    no fp32 peak, a T4 no bf16): the memory answer stands, the time is not estimated."""
+    dtype = compute_dtype_for(weights)
+    if not gpu.tflops or dtype in gpu.tflops:
+        return None
+    known = ", ".join(sorted(gpu.tflops))
+    return (
+        f"time not estimated: no peak {dtype} TFLOP/s known for {gpu.name} (known: {known}); "
+        f"--weights with one of those, or --tflops, to estimate it"
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "checkpoint_quantization",
     "default_weight_format",
     "params_report",
+    "stored_in_fp32",
     "weight_format_note",
 ]
 
@@ -65,8 +66,16 @@ def default_weight_format(spec: ModelSpec) -> str:
     return fmt if fmt in ("fp32", "fp16", "bf16") else "bf16"
 
 
+def stored_in_fp32(spec: ModelSpec) -> bool:
+    """The model's config says its checkpoint is float32 (Gemma-2's are); a manual model or a
+    config without a dtype says nothing."""
+    config = spec.hf_config or {}
+    return (config.get("torch_dtype") or config.get("dtype")) == "float32"
+
+
 def weight_format_note(spec: ModelSpec, fmt: str) -> str | None:
-    """One line saying where the default weight format came from, when it needs saying."""
+    """One line saying where the default weight format came from, when it needs saying (an fp32
+    checkpoint: only when its config says so, not a manual model's or a missing dtype's fp32)."""
     quant = (spec.hf_config or {}).get("quantization_config")
     if isinstance(quant, dict) and fmt == checkpoint_quantization(spec.hf_config or {}):
         return (
@@ -78,7 +87,7 @@ def weight_format_note(spec: ModelSpec, fmt: str) -> str | None:
             f"the checkpoint's quantization_config ({quant.get('quant_method')!r}) is not "
             f"modelled: weights counted as {fmt}"
         )
-    if fmt == "fp32" and spec.dtype == "float32":
+    if fmt == "fp32" and stored_in_fp32(spec):
         half = weights_bytes(spec, "bf16").total
         return (
             f"the checkpoint is stored in fp32, but nearly everyone loads it in bf16 "
@@ -153,6 +162,9 @@ def params_report(spec: ModelSpec, method: str = "exact", weights: str | None = 
     checkpoint = _checkpoint_note(spec, totals.total)
     if checkpoint:
         notes.append(checkpoint)
+    stored = weight_format_note(spec, fmt) if not weights else None
+    if stored:
+        notes.append(stored)
     sections = {f"weights ({fmt})": weights_bytes(spec, fmt)}
     if buffers.children:
         sections["buffers"] = buffers

@@ -23,7 +23,13 @@ by default:
   fp8 weight (out, in) and ``weight_scale_inv``, one float32 per 128 x 128 block
   (transformers ``FP8Linear``; DeepSeek-V3 technical report, section 3.3).
 - ``fp8-rowwise`` (``fbgemm_fp8``, Llama-3.1-405B-FP8): fp8 weight and ``weight_scale``, one
-  float32 per output row (transformers ``FbgemmFp8Linear``; Llama 3 paper, section 6.2).
+  float32 per output row, and the float32 ``input_scale_ub`` buffer, one per layer
+  (transformers ``FbgemmFp8Linear``; Llama 3 paper, section 6.2).
+
+A quantized checkpoint's ``quantization_config.modules_to_not_convert`` keeps the linear layers
+it names in the 16-bit dtype (Llama-3.1-405B-FP8: every ``self_attn`` and the first and last
+layers); those are counted with the unquantized modules when the format asked for is the
+checkpoint's own (:func:`kept_linear_count`, transformers' ``should_convert_module`` rule).
 
 MoE experts (fused 3D tensors in transformers 5) are counted as ``n_experts`` linear layers
 each, as GPTQ/AWQ checkpoints of MoE models store them.
@@ -31,8 +37,10 @@ each, as GPTQ/AWQ checkpoints of MoE models store them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from math import ceil
 
 from memplan.errors import SetupError
@@ -46,6 +54,7 @@ __all__ = [
     "QUANT_FORMATS",
     "WEIGHT_FORMATS",
     "Linear",
+    "kept_linear_count",
     "linear_layers",
     "normalize_format",
     "part_weights_bytes",
@@ -172,7 +181,11 @@ def _fp8_block(lin: Linear) -> list[tuple[str, int]]:
 
 
 def _fp8_rowwise(lin: Linear) -> list[tuple[str, int]]:
-    return [("weight_fp8", lin.n_in * lin.n_out), ("weight_scale_fp32", 4 * lin.n_out)]
+    return [
+        ("weight_fp8", lin.n_in * lin.n_out),
+        ("weight_scale_fp32", 4 * lin.n_out),
+        ("input_scale_ub_fp32", 4),
+    ]
 
 
 QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] = {
@@ -185,6 +198,52 @@ QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] 
     "awq-int4": (_awq, _SRC_AWQ),
 }
 WEIGHT_FORMATS: tuple[str, ...] = (*DTYPE_BYTES, *QUANT_FORMATS)
+
+
+_CHECKPOINT_METHODS = {"fp8-rowwise": "fbgemm_fp8", "fp8-block": "fp8"}
+"""The ``quant_method`` whose checkpoints store each format (their modules_to_not_convert
+apply when that format is asked for)."""
+_MLP_KEYS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _kept_patterns(spec: ModelSpec, fmt: str) -> tuple[str, ...]:
+    """The checkpoint's ``modules_to_not_convert`` when ``fmt`` is the format it stores."""
+    quant = (spec.hf_config or {}).get("quantization_config")
+    if not isinstance(quant, dict) or _CHECKPOINT_METHODS.get(fmt) != quant.get("quant_method"):
+        return ()
+    return tuple(str(p) for p in quant.get("modules_to_not_convert") or ())
+
+
+@cache
+def _kept_rule(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """transformers ``should_convert_module`` (quantizers_utils.py, 5.x), negated: a pattern
+    matching from the start up to a module boundary (as a regex), or as a suffix."""
+    prefix = re.compile("|".join(rf"(?:{p})(?:\.|$)" for p in patterns))
+    return lambda module: bool(prefix.match(module)) or module.endswith(patterns)
+
+
+def _module_layers(spec: ModelSpec, lin: Linear, layers: range) -> tuple[str, list[int]]:
+    """The module path template of ``lin`` and the layers of ``layers`` it occurs in."""
+    prefix, _, name = lin.key.rpartition(".")
+    if name not in _MLP_KEYS:
+        return f"self_attn.{lin.key}", list(layers)
+    moe = prefix in ("experts", "shared_experts")
+    return f"mlp.{lin.key}", [i for i in layers if spec.is_moe_layer(i) == moe]
+
+
+def kept_linear_count(spec: ModelSpec, fmt: str, lin: Linear, layers: range | None = None) -> int:
+    """How many of ``lin``'s ``count`` layers (those of decoder ``layers``, default all, as
+    :func:`linear_layers` gave it) the checkpoint keeps unquantized in ``fmt``: its
+    ``modules_to_not_convert``; 0 for a format asked of a checkpoint that is not in it.
+    Module paths are transformers' (``model.layers.{i}.self_attn.q_proj``, ``...mlp.up_proj``);
+    a fused expert tensor is kept with its layer or its ``mlp``."""
+    patterns = _kept_patterns(spec, normalize_format(fmt))
+    if not patterns:
+        return 0
+    path, where = _module_layers(spec, lin, range(spec.n_layers) if layers is None else layers)
+    is_kept = _kept_rule(patterns)
+    kept = [i for i in where if is_kept(f"model.layers.{i}.{path}")]
+    return len(kept) * (lin.count // max(len(where), 1))
 
 
 def normalize_format(fmt: str) -> str:
@@ -210,17 +269,29 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
     per_linear, src = QUANT_FORMATS[fmt]
     quantized = root.add(Item("quantized_linears"))
     n_quantized = 0
+    n_kept = 0
     for lin in linear_layers(spec):
-        node = quantized.add(Item(lin.key, note=f"{lin.count} x ({lin.n_out}, {lin.n_in})"))
+        kept = kept_linear_count(spec, fmt, lin)
+        n_kept += kept
+        count = lin.count - kept
+        if not count:
+            continue
+        node = quantized.add(Item(lin.key, note=f"{count} x ({lin.n_out}, {lin.n_in})"))
         for part, size in per_linear(lin):
-            node.leaf(part, lin.count * size, f"{lin.count} x {size:,} B", src)
-        n_quantized += lin.count * lin.n_in * lin.n_out
+            node.leaf(part, count * size, f"{count} x {size:,} B", src)
+        n_quantized += count * lin.n_in * lin.n_out
     rest = n_total - n_quantized
+    kept_note = (
+        f"; {n_kept:,} linear layers the checkpoint's modules_to_not_convert names"
+        if n_kept
+        else ""
+    )
     root.leaf(
         "unquantized_16bit",
         rest * _HALF,
         f"{rest:,} x {_HALF} B",
-        "modules kept in the compute dtype: embeddings, lm_head, norms, routers, biases",
+        "modules kept in the compute dtype: embeddings, lm_head, norms, routers, biases"
+        + kept_note,
     )
     return root
 
@@ -235,8 +306,9 @@ def part_weights_bytes(spec: ModelSpec, fmt: str, numel: int, layers: range) -> 
     per_linear, _ = QUANT_FORMATS[fmt]
     packed = n_quantized = 0
     for lin in linear_layers(spec, layers):
-        packed += lin.count * sum(size for _, size in per_linear(lin))
-        n_quantized += lin.count * lin.n_in * lin.n_out
+        count = lin.count - kept_linear_count(spec, fmt, lin, layers)
+        packed += count * sum(size for _, size in per_linear(lin))
+        n_quantized += count * lin.n_in * lin.n_out
     return int(packed + (numel - n_quantized) * _HALF)
 
 
