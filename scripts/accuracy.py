@@ -4,7 +4,11 @@ Each ``scripts/accuracy_<area>.py`` exposes ``section() -> str`` (markdown). Not
 typed in by hand: every figure comes from running the engines (and, where a GPU was available,
 from measured runs recorded by the trace engine's ``--measure``).
 
-Usage: ``python scripts/accuracy.py [--only training,inference,trace] [--out docs/accuracy.md]``
+Usage: ``python scripts/accuracy.py [--only training,inference,...] [--out docs/accuracy.md]``
+
+With ``--only``, the areas not named keep the sections the output file already has (each
+section is found by its first line, its ``## `` heading), so one area can be regenerated
+without rerunning the others' traces.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-AREAS = ("trace", "memtracker", "training", "families", "inference", "distributed", "plan")
+AREAS = (
+    "trace",
+    "memtracker",
+    "training",
+    "families",
+    "inference",
+    "distributed",
+    "plan",
+    "new_types",
+)
 
 
 def load_section(area: str) -> str:
@@ -51,16 +64,39 @@ def header() -> str:
     )
 
 
+def existing_sections(text: str) -> list[str]:
+    """The ``## `` sections of a generated file, each up to the next one (the header before
+    the first is dropped: it is regenerated)."""
+    sections: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            sections.append(line)
+        elif sections:
+            sections[-1] += line
+    return [s.rstrip("\n") + "\n" for s in sections]
+
+
+def merge_sections(kept: list[str], fresh: list[str]) -> list[str]:
+    """``kept`` in order, each replaced by the fresh section with the same first line; fresh
+    sections without a kept one are appended."""
+    by_heading = {s.splitlines()[0]: s for s in fresh}
+    merged = [by_heading.pop(s.splitlines()[0], s) for s in kept]
+    return merged + [s for s in fresh if s.splitlines()[0] in by_heading]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(AREAS))
+    parser.add_argument("--only", default=None)
     parser.add_argument("--out", default=str(HERE.parent / "docs" / "accuracy.md"))
     args = parser.parse_args(argv)
-    parts = [header()]
-    for area in args.only.split(","):
+    out = Path(args.out)
+    only = AREAS if args.only is None else tuple(a.strip() for a in args.only.split(","))
+    kept = existing_sections(out.read_text()) if args.only is not None and out.exists() else []
+    fresh = []
+    for area in only:
         print(f"accuracy: {area} ...", file=sys.stderr)
-        parts.append(load_section(area.strip()))
-    Path(args.out).write_text("\n".join(parts))
+        fresh.append(load_section(area))
+    out.write_text("\n".join([header(), *merge_sections(kept, fresh)]))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

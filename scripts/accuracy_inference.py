@@ -23,7 +23,7 @@ from memplan.specs.inference import InferenceSetup
 from memplan.specs.training import Precision, TrainingSetup
 from memplan.units import GIB
 
-__all__ = ["section"]
+__all__ = ["memory_rows", "section"]
 
 PHI3 = "microsoft/Phi-3-mini-4k-instruct"
 SEED002_WEIGHTS_GIB = 7.1183
@@ -167,7 +167,9 @@ def _worst(analytic: Report, trace: Report) -> tuple[str, float]:
     return worst, error
 
 
-def _memory_rows() -> tuple[list[str], int, int]:
+def _memory_rows(
+    cases: list[tuple[str, InferenceSetup]] | None = None,
+) -> tuple[list[str], int, int]:
     from memplan.trace.inference import trace_inference
 
     rows = [
@@ -176,7 +178,7 @@ def _memory_rows() -> tuple[list[str], int, int]:
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     exact = within = 0
-    for name, setup in MEMORY_CASES:
+    for name, setup in MEMORY_CASES if cases is None else cases:
         spec = resolve(name)
         started = time.perf_counter()
         trace = trace_inference(spec, setup)
@@ -230,6 +232,9 @@ def _flop_rows() -> list[str]:
             f"{_error(step.scalars['flops'], ours)} |"
         )
     return rows
+
+
+memory_rows = _memory_rows
 
 
 def _inference_memory_lines() -> list[str]:

@@ -27,7 +27,7 @@ from memplan.specs.training import (
 )
 from memplan.units import GIB
 
-__all__ = ["CASES", "FAMILY_MODELS", "family_cases", "section"]
+__all__ = ["CASES", "FAMILY_MODELS", "family_cases", "run_case", "section", "table"]
 
 _LLAMA2 = "meta-llama/Llama-2-7b-hf"
 _LLAMA3 = "meta-llama/Meta-Llama-3-8B"
@@ -140,10 +140,10 @@ FAMILY_MODELS = (
 _EAGER_ONLY = ("gemma-2", "gemma-3")  # transformers' gemma2/gemma3 default to eager attention
 
 
-def family_cases() -> list[tuple[str, TrainingSetup]]:
+def family_cases(models: tuple[str, ...] = FAMILY_MODELS) -> list[tuple[str, TrainingSetup]]:
     """Every family at full size: batch 1, seq 512, pure bf16, AdamW (foreach)."""
     cases = []
-    for name in FAMILY_MODELS:
+    for name in models:
         eager = any(tag in name for tag in _EAGER_ONLY)
         attention = Attention.EAGER if eager else Attention.SDPA
         cases.append((name, _s(batch=1, seq=512, precision=Precision.BF16, attention=attention)))
@@ -199,7 +199,7 @@ def run_case(name: str, setup: TrainingSetup) -> Row:
     )
 
 
-def _table(rows: list[Row]) -> list[str]:
+def table(rows: list[Row]) -> list[str]:
     lines = [
         "| model | setup | trace peak (GiB) | analytic peak (GiB) | peak error | worst line | "
         "its error | trace s |",
@@ -235,7 +235,7 @@ def section(cases: list[tuple[str, TrainingSetup]] | None = None) -> str:
         "`python scripts/accuracy_training.py`.",
         "",
     ]
-    lines += _table(rows)
+    lines += table(rows)
     lines += [
         "",
         "Notes. MoE rows assume tokens spread evenly over the experts, as the trace routes its "
@@ -249,7 +249,7 @@ def section(cases: list[tuple[str, TrainingSetup]] | None = None) -> str:
         "(Gemma 2 and 3).",
         "",
     ]
-    lines += _table(family_rows)
+    lines += table(family_rows)
     lines.append("")
     return "\n".join(lines)
 

@@ -73,12 +73,18 @@ def _filled(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` as transformers reads it: every absent field at its default."""
     from transformers import AutoConfig
 
-    values = {k: v for k, v in config.items() if k not in NOT_PASSED}
+    from memplan.trace.meta import strict_values
+
+    # the published values transformers 5.23's strict classes reject (Llama 4's
+    # attn_temperature_tuning: 4) as its loading code passes them
+    values = {k: v for k, v in strict_values(config).items() if k not in NOT_PASSED}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         hf = AutoConfig.for_model(config["model_type"], **values)
-    return {**hf.to_dict(), "model_type": config["model_type"]}
+    # quantization_config is not a config-class field; the checkpoint's format stays with it
+    kept = {k: config[k] for k in ("quantization_config",) if k in config}
+    return {**hf.to_dict(), "model_type": config["model_type"], **kept}
 
 
 def _catalog_config(file_name: str) -> dict[str, Any]:
@@ -91,8 +97,13 @@ CATALOG_FILES = sorted(
 
 
 def _minimal(model_type: str) -> dict[str, Any]:
-    """The first catalog config of ``model_type`` without every field memplan can do without."""
-    config = next(c for c in map(_catalog_config, CATALOG_FILES) if c["model_type"] == model_type)
+    """The first catalog config of ``model_type`` (or a multimodal config's ``text_config`` of
+    that type: Llama 4's ``llama4_text``) without every field memplan can do without."""
+    configs = [
+        c.get("text_config", {}) if c["model_type"] != model_type else c
+        for c in map(_catalog_config, CATALOG_FILES)
+    ]
+    config = next(c for c in configs if c.get("model_type") == model_type)
     for key in [k for k in config if k != "model_type"]:
         trial = {k: v for k, v in config.items() if k != key}
         try:

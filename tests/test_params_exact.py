@@ -41,7 +41,13 @@ def test_catalog_model_count_equals_meta_build(entry: Any) -> None:
 
 
 def test_catalog_covers_every_supported_family() -> None:
-    types = {catalog_config(entry).get("model_type") for entry in list_models()}
+    types = set()
+    for entry in list_models():
+        config = catalog_config(entry)
+        types.add(config.get("model_type"))
+        text = config.get("text_config")
+        if isinstance(text, dict):  # a multimodal checkpoint's text model (llama4_text)
+            types.add(text.get("model_type"))
     missing = set(SUPPORTED_MODEL_TYPES) - types
     assert not missing, f"catalog has no model of {sorted(missing)}"
 
@@ -168,7 +174,117 @@ def _deepseek_config(model_type: str, rng: random.Random) -> dict[str, Any]:
     return cfg
 
 
+def _gpt_oss_config(rng: random.Random) -> dict[str, Any]:
+    cfg = {"model_type": "gpt_oss", **_dims(rng)}
+    cfg.update(
+        head_dim=rng.choice([8, 16]),
+        num_local_experts=rng.randint(2, 5),
+        num_experts_per_tok=1,
+        attention_bias=rng.random() < 0.7,
+        sliding_window=rng.choice([4, 8, 128]),
+    )
+    return cfg
+
+
+def _llama4_text_config(rng: random.Random) -> dict[str, Any]:
+    cfg = {"model_type": "llama4_text", **_dims(rng)}
+    layers = cfg["num_hidden_layers"]
+    cfg.update(
+        head_dim=rng.choice([8, 16]),
+        intermediate_size_mlp=8 * rng.randint(4, 24),
+        num_local_experts=rng.randint(2, 5),
+        num_experts_per_tok=1,
+        attention_bias=rng.random() < 0.5,
+        use_qk_norm=rng.random() < 0.5,
+        no_rope_layer_interval=rng.choice([2, 4]),
+        attention_chunk_size=rng.choice([8, 16]),
+    )
+    if rng.random() < 0.5:
+        cfg["interleave_moe_layer_step"] = rng.choice([1, 2])
+    else:
+        cfg["moe_layers"] = sorted(rng.sample(range(layers), rng.randint(0, layers)))
+    if rng.random() < 0.3:
+        cfg["no_rope_layers"] = [rng.choice([0, 1]) for _ in range(layers)]
+    return cfg
+
+
+def _qwen3_next_config(rng: random.Random) -> dict[str, Any]:
+    cfg = {"model_type": "qwen3_next", **_dims(rng)}
+    layers = cfg["num_hidden_layers"]
+    k_heads = rng.choice([1, 2])
+    cfg.update(
+        head_dim=rng.choice([8, 16]),
+        attention_bias=rng.random() < 0.5,
+        linear_num_key_heads=k_heads,
+        linear_num_value_heads=k_heads * rng.choice([1, 2]),
+        linear_key_head_dim=rng.choice([4, 8]),
+        linear_value_head_dim=rng.choice([4, 8]),
+        linear_conv_kernel_dim=rng.choice([2, 4]),
+        full_attention_interval=rng.choice([2, 4]),
+        num_experts=rng.choice([0, 2, 4]),
+        num_experts_per_tok=1,
+        moe_intermediate_size=8 * rng.randint(1, 4),
+        shared_expert_intermediate_size=8 * rng.randint(1, 4),
+        decoder_sparse_step=rng.choice([1, 2]),
+        mlp_only_layers=sorted(rng.sample(range(layers), rng.randint(0, layers))),
+        partial_rotary_factor=rng.choice([0.25, 0.5, 1.0]),
+    )
+    return cfg
+
+
+def _vision_config(model_type: str, rng: random.Random) -> dict[str, Any]:
+    heads = rng.choice([2, 4])
+    vision: dict[str, Any] = {
+        "hidden_size": heads * rng.choice([8, 16]),
+        "intermediate_size": 8 * rng.randint(2, 8),
+        "num_hidden_layers": rng.randint(1, 2),
+        "num_attention_heads": heads,
+        "patch_size": rng.choice([4, 8]),
+        "image_size": rng.choice([16, 32]),
+    }
+    if model_type == "gemma3":
+        vision.update(model_type="siglip_vision_model", vision_use_head=rng.random() < 0.5)
+    elif model_type == "mistral3":
+        vision.update(model_type="pixtral", head_dim=vision["hidden_size"] // heads)
+    else:
+        width = rng.choice([16, 32])
+        vision.update(
+            model_type="llama4_vision_model",
+            vision_output_dim=width,
+            projector_input_dim=width,
+            projector_output_dim=width,
+        )
+    return vision
+
+
+def _multimodal_config(model_type: str, rng: random.Random) -> dict[str, Any]:
+    text_type = {"gemma3": "gemma3_text", "llama4": "llama4_text", "mistral3": "mistral"}
+    text = _random_config(text_type[model_type], rng)
+    cfg: dict[str, Any] = {
+        "model_type": model_type,
+        "text_config": text,
+        "vision_config": _vision_config(model_type, rng),
+    }
+    if model_type == "gemma3":
+        cfg["mm_tokens_per_image"] = rng.choice([1, 4])
+    if model_type == "mistral3":
+        cfg.update(
+            spatial_merge_size=rng.choice([1, 2]),
+            multimodal_projector_bias=rng.random() < 0.5,
+            vision_feature_layer=rng.choice([-1, [-1, -2]]),
+        )
+    return cfg
+
+
 def _random_config(model_type: str, rng: random.Random) -> dict[str, Any]:
+    if model_type in ("gemma3", "llama4", "mistral3"):
+        return _multimodal_config(model_type, rng)
+    if model_type == "gpt_oss":
+        return _gpt_oss_config(rng)
+    if model_type == "llama4_text":
+        return _llama4_text_config(rng)
+    if model_type == "qwen3_next":
+        return _qwen3_next_config(rng)
     if model_type in ("gpt2", "gpt_bigcode"):
         return _gpt_config(model_type, rng)
     if model_type == "falcon":

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from memplan.catalog import resolve
-from memplan.formulas.params import total_params
-from memplan.specs.model import ModelSpec
+from memplan.formulas.params import layer_params, linear_params, norm_params, total_params
+from memplan.specs.model import AttentionType, ModelSpec
 
 INDEX = Path(__file__).resolve().parent.parent / "src" / "memplan" / "catalog" / "models.json"
 ENTRIES: list[dict[str, Any]] = json.loads(INDEX.read_text())["models"]
@@ -33,8 +33,22 @@ def _lm_head_stored_though_tied(spec: ModelSpec) -> int:
     return spec.vocab_size * spec.hidden_size
 
 
+def mtp_module_not_built(spec: ModelSpec) -> int:
+    """Qwen3-Next's multi-token-prediction module (``mtp.*`` in the checkpoint, not built by
+    transformers): one decoder layer with full attention and the MoE, ``fc`` Linear(2h, h)
+    and three RMSNorm(h) (pre_fc_norm_embedding, pre_fc_norm_hidden, norm)."""
+    full_moe = next(
+        i
+        for i in range(spec.n_layers)
+        if spec.attention_type(i) is AttentionType.FULL and spec.is_moe_layer(i)
+    )
+    h = spec.hidden_size
+    return layer_params(spec, full_moe) + linear_params(2 * h, h) + 3 * norm_params(spec, h)
+
+
 EXCEPTIONS: dict[str, Callable[[ModelSpec], int]] = {
     "lm_head_stored_though_tied": _lm_head_stored_though_tied,
+    "mtp_module_not_built": mtp_module_not_built,
 }
 """Parameters a published figure counts beyond the model's own, by exception kind."""
 

@@ -23,8 +23,9 @@ LLAMA: dict[str, Any] = {
 }
 
 
-def test_twenty_families_supported() -> None:
-    assert len(SUPPORTED_MODEL_TYPES) == 20
+def test_twenty_six_families_supported() -> None:
+    new = {"gpt_oss", "llama4_text", "qwen3_next", "gemma3", "llama4", "mistral3"}
+    assert len(SUPPORTED_MODEL_TYPES) == 26 and new <= set(SUPPORTED_MODEL_TYPES)
 
 
 def test_llama_defaults() -> None:

@@ -8,6 +8,9 @@ byte.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from memplan.estimate.training import estimate_training
@@ -297,3 +300,41 @@ def test_falcon_math_kernel_saved_tensors() -> None:
     analytic = estimate_training(spec, setup)
     assert analytic.notes[0].startswith("attention kernel: math")
     assert _lines(analytic) == _lines(_trace(config, setup))
+
+
+# The model types of issue 12 (transformers 5.23), on the trace tests' tiny configs: gpt-oss
+# (sliding/full alternation, attention sinks, eager attention, biased router, clamped SwiGLU),
+# Llama 4 (chunked and NoPE layers, all-experts MoE with a shared expert, a vision tower text
+# inputs do not run), Gemma 3 and Mistral 3 multimodal configs (their text model trains).
+FAMILIES_2025 = json.loads((Path(__file__).parent / "data" / "trace_tiny_configs.json").read_text())
+# (Their default setup, bf16-mixed b2 s32, is tests/test_trace_families.py's.)
+CASES_2025 = [
+    ("gpt_oss", _setup(batch=2, seq=32, precision=Precision.BF16, lora_rank=4)),
+    ("llama4", _setup(batch=2, seq=40, precision=Precision.FP32)),
+    ("gemma3", _setup(batch=2, seq=32, precision=Precision.BF16)),
+    ("mistral3", _setup(batch=2, seq=32, precision=Precision.BF16)),
+    pytest.param(
+        "llama4",
+        _setup(batch=2, seq=32, checkpointing=Checkpointing.FULL),
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="peak exact; peak_backward -104,960 B (-3.5 % of the peak), end_of_forward "
+            "-2,048 B: with full checkpointing the recomputed forward of the chunked/sliding "
+            "layers holds mask tensors the analytic backward does not count (gpt-oss "
+            "-96,256 B and Gemma 3 -66,048 B at peak_backward likewise; not specific to these "
+            "families: TINY's mistral-swa is -4,096 B and gemma3-swa -155,136 B there)",
+        ),
+    ),
+]
+
+
+def _id_2025(case: object) -> str:
+    values = getattr(case, "values", case)
+    return _id(values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("family", "setup"), CASES_2025, ids=[_id_2025(c) for c in CASES_2025])
+def test_families_2025_every_line_equals_the_trace(family: str, setup: TrainingSetup) -> None:
+    config = FAMILIES_2025[family]
+    spec = spec_from_config(dict(config), name=family)
+    assert _lines(estimate_training(spec, setup)) == _lines(_trace(config, setup))

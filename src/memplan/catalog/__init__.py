@@ -8,7 +8,8 @@ config file asked for are read, so resolving is fast.
 
 A variant shares its base model's architecture; ``models.json`` lists, per base entry, its
 variants with the config fields whose published values differ (``overrides``: context length,
-vocabulary, dtype, ``quantization_config`` ...) and where those values come from.
+vocabulary, dtype, ``quantization_config`` ...; a dotted key such as
+``text_config.max_position_embeddings`` sets a nested field) and where those values come from.
 """
 
 from __future__ import annotations
@@ -150,8 +151,19 @@ def catalog_config(entry: CatalogEntry) -> dict[str, Any]:
     if not path.is_file():
         path = _HERE / entry.file
     config: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    config.update(dict(entry.overrides))
+    for key, value in entry.overrides:
+        _set_field(config, key, value)
     return config
+
+
+def _set_field(config: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` in ``config``; ``text_config.max_position_embeddings`` reaches into a
+    nested config (a multimodal checkpoint's text model)."""
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
 
 
 def suggestions(name: str, n: int = 3) -> list[str]:

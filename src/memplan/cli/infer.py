@@ -131,10 +131,11 @@ def run(args: Any) -> int:
 
 
 def kv_bytes_per_token(spec: Any, report: Any) -> int:
-    """KV cache bytes one more token costs (every layer, per tensor-parallel rank; a
-    sliding-window layer counts while the context is inside its window); with pipeline stages,
-    on the GPU of the stage with the highest peak (its layers' share: every layer costs the
-    same per token)."""
+    """KV cache bytes one more token costs (every softmax-attention layer, per
+    tensor-parallel rank; a sliding-window layer counts while the context is inside its
+    window; linear-attention layers' fixed states cost nothing per token); with pipeline
+    stages, on the GPU of the stage with the highest peak (its attention layers' share: every
+    such layer costs the same per token)."""
     from memplan.estimate.inference import activation_bytes
     from memplan.formulas import serving as vllm
     from memplan.formulas.kv_cache import kv_cache_item, kv_dtype_bytes
@@ -143,11 +144,21 @@ def kv_bytes_per_token(spec: Any, report: Any) -> int:
     act = activation_bytes(setup["weights"])
     element = kv_dtype_bytes(setup["kv_dtype"], "fp32" if act == 4 else "bf16")
     heads = vllm.vllm_kv_heads_per_rank(spec, setup["tp"])
-    total = int(kv_cache_item(spec, batch=1, n_tokens=1, dtype_bytes=element, kv_heads=heads).total)
+    one = kv_cache_item(
+        spec,
+        batch=1,
+        n_tokens=1,
+        dtype_bytes=element,
+        kv_heads=heads,
+        views=True,  # no counters: they do not grow with the context
+        linear_states=False,
+    )
+    total = int(one.total)
     for entry in report.scalars.get("stages", ()):
         if entry["stage"] == report.scalars["peak_stage"]:
             start, stop = entry["layers"]
-            return total // spec.n_layers * (stop - start)
+            attention = sum(1 for i in range(start, stop) if not spec.is_linear_attention(i))
+            return total // spec.n_attention_layers * attention
     return total
 
 

@@ -79,8 +79,10 @@ class Efficiency:
 
 def compute_dtype_for(fmt: str) -> str:
     """The dtype the matmuls run in: the weights' for plain dtypes; fp16 for GPTQ/AWQ kernels
-    (dequantized fp16 GEMMs); bf16 for bitsandbytes; fp8 and int8 for those formats (the fp8
-    checkpoints' block and row-wise scaled GEMMs included)."""
+    (dequantized fp16 GEMMs); bf16 for bitsandbytes and for gpt-oss's MXFP4 experts
+    (transformers' ``Mxfp4GptOssExperts`` multiply bf16 activations; the other layers are
+    bf16); fp8 and int8 for those formats (the fp8 checkpoints' block and row-wise scaled
+    GEMMs included)."""
     key = normalize_format(fmt)
     return {
         "gptq-int4": "fp16",
@@ -89,6 +91,7 @@ def compute_dtype_for(fmt: str) -> str:
         "bnb-nf4-nodq": "bf16",
         "bnb-int8": "int8",
         "int4": "bf16",
+        "mxfp4": "bf16",
         "fp8-block": "fp8",
         "fp8-rowwise": "fp8",
     }.get(key, key)
@@ -437,6 +440,14 @@ def _notes(spec: ModelSpec, setup: InferenceSetup, formats: _Formats) -> list[st
             f"{spec.model_type}: the forward is replayed with the Llama layout; this family's "
             "own ops (projections, norms, activations, eager scores) are not followed one by "
             "one, so the temporaries line is an approximation (docs/accuracy.md: its gap)"
+        )
+    n_linear = spec.n_layers - spec.n_attention_layers
+    if n_linear:
+        notes.append(
+            f"linear attention not replayed: the {n_linear} Gated DeltaNet layers' states are "
+            "in kv_cache (conv state and fp32 recurrent state, any length), but their chunked "
+            "delta rule's temporaries are not replayed, so the prefill peak is understated "
+            "(docs/accuracy.md: the gap; `memplan trace --infer` follows them)"
         )
     if formats.weights not in ("fp32", "fp16", "bf16"):
         notes.append(

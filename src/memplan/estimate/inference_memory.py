@@ -26,7 +26,13 @@ from memplan.formulas.forward_memory import (
     kv_row_bytes,
     layer_runs,
 )
-from memplan.formulas.kv_cache import cache_counter_bytes, cached_tokens, layer_window
+from memplan.formulas.kv_cache import (
+    cache_counter_bytes,
+    cached_tokens,
+    layer_window,
+    linear_state_bytes,
+)
+from memplan.formulas.replay_attention import linear_states
 from memplan.formulas.serving import PipelineStage, pipeline_stages, vllm_kv_heads_per_rank
 from memplan.formulas.training import alloc_bytes, buffer_allocations, param_tensors
 from memplan.formulas.weights import DTYPE_BYTES, normalize_format, weights_bytes
@@ -216,6 +222,9 @@ def _replay(
     if seen:
         k_row, v_row = kv_row_bytes(spec, shape)
         for start, stop, _ in layer_runs(spec, stage.start, stage.stop):
+            if spec.is_linear_attention(start):
+                linear_states(spec, shape, replay, start, stop - start)
+                continue
             tokens = _cached(spec, setup, start, seen, decoded)
             replay.new(f"kv/{start}/k", k_row * tokens, "kv_cache", stop - start)
             replay.new(f"kv/{start}/v", v_row * tokens, "kv_cache", stop - start)
@@ -238,6 +247,10 @@ def _kv_bytes(
     k_row, v_row = kv_row_bytes(spec, shape)
     total = 0
     for start, stop, _ in layer_runs(spec, stage.start, stage.stop):
+        if spec.is_linear_attention(start):
+            conv, recurrent = linear_state_bytes(spec, shape.batch, shape.act, round_to)
+            total += (stop - start) * (conv + recurrent)
+            continue
         tokens = _cached(spec, setup, start, seen, decoded)
         per_layer = alloc_bytes(k_row * tokens, round_to) + alloc_bytes(v_row * tokens, round_to)
         total += (stop - start) * per_layer

@@ -34,7 +34,7 @@ def checkpoint_quantization(config: dict[str, Any]) -> str | None:
     """The weight format a config's ``quantization_config`` stores, or None (plain dtype).
 
     ``fp8`` with ``weight_block_size`` -> ``fp8-block`` (DeepSeek-V3), ``fbgemm_fp8`` ->
-    ``fp8-rowwise`` (Llama-3.1-405B-FP8), ``gptq``/``awq`` 4-bit -> ``gptq-int4``/``awq-int4``,
+    ``fp8-rowwise`` (Llama-3.1-405B-FP8), ``mxfp4`` -> ``mxfp4`` (gpt-oss's experts), ``gptq``/``awq`` 4-bit -> ``gptq-int4``/``awq-int4``,
     ``bitsandbytes`` -> ``bnb-nf4`` (``bnb-nf4-nodq`` without double quantization) or
     ``bnb-int8``; anything else -> None (memplan does not model it)."""
     quant = config.get("quantization_config")
@@ -47,6 +47,8 @@ def checkpoint_quantization(config: dict[str, Any]) -> str | None:
         return "fp8"
     if method == "fbgemm_fp8":
         return "fp8-rowwise"
+    if method == "mxfp4":
+        return "mxfp4"
     if method in ("gptq", "awq") and int(quant.get("bits", 4)) == 4:
         return f"{method}-int4"
     if method == "bitsandbytes" or quant.get("load_in_4bit") or quant.get("load_in_8bit"):

@@ -328,6 +328,12 @@ def serving_report(
         *_pipeline_notes(stages, worst, blocks),
         *setup.notes,
     ]
+    if spec.linear_attention is not None:
+        notes.append(
+            f"{spec.model_type}: vLLM's hybrid cache (linear-attention states in pages shared "
+            "with the attention layers) is not modelled; every layer is counted as a "
+            "full-attention layer, which overstates the KV cache"
+        )
     scalars: dict[str, object] = {}
     if not worst.kv_ok:
         notes.append(_not_enough_message(layout, available, max_len, batched, setup, page, needed))

@@ -180,6 +180,12 @@ def training_time_report(spec: ModelSpec, run: TrainingRun, gpu: Gpu) -> Report:
         notes.append(
             "recomputation adds a forward: it counts in hardware FLOPs (HFU), not in model FLOPs"
         )
+    n_linear = spec.n_layers - spec.n_attention_layers
+    if n_linear:
+        notes.append(
+            f"linear attention not modelled: the {n_linear} Gated DeltaNet layers' FLOPs are "
+            "counted as a softmax-attention layer's (projections and causal core)"
+        )
     if run.lora_rank:
         notes.append(
             f"LoRA r={run.lora_rank} on {','.join(run.lora_targets)}: the frozen base needs no "

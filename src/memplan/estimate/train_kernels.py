@@ -73,7 +73,7 @@ def attention_kernels(spec: ModelSpec, setup: TrainingSetup, batch: int, seq: in
         )  # fmt: skip
 
     full = one(False)
-    return (full, one(True) if spec.sliding_window is not None else full)
+    return (full, one(True) if spec.local_attention_size is not None else full)
 
 
 def _kernel_words(kernel: AttentionKernel, spec: ModelSpec) -> str:
@@ -93,8 +93,12 @@ def kernel_notes(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> lis
     notes = [f"attention kernel: {_kernel_words(full, spec)}"]
     if setup.target is Target.CUDA:
         notes[0] += f"; {kernel_device(setup.gpu)[1]} (torch 2.13 sdp_utils.cpp)"
-    if spec.sliding_window is not None and any(spec.slides(i) for i in range(spec.n_layers)):
-        notes.append(
-            f"sliding-window layers (window {spec.sliding_window}): {_kernel_words(sliding, spec)}"
+    local = spec.local_attention_size
+    if local is not None and any(spec.slides(i) for i in range(spec.n_layers)):
+        kind = (
+            "chunked-attention layers (chunk"
+            if spec.sliding_window is None
+            else ("sliding-window layers (window")
         )
+        notes.append(f"{kind} {local}): {_kernel_words(sliding, spec)}")
     return notes

@@ -145,7 +145,7 @@ def _context(
 def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
     """Whether ``t`` gets a gradient: LoRA freezes the base; ``--freeze-layers K`` the first K
     layers; ``--freeze-embeddings`` the input embeddings (tied: the head too)."""
-    if setup.is_lora:
+    if setup.is_lora or t.role == "vision":  # text inputs give the vision tower no gradient
         return False
     if t.role == "embedding":
         return not setup.freeze_embeddings
@@ -155,8 +155,11 @@ def _trainable(t: ParamTensor, spec: ModelSpec, setup: TrainingSetup) -> bool:
 def _cast_for_matmul(t: ParamTensor, spec: ModelSpec) -> bool:
     """The parameter feeds an autocast matmul (a linear weight, the router; tied embeddings).
 
-    Stacked experts go through ``grouped_mm``, which autocast leaves in the weights' dtype."""
+    Stacked experts go through ``grouped_mm``, which autocast leaves in the weights' dtype;
+    Llama 4's go through ``bmm``, which autocast casts."""
     if t.role in ("linear", "router"):
+        return True
+    if t.role == "experts" and spec.moe is not None and spec.moe.all_experts_per_token:
         return True
     return t.name == "embed_tokens.weight" and spec.tie_word_embeddings
 
@@ -164,6 +167,8 @@ def _cast_for_matmul(t: ParamTensor, spec: ModelSpec) -> bool:
 def _param_group(t: ParamTensor) -> str:
     if t.role == "embedding":
         return "embeddings"
+    if t.role == "vision":
+        return t.module  # vision_tower, multi_modal_projector
     if t.layer >= 0:
         return "layers"
     if t.name.startswith("lm_head"):
@@ -487,14 +492,22 @@ def _frozen_weight_copies(
             f"{t.name.split('.', 2)[-1].rsplit('.', 1)[0]}/weight_half_copy", width, fixed=t.numel
         )
         for t in param_tensors(spec)
-        if t.layer == index and t.role in ("linear", "router") and t.module not in skip
-    )
+        if t.layer == index and _cast_for_matmul(t, spec) and t.role != "embedding"
+        and t.module not in skip
+    )  # fmt: skip
 
 
 def _plan_notes(spec: ModelSpec, setup: TrainingSetup, kernels: Kernels) -> list[str]:
     notes = kernel_notes(spec, setup, kernels)
     if spec.moe is not None:
         notes.append("MoE: tokens assumed spread evenly over the experts (top-k of E)")
+    n_linear = spec.n_layers - spec.n_attention_layers
+    if n_linear:
+        notes.append(
+            f"linear attention not modelled: the {n_linear} Gated DeltaNet layers' saved "
+            "activations are counted as a softmax-attention layer's (their chunked delta rule "
+            "saves more); `memplan trace --train` follows them, docs/accuracy.md has the gap"
+        )
     if setup.optimizer is Optimizer.PAGED_ADAMW_8BIT:
         notes.append(
             "paged optimizer: states live in CUDA unified memory, paged out under pressure"

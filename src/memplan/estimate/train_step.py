@@ -466,13 +466,30 @@ def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
     # the padded labels (B, S+1); at B == 1 they are the saved targets themselves
     out = alloc_bytes(b * (s + 1) * 8, r) if b > 1 else 0
     out += alloc_bytes(4, r)
-    if any(t.value == "sliding_attention" for t in spec.layer_types):
+    if any(t.value in ("sliding_attention", "chunked_attention") for t in spec.layer_types):
         out += alloc_bytes(8, r)  # an int64 scalar the model holds while building its masks
-    if reg.autocast:
+    ckpt = plan.setup.checkpointing is Checkpointing.FULL
+    if reg.autocast and not spec.loss_after_text_model:
         out += alloc_bytes(tokens * spec.hidden_size * 4, r)
+    if spec.rotary_complex and not ckpt:
+        out += _half_cache_temporaries(plan, tokens)
+    elif reg.autocast:
         rotary = spec.position.value == "rotary"
-        if rotary and plan.setup.checkpointing is not Checkpointing.FULL and spec.mla is None:
+        if rotary and not ckpt and spec.mla is None:
             out += spec.n_layers * 2 * alloc_bytes(tokens * spec.kv_dim * 4, r)
+    return out
+
+
+def _half_cache_temporaries(plan: TrainingPlan, tokens: int) -> int:
+    """Llama 4 rotates q and k as complex numbers and casts them back, so ``DynamicCache``
+    holds the half k and v: the kernel saves those very tensors unless it was given
+    ``repeat_kv`` copies (a masked layer with grouped heads); then they are unsaved."""
+    spec, r = plan.spec, plan.round_to
+    out = 0
+    for i in range(spec.n_layers):
+        kernel = plan.kernels[1 if spec.slides(i) else 0]
+        if kernel.gqa == "repeat_kv" and spec.n_kv_heads > 1:
+            out += 2 * alloc_bytes(tokens * spec.kv_dim * plan.regime.compute_bytes, r)
     return out
 
 

@@ -166,12 +166,24 @@ def _norm(
     return out
 
 
-def _qk_norms(spec: ModelSpec, ctx: ActivationContext, trainable: bool) -> list[Saved]:
+def _qk_norms(
+    spec: ModelSpec, ctx: ActivationContext, trainable: bool, index: int = 0
+) -> list[Saved]:
     """Norms on the query and key projections' outputs (Qwen3, Gemma 3: RMSNorm(head_dim) per
-    head; OLMo 2: RMSNorm over all heads), applied before rotary."""
+    head; OLMo 2: RMSNorm over all heads), applied before rotary; Llama 4's L2 norm after
+    rotary, on its rotary layers (``x.float()`` saved by ``pow``, the per-head fp32 ``rsqrt``;
+    no weight)."""
     if spec.qk_norm is QkNorm.NONE or spec.mla is not None:
         return []
     c, d = ctx.compute_bytes, spec.head_dim
+    if spec.qk_norm is QkNorm.L2:
+        if not spec.uses_rotary(index):
+            return []
+        return [
+            Saved(f"{name}/{part}", 4, per_token=heads * (d if part == "input_fp32" else 1))
+            for name, heads in (("q_norm", spec.n_heads), ("k_norm", spec.n_kv_heads))
+            for part in ("input_fp32", "rsqrt_fp32")
+        ]
     per_head = spec.qk_norm is QkNorm.PER_HEAD
     out: list[Saved] = []
     for name, heads in (("q_norm", spec.n_heads), ("k_norm", spec.n_kv_heads)):
@@ -208,15 +220,19 @@ def _dropout(ctx: ActivationContext, key: str, p: float, width: int, in_bytes: i
 
 
 def _attention_core(
-    spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel
+    spec: ModelSpec, ctx: ActivationContext, kernel: AttentionKernel, o_trains: bool = True
 ) -> list[Saved]:
-    """What the attention kernel (or the eager ops) saves; q/k/v already rotated."""
+    """What the attention kernel (or the eager ops) saves; q/k/v already rotated.
+
+    ``o_trains``: o_proj's weight trains, so o_proj saves its input (the attention output);
+    a fused kernel saves its output anyway, the eager and math paths do not (a frozen o_proj
+    keeps its weight only; LoRA on o_proj saves the input as its own)."""
     if kernel.backend in ("flash", "cudnn", "mem-efficient"):
         out = _fused_kernel_saved(spec, ctx, kernel)
-    elif kernel.backend == "math":
-        out = _math_kernel_saved(spec, ctx)
     else:
-        out = _eager_saved(spec, ctx)
+        out = _math_kernel_saved(spec, ctx) if kernel.backend == "math" else _eager_saved(spec, ctx)
+        if not o_trains:
+            out = [s for s in out if s.key != "attention/out"]
     if ctx.checkpointing is Checkpointing.SELECTIVE:
         # recomputing the core needs q, k, v (kept); the output is o_proj's input anyway
         drop = ("logsumexp_fp32", "rng_seed", "rng_offset", "mask_bias")
@@ -295,9 +311,18 @@ def _eager_saved(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:
     if spec.attn_logit_softcapping is not None:
         out.append(Saved("attention/softcap_tanh", c, per_score=h))
     soft = 4 if ctx.autocast or not spec.softmax_in_input_dtype else c
-    out.append(Saved("attention/softmax", soft, per_score=h))
+    if spec.attention_sinks:
+        # gpt-oss: cat([scores, sinks]) promotes to the sinks' fp32 under autocast; the max
+        # subtracted first saves its int64 indices; the softmax has one more column
+        soft = 4 if ctx.autocast else c
+        out.append(Saved("attention/max_indices", 8, per_token=h))
+        out.append(Saved("attention/softmax", soft, per_score=h, per_token=h))
+    else:
+        out.append(Saved("attention/softmax", soft, per_score=h))
     p = ctx.attention_dropout
     if soft != c or p > 0:
+        # (with sinks in the same dtype, bmm takes the (S, S) slice of the (S, S + 1) softmax
+        # as a strided view: no copy)
         out.append(Saved("attention/probs", c, per_score=h))
     if p > 0:
         mask = ctx.mask_bytes if ctx.mask_bytes else c
@@ -431,6 +456,13 @@ def _moe(
             Saved(f"shared_{s.key}", s.elem_bytes, per_token=s.per_token)
             for s in _mlp(spec, ctx, in_bytes, moe.shared_intermediate_size, shared)
         ]
+    if moe.shared_expert_gate:
+        # sigmoid(shared_expert_gate(x)) * shared_output: the gate's input, its sigmoid, and
+        # the shared expert's output (Qwen2-MoE, Qwen3-Next)
+        c = ctx.compute_bytes
+        out += _linear_inputs(ctx, "shared_expert_gate", hdim, in_bytes, [trainable])
+        out.append(Saved("moe/shared_gate_sigmoid", c, per_token=1))
+        out.append(Saved("moe/shared_out", c, per_token=hdim))
     return out
 
 
@@ -451,7 +483,15 @@ def layer_saved(
     ``lora_modules``: module names that carry LoRA adapters (frozen base, fp32 adapters).
     """
     if ctx.checkpointing is Checkpointing.FULL:
-        return (Saved("checkpoint/layer_input", ctx.stream_bytes, per_token=spec.hidden_size),)
+        kept = [Saved("checkpoint/layer_input", ctx.stream_bytes, per_token=spec.hidden_size)]
+        fallback = ctx.autocast or ctx.compute_bytes == 4  # fp32 experts: the fallback op
+        moe = spec.moe
+        grouped = moe is not None and not moe.all_experts_per_token
+        if moe is not None and grouped and spec.is_moe_layer(index) and fallback:
+            # transformers' grouped_mm fallback keeps its int32 offsets as a ctx attribute,
+            # which checkpointing does not drop (integrations/moe.py)
+            kept.append(Saved("checkpoint/moe_offsets", 4, fixed=moe.n_experts))
+        return tuple(kept)
     return tuple(_layer_full(spec, ctx, index, input_grad, trainable, lora_modules, lora_rank))
 
 
@@ -475,9 +515,20 @@ def _layer_full(
     norm_out = _norm_out_bytes(spec, ctx, r)
     kernel = ctx.kernel(spec.slides(index))
     attn = _projections(spec, ctx, norm_out, train, input_grad)
-    attn += _qk_norms(spec, ctx, trainable)
+    attn += _qk_norms(spec, ctx, trainable, index)
+    if spec.attn_temperature_tuning and not spec.uses_rotary(index):
+        # Llama 4's NoPE layers: q * attn_scales (1, S, 1, 1) fp32 saves the scales
+        attn.append(Saved("attn_scales_fp32", 4, per_position=1))
     if any_grad:
-        attn += _attention_core(spec, ctx, kernel)
+        # in fp32, LoRA on o_proj saves the attention output itself (the lora block below
+        # counts it as that output)
+        fp32_lora_o = "o_proj" in lora_modules and c == 4 and not ctx.autocast
+        attn += _attention_core(spec, ctx, kernel, o_trains=trainable or fp32_lora_o)
+        if spec.attention_output_gate:
+            # Qwen3-Next: attn * sigmoid(gate) saves the sigmoid and the attention output;
+            # o_proj saves the product
+            attn.append(Saved("attention/gate_sigmoid", c, per_token=spec.q_dim))
+            attn.append(Saved("attention/gated_out", c, per_token=spec.q_dim))
         attn += _dropout(ctx, "resid_dropout", ctx.hidden_dropout, hdim, c)
     out += _group("self_attn", attn)
     if spec.n_layer_norms >= 4:  # Gemma 2/3: a norm on the half attention output
@@ -486,7 +537,16 @@ def _layer_full(
     if not spec.parallel_residual:
         out += _group(mid, _norm(spec, ctx, hdim, r, True, trainable))
     mlp_in = _norm_out_bytes(spec, ctx, r)
-    if spec.is_moe_layer(index):
+    if spec.is_moe_layer(index) and spec.moe is not None and spec.moe.all_experts_per_token:
+        from memplan.formulas.activations_2025 import llama4_moe_saved
+
+        mlp = llama4_moe_saved(spec, ctx, mlp_in, trainable)
+    elif spec.is_moe_layer(index) and spec.moe is not None and spec.moe.expert_bias:
+        from memplan.formulas.activations_2025 import gpt_oss_moe_saved
+
+        x = 4 if ctx.autocast else ctx.compute_bytes
+        mlp = gpt_oss_moe_saved(spec, ctx, mlp_in, x, trainable)
+    elif spec.is_moe_layer(index):
         mlp = _moe(spec, ctx, mlp_in, 4 if ctx.autocast else ctx.compute_bytes, trainable)
     else:
         mlp = _mlp(spec, ctx, mlp_in, spec.intermediate_size, train)
@@ -551,20 +611,38 @@ def model_saved(spec: ModelSpec, ctx: ActivationContext, *, embed_grad: bool) ->
     out: list[Saved] = []
     if spec.position is PositionKind.ROTARY:
         d = spec.rotary_dim or (spec.mla.qk_rope_head_dim if spec.mla else spec.head_dim)
+        d = d // 2 if spec.rotary_table_halved else d
         cos_bytes = ctx.stream_bytes
-        for table in range(spec.n_rotary_tables):
+        if spec.rotary_complex:  # Llama 4: one complex64 freqs_cis (S, head_dim / 2)
+            out.append(Saved("rotary/freqs_cis", 8, per_position=d // 2))
+        for table in range(0 if spec.rotary_complex else spec.n_rotary_tables):
             suffix = f"_{table}" if table else ""
             out.append(Saved(f"rotary/cos{suffix}", cos_bytes, per_position=d))
             out.append(Saved(f"rotary/sin{suffix}", cos_bytes, per_position=d))
     if ctx.checkpointing is Checkpointing.FULL and spec.position is PositionKind.ROTARY:
         # non-reentrant checkpointing keeps every layer call's inputs: position_ids too
         out.append(Saved("checkpoint/position_ids", 8, per_position=1))
+    if ctx.checkpointing is Checkpointing.FULL:
+        out += _checkpointed_eager_masks(spec, ctx)
     if spec.position is PositionKind.LEARNED and embed_grad:
         out.append(Saved("embeddings/position_ids", 8, per_position=1))
     out += _dropout(
         ctx, "embeddings/dropout", ctx.embedding_dropout, spec.hidden_size, ctx.stream_bytes
     )
     return tuple(out)
+
+
+def _checkpointed_eager_masks(spec: ModelSpec, ctx: ActivationContext) -> list[Saved]:
+    """The additive (B, 1, S, S) masks eager attention gets (``masking_utils.eager_mask``, in
+    the embeddings' dtype), one per mask kind the layers use (full, sliding): layer inputs
+    that non-reentrant checkpointing keeps until the backward."""
+    out = []
+    kinds = {spec.slides(i) for i in range(spec.n_layers)}
+    for sliding in sorted(kinds):
+        if ctx.kernel(sliding).backend == "eager":
+            key = "checkpoint/attention_mask" + ("_sliding" if sliding else "")
+            out.append(Saved(key, ctx.stream_bytes, per_score=1))
+    return out
 
 
 def head_saved(

@@ -62,8 +62,17 @@ def attention_kernel(
     sdpa_backend`); ``flash``, ``mem-efficient``, ``cudnn`` force one and fail as PyTorch
     does when it cannot run the call.
     """
-    local = spec.sliding_window if sliding else None
-    eager = attention is Attention.EAGER
+    local = spec.local_attention_size if sliding else None
+    if (
+        spec.sdpa_unsupported
+        and attention is not Attention.SDPA
+        and attention is not Attention.EAGER
+    ):
+        raise SetupError(
+            f"{spec.name}: transformers has no sdpa attention for {spec.model_type}, so the "
+            f"{attention.value} kernel cannot run; use --attention eager"
+        )
+    eager = attention is Attention.EAGER or spec.sdpa_unsupported
     mask = sdpa_mask_built(eager=eager, local_size=local, q_len=seq, kv_len=seq)
     gqa_heads = spec.mla is None and spec.n_kv_heads < spec.n_heads
     if eager:
@@ -132,7 +141,7 @@ def generate_kv_lengths(
     it to q_len for a causal prefill); a static sliding layer: ``min(cache_len, window)``, or
     past + q_len while it overflows (``StaticSlidingWindowLayer``).
     """
-    window = spec.sliding_window if sliding else None
+    window = spec.local_attention_size if sliding else None
     if static_cache:
         if window is None:
             return cache_len, cache_len
@@ -176,7 +185,7 @@ def generate_attention_kernel(
     )  # fmt: skip
     mask = sdpa_mask_built(
         eager=attention == "eager",
-        local_size=spec.sliding_window if sliding else None,
+        local_size=spec.local_attention_size if sliding else None,
         q_len=q_len,
         kv_len=mask_kv,
         q_offset=past,

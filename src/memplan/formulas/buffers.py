@@ -9,6 +9,7 @@ Per family, what ``model.named_buffers()`` holds on a freshly built model:
 - GPT-BigCode: ``transformer.bias``, a bool (n_positions, n_positions) causal mask.
 - DeepSeek-V3: ``gate.e_score_correction_bias``, float32 (n_experts,) per MoE layer
   (a persistent buffer: it is in the checkpoint, but not a parameter).
+- multimodal checkpoints: the vision tower's (``memplan.formulas.vision``).
 
 The bytes are as built (float32, bool for the mask); ``model.to(dtype)`` casts floating
 buffers along with the parameters.
@@ -16,6 +17,7 @@ buffers along with the parameters.
 
 from __future__ import annotations
 
+from memplan.formulas.vision import vision_buffer_items
 from memplan.report import Item
 from memplan.specs.model import ModelSpec, PositionKind
 
@@ -62,6 +64,8 @@ def buffer_breakdown(spec: ModelSpec) -> Item:
             src,
             "persistent: stored in the checkpoint",
         )
+    for key, size, formula in vision_buffer_items(spec):
+        root.leaf(key, size, formula, src)
     return root
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from memplan.formulas.kv_cache import layer_window
-from memplan.formulas.replay_attention import attention, cache_growth
+from memplan.formulas.replay_attention import attention, cache_growth, linear_states
 from memplan.formulas.replay_mlp import mlp
 from memplan.formulas.replay_ops import (
     FP32_BYTES,
@@ -57,7 +57,17 @@ __all__ = [
 ]
 
 REPLAYED_FAMILIES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2"}
+    {
+        "llama",
+        "mistral",
+        "mistral3",
+        "qwen2",
+        "qwen3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "deepseek_v2",
+    }
 )
 """Model types whose forward the replay follows op by op, held to the trace in
 ``tests/test_inference_exact.py``. Others are replayed with the Llama layout (their own
@@ -98,6 +108,9 @@ def forward_replay(
             _decoder_layer(spec, shape, replay, run_start, stream, output)
             if stream != "inputs_embeds":
                 replay.free(stream)
+        elif spec.is_linear_attention(run_start):
+            linear_states(spec, shape, replay, run_start, run_stop - run_start)
+            replay.rename(stream, output)
         else:
             cache_growth(spec, shape, replay, run_start, run_stop - run_start)
             replay.rename(stream, output)
@@ -119,7 +132,7 @@ def layer_runs(
     layer alone (the first and the last layer of each kind), the others in maximal runs of one
     kind."""
     stop = spec.n_layers if stop is None else stop
-    last: dict[tuple[bool, int | None], int] = {}
+    last: dict[tuple[bool, int | None, bool], int] = {}
     for index in range(start, stop):
         last[_kind(spec, index)] = index
     replayed = {start} | set(last.values())
@@ -134,8 +147,8 @@ def layer_runs(
     return tuple(runs)
 
 
-def _kind(spec: ModelSpec, index: int) -> tuple[bool, int | None]:
-    return spec.is_moe_layer(index), layer_window(spec, index)
+def _kind(spec: ModelSpec, index: int) -> tuple[bool, int | None, bool]:
+    return spec.is_moe_layer(index), layer_window(spec, index), spec.is_linear_attention(index)
 
 
 # Prologue and epilogue -------------------------------------------------------------------------

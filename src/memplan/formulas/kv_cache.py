@@ -20,6 +20,12 @@ Sliding-window layers keep only the window, and how much depends on the implemen
 * vLLM allocates blocks of ``block_size`` tokens (``vllm/v1/kv_cache_interface.py``); see
   :mod:`memplan.formulas.serving`.
 
+Linear-attention layers (Qwen3-Next's Gated DeltaNet) cache no keys or values: each keeps two
+fixed-size states (``LinearAttentionLayer`` in ``cache_utils.py``, ``Qwen3NextGatedDeltaNet``):
+the convolution state ``(batch, conv_dim, conv_kernel)`` in the activation dtype and the
+recurrent state ``(batch, value_heads, key_head_dim, value_head_dim)`` in fp32 (the chunked and
+recurrent delta rules compute in fp32 and the cache copies their final state).
+
 Counters: each ``DynamicSlidingWindowLayer`` keeps ``_sliding_window_tensor`` (an int64 scalar)
 and each ``StaticLayer`` its ``cumulative_length`` (an int64 scalar): 8 bytes each.
 """
@@ -30,7 +36,7 @@ from memplan.errors import SetupError
 from memplan.formulas.allocator import alloc_bytes
 from memplan.formulas.dtypes import DTYPE_BYTES, canonical_dtype
 from memplan.report import Item
-from memplan.specs.model import AttentionType, ModelSpec
+from memplan.specs.model import ModelSpec
 
 __all__ = [
     "KV_DTYPES",
@@ -41,6 +47,7 @@ __all__ = [
     "kv_dtype_bytes",
     "kv_elements_per_token_per_layer",
     "layer_window",
+    "linear_state_bytes",
 ]
 
 KV_DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8")
@@ -73,12 +80,11 @@ def layer_window(spec: ModelSpec, index: int) -> int | None:
 
     ``layer_types`` decides where given (Gemma-2 alternates); without it a model-wide
     ``sliding_window`` makes every layer sliding, as transformers' ``get_layer_types_and_kwargs``
-    infers it (Mistral)."""
-    if spec.sliding_window is None:
+    infers it (Mistral). Llama 4's chunked layers keep ``attention_chunk_size`` tokens the
+    same way (``DynamicSlidingWindowLayer``)."""
+    if spec.local_attention_size is None:
         return None
-    if spec.layer_types:
-        return spec.sliding_window if spec.layer_types[index] is AttentionType.SLIDING else None
-    return spec.sliding_window
+    return spec.local_attention_size if spec.slides(index) else None
 
 
 def cached_tokens(
@@ -108,10 +114,30 @@ def cached_tokens(
     return min(n_tokens, window) if decoded else n_tokens
 
 
+def linear_state_bytes(
+    spec: ModelSpec, batch: int, act_bytes: int, round_to: int = 1
+) -> tuple[int, int]:
+    """(conv, recurrent) state bytes of one linear-attention layer (see the module docstring),
+    each rounded up to ``round_to``; (0, 0) for a model without linear attention."""
+    lin = spec.linear_attention
+    if lin is None:
+        return 0, 0
+    conv = batch * lin.conv_dim * lin.conv_kernel * act_bytes
+    recurrent = batch * lin.n_value_heads * lin.key_head_dim * lin.value_head_dim * 4
+    return alloc_bytes(conv, round_to), alloc_bytes(recurrent, round_to)
+
+
+def _n_linear_layers(spec: ModelSpec) -> int:
+    return spec.n_layers - spec.n_attention_layers
+
+
 def _layer_groups(spec: ModelSpec) -> dict[int | None, int]:
-    """Number of layers per window (None: full attention)."""
+    """Number of softmax-attention layers per window (None: full attention); linear-attention
+    layers hold states instead (:func:`linear_state_bytes`)."""
     groups: dict[int | None, int] = {}
     for index in range(spec.n_layers):
+        if spec.is_linear_attention(index):
+            continue
         window = layer_window(spec, index)
         groups[window] = groups.get(window, 0) + 1
     return groups
@@ -144,8 +170,12 @@ def kv_cache_item(
     max_cache_len: int | None = None,
     kv_heads: int | None = None,
     round_to: int = 1,
+    act_bytes: int | None = None,
+    linear_states: bool = True,
 ) -> Item:
-    """The cache as a tree: one leaf per layer type (full / each window) plus the counters.
+    """The cache as a tree: one leaf per layer type (full / each window), the counters, and
+    the linear-attention layers' states (``linear_states``; their convolution state in
+    ``act_bytes``, default ``dtype_bytes``).
 
     ``round_to``: round each K and V tensor up to this many bytes (512: the CUDA caching
     allocator's block rounding, ``c10/cuda/CUDACachingAllocator.cpp`` ``kMinBlockSize``)."""
@@ -171,6 +201,17 @@ def kv_cache_item(
             n_layers * per_layer,
             f"{n_layers} layers x batch {batch} x {tokens} tokens x {per_token} B "
             f"({what} x {dtype_bytes} B){rounding}",
+            _SRC,
+        )
+    n_linear = _n_linear_layers(spec)
+    if linear_states and n_linear:
+        act = dtype_bytes if act_bytes is None else act_bytes
+        conv, recurrent = linear_state_bytes(spec, batch, act, round_to)
+        root.leaf(
+            "linear_attention_states",
+            n_linear * (conv + recurrent),
+            f"{n_linear} linear-attention layers x (conv state {conv:,} B, {act} B per "
+            f"element + fp32 recurrent state {recurrent:,} B), batch {batch}, any length",
             _SRC,
         )
     if not views:

@@ -9,12 +9,16 @@ Tree (unit ``params``)::
 
     parameters
       embeddings/{token_embeddings, position_embeddings}
-      layers/attention/{q_proj, k_proj, v_proj | qkv_proj, o_proj, q_norm, k_norm, MLA parts}
+      layers/attention/{q_proj, k_proj, v_proj | qkv_proj, o_proj, q_norm, k_norm, sinks,
+                        MLA parts}                             (softmax-attention layers)
+      layers/linear_attention/{conv1d, in_proj_qkvz, in_proj_ba, dt_bias, A_log, norm,
+                               out_proj}                        (Gated DeltaNet layers)
       layers/norms
       layers/mlp/{gate_proj, up_proj, down_proj}              (dense layers)
       layers/moe/{router, experts, shared_experts, shared_expert_gate}   (MoE layers)
       final_norm
       lm_head                                                  (absent when tied)
+      vision_tower, multi_modal_projector                      (multimodal checkpoints)
 
 Components under ``layers`` are summed over all layers; the formula says ``n_layers x`` the
 count of one layer. Per-layer totals: :func:`layer_params`.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memplan.formulas.vision import vision_items
 from memplan.report import Item
 from memplan.specs.model import MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
 
@@ -77,7 +82,7 @@ def _mha_items(spec: ModelSpec, n: int) -> list[Item]:
     shapes = (
         [("qkv_proj", h, q + 2 * kv)]
         if spec.fused_qkv
-        else [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv)]
+        else [("q_proj", h, spec.q_proj_width), ("k_proj", h, kv), ("v_proj", h, kv)]
     )
     items = [
         Item(
@@ -118,7 +123,7 @@ def _mla_items(spec: ModelSpec, n: int) -> list[Item]:
 
 
 def _qk_norm_items(spec: ModelSpec, n: int) -> list[Item]:
-    if spec.qk_norm is QkNorm.NONE:
+    if spec.qk_norm in (QkNorm.NONE, QkNorm.L2):  # Llama 4's L2 norm has no weight
         return []
     if spec.qk_norm is QkNorm.PER_HEAD:
         q_w = k_w = spec.head_dim
@@ -136,6 +141,32 @@ def attention_item(spec: ModelSpec, n: int = 1) -> Item:
     node = Item("attention", unit="params")
     node.children = _mla_items(spec, n) if spec.mla is not None else _mha_items(spec, n)
     node.children += _qk_norm_items(spec, n)
+    if spec.attention_sinks:
+        src = _source(spec)
+        node.leaf("sinks", n * spec.n_heads, f"{n} x [{spec.n_heads}] (one logit per head)", src)
+    return node
+
+
+def linear_attention_item(spec: ModelSpec, n: int = 1) -> Item:
+    """``n`` Gated DeltaNet layers (``Qwen3NextGatedDeltaNet``): the depthwise convolution over
+    q, k, v (no bias), the q/k/v/z and b/a input projections, per-head ``dt_bias`` and
+    ``A_log``, the gated RMSNorm over one value head, and the output projection."""
+    lin, h, src = spec.linear_attention, spec.hidden_size, _source(spec)
+    node = Item("linear_attention", unit="params")
+    if lin is None:
+        return node
+    qkvz = 2 * lin.key_dim + 2 * lin.value_dim
+    parts = [
+        ("conv1d", lin.conv_dim * lin.conv_kernel, f"{lin.conv_dim}*{lin.conv_kernel}"),
+        ("in_proj_qkvz", linear_params(h, qkvz), f"{h}*{qkvz}"),
+        ("in_proj_ba", linear_params(h, 2 * lin.n_value_heads), f"{h}*{2 * lin.n_value_heads}"),
+        ("dt_bias", lin.n_value_heads, f"{lin.n_value_heads}"),
+        ("A_log", lin.n_value_heads, f"{lin.n_value_heads}"),
+        ("norm", lin.value_head_dim, f"RMSNorm({lin.value_head_dim})"),
+        ("out_proj", linear_params(lin.value_dim, h), f"{lin.value_dim}*{h}"),
+    ]
+    for key, count, formula in parts:
+        node.leaf(key, n * count, f"{n} x [{formula}]", src)
     return node
 
 
@@ -164,11 +195,13 @@ def mlp_params(spec: ModelSpec, width: int, bias: bool = False) -> int:
 
 
 def expert_params(spec: ModelSpec) -> int:
-    """One routed expert: a bias-free gated MLP of ``expert_intermediate_size`` (fused 3D
-    ``gate_up_proj`` (E, 2I, h) and ``down_proj`` (E, h, I) in transformers 5: same count)."""
+    """One routed expert: a gated MLP of ``expert_intermediate_size`` (fused 3D
+    ``gate_up_proj`` (E, 2I, h) and ``down_proj`` (E, h, I) in transformers 5: same count),
+    with gpt-oss's biases (2I + h) where the experts have them."""
     if spec.moe is None:
         return 0
-    return 3 * spec.hidden_size * spec.moe.expert_intermediate_size
+    h, width = spec.hidden_size, spec.moe.expert_intermediate_size
+    return 3 * h * width + ((2 * width + h) if spec.moe.expert_bias else 0)
 
 
 def moe_item(spec: ModelSpec, n: int = 1) -> Item:
@@ -177,11 +210,15 @@ def moe_item(spec: ModelSpec, n: int = 1) -> Item:
     node = Item("moe", unit="params")
     if moe is None:
         return node
-    node.leaf("router", n * moe.n_experts * h, f"{n} x [{moe.n_experts}*{h}]", src)
+    router = moe.n_experts * (h + (1 if moe.router_bias_param else 0))
+    bias = " + bias" if moe.router_bias_param else ""
+    node.leaf("router", n * router, f"{n} x [{moe.n_experts}*{h}{bias}]", src)
+    width = moe.expert_intermediate_size
+    biases = f" + (2*{width} + {h}) bias" if moe.expert_bias else ""
     node.leaf(
         "experts",
         n * moe.n_experts * expert_params(spec),
-        f"{n} x {moe.n_experts} x [3*{h}*{moe.expert_intermediate_size}]",
+        f"{n} x {moe.n_experts} x [3*{h}*{width}{biases}]",
         src,
     )
     if moe.shared_intermediate_size:
@@ -202,8 +239,12 @@ def _layer_counts(spec: ModelSpec) -> tuple[int, int]:
 def _layers_item(spec: ModelSpec) -> Item:
     n_dense, n_moe = _layer_counts(spec)
     n, h, src = spec.n_layers, spec.hidden_size, _source(spec)
+    n_attn = spec.n_attention_layers
     node = Item("layers", unit="params")
-    node.add(attention_item(spec, n))
+    if n_attn:
+        node.add(attention_item(spec, n_attn))
+    if n_attn < n:
+        node.add(linear_attention_item(spec, n - n_attn))
     per_norm = norm_params(spec, h)
     if spec.n_layer_norms and per_norm:
         formula = f"{n} x {spec.n_layer_norms} x {spec.norm_kind.value}({h})"
@@ -231,6 +272,8 @@ def param_breakdown(spec: ModelSpec) -> Item:
     if not spec.tie_word_embeddings:
         bias = " + bias" if spec.lm_head_bias else ""
         root.leaf("lm_head", linear_params(h, v, spec.lm_head_bias), f"{h}*{v}{bias}", src)
+    for item in vision_items(spec):
+        root.add(item)
     return root
 
 
@@ -254,7 +297,12 @@ def embedding_params(spec: ModelSpec) -> int:
 
 def layer_params(spec: ModelSpec, index: int) -> int:
     """Parameters of decoder layer ``index`` (attention, its norms, and its MLP or MoE)."""
-    count = attention_params(spec) + spec.n_layer_norms * norm_params(spec, spec.hidden_size)
+    mixer = (
+        int(linear_attention_item(spec).total)
+        if spec.is_linear_attention(index)
+        else attention_params(spec)
+    )
+    count = mixer + spec.n_layer_norms * norm_params(spec, spec.hidden_size)
     if spec.is_moe_layer(index):
         return count + int(moe_item(spec).total)
     return count + mlp_params(spec, spec.intermediate_size, spec.mlp_bias)

@@ -4,7 +4,7 @@ DeepSeek's multi-head latent attention."""
 
 from __future__ import annotations
 
-from memplan.formulas.kv_cache import layer_window
+from memplan.formulas.kv_cache import layer_window, linear_state_bytes
 from memplan.formulas.replay_ops import (
     FP32_BYTES,
     INT64_BYTES,
@@ -16,13 +16,19 @@ from memplan.formulas.replay_ops import (
 )
 from memplan.specs.model import ModelSpec
 
-__all__ = ["attention", "cache_growth"]
+__all__ = ["attention", "cache_growth", "linear_states"]
 
 
 def attention(spec: ModelSpec, shape: ForwardShape, r: Replay, index: int) -> None:
     """q/k/v projections, rotary, the cache update, the kernel, o_proj (``LlamaAttention``)."""
     if spec.mla is not None:
         _mla_attention(spec, shape, r, index)
+        return
+    if spec.is_linear_attention(index):
+        # Gated DeltaNet (Qwen3-Next): its ops are not replayed one by one yet (a strict xfail
+        # in tests/test_inference_exact.py); the states it caches and its output are
+        linear_states(spec, shape, r, index)
+        r.new("attn_out", shape.tokens * spec.hidden_size * shape.act)
         return
     t, act, d = shape.tokens, shape.act, spec.head_dim
     heads, kv_heads = heads_per_rank(spec, shape)
@@ -113,6 +119,18 @@ def _cache_update(
         r.free("static/arange", "static/positions")
     r.free(k_new, v_new)
     return keys
+
+
+def linear_states(
+    spec: ModelSpec, shape: ForwardShape, r: Replay, index: int, count: int = 1
+) -> None:
+    """The conv and recurrent states of linear-attention layer ``index`` (and the ``count - 1``
+    after it): created (zeros) at the prefill, updated in place by every decode step
+    (``LinearAttentionLayer`` in ``cache_utils.py``)."""
+    conv, recurrent = linear_state_bytes(spec, shape.batch, shape.act)
+    if f"state/{index}/conv" not in r.live:
+        r.new(f"state/{index}/conv", conv, "kv_cache", count)
+        r.new(f"state/{index}/recurrent", recurrent, "kv_cache", count)
 
 
 def cache_growth(

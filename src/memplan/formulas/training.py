@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from memplan.formulas.allocator import ALLOCATOR_ROUND_BYTES, alloc_bytes
+from memplan.formulas.vision import vision_buffer_items, vision_tensors
 from memplan.specs.model import MlpKind, ModelSpec, NormKind, PositionKind, QkNorm
 from memplan.specs.training import Precision
 
@@ -74,7 +75,10 @@ class ParamTensor:
     numel: int
     role: str
     """``embedding``, ``linear`` (a matmul weight: autocast casts it), ``bias``, ``norm``,
-    ``experts`` (3-D stacked expert weights, also matmul weights), ``router``."""
+    ``experts`` (3-D stacked expert weights, also matmul weights), ``router``, ``vector``
+    (a learned vector no autocast op casts: gpt-oss's sinks and expert biases, Gated DeltaNet's
+    ``dt_bias`` and ``A_log``), ``conv`` (Gated DeltaNet's depthwise convolution), ``vision``
+    (a multimodal checkpoint's vision tower and projector: text inputs never use them)."""
     layer: int = -1
     """Decoder layer index; -1 outside the layers."""
     module: str = ""
@@ -120,13 +124,15 @@ def _attention_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
         items += _linear(f"{p}.kv_b_proj", "kv_b_proj", kv_b, mla.kv_lora_rank, False, i)
         items += _linear(f"{p}.o_proj", "o_proj", h, spec.n_heads * mla.v_head_dim, spec.o_bias, i)
         return items
+    if spec.is_linear_attention(i):
+        return _linear_attention_tensors(spec, i)
     q, kv = spec.q_dim, spec.kv_dim
     if spec.fused_qkv:
         module = "c_attn" if spec.conv1d_names else "qkv_proj"
         items = _linear(f"{p}.{module}", module, q + 2 * kv, h, spec.qkv_bias, i)
     else:
         items = []
-        for module, width in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+        for module, width in (("q_proj", spec.q_proj_width), ("k_proj", kv), ("v_proj", kv)):
             items += _linear(f"{p}.{module}", module, width, h, spec.qkv_bias, i)
     if spec.qk_norm is QkNorm.PER_HEAD:
         items += _norm(spec, f"{p}.q_norm", spec.head_dim, i)
@@ -136,6 +142,32 @@ def _attention_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
         items += _norm(spec, f"{p}.k_norm", kv, i)
     o_module = "c_proj" if spec.conv1d_names else "o_proj"
     items += _linear(f"{p}.{o_module}", o_module, h, q, spec.o_bias, i)
+    if spec.attention_sinks:
+        items.append(ParamTensor(f"{p}.sinks", spec.n_heads, "vector", i, "sinks", (spec.n_heads,)))
+    return items
+
+
+def _linear_attention_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
+    """Qwen3-Next's Gated DeltaNet (``Qwen3NextGatedDeltaNet``)."""
+    lin, h, p = spec.linear_attention, spec.hidden_size, f"layers.{i}.linear_attn"
+    if lin is None:
+        return []
+    conv = (lin.conv_dim, 1, lin.conv_kernel)
+    items = [
+        ParamTensor(f"{p}.conv1d.weight", lin.conv_dim * lin.conv_kernel, "conv", i, "conv1d", conv)
+    ]
+    qkvz = 2 * lin.key_dim + 2 * lin.value_dim
+    items += _linear(f"{p}.in_proj_qkvz", "in_proj_qkvz", qkvz, h, False, i)
+    items += _linear(f"{p}.in_proj_ba", "in_proj_ba", 2 * lin.n_value_heads, h, False, i)
+    nv = lin.n_value_heads
+    items.append(ParamTensor(f"{p}.dt_bias", nv, "vector", i, "dt_bias", (nv,)))
+    items.append(ParamTensor(f"{p}.A_log", nv, "vector", i, "A_log", (nv,)))
+    items.append(
+        ParamTensor(
+            f"{p}.norm.weight", lin.value_head_dim, "norm", i, "norm", (lin.value_head_dim,)
+        )
+    )
+    items += _linear(f"{p}.out_proj", "out_proj", h, lin.value_dim, False, i)
     return items
 
 
@@ -163,15 +195,27 @@ def _mlp_tensors(spec: ModelSpec, i: int) -> list[ParamTensor]:
         return _dense_mlp_tensors(spec, p, spec.intermediate_size, i, spec.fused_gate_up)
     h, e, w = spec.hidden_size, moe.n_experts, moe.expert_intermediate_size
     items = [ParamTensor(f"{p}.gate.weight", e * h, "router", i, "gate", (e, h))]
+    if moe.router_bias_param:  # gpt-oss: F.linear(x, weight, bias)
+        items.append(ParamTensor(f"{p}.gate.bias", e, "bias", i, "gate", (e,)))
     # transformers 5 stacks the experts: gate_up_proj (E, 2W, H) and down_proj (E, H, W).
     items.append(
         ParamTensor(
             f"{p}.experts.gate_up_proj", e * 2 * w * h, "experts", i, "experts", (e, 2 * w, h)
         )
     )
+    if moe.expert_bias:
+        items.append(
+            ParamTensor(
+                f"{p}.experts.gate_up_proj_bias", e * 2 * w, "vector", i, "experts", (e, 2 * w)
+            )
+        )
     items.append(
         ParamTensor(f"{p}.experts.down_proj", e * h * w, "experts", i, "experts", (e, h, w))
     )
+    if moe.expert_bias:
+        items.append(
+            ParamTensor(f"{p}.experts.down_proj_bias", e * h, "vector", i, "experts", (e, h))
+        )
     if moe.n_shared_experts and moe.shared_intermediate_size:
         items += _dense_mlp_tensors(
             spec, f"{p}.shared_experts", moe.shared_intermediate_size, i, False
@@ -214,6 +258,8 @@ def param_tensors(spec: ModelSpec) -> tuple[ParamTensor, ...]:
         items.append(
             ParamTensor("lm_head.bias", spec.vocab_size, "bias", -1, "lm_head", (spec.vocab_size,))
         )
+    for t in vision_tensors(spec):
+        items.append(ParamTensor(t.name, t.numel, "vision", -1, t.group, t.shape))
     return tuple(items)
 
 
@@ -235,4 +281,5 @@ def buffer_allocations(spec: ModelSpec) -> tuple[int, ...]:
     if spec.moe is not None and spec.moe.router_bias:
         n_moe = sum(1 for i in range(spec.n_layers) if spec.is_moe_layer(i))
         out += [spec.moe.n_experts * 4] * n_moe
+    out += [size for _, size, _ in vision_buffer_items(spec)]
     return tuple(out)

@@ -25,6 +25,11 @@ by default:
 - ``fp8-rowwise`` (``fbgemm_fp8``, Llama-3.1-405B-FP8): fp8 weight and ``weight_scale``, one
   float32 per output row, and the float32 ``input_scale_ub`` buffer, one per layer
   (transformers ``FbgemmFp8Linear``; Llama 3 paper, section 6.2).
+- ``mxfp4`` (gpt-oss's ``quant_method: mxfp4``): the MoE experts' weights only, in OCP
+  Microscaling blocks of 32 E2M1 values (16 bytes, ``*_blocks``) with one E8M0 scale byte each
+  (``*_scales``), 4.25 bits a weight; attention, router, embeddings, lm_head and the experts'
+  biases stay bf16, as the checkpoint stores them (``modules_to_not_convert``; OCP
+  Microscaling Formats (MX) v1.0, section 5; OpenAI gpt-oss model card, section 2.1).
 
 A quantized checkpoint's ``quantization_config.modules_to_not_convert`` keeps the linear layers
 it names in the 16-bit dtype (Llama-3.1-405B-FP8: every ``self_attn`` and the first and last
@@ -71,6 +76,7 @@ _HALF = 2  # bytes of the fp16/bf16 compute dtype that unquantized modules keep
 _GROUP = 128
 _NF4_BLOCK = 64
 _NESTED_BLOCK = 256
+_MX_BLOCK = 32
 _SRC_BNB = "bitsandbytes functional.py (int8_vectorwise_quant, quantize_4bit)"
 _SRC_GPTQ = "GPTQModel/AutoGPTQ QuantLinear buffers (bits=4, group_size=128)"
 _SRC_AWQ = "AutoAWQ WQLinear_GEMM buffers (w_bit=4, group_size=128)"
@@ -86,8 +92,15 @@ class Linear:
     count: int
 
 
-def _attention_linears(spec: ModelSpec, n: int) -> Iterator[Linear]:
+def _attention_linears(spec: ModelSpec, layers: range) -> Iterator[Linear]:
     h, mla = spec.hidden_size, spec.mla
+    n = sum(1 for i in layers if not spec.is_linear_attention(i))
+    lin = spec.linear_attention
+    n_lin = len(layers) - n
+    if lin is not None and n_lin:
+        yield Linear("in_proj_qkvz", h, 2 * lin.key_dim + 2 * lin.value_dim, n_lin)
+        yield Linear("in_proj_ba", h, 2 * lin.n_value_heads, n_lin)
+        yield Linear("out_proj", lin.value_dim, h, n_lin)
     if mla is not None:
         heads = spec.n_heads
         if mla.q_lora_rank is None:
@@ -104,7 +117,7 @@ def _attention_linears(spec: ModelSpec, n: int) -> Iterator[Linear]:
     if spec.fused_qkv:
         yield Linear("qkv_proj", h, spec.q_dim + 2 * spec.kv_dim, n)
     else:
-        yield Linear("q_proj", h, spec.q_dim, n)
+        yield Linear("q_proj", h, spec.q_proj_width, n)
         yield Linear("k_proj", h, spec.kv_dim, n)
         yield Linear("v_proj", h, spec.kv_dim, n)
     yield Linear("o_proj", spec.q_dim, h, n)
@@ -122,7 +135,7 @@ def linear_layers(spec: ModelSpec, layers: range | None = None) -> list[Linear]:
     """Every weight matrix a quantizer converts (decoder layers only; not embeddings/lm_head),
     in ``layers`` (default: all of them)."""
     layers = range(spec.n_layers) if layers is None else layers
-    out = list(_attention_linears(spec, len(layers)))
+    out = list(_attention_linears(spec, layers))
     n_moe = sum(1 for i in layers if spec.is_moe_layer(i))
     n_dense = len(layers) - n_moe
     if n_dense:
@@ -188,6 +201,11 @@ def _fp8_rowwise(lin: Linear) -> list[tuple[str, int]]:
     ]
 
 
+def _mxfp4(lin: Linear) -> list[tuple[str, int]]:
+    blocks = lin.n_out * ceil(lin.n_in / _MX_BLOCK)
+    return [("blocks_fp4", blocks * _MX_BLOCK // 2), ("scales_e8m0", blocks)]
+
+
 QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] = {
     "fp8-block": (_fp8_block, "transformers FP8Linear (block 128 x 128 float32 scale_inv)"),
     "fp8-rowwise": (_fp8_rowwise, "transformers FbgemmFp8Linear (float32 scale per row)"),
@@ -196,7 +214,10 @@ QUANT_FORMATS: dict[str, tuple[Callable[[Linear], list[tuple[str, int]]], str]] 
     "bnb-nf4-nodq": (lambda lin: _bnb_nf4(lin, double_quant=False), _SRC_BNB),
     "gptq-int4": (_gptq, _SRC_GPTQ),
     "awq-int4": (_awq, _SRC_AWQ),
+    "mxfp4": (_mxfp4, "OCP MX v1.0 (32-value E2M1 blocks, E8M0 scale); gpt-oss *_blocks/*_scales"),
 }
+_EXPERTS_ONLY = frozenset({"mxfp4"})
+"""Formats whose checkpoints quantize the MoE experts only (gpt-oss)."""
 WEIGHT_FORMATS: tuple[str, ...] = (*DTYPE_BYTES, *QUANT_FORMATS)
 
 
@@ -271,6 +292,8 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
     n_quantized = 0
     n_kept = 0
     for lin in linear_layers(spec):
+        if fmt in _EXPERTS_ONLY and not lin.key.startswith("experts."):
+            continue
         kept = kept_linear_count(spec, fmt, lin)
         n_kept += kept
         count = lin.count - kept
@@ -291,6 +314,8 @@ def weights_bytes(spec: ModelSpec, fmt: str) -> Item:
         rest * _HALF,
         f"{rest:,} x {_HALF} B",
         "modules kept in the compute dtype: embeddings, lm_head, norms, routers, biases"
+        + (", the vision tower" if spec.vision is not None else "")
+        + (", attention" if fmt in _EXPERTS_ONLY else "")
         + kept_note,
     )
     return root

@@ -86,7 +86,22 @@ def _head_dim(cfg: _Config, hidden: int, heads: int, *, explicit: Any = None) ->
 
 
 def _dtype(cfg: _Config) -> str:
-    value = cfg.raw.get("torch_dtype") or cfg.raw.get("dtype") or "float32"
+    """``torch_dtype`` (``dtype`` in transformers 5), else the text model's (multimodal
+    configs that give it only inside ``text_config``), else bf16 for an MXFP4 checkpoint,
+    else float32."""
+    text = cfg.raw.get("text_config")
+    text = text if isinstance(text, dict) else {}
+    quant = cfg.raw.get("quantization_config")
+    packed = isinstance(quant, dict) and quant.get("quant_method") == "mxfp4"
+    value = (
+        cfg.raw.get("torch_dtype")
+        or cfg.raw.get("dtype")
+        or text.get("torch_dtype")
+        or text.get("dtype")
+        # gpt-oss names no dtype: its tensors outside the MXFP4 experts are bf16 (model card,
+        # section 2.1; the checkpoint's safetensors)
+        or ("bfloat16" if packed else "float32")
+    )
     return str(value).replace("torch.", "")
 
 

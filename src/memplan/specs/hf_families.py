@@ -14,6 +14,8 @@ from memplan.specs.hf_config import (
     _partial_rotary,
     _rope_theta,
 )
+from memplan.specs.hf_families_2025 import gpt_oss, llama4_text, qwen3_next
+from memplan.specs.hf_multimodal import multimodal
 from memplan.specs.model import (
     AttentionType,
     MlaSpec,
@@ -407,6 +409,12 @@ _PARSERS: dict[str, Callable[[_Config], dict[str, Any]]] = {
     "starcoder2": _starcoder2,
     "deepseek_v2": lambda cfg: _deepseek(cfg, v3=False),
     "deepseek_v3": lambda cfg: _deepseek(cfg, v3=True),
+    "gpt_oss": gpt_oss,
+    "llama4_text": llama4_text,
+    "qwen3_next": qwen3_next,
+    "gemma3": lambda cfg: multimodal(cfg, _PARSERS, _DEFAULTS),
+    "llama4": lambda cfg: multimodal(cfg, _PARSERS, _DEFAULTS),
+    "mistral3": lambda cfg: multimodal(cfg, _PARSERS, _DEFAULTS),
 }
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_PARSERS)
@@ -444,7 +452,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                "attention_bias": False, "hidden_activation": "gelu_pytorch_tanh",
                "max_position_embeddings": 8192, "sliding_window": 4096,
                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
-    "gemma3_text": {"num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
+    "gemma3_text": {"vocab_size": 262208, "num_attention_heads": 8,
+                    "num_key_value_heads": 4, "head_dim": 256, "tie_word_embeddings": True,
                     "attention_bias": False, "hidden_activation": "gelu_pytorch_tanh",
                     "max_position_embeddings": 131072, "sliding_window": 4096,
                     "rope_theta": 1e6},
@@ -478,4 +487,28 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                     "n_shared_experts": 1, "first_k_dense_replace": 3, "q_lora_rank": 1536,
                     "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
                     "v_head_dim": 128},
+    "gpt_oss": {"num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": False,
+                "attention_bias": True, "hidden_act": "silu", "max_position_embeddings": 131072,
+                "sliding_window": 128, "num_local_experts": 128, "num_experts_per_tok": 4,
+                "rope_theta": 150000.0},
+    "llama4_text": {"num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False,
+                    "attention_bias": False, "hidden_act": "silu",
+                    "max_position_embeddings": 131072, "intermediate_size_mlp": 16384,
+                    "num_local_experts": 16, "num_experts_per_tok": 1,
+                    "interleave_moe_layer_step": 1, "use_qk_norm": True,
+                    "no_rope_layer_interval": 4, "attention_chunk_size": 8192,
+                    "attn_temperature_tuning": True, "rope_theta": 500000.0},
+    "qwen3_next": {"num_key_value_heads": 2, "head_dim": 256, "tie_word_embeddings": False,
+                   "attention_bias": False, "hidden_act": "silu",
+                   "max_position_embeddings": 32768, "linear_conv_kernel_dim": 4,
+                   "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                   "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+                   "decoder_sparse_step": 1, "moe_intermediate_size": 512,
+                   "shared_expert_intermediate_size": 512, "num_experts_per_tok": 10,
+                   "num_experts": 512},
+    # multimodal configs: the parsers read text_config and vision_config with their own
+    # classes' defaults (hf_multimodal.py), and no top-level key of their own here
+    "gemma3": {},
+    "llama4": {},
+    "mistral3": {},
 }  # fmt: skip

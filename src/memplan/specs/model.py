@@ -13,11 +13,13 @@ from enum import StrEnum
 from typing import Any
 
 from memplan.errors import ConfigError
+from memplan.specs.vision import VisionSpec
 
 __all__ = [
     "MAX_LAYERS",
     "MAX_SIZE",
     "AttentionType",
+    "LinearAttentionSpec",
     "MlaSpec",
     "MlpKind",
     "ModelSpec",
@@ -77,11 +79,18 @@ class QkNorm(StrEnum):
     NONE = "none"
     PER_HEAD = "per_head"  # RMSNorm(head_dim) shared across heads: Qwen3, Gemma 3
     FULL = "full"  # RMSNorm(n_heads * head_dim) and RMSNorm(n_kv_heads * head_dim): OLMo 2
+    L2 = "l2"  # x * rsqrt(mean(x^2) + eps), no weight, on the rotary layers only: Llama 4
 
 
 class AttentionType(StrEnum):
     FULL = "full_attention"
     SLIDING = "sliding_attention"
+    CHUNKED = "chunked_attention"
+    """Llama 4: attention within fixed chunks of ``attention_chunk_size`` tokens (its rotary
+    layers; ``create_chunked_causal_mask``)."""
+    LINEAR = "linear_attention"
+    """Qwen3-Next: a Gated DeltaNet layer instead of softmax attention (no KV cache; a
+    recurrent state of fixed size)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +111,14 @@ class MoeSpec:
     """Qwen2-MoE: a Linear(hidden, 1) that gates the shared expert."""
     router_bias: bool = False
     """The router has a per-expert bias (DeepSeek-V3's e_score_correction_bias)."""
+    router_bias_param: bool = False
+    """The router Linear has a bias parameter (gpt-oss ``GptOssTopKRouter.bias``)."""
+    expert_bias: bool = False
+    """Every expert's projections have biases (gpt-oss ``gate_up_proj_bias``, ``down_proj_bias``)."""
+    all_experts_per_token: bool = False
+    """Every token goes through every expert, scaled by its (sigmoid) router score, zero for
+    the experts it was not routed to (Llama 4 in transformers 5.23, ``Llama4TextMoe``: a dense
+    ``bmm`` over all experts): the compute and the activations of ``n_experts``, not ``top_k``."""
     first_dense_layers: int = 0
     """DeepSeek ``first_k_dense_replace``: the first k layers use the dense MLP."""
     layer_freq: int = 1
@@ -130,6 +147,42 @@ class MoeSpec:
         if index < self.first_dense_layers or index in self.dense_layers:
             return False
         return (index + 1) % self.layer_freq == 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinearAttentionSpec:
+    """Gated DeltaNet linear attention (Yang, Kautz and Hatamizadeh 2024, "Gated Delta
+    Networks"), as transformers builds it for Qwen3-Next (``Qwen3NextGatedDeltaNet``)."""
+
+    n_key_heads: int
+    n_value_heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_kernel: int
+    """Width of the causal depthwise convolution over q, k and v."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_key_heads", "n_value_heads", "key_head_dim", "value_head_dim"):
+            check_size("linear attention", name, getattr(self, name))
+        check_size("linear attention", "conv_kernel", self.conv_kernel)
+        if self.n_value_heads % self.n_key_heads:
+            raise ConfigError(
+                f"linear attention: linear_num_key_heads ({self.n_key_heads}) must divide "
+                f"linear_num_value_heads ({self.n_value_heads})"
+            )
+
+    @property
+    def key_dim(self) -> int:
+        return self.n_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.n_value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the convolution: q, k and v side by side."""
+        return 2 * self.key_dim + self.value_dim
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,6 +273,37 @@ class ModelSpec:
     norm_weight_fp32: bool = False
     """RMSNorm multiplies by the weight before casting back, so the weight's gradient reads a
     fp32 normed tensor (OLMo 2, ``Olmo2RMSNorm.forward``)."""
+    sdpa_unsupported: bool = False
+    """transformers gives the family no sdpa attention (``_supports_sdpa = False``: gpt-oss,
+    whose sinks sdpa cannot take): ``--attention sdpa`` runs eager attention."""
+    loss_after_text_model: bool = False
+    """Llama 4's multimodal model computes the loss after its text model has returned, so the
+    final norm's output is freed by then (``Llama4ForConditionalGeneration.forward``)."""
+    rotary_complex: bool = False
+    """Llama 4: the rotary table is one complex64 tensor of head_dim / 2 frequencies
+    (``freqs_cis``), and q, k are rotated as complex numbers."""
+    rotary_table_halved: bool = False
+    """The rotary cos/sin tables hold head_dim / 2 frequencies, not duplicated (gpt-oss's
+    ``_apply_rotary_emb`` rotates the two halves with the same table)."""
+    attention_sinks: bool = False
+    """A learned sink logit per head joins every softmax (gpt-oss ``sinks``, (n_heads,) per
+    layer): the probabilities of the real keys sum to less than one."""
+    attention_output_gate: bool = False
+    """q_proj also makes a per-channel gate, ``o_proj(attn * sigmoid(gate))`` (Qwen3-Next):
+    q_proj is twice as wide."""
+    attention_chunk_size: int | None = None
+    """Llama 4: the ``chunked_attention`` layers attend within chunks of this many tokens."""
+    nope_layers: tuple[int, ...] = ()
+    """Layers without rotary position embedding (Llama 4's every fourth layer); with
+    ``attn_temperature_tuning`` their queries are scaled by a per-position factor."""
+    attn_temperature_tuning: bool = False
+    """Llama 4: scale the NoPE layers' queries by log1p(floor((pos + 1) / floor_scale)) *
+    attn_scale + 1 (Nakanishi 2025, arXiv:2501.19399)."""
+    linear_attention: LinearAttentionSpec | None = None
+    """Qwen3-Next: the dimensions of the ``linear_attention`` layers (Gated DeltaNet)."""
+    vision: VisionSpec | None = None
+    """A multimodal checkpoint's vision tower and projector (counted in the parameters; text
+    inputs do not run them)."""
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     """Residual dropout (GPT-2 resid_pdrop, NeoX hidden_dropout)."""
@@ -254,6 +338,10 @@ class ModelSpec:
                 f"{self.name}: the number of KV heads ({self.n_kv_heads}) must divide the number "
                 f"of attention heads ({self.n_heads})"
             )
+        if self.attention_chunk_size is not None:
+            check_size(self.name, "attention_chunk_size", self.attention_chunk_size)
+        if any(not 0 <= i < self.n_layers for i in self.nope_layers):
+            raise ConfigError(f"{self.name}: no_rope_layers names a layer beyond {self.n_layers}")
         if self.layer_types and len(self.layer_types) != self.n_layers:
             raise ConfigError(
                 f"{self.name}: layer_types has {len(self.layer_types)} entries for "
@@ -269,6 +357,17 @@ class ModelSpec:
         return self.n_heads * self.head_dim
 
     @property
+    def q_proj_width(self) -> int:
+        """Output width of q_proj: the queries, and as many gate channels where the attention
+        output is gated (Qwen3-Next)."""
+        return self.q_dim * (2 if self.attention_output_gate else 1)
+
+    @property
+    def n_attention_layers(self) -> int:
+        """Layers with softmax attention (all but the linear-attention layers)."""
+        return sum(1 for i in range(self.n_layers) if not self.is_linear_attention(i))
+
+    @property
     def kv_dim(self) -> int:
         """Width of all key (or value) heads together (not MLA)."""
         return self.n_kv_heads * self.head_dim
@@ -279,6 +378,15 @@ class ModelSpec:
 
     def is_moe_layer(self, index: int) -> bool:
         return self.moe is not None and self.moe.is_moe_layer(index)
+
+    def uses_rotary(self, index: int) -> bool:
+        """Layer ``index`` rotates q and k (not a Llama 4 NoPE layer, not linear attention)."""
+        if self.position is not PositionKind.ROTARY or index in self.nope_layers:
+            return False
+        return self.attention_type(index) is not AttentionType.LINEAR
+
+    def is_linear_attention(self, index: int) -> bool:
+        return self.attention_type(index) is AttentionType.LINEAR
 
     def attention_type(self, index: int) -> AttentionType:
         if not self.layer_types:
@@ -292,12 +400,25 @@ class ModelSpec:
             return len(set(self.layer_types))
         return 1
 
+    @property
+    def local_attention_size(self) -> int | None:
+        """The window of the layers with a local mask: ``sliding_window``, or Llama 4's
+        ``attention_chunk_size`` (its chunked layers: transformers masks them with
+        ``local_size=attention_chunk_size`` and caches them in a
+        ``DynamicSlidingWindowLayer`` of that size, ``cache_utils.py``)."""
+        if self.sliding_window is not None:
+            return self.sliding_window
+        if AttentionType.CHUNKED in self.layer_types:
+            return self.attention_chunk_size
+        return None
+
     def slides(self, index: int) -> bool:
-        """transformers gives layer ``index`` a sliding-window mask: its ``sliding_attention``
-        layers, or every layer of a family without ``layer_types`` whose ``sliding_window`` is
-        set (Mistral, Mixtral, Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
-        if self.sliding_window is None:
+        """transformers gives layer ``index`` a local mask of ``local_attention_size``: its
+        ``sliding_attention`` (or Llama 4's ``chunked_attention``) layers, or every layer of a
+        family without ``layer_types`` whose ``sliding_window`` is set (Mistral, Mixtral,
+        Phi-3, Starcoder2: ``create_sliding_window_causal_mask``)."""
+        if self.local_attention_size is None:
             return False
         if self.layer_types:
-            return self.layer_types[index] is AttentionType.SLIDING
+            return self.layer_types[index] in (AttentionType.SLIDING, AttentionType.CHUNKED)
         return True

@@ -19,6 +19,7 @@ from torch import nn
 
 from memplan.errors import ConfigError, SetupError
 from memplan.specs.model import ModelSpec
+from memplan.trace.meta import MULTIMODAL_TYPES, as_loaded, auto_model_class, strict_values
 
 __all__ = [
     "apply_freezing",
@@ -71,7 +72,11 @@ def check_seq_len(name: str, config: dict[str, Any], seq: int, allow_long: bool)
 def _hf_config(config: dict[str, Any], dropout: float | None) -> Any:
     from transformers import AutoConfig
 
-    values = {k: v for k, v in config.items() if k not in ("quantization_config", "auto_map")}
+    values = {
+        k: v
+        for k, v in strict_values(config).items()
+        if k not in ("quantization_config", "auto_map")
+    }
     model_type = values.pop("model_type")
     values.pop("transformers_version", None)
     if dropout is not None:
@@ -83,7 +88,7 @@ def _hf_config(config: dict[str, Any], dropout: float | None) -> Any:
             ):
                 values[key] = float(dropout)
     try:
-        hf = AutoConfig.for_model(model_type, **values)
+        hf = as_loaded(AutoConfig.for_model(model_type, **values))
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"transformers cannot read this {model_type} config: {exc}") from exc
     if dropout is not None:
@@ -98,16 +103,17 @@ def _hf_config(config: dict[str, Any], dropout: float | None) -> Any:
 def build_model(
     config: dict[str, Any], *, dtype: torch.dtype, attention: str, dropout: float | None
 ) -> nn.Module:
-    """The causal LM of ``config`` in ``dtype`` (built in the caller's fake mode, if any)."""
-    from transformers import AutoModelForCausalLM
-
+    """The causal LM of ``config`` in ``dtype`` (built in the caller's fake mode, if any); for
+    a multimodal config the ``*ForConditionalGeneration`` model, vision tower included."""
     hf = _hf_config(config, dropout)
     impl = "eager" if attention == "eager" else "sdpa"
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _untruncated_init():
             warnings.simplefilter("ignore")
-            return AutoModelForCausalLM.from_config(hf, dtype=dtype, attn_implementation=impl)
+            return auto_model_class(str(config.get("model_type"))).from_config(
+                hf, dtype=dtype, attn_implementation=impl
+            )
     except ValueError as exc:
         message = str(exc).splitlines()[0]
         if "scaled_dot_product_attention" in message or "attn_implementation" in message:
@@ -118,12 +124,36 @@ def build_model(
         raise ConfigError(f"transformers cannot build this model: {message}") from exc
 
 
+@contextlib.contextmanager
+def _untruncated_init() -> Iterator[None]:
+    """Initialise with ``normal_`` where a module asks for ``trunc_normal_`` (SigLIP's LeCun
+    init in Gemma 3's vision tower).
+
+    torch 2.13's ``trunc_normal_`` resamples until no value lies outside the bounds, reading
+    the tensor (``.item()``, ``mask.any()``), which fake tensors cannot answer. A trace needs
+    shapes and dtypes, not values; ``normal_`` allocates nothing more.
+    """
+    from transformers import initialization
+
+    def normal(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, *args: Any, **kw: Any):
+        with torch.no_grad():
+            return tensor.normal_(mean, std)
+
+    original = initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"]
+    initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"] = normal
+    try:
+        yield
+    finally:
+        initialization.TORCH_INIT_FUNCTIONS["trunc_normal_"] = original
+
+
 def supports_sdpa(config: dict[str, Any]) -> bool:
     """Whether transformers can run this family with sdpa attention (``_supports_sdpa``)."""
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    class_name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type", ""))
+    model_type = str(config.get("model_type", ""))
+    names = auto_model_class(model_type)._model_mapping._model_mapping
+    class_name = names.get(model_type)
     cls = getattr(transformers, class_name, None) if isinstance(class_name, str) else None
     return bool(getattr(cls, "_supports_sdpa", True))
 
@@ -236,8 +266,13 @@ def apply_lora(
             f"LoRA targets {', '.join(missing)} are not modules of this model; its linear "
             f"layers are: {', '.join(linear)}"
         )
+    modules: list[str] | str = list(targets)
+    if getattr(model.config, "model_type", None) in MULTIMODAL_TYPES:
+        # the text model only: peft matches module names anywhere, and the vision tower has
+        # q_proj, fc1, ... of its own, which text inputs never run
+        modules = rf".*language_model\..*\.({'|'.join(map(re.escape, targets))})"
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+        r=rank, lora_alpha=alpha, target_modules=modules, lora_dropout=dropout,
         task_type="CAUSAL_LM",
     )  # fmt: skip
     from peft.tuners import tuners_utils

@@ -213,11 +213,17 @@ def _forward(
 def _flag_cache(cache: Any, session: TraceSession) -> int:
     """Flag the cache layers' tensors as ``kv_cache`` and return their bytes: keys, values,
     and the int64 counters (``StaticLayer.cumulative_length``,
-    ``DynamicSlidingWindowLayer._sliding_window_tensor``)."""
+    ``DynamicSlidingWindowLayer._sliding_window_tensor``), and a linear-attention layer's
+    conv and recurrent states (``LinearAttentionLayer``: dicts by state index)."""
     total = 0
     for layer in getattr(cache, "layers", []):
-        for attr in ("keys", "values", "cumulative_length", "_sliding_window_tensor"):
-            tensor = getattr(layer, attr, None)
+        tensors = [
+            getattr(layer, attr, None)
+            for attr in ("keys", "values", "cumulative_length", "_sliding_window_tensor")
+        ]
+        for attr in ("conv_states", "recurrent_states"):
+            tensors += list((getattr(layer, attr, None) or {}).values())
+        for tensor in tensors:
             if isinstance(tensor, torch.Tensor):
                 session.tracker.flag(tensor, Flag.KV_CACHE)
                 total += tensor.untyped_storage().nbytes()
