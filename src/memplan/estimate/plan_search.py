@@ -33,6 +33,7 @@ from memplan.estimate.plan_grid import (
     evaluate_grid,
     new_tables,
 )
+from memplan.estimate.plan_points import PlanPoints, chart_points
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
@@ -324,6 +325,8 @@ class SearchResult:
     seconds: float
     runner_up: PlanResult | None = None
     """The best feasible plan with a longer step than the first (what the first beats)."""
+    points: PlanPoints | None = None
+    """The feasible plans a chart of step time against peak draws (``plan_points``)."""
 
 
 def _limit(r: GridResult, i: int, headroom: int, usable: int) -> str:
@@ -419,8 +422,9 @@ def search(
         slower = feasible[grid.step_s[feasible] > grid.step_s[feasible[0]]]
         if len(slower):
             runner_up = _result(batch.row(int(slower[0])), grid, int(slower[0]), usable)
+    points = chart_points(batch.row, grid.peak_bytes, grid.step_s, feasible, top)
     return SearchResult(plans, len(batch), int(fits.sum()), total, removed,
-                        time.perf_counter() - start, runner_up)  # fmt: skip
+                        time.perf_counter() - start, runner_up, points)  # fmt: skip
 
 
 def _count_memory_misfits(
