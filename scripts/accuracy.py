@@ -28,6 +28,7 @@ AREAS = (
     "families",
     "inference",
     "distributed",
+    "proof",
     "plan",
     "new_types",
 )

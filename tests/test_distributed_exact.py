@@ -35,18 +35,27 @@ def _plan(world: int, **kw: object) -> ParallelPlan:
     return ParallelPlan(gpus_per_node=world, **kw)  # type: ignore[arg-type]
 
 
-def test_one_gpu_ddp_is_the_single_gpu_step_plus_its_buckets() -> None:
+def test_one_gpu_plan_is_the_single_gpu_step() -> None:
+    """One replica runs no DDP (torchtitan and Megatron wrap data parallelism only over a
+    group of more than one rank): no buckets, the single-GPU step to the byte."""
     spec = _tiny()
     single = estimate_training(spec, CPU)
     report = parallel_training_report(spec, CPU, ParallelPlan())
     group = report.scalars["ranks"][0]
-    grads = sum(t.numel * 4 for t in param_tensors(spec))
     for mine, theirs in zip(group["phases"], single.phases, strict=True):
         parts = dict(mine["breakdown"])
-        assert parts.pop("communication") == grads  # DDP's buckets: every gradient once
+        assert parts.pop("communication", 0) == 0
         assert {k: v for k, v in parts.items() if v} == {
             k: v for k, v in theirs.breakdown.items() if v
         }
+
+
+def test_two_gpu_ddp_adds_its_buckets() -> None:
+    spec = _tiny()
+    states = stage_states(spec, CPU, _plan(2), 0, 0)
+    # DDP's buckets: every gradient once (fp32 on the CPU target)
+    assert states.persistent_comm == {"ddp_gradient_buckets": sum(
+        t.numel * 4 for t in param_tensors(spec))}  # fmt: skip
 
 
 def test_gradient_as_bucket_view_drops_the_separate_gradients() -> None:

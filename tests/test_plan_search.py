@@ -9,6 +9,7 @@ models and clusters and compare every plan's worst-rank peak (bytes, exactly) an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from typing import Any
@@ -42,7 +43,9 @@ def _spec(name: str, layers: int | None) -> Any:
     return spec if layers is None else dataclasses.replace(spec, n_layers=layers)
 
 
+@functools.lru_cache(maxsize=len(CASES))
 def _draw(case: Any) -> tuple[Any, TrainingSetup, list[PlanRow]]:
+    """The plans drawn for ``case`` (cached: three tests draw from the first case)."""
     name, layers, nodes, per_node, seq, batch, n = case
     # gemma-2 soft-caps its attention logits: only eager attention computes that (and context
     # parallelism, which needs a fused kernel, is then removed by its rule)

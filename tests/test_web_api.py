@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,31 @@ def test_sweep_returns_the_cli_json_byte_for_byte(
     assert response.status_code == 200, response.text
     argv = ["sweep", "llama-3.2-1b", "--job", "train", "--over", "seq=512..65536", "--gpu", "A100"]
     assert response.content.decode() == cli_text(capsys, [*argv, "--json"])
+
+
+SEARCH_SECONDS = re.compile(r'^  "seconds": [0-9.e+-]+,$', re.M)
+"""The search's own wall time: the one line of ``memplan plan --json`` that differs per run."""
+
+
+def test_plan_returns_the_cli_json_byte_for_byte(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plan search's answer, every byte but its wall time (``seconds``) the CLI's."""
+    body = {"model": "Qwen/Qwen2.5-0.5B", "gpus": 4, "gpu": "H100", "seq": 1024,
+            "global-batch": 16, "top": 3, "only": "fsdp,tp,recompute", "tokens": "1e9",
+            "price-per-gpu-hour": 2.5}  # fmt: skip
+    response = client.post("/api/plan", json=body)
+    assert response.status_code == 200, response.text
+    argv = ["plan", "Qwen/Qwen2.5-0.5B", "--gpus", "4", "--gpu", "H100", "--seq", "1024",
+            "--global-batch", "16", "--top", "3", "--only", "fsdp,tp,recompute", "--tokens",
+            "1e9", "--price-per-gpu-hour", "2.5", "--json"]  # fmt: skip
+    cli = cli_text(capsys, argv)
+    web = response.content.decode()
+    assert len(SEARCH_SECONDS.findall(web)) == len(SEARCH_SECONDS.findall(cli)) == 1
+    assert SEARCH_SECONDS.sub("", web) == SEARCH_SECONDS.sub("", cli)
+    data = json.loads(web)
+    assert len(data["plans"]) == 3 and data["plans"][0]["cost_usd"] > 0
+    assert len(data["feasible_points"]["rank"]) == data["plans_feasible"] > 20
 
 
 @pytest.mark.parametrize(("path", "argv"), [("/api/models", ["models"]), ("/api/gpus", ["gpus"])])
@@ -186,6 +212,18 @@ def test_bad_configs_get_the_resolvers_one_line_error(
         ("/api/sweep", {"model": "gpt2", "over": "batch"}, "FLAG=RANGE"),
         ("/api/sweep", {"model": "gpt2", "over": "warp=1..4"}, "no job has a flag --warp"),
         ("/api/sweep", {"model": "gpt2", "job": "trace", "over": "batch=1..4"}, "job must be"),
+        ("/api/plan", {"model": "gpt2", "gpu": "H100", "global-batch": 8}, "needs a cluster"),
+        ("/api/plan", {"model": "gpt2", "gpus": 8, "global-batch": 8}, "needs a GPU"),
+        (
+            "/api/plan",
+            {"model": "gpt2", "gpus": 8, "gpu": "H100", "global-batch": 8, "only": "warp"},
+            "--only: unknown warp",
+        ),
+        (
+            "/api/plan",
+            {"model": "gpt2", "gpus": 8, "gpu": "H100", "global-batch": 8, "jobs": 2},
+            "one process",
+        ),
     ],
 )
 def test_bad_inputs_get_400_and_one_line(
@@ -287,3 +325,21 @@ def test_every_request_is_held_to_its_cpu_budget(monkeypatch: pytest.MonkeyPatch
         "memplan: error: the request used more than 0.02 s of CPU time; ask for fewer points"
     )
     assert time.process_time() - start < 0.3
+
+
+def test_a_plan_search_is_held_to_its_cpu_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search has its own budget (far above a report's) and says how to make it smaller."""
+    httpx = pytest.importorskip("httpx")
+    assert web_app.PLAN_CPU_SECONDS > web_app.REPORT_CPU_SECONDS
+    monkeypatch.setattr(web_app, "PLAN_CPU_SECONDS", 0.02)
+    app = web_app.create_app()
+    body = {"model": "Qwen/Qwen2.5-0.5B", "gpus": 8, "gpu": "H100", "global-batch": 64}
+
+    async def ask() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post("/api/plan", json=body)
+
+    message = error_of(asyncio.run(ask()))
+    assert message.startswith("memplan: error: the request used more than 0.02 s of CPU time")
+    assert "narrow the search (only, max-tp" in message

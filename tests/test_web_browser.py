@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -292,10 +293,78 @@ def test_serving_and_time_charts(
     page.close()
 
 
+PLAN = ["Qwen/Qwen2.5-0.5B", "--gpus", "4", "--seq", "1024", "--global-batch", "16",
+        "--top", "5", "--only", "fsdp,tp,recompute", "--gpu", "H100-SXM"]  # fmt: skip
+"""A small search (a few hundred plans, under a second): every feasible plan is drawn."""
+
+
+def test_plan_tab_shows_the_clis_ranking_and_every_feasible_plan(
+    browser: Any, server: str, shots: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = open_page(browser, f"{server}/?job=plan&model=Qwen/Qwen2.5-0.5B&gpus=4&global-batch=16")
+    assert page.locator("#plan-table tbody tr").count() == 10  # a shared link searches at once
+    for name, value in (("seq", "1024"), ("top", "5"), ("only", "fsdp,tp,recompute")):
+        page.fill(f"#f-{name}", value)
+    settle(page)
+    assert "stale" in (page.get_attribute("#run-plan", "class") or "")  # waits for "search"
+    page.click("#run-plan")
+    settle(page)
+    data = cli_json(capsys, ["plan", *PLAN, "--json"])
+    assert page.inner_text("#cli") == "memplan plan " + " ".join(PLAN)
+    # the table: the CLI's plans, best first, the top row's numbers exactly
+    rows = page.locator("#plan-table tbody tr")
+    assert rows.count() == len(data["plans"]) == 5
+    top, best = rows.first, data["plans"][0]
+    assert top.get_attribute("data-layout") == best["layout"]
+    assert int(top.get_attribute("data-peak")) == best["peak_bytes"]
+    assert float(top.get_attribute("data-step")) == best["step_seconds"]
+    cells = top.locator("td").all_inner_texts()
+    assert cells[:3] == ["1", best["layout"], f"{best['peak_bytes'] / GIB:.2f} GiB"]
+    assert cells[-1] == best["limit"]
+    assert page.inner_text("#plan-why") == data["why"]
+    rule, removed = next(iter(data["removed"].items()))
+    assert page.inner_text("#plan-removed") == f"removed most: {rule} ({removed:,} plans)"
+    assert page.inner_text("#cli-verdict") == data["verdict"]
+    # the chart: one marker per feasible plan, at the CLI's (peak, step)
+    points = data["feasible_points"]
+    assert points["selection"] == "all" and len(points["rank"]) == data["plans_feasible"] > 20
+    traces = page.evaluate(
+        """Array.from(document.getElementById('chart-plan').data)
+             .filter(t => t.mode === 'markers').map(t => ({x: Array.from(t.x), y: Array.from(t.y)}))"""
+    )
+    drawn = sorted((x, y) for t in traces for x, y in zip(t["x"], t["y"], strict=True))
+    scale = 1e-3 if max(points["step_seconds"]) < 1 else 1.0
+    expected = sorted(
+        (peak / GIB, step / scale)
+        for peak, step in zip(points["peak_bytes"], points["step_seconds"], strict=True)
+    )
+    assert len(drawn) == data["plans_feasible"]
+    assert [v for pair in drawn for v in pair] == pytest.approx([v for e in expected for v in e])
+    best_point = page.locator("#chart-plan .scatterlayer .trace").last.locator(".point").first
+    box = best_point.bounding_box()  # the table's plans are drawn last: #1 is their first point
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#chart-plan .hoverlayer .hovertext")
+    hover = page.locator("#chart-plan .hoverlayer").text_content() or ""
+    rank, layout = re.match(r"#(\d+) (.+?)peak ", hover).groups()  # #1 and #2 may coincide
+    assert layout == data["plans"][int(rank) - 1]["layout"] and int(rank) <= 5
+    caption = page.inner_text("#plan-caption")
+    assert caption.startswith(f"All {data['plans_feasible']} feasible plans, one point each")
+    page.screenshot(path=str(shots / "plan.png"), full_page=True)
+    readme = os.environ.get("MEMPLAN_SCREENSHOTS")
+    if readme:  # make screenshots: the README's picture, the tab's own preset (a sampled chart)
+        page.click("#jobs button[data-job=train]")
+        page.fill("#model", "meta-llama/Llama-3.2-1B")
+        page.click("#jobs button[data-job=plan]")
+        settle(page)
+        assert "feasible plans: the top K, the Pareto front" in page.inner_text("#plan-caption")
+        page.screenshot(path=str(Path(readme) / "memplan-serve-plan.png"), full_page=True)
+    page.close()
+
+
 def test_screenshots_are_pictures(shots: Path) -> None:
     """Runs last in this module: the screenshots the tests above took are real PNG files."""
     if not (shots / "memplan-serve.png").exists():
         pytest.skip("the browser tests above did not run")
-    for name in ("memplan-serve.png", "shared-link.png", "serving.png", "time.png"):
+    for name in ("memplan-serve.png", "shared-link.png", "serving.png", "time.png", "plan.png"):
         data = (shots / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, name

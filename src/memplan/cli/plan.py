@@ -34,6 +34,7 @@ each row's flags reproduce it (--json: args and time_args).
 
 
 def register(subparsers: Any) -> None:
+    from memplan.cli.train import DEFAULT_SEQ
     from memplan.estimate.plan_search import FEATURES, OBJECTIVES
 
     parser = subparsers.add_parser(
@@ -54,7 +55,9 @@ def register(subparsers: Any) -> None:
                          help="network per GPU across nodes (default 400Gb/s)")  # fmt: skip
     cluster.add_argument("--nvlink", metavar="RATE", help="GPU-to-GPU in a node, one way")
     job = parser.add_argument_group("training job")
-    job.add_argument("--seq", type=positive_int, default=None, help="sequence length")
+    job.add_argument("--seq", type=positive_int, default=None,
+                     help=f"sequence length (default {DEFAULT_SEQ}, or the model's context "
+                     "when shorter)")  # fmt: skip
     batch = job.add_mutually_exclusive_group()
     batch.add_argument("--global-batch", type=positive_int, metavar="B", help="sequences a step")
     batch.add_argument("--batch-tokens", type=count, metavar="T", help="tokens a step (T / seq)")
@@ -96,8 +99,9 @@ def _only(text: str | None) -> frozenset[str]:
     return frozenset(items)
 
 
-def _inputs(args: Any) -> tuple[Any, Any, Any, Any]:
-    """(spec, setup, gpu, space) from the flags, with one-line errors for bad input."""
+def _inputs(args: Any, spec: Any = None) -> tuple[Any, Any, Any, Any]:
+    """(spec, setup, gpu, space) from the flags, with one-line errors for bad input; ``spec``
+    in place of ``args.model`` when given (the web page's pasted config.json)."""
     from memplan.catalog import resolve
     from memplan.cli.parallel import _cluster, parse_link_rate
     from memplan.cli.train import default_seq
@@ -116,7 +120,7 @@ def _inputs(args: Any) -> tuple[Any, Any, Any, Any]:
     nodes, per_node = _cluster(args)
     if nodes * per_node > 2**20:
         raise SetupError(f"{nodes * per_node} GPUs is beyond any real cluster (at most 2**20)")
-    spec = resolve(args.model)
+    spec = spec if spec is not None else resolve(args.model)
     seq = args.seq if args.seq is not None else default_seq(spec)
     if args.global_batch is None and args.batch_tokens is None:
         raise SetupError("plan needs the batch: give --global-batch B (sequences per step)")
@@ -151,25 +155,28 @@ def _inputs(args: Any) -> tuple[Any, Any, Any, Any]:
     return spec, setup, gpu, space
 
 
-def build_result(args: Any) -> dict[str, Any]:
-    """The search's answer as JSON-ready data (``--json`` prints it; the text table reads it)."""
+def build_result(args: Any, spec: Any = None) -> dict[str, Any]:
+    """The search's answer as JSON-ready data (``--json`` prints it; the text table and the
+    web page read it). ``spec``: the model, in place of resolving ``args.model``."""
     from memplan.estimate.plan_search import plan_args, search
 
     try:
         import numpy  # noqa: F401
     except ModuleNotFoundError:
         raise SetupError("memplan plan evaluates plans with NumPy: pip install numpy") from None
-    spec, setup, gpu, space = _inputs(args)
+    spec, setup, gpu, space = _inputs(args, spec)
     result = search(spec, setup, gpu, space, objective=args.objective, top=args.top,
                     jobs=args.jobs, progress=not args.json)  # fmt: skip
     tokens_per_step = space.global_batch * setup.seq
+    gpu_name = args.gpu or gpu.name
     plans = []
     shown = list(result.plans)
     if result.runner_up is not None:
         shown.append(result.runner_up)
     for p in shown:
-        a = plan_args(args.model, setup, p.row, args.gpu or gpu.name)
+        a = plan_args(args.model, setup, p.row, gpu_name)
         entry: dict[str, Any] = {
+            "layout": layout_text(a["train"][1:]),
             "args": a["train"],
             "time_args": a["time"],
             "peak_bytes": p.peak_bytes,
@@ -206,9 +213,41 @@ def build_result(args: Any) -> dict[str, Any]:
         "removed": dict(result.removed.most_common()),
         "plans": plans,
         "runner_up": runner_up,
+        "why": _why(plans, runner_up) if plans else None,
+        "feasible_points": _points_json(args.model, setup, gpu_name, result.points),
         "method": "per-rank engine of `memplan train` / `memplan time` on every plan (NumPy)",
         "verdict": _verdict(spec.name, space.world, gpu.name, plans, args.objective),
     }
+
+
+def _points_json(model: str, setup: Any, gpu: str, points: Any) -> dict[str, Any]:
+    """The feasible plans a chart of step time against peak draws (``plan_points``): each
+    one's layout, peak, step, rank and whether it is on the Pareto front."""
+    from memplan.estimate.plan_points import MAX_POINTS, PlanPoints
+    from memplan.estimate.plan_search import plan_args
+
+    if points is None:  # no plan left to evaluate
+        points = PlanPoints(rows=[], peak_bytes=[], step_seconds=[], rank=[], pareto=[],
+                            selection="all")  # fmt: skip
+    rule = {
+        "all": "every feasible plan",
+        "sample": f"at most {MAX_POINTS} of the feasible plans: the top K, the Pareto front "
+        "(step time against peak) and an even sample by rank",
+    }[points.selection]
+    return {
+        "selection": points.selection,
+        "rule": rule,
+        "layout": [layout_text(plan_args(model, setup, r, gpu)["train"][1:]) for r in points.rows],
+        "peak_bytes": points.peak_bytes,
+        "step_seconds": points.step_seconds,
+        "rank": points.rank,
+        "pareto": points.pareto,
+    }
+
+
+def result_json(data: dict[str, Any]) -> str:
+    """What ``memplan plan --json`` prints (the web API answers the same text)."""
+    return json.dumps(data, indent=2) + "\n"
 
 
 def _verdict(model: str, gpus: int, gpu: str, plans: list[dict[str, Any]], objective: str) -> str:
@@ -229,7 +268,7 @@ def run(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     data = build_result(args)
     if args.json:
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(result_json(data))
         return 0
     _print_table(data, args, out)
     return 0
@@ -272,7 +311,7 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
         out.write(head + "  limit\n")
         for i, p in enumerate(plans, 1):
             line = (
-                f"{i:>2}  {layout_text(p['args'][1:]):<40} "
+                f"{i:>2}  {p['layout']:<40} "
                 f"{format_bytes(p['peak_bytes'], decimal=decimal):>10} "
                 f"{format_bytes(p['headroom_bytes'], decimal=decimal):>10} "
                 f"{format_seconds(p['step_seconds']):>9} {100 * p['mfu']:>5.1f}%"
@@ -282,7 +321,7 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
             if "cost_usd" in p:
                 line += f" ${p['cost_usd']:>9,.0f}"
             out.write(f"{line}  {p['limit']}\n")
-        out.write("\n" + _why(plans, data["runner_up"]) + "\n")
+        out.write("\n" + data["why"] + "\n")
     removed = data["removed"]
     if removed:
         rule, n = next(iter(removed.items()))
@@ -310,10 +349,12 @@ def _why(plans: list[dict[str, Any]], runner_up: dict[str, Any] | None) -> str:
     key = max(parts, key=lambda k: b[k] - a[k])
     gap = b["step_seconds"] - a["step_seconds"]
     mine, theirs = layout_text(a["args"][1:]).split(), layout_text(b["args"][1:]).split()
-    diff = " ".join(x for x in mine if x not in theirs) or "-"
-    other = " ".join(x for x in theirs if x not in mine) or "-"
+    diff = " ".join(x for x in mine if x not in theirs)
+    other = " ".join(x for x in theirs if x not in mine)
+    change = (f"with {diff} instead of {other}" if diff and other else f"without {other}"
+              if other else f"with {diff}" if diff else "with the same layout")  # fmt: skip
     return (
         f"{lead}it beats the runner-up ({layout_text(b['args'][1:])}) by {format_seconds(gap)} "
-        f"a step ({100 * gap / b['step_seconds']:.1f}%) with {diff} instead of {other}: "
+        f"a step ({100 * gap / b['step_seconds']:.1f}%) {change}: "
         f"{parts[key]} {format_seconds(a[key])} against {format_seconds(b[key])}"
     )

@@ -159,14 +159,23 @@ def _print_answers(report: Report, out: TextIO, decimal: bool) -> None:
 
 def _run_parallel(model: Any, plan: Any, args: argparse.Namespace) -> int:
     """A plan: the per-rank trace under a fake process group (``memplan.trace.parallel``)."""
-    from memplan.cli.compare_parallel import _trace
 
     if args.infer:
         from memplan.errors import SetupError
 
         raise SetupError("--infer with a training plan: give --tp to memplan infer instead")
-    report = _trace(model, _training_setup(model, args), plan)
-    print_report(report, args)
+    from memplan.trace.parallel import trace_parallel_training
+
+    progress = _progress_bar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
+    report = trace_parallel_training(model, _training_setup(model, args), plan, progress=progress)
+    if progress is not None:
+        sys.stderr.write("\r\033[K")
+    if args.json:
+        print_report(report, args)
+        return 0
+    from memplan.cli.render_parallel import print_parallel_report
+
+    print_parallel_report(report, args, sys.stdout)
     return 0
 
 

@@ -40,7 +40,13 @@ from memplan.formulas.parallel import (
 )
 from memplan.formulas.training import Regime, param_tensors, regime
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import DDP_FIRST_BUCKET_BYTES, Offload, ParallelPlan, Sharding
+from memplan.specs.parallel import (
+    DDP_FIRST_BUCKET_BYTES,
+    Offload,
+    ParallelPlan,
+    Schedule,
+    Sharding,
+)
 from memplan.specs.training import Optimizer, Precision, Target, TrainingSetup
 
 __all__ = [
@@ -171,12 +177,21 @@ def stage_layers(spec: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, 
     return tuple(out)
 
 
+@lru_cache(maxsize=256)
+def static_setup(setup: TrainingSetup) -> TrainingSetup:
+    """``setup`` without what model states do not depend on (micro-batch, sequence): the key
+    of the per-plan caches (memoised: building a setup validates it)."""
+    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
+        return setup
+    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+
+
 def stage_tensors(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> tuple[LocalTensor, ...]:
     """Every parameter tensor pipeline rank ``stage`` holds, at its TP/EP-local shape (cached
     by what decides it: tp, ep, the stage's layers and ends; not the rest of the plan)."""
-    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    key = static_setup(setup)
     layers = stage_layers(spec, plan, stage)
     last = stage == plan.pp_degree - 1
     return _stage_tensors(spec, key, plan.tp_degree, plan.ep_degree, layers, stage == 0, last)
@@ -247,9 +262,20 @@ def stage_states(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, dp_rank: int
 ) -> StageStates:
     """Model-state bytes of data-parallel rank ``dp_rank`` on pipeline rank ``stage``
-    (independent of micro-batch and sequence: cached per plan)."""
-    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
-    return _stage_states(spec, key, plan, stage, dp_rank)
+    (independent of micro-batch and sequence: cached per plan, less what the states do not
+    depend on, :func:`states_plan`)."""
+    key = static_setup(setup)
+    return _stage_states(spec, key, states_plan(plan), stage, dp_rank)
+
+
+@lru_cache(maxsize=4096)
+def states_plan(plan: ParallelPlan) -> ParallelPlan:
+    """``plan`` without what model states do not depend on: sequence parallelism, the batch
+    split, and the schedule beyond its virtual stages (the key of the states' cache, so that
+    the layouts of a plan search share their states; tests/test_plan_search.py checks it)."""
+    schedule = Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B
+    return dataclasses.replace(plan, sequence_parallel=False, global_batch=None,
+                               micro_batches=None, schedule=schedule)  # fmt: skip
 
 
 @lru_cache(maxsize=1024)
@@ -312,22 +338,23 @@ def _torch_states(
     grads_by_group: dict[str, int] = {}
     sizes: list[int] = []
     largest = n_train = 0
+    # the decoder layers repeat the same shapes: each distinct shape's numbers once
+    seen: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
     for t in tensors:
-        w = _shard_world(plan, t.expert)
-        stored = fsdp_padded_shard_numel(t.d0, t.rest, w) if fsdp else t.numel
-        params += round_up(stored * reg.param_bytes, r)
+        key = (t.numel, t.d0, t.rest, t.expert)
+        hit = seen.get(key)
+        if hit is None:
+            hit = seen[key] = _tensor_states(setup, reg, r, t, _shard_world(plan, t.expert),
+                                             dp_rank, fsdp)  # fmt: skip
+        stored, param_bytes, state_bytes, step_bytes = hit
+        params += param_bytes
         if not t.trainable:
             continue
         n_train += t.numel
         grads_by_group[t.group] = grads_by_group.get(t.group, 0) + stored * reg.grad_bytes
-        view = fsdp_local_view_numel(t.d0, t.rest, w, dp_rank) if fsdp else t.numel
-        shape = (view // t.rest, t.rest) if t.rest > 1 else (view,)
-        for size in optimizer_state_allocations(setup.optimizer, view, shape, reg.state_bytes):
-            states += round_up(size, r)
-        if reg.master_bytes:
-            states += round_up(view * reg.master_bytes, r)
-        sizes.append(view * reg.state_bytes)
-        largest = max(largest, view * reg.state_bytes)
+        states += state_bytes
+        sizes.append(step_bytes)
+        largest = max(largest, step_bytes)
     emb = head = 0
     if fsdp:  # the reduce-scatter output of each FSDP unit is one flat allocation
         grads = sum(round_up(g, r) for g in grads_by_group.values())
@@ -349,7 +376,7 @@ def _torch_states(
         states += 4 * len(sizes)  # host step counters: CPU memory on this target
     step_temp = optimizer_step_temporary_bytes(step_optimizer, sizes, largest, r, reg.state_bytes)
     comm: dict[str, int] = {}
-    if plan.sharding is Sharding.DDP:
+    if plan.sharding is Sharding.DDP and plan.dp * plan.cp_degree > 1:  # no DDP on one replica
         buckets = ddp_bucket_bytes(tensors, plan, reg.grad_bytes, r)
         comm["ddp_gradient_buckets"] = buckets
         if plan.gradient_as_bucket_view:
@@ -381,18 +408,45 @@ def _torch_states(
     )
 
 
+def _tensor_states(
+    setup: TrainingSetup,
+    reg: Regime,
+    r: int,
+    t: LocalTensor,
+    w: int,
+    dp_rank: int,
+    fsdp: bool,
+) -> tuple[int, int, int, int]:
+    """One tensor's (stored elements, parameter bytes, optimizer state bytes, bytes the step
+    temporary sees) on a DDP / FSDP2 rank (``_torch_states``)."""
+    stored = fsdp_padded_shard_numel(t.d0, t.rest, w) if fsdp else t.numel
+    view = fsdp_local_view_numel(t.d0, t.rest, w, dp_rank) if fsdp else t.numel
+    shape = (view // t.rest, t.rest) if t.rest > 1 else (view,)
+    states = 0
+    for size in optimizer_state_allocations(setup.optimizer, view, shape, reg.state_bytes):
+        states += round_up(size, r)
+    if reg.master_bytes:
+        states += round_up(view * reg.master_bytes, r)
+    return stored, round_up(stored * reg.param_bytes, r), states, view * reg.state_bytes
+
+
 def _largest_layer(
     tensors: tuple[LocalTensor, ...], plan: ParallelPlan, width: int, r: int, *, gathered: bool
 ) -> int:
     """The largest decoder layer's tensors, all-gathered and padded (``W * ceil(d0/W) *
     rest``), ``width`` bytes per element, one allocation each."""
     per_layer: dict[int, int] = {}
+    seen: dict[tuple[int, int, int, bool], int] = {}
     for t in tensors:
         if t.layer < 0:
             continue
-        w = _shard_world(plan, t.expert)
-        numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
-        per_layer[t.layer] = per_layer.get(t.layer, 0) + round_up(numel * width, r)
+        key = (t.numel, t.d0, t.rest, t.expert)
+        size = seen.get(key)
+        if size is None:
+            w = _shard_world(plan, t.expert)
+            numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
+            size = seen[key] = round_up(numel * width, r)
+        per_layer[t.layer] = per_layer.get(t.layer, 0) + size
     return max(per_layer.values(), default=0)
 
 

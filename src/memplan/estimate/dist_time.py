@@ -31,6 +31,7 @@ of compute; offloaded states cross PCIe each step (:func:`offload_terms`), not o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from memplan.estimate.dist_states import (
@@ -42,6 +43,7 @@ from memplan.estimate.dist_states import (
     stage_states,
     stage_tensors,
     state_regime,
+    static_setup,
 )
 from memplan.estimate.distributed import LocalStep
 from memplan.formulas.communication import (
@@ -158,7 +160,16 @@ def dp_terms(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
 ) -> list[CollectiveTerm]:
     """Data-parallel collectives: the dense tensors over ``dp * cp`` ranks (stride ``tp``),
-    the experts over the expert-data-parallel ranks ``dp * cp / ep`` (stride ``tp * ep``)."""
+    the experts over the expert-data-parallel ranks ``dp * cp / ep`` (stride ``tp * ep``).
+    They do not depend on the micro-batch or the sequence: cached per plan (as the states)."""
+    key = static_setup(setup)
+    return list(_dp_terms(spec, key, plan, stage))
+
+
+@lru_cache(maxsize=4096)
+def _dp_terms(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> tuple[CollectiveTerm, ...]:
     tensors = stage_tensors(spec, setup, plan, stage)
     n, ep, tp = plan.dp * plan.cp_degree, plan.ep_degree, plan.tp_degree
     dense = [t for t in tensors if not t.expert]
@@ -166,7 +177,7 @@ def dp_terms(
     out = _dp_family(setup, plan, dense, n, tp, "")
     if experts:
         out += _dp_family(setup, plan, experts, n // ep, tp * ep, " of the experts")
-    return out
+    return tuple(out)
 
 
 def _dp_family(
@@ -205,10 +216,12 @@ def _dp_family(
                                   stride, all_gather_wire_bytes(size, n)))  # fmt: skip
         return out
     world = min(plan.hybrid_shard_degree, n) if sharding is Sharding.FSDP_HYBRID else n
-    padded = sum(fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors)
-    padded_train = sum(
-        fsdp_padded_shard_numel(t.d0, t.rest, world) * world for t in tensors if t.trainable
-    )
+    shapes: dict[tuple[int, int], int] = {}  # the layers repeat their shapes: each once
+    for t in tensors:
+        if (t.d0, t.rest) not in shapes:
+            shapes[t.d0, t.rest] = fsdp_padded_shard_numel(t.d0, t.rest, world) * world
+    padded = sum(shapes[t.d0, t.rest] for t in tensors)
+    padded_train = sum(shapes[t.d0, t.rest] for t in tensors if t.trainable)
     gathers = 1 if sharding is Sharding.FSDP_SHARD_GRAD_OP else 2
     size = padded * half
     out.append(CollectiveTerm("dp", "all-gather", "parameters (param_dtype)" + label, size,

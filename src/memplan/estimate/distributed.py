@@ -33,7 +33,6 @@ per-(local model, micro-batch, local sequence) constant a search computes once p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -58,6 +57,7 @@ from memplan.estimate.dist_states import (
     stage_states,
     stage_tensors,
     state_regime,
+    static_setup,
 )
 from memplan.estimate.train_setup import validate_setup
 from memplan.formulas.parallel import fsdp_local_view_numel, in_flight_chunks
@@ -116,7 +116,7 @@ def _dp_classes(
 ) -> list[tuple[int, ...]]:
     """Data-parallel ranks grouped by identical states: under FSDP the ranks past a tensor's
     last full chunk keep smaller optimizer states (unpadded views). Cached per plan."""
-    key = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    key = static_setup(setup)
     return list(_dp_classes_cached(spec, key, plan, stage))
 
 
@@ -138,11 +138,12 @@ def _dp_classes_cached(
         full = t.d0 // chunk
         points.update(p for p in (full, full + 1) if p < dp)
     cuts = sorted(points)
+    # ranks with equal views of every distinct tensor shape hold equal states
+    shapes = dict.fromkeys((t.d0, t.rest) for t in stage_tensors(spec, setup, plan, stage))
     signature = [
-        tuple(fsdp_local_view_numel(t.d0, t.rest, world, r % world)
-              for t in stage_tensors(spec, setup, plan, stage))
+        tuple(fsdp_local_view_numel(d0, rest, world, r % world) for d0, rest in shapes)
         for r in cuts
-    ]  # fmt: skip
+    ]
     classes: dict[tuple[int, ...], list[int]] = {}
     bounds = [*cuts, dp]
     for i, r in enumerate(cuts):
@@ -186,9 +187,7 @@ def _static_groups_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPla
 
 def _static_key(setup: TrainingSetup) -> TrainingSetup:
     """``setup`` without what model states do not depend on (micro-batch, sequence)."""
-    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
-        return setup
-    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return static_setup(setup)
 
 
 @lru_cache(maxsize=1024)

@@ -17,6 +17,11 @@ splits a plan into constants and arithmetic:
   :func:`~memplan.estimate.dist_time.offload_seconds` and
   :func:`~memplan.estimate.dist_time.step_numbers`.
 
+Plans come as a :class:`PlanBatch` (the distinct structures, and per plan on arrays its
+structure, micro-batch and checkpointing; a list of :class:`PlanRow` is turned into one): the
+scalar engine runs once per distinct key, never once per plan, and its numbers are gathered
+into the rows by index (one ``np.take`` per dtype for the local models' phases).
+
 The result equals ``memplan train`` / ``memplan time`` of each plan to the byte and to the
 bit of the float (tests/test_plan_search.py draws 10,000 plans and compares).
 """
@@ -66,7 +71,7 @@ from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import Offload, OffloadDevice, ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 
-__all__ = ["GridResult", "PlanRow", "evaluate_grid", "new_tables"]
+__all__ = ["CHECKPOINTINGS", "GridResult", "PlanBatch", "PlanRow", "evaluate_grid", "new_tables"]
 
 DP_SLOTS = 6
 """Data-parallel collectives per stage, at most: 3 for the dense tensors, 3 for the experts."""
@@ -80,6 +85,55 @@ class PlanRow:
     plan: ParallelPlan
     micro_batch: int
     checkpointing: Checkpointing
+
+
+CHECKPOINTINGS = (Checkpointing.NONE, Checkpointing.SELECTIVE, Checkpointing.FULL)
+"""The checkpointings a :class:`PlanBatch` indexes."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanBatch:
+    """Plans as arrays: the distinct structures (plans without micro-batch and checkpointing),
+    and per plan the index of its structure, its micro-batch and the index of its
+    checkpointing in :data:`CHECKPOINTINGS` (what ``memplan plan`` enumerates without a
+    Python object per plan)."""
+
+    plans: tuple[ParallelPlan, ...]
+    structure: Any
+    micro_batch: Any
+    checkpointing: Any
+
+    def __len__(self) -> int:
+        return len(self.structure)
+
+    def row(self, i: int) -> PlanRow:
+        """Plan ``i`` as a :class:`PlanRow`."""
+        return PlanRow(self.plans[int(self.structure[i])], int(self.micro_batch[i]),
+                       CHECKPOINTINGS[int(self.checkpointing[i])])  # fmt: skip
+
+    def take(self, index: Any) -> PlanBatch:
+        """The plans ``index`` (a slice or an index array), sharing the structures."""
+        return PlanBatch(self.plans, self.structure[index], self.micro_batch[index],
+                         self.checkpointing[index])  # fmt: skip
+
+    @classmethod
+    def of(cls, rows: list[PlanRow]) -> PlanBatch:
+        """The batch of ``rows`` (rows sharing a plan object share its structure)."""
+        import numpy as np
+
+        index: dict[int, int] = {}
+        plans: list[ParallelPlan] = []
+        structure = []
+        for r in rows:
+            si = index.get(id(r.plan))
+            if si is None or plans[si] is not r.plan:
+                si = index[id(r.plan)] = len(plans)
+                plans.append(r.plan)
+            structure.append(si)
+        ckpt = {c: i for i, c in enumerate(CHECKPOINTINGS)}
+        return cls(tuple(plans), np.asarray(structure, dtype=np.int64),
+                   np.asarray([r.micro_batch for r in rows], dtype=np.int64),
+                   np.asarray([ckpt[r.checkpointing] for r in rows], dtype=np.int64))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +165,11 @@ class _Tables:
     local_widths: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     """Per local model: (compute bytes, local KV heads) for the communication sizes."""
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    groups: dict[ParallelPlan, list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
+    groups: dict[tuple[Any, ...], list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
+    stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
+    """Each table as arrays (built once per table length, gathered by row index)."""
 
 
 def new_tables(spec: ModelSpec, setup: TrainingSetup, gpu: Gpu) -> _Tables:
@@ -176,17 +232,25 @@ class _LayerGrads:
     layers_grad: int
 
 
+_GROUP_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ParallelPlan)
+    if f.name not in ("sequence_parallel", "global_batch", "micro_batches", "schedule")
+)  # fmt: skip
+"""The plan's fields its rank groups depend on (the schedule only through virtual stages)."""
+
+
 def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
     beyond the virtual stages, nor on sequence parallelism or the global batch."""
+    fast = tuple(getattr(plan, f) for f in _GROUP_FIELDS)
+    hit = t.groups.get(fast)
+    if hit is not None:
+        return hit
     key = dataclasses.replace(
         plan, sequence_parallel=False, global_batch=None, micro_batches=None,
         schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
     )  # fmt: skip
-    hit = t.groups.get(key)
-    if hit is not None:
-        return hit
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
     p, ks = plan.pp_degree, _static_key(t.setup)
@@ -217,7 +281,7 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
             if row[1:] not in seen:
                 seen.add(row[1:])
                 out.append(row)
-    t.groups[key] = out
+    t.groups[fast] = out
     return out
 
 
@@ -232,20 +296,82 @@ def _stack(values: list[Any], index: Any, np: Any) -> Any:
     return np.asarray(values)[index]
 
 
+def _stacked(t: _Tables, name: str, np: Any) -> Any:
+    """Table ``name`` (``locals``, ``local_widths`` or ``states``) as arrays, rebuilt only when
+    the table has grown since (chunks of one grid share the tables)."""
+    tables: dict[str, list[Any]] = {"locals": t.locals_, "local_widths": t.local_widths,
+                                    "states": t.states}  # fmt: skip
+    table = tables[name]
+    hit = t.stacked.get(name)
+    if hit is not None and hit[0] == len(table):
+        return hit[1]
+    everything = np.arange(len(table))
+    if name == "locals":
+        columns = {f.name: _stack([getattr(x, f.name) for x in table], everything, np)
+                   for f in dataclasses.fields(LocalNumbers)
+                   if f.name not in ("layer_groups", "n_layers", "round_to", "layers_grad")}  # fmt: skip
+        parts = {"parts": columns.pop("parts")}
+        value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
+    elif name == "local_widths":
+        value = np.asarray(table, dtype=np.int64)
+    else:
+        value = _state_table(table, np)
+    t.stacked[name] = (len(table), value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Nested dicts of equal-length arrays as one matrix per dtype (column = table entry), so
+    that gathering rows is one ``np.take`` per dtype, not one per leaf."""
+
+    paths: tuple[tuple[tuple[str, ...], str, int], ...]
+    """(keys to the leaf, dtype, row in that dtype's matrix) per leaf."""
+    matrices: dict[str, Any]
+
+    @classmethod
+    def of(cls, value: dict[str, Any], np: Any) -> _Columns:
+        leaves: list[tuple[tuple[str, ...], Any]] = []
+
+        def walk(v: Any, path: tuple[str, ...]) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(x, (*path, k))
+            else:
+                leaves.append((path, v))
+
+        walk(value, ())
+        by_dtype: dict[str, list[Any]] = {}
+        paths = []
+        for path, v in leaves:
+            rows = by_dtype.setdefault(v.dtype.str, [])
+            paths.append((path, v.dtype.str, len(rows)))
+            rows.append(v)
+        return cls(tuple(paths), {k: np.stack(v) for k, v in by_dtype.items()})
+
+    def gather(self, index: Any, np: Any) -> dict[str, Any]:
+        """The nested dicts at rows ``index``."""
+        taken = {k: np.take(m, index, axis=1) for k, m in self.matrices.items()}
+        out: dict[str, Any] = {}
+        for path, dtype, row in self.paths:
+            into = out
+            for k in path[:-1]:
+                into = into.setdefault(k, {})
+            into[path[-1]] = taken[dtype][row]
+        return out
+
+
 def _local_arrays(t: _Tables, index: Any, np: Any, *, parts: bool = True) -> LocalNumbers:
     """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table);
     ``parts=False`` leaves the phases out (the communication lines do not read them)."""
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(LocalNumbers):
-        values = [getattr(x, f.name) for x in t.locals_]
-        if f.name == "parts" and not parts:
-            fields[f.name] = {}
-        elif f.name == "layer_groups":
-            fields[f.name] = values[0]  # unused: the rank's layer gradients come precomputed
-        elif f.name in ("n_layers", "round_to", "layers_grad"):
-            fields[f.name] = values[0]
-        else:
-            fields[f.name] = _stack(values, index, np)
+    numbers, phases = _stacked(t, "locals", np)
+    first = t.locals_[0]
+    fields = numbers.gather(index, np)
+    fields["parts"] = phases.gather(index, np)["parts"] if parts else {}
+    # layer_groups is unused (the rank's layer gradients come precomputed); the rest are
+    # the same for every local model of one spec
+    for k in ("layer_groups", "n_layers", "round_to", "layers_grad"):
+        fields[k] = getattr(first, k)
     return LocalNumbers(**fields)
 
 
@@ -253,7 +379,7 @@ def evaluate_grid(
     spec: ModelSpec,
     setup: TrainingSetup,
     gpu: Gpu,
-    rows: list[PlanRow],
+    rows: list[PlanRow] | PlanBatch,
     *,
     dtype: str = "bf16",
     efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
@@ -267,49 +393,56 @@ def evaluate_grid(
     import numpy as np
 
     t = tables if tables is not None else new_tables(spec, setup, gpu)
-    struct_of: dict[int, int] = {}
-    consts: list[tuple[Any, ...]] = []
-    local_keys: list[tuple[Any, ...]] = []
-    groups: list[list[tuple[int, ...]]] = []
-    plan_struct, plan_local, plan_b, plan_m, plan_ckpt, plan_flops = [], [], [], [], [], []
-    full = Checkpointing.FULL
-    for r in rows:
-        p = r.plan
-        si = struct_of.get(id(p))
-        if si is None or consts[si][0] is not p:
-            si = struct_of[id(p)] = len(consts)
-            consts.append((p, *_plan_consts(t, p)))
-            cast = p.sharding is not Sharding.DDP
-            local_keys.append((p.tp_degree, p.cp_degree, p.sequence_parallel, cast))
-            groups.append(_groups(t, p))
-        b, ckpt = r.micro_batch, r.checkpointing
-        plan_struct.append(si)
-        plan_local.append(_local(t, p, b, ckpt, local_keys[si]))
-        plan_b.append(b)
-        plan_m.append(p.resolved_micro_batches(b))
-        plan_ckpt.append(int(ckpt is full))
-        flops = t.flops.get(b)
-        if flops is None:
-            flops = t.flops[b] = float(forward_flops(spec, batch=b, seq=t.setup.seq))
-        plan_flops.append(flops)
-    ps = np.asarray(plan_struct, dtype=np.int64)
-    table = np.asarray([c[1:] for c in consts], dtype=np.float64)
+    batch = rows if isinstance(rows, PlanBatch) else PlanBatch.of(rows)
+    # the structures this batch uses (a chunk of a search shares the search's structures)
+    used, ps = np.unique(batch.structure, return_inverse=True)
+    ps = ps.reshape(-1)
+    b, c = batch.micro_batch, batch.checkpointing
+    plans = [batch.plans[i] for i in used]
+    consts = [_plan_consts(t, p) for p in plans]
+    groups = [_groups(t, p) for p in plans]
+    local_keys: dict[tuple[Any, ...], int] = {}
+    struct_key = np.asarray(
+        [local_keys.setdefault((p.tp_degree, p.cp_degree, p.sequence_parallel,
+                                p.sharding is not Sharding.DDP), len(local_keys))
+         for p in plans], dtype=np.int64,
+    )  # fmt: skip
+    keys = list(local_keys)
+    span = int(b.max(initial=0)) + 1
+    plan_local = _per_unique(
+        (struct_key[ps] * span + b) * len(CHECKPOINTINGS) + c,
+        lambda i: _local(t, plans[ps[i]], int(b[i]), CHECKPOINTINGS[c[i]], keys[struct_key[ps[i]]]),
+        np,
+    )  # fmt: skip
+    plan_m = _per_unique(
+        ps * span + b, lambda i: plans[ps[i]].resolved_micro_batches(int(b[i])), np
+    )
+    plan_flops = _per_unique(
+        b, lambda i: float(forward_flops(spec, batch=int(b[i]), seq=t.setup.seq)), np,
+        dtype=np.float64,
+    )  # fmt: skip
+    table = np.asarray(consts, dtype=np.float64).reshape(-1, len(_CONST_FIELDS))
     per_plan = {k: table[ps, j] for j, k in enumerate(_CONST_FIELDS)}
     for k in _CONST_FIELDS:
         if k not in ("nvlink", "network"):
             per_plan[k] = per_plan[k].astype(np.int64)
-    per_plan.update(b=np.asarray(plan_b, dtype=np.int64), m=np.asarray(plan_m, dtype=np.int64),
-                    recompute=np.asarray(plan_ckpt, dtype=np.int64),
-                    forward_flops=np.asarray(plan_flops, dtype=np.float64))  # fmt: skip
+    per_plan.update(b=b, m=plan_m, recompute=(c == CHECKPOINTINGS.index(Checkpointing.FULL))
+                    .astype(np.int64), forward_flops=plan_flops)  # fmt: skip
     counts = np.asarray([len(g) for g in groups], dtype=np.int64)
     offsets = np.r_[0, np.cumsum(counts)[:-1]]
     flat = np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6)
     per_row = counts[ps]
-    rp = np.repeat(np.arange(len(rows)), per_row)
+    rp = np.repeat(np.arange(len(ps)), per_row)
     starts = np.r_[0, np.cumsum(per_row)[:-1]]
     row_group = flat[offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
-    return _evaluate_arrays(t, np.asarray(plan_local, dtype=np.int64), per_plan, rp, row_group,
-                            dtype, efficiency, np)  # fmt: skip
+    return _evaluate_arrays(t, plan_local, per_plan, rp, row_group, dtype, efficiency, np)
+
+
+def _per_unique(code: Any, value: Any, np: Any, dtype: Any = None) -> Any:
+    """``value(i)`` for every row ``i``, called once per distinct ``code`` (at its first row)."""
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    values = np.asarray([value(int(i)) for i in first], dtype=dtype or np.int64)
+    return values[inverse.reshape(-1)]
 
 
 _CONST_FIELDS = (
@@ -330,19 +463,23 @@ def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _state_table(rows: list[dict[str, Any]], np: Any) -> dict[str, Any]:
+    cols = {k: [row[k] for row in rows] for k in rows[0]}
+    out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items() if k != "dp_slots"}
+    out["dp_slots"] = np.asarray(cols["dp_slots"], dtype=np.float64)
+    return out
+
+
 def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[str, Any]]:
     """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns."""
-    cols = {k: [row[k] for row in t.states] for k in t.states[0]}
-    state = StateNumbers(
-        **{f.name: np.asarray(cols[f.name], dtype=np.int64)[index]
-           for f in dataclasses.fields(StateNumbers)}
-    )  # fmt: skip
+    cols = _stacked(t, "states", np)
+    state = StateNumbers(**{f.name: cols[f.name][index] for f in dataclasses.fields(StateNumbers)})
     other = {
-        "persistent": np.asarray(cols["persistent"], dtype=np.int64)[index],
-        "layer_grads": np.asarray(cols["layer_grads"], dtype=np.int64)[index],
-        "first_layer_grads": np.asarray(cols["first_layer_grads"], dtype=np.int64)[index],
-        "offload": np.asarray(cols["offload"], dtype=np.int64)[index].T,
-        "dp_slots": np.asarray(cols["dp_slots"], dtype=np.float64)[index].transpose(1, 2, 0),
+        "persistent": cols["persistent"][index],
+        "layer_grads": cols["layer_grads"][index],
+        "first_layer_grads": cols["first_layer_grads"][index],
+        "offload": cols["offload"][index].T,
+        "dp_slots": cols["dp_slots"][index].transpose(1, 2, 0),
     }
     return state, other
 
@@ -459,7 +596,7 @@ def _row_seconds(
                               per_micro.astype(np.int64), group.astype(np.int64),
                               stride.astype(np.int64), wire)  # fmt: skip
         dp_s = dp_s + term.seconds(m, gpn, nvlink, network)
-    widths = np.asarray(t.local_widths, dtype=np.int64)[local_idx]
+    widths = _stacked(t, "local_widths", np)[local_idx]
     compute, kv = widths[:, 0], widths[:, 1]
     b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
     top_k = t.spec.moe.top_k if t.spec.moe is not None else 0

@@ -20,11 +20,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from memplan.errors import MemplanError, SetupError
 from memplan.estimate.fit import training_usable_bytes
-from memplan.estimate.plan_grid import GridResult, PlanRow, evaluate_grid, new_tables
+from memplan.estimate.plan_grid import (
+    CHECKPOINTINGS,
+    GridResult,
+    PlanBatch,
+    PlanRow,
+    evaluate_grid,
+    new_tables,
+)
+from memplan.estimate.plan_points import PlanPoints, chart_points
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
@@ -42,6 +51,7 @@ __all__ = [
     "PlanResult",
     "SearchResult",
     "SearchSpace",
+    "enumerate_batch",
     "enumerate_plans",
     "plan_args",
     "search",
@@ -95,8 +105,9 @@ class SearchSpace:
         return self.nodes * self.gpus_per_node
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+@lru_cache(maxsize=256)
+def _divisors(n: int) -> tuple[int, ...]:
+    return tuple(d for d in range(1, n + 1) if n % d == 0)
 
 
 def _tp_rule(spec: ModelSpec, tp: int) -> str | None:
@@ -230,33 +241,59 @@ def enumerate_plans(
     spec: ModelSpec, setup: TrainingSetup, space: SearchSpace
 ) -> tuple[list[PlanRow], Counter[str], int]:
     """(valid plans, plans removed per rule, plans considered in all)."""
+    batch, removed, total = enumerate_batch(spec, setup, space)
+    return [batch.row(i) for i in range(len(batch))], removed, total
+
+
+def enumerate_batch(
+    spec: ModelSpec, setup: TrainingSetup, space: SearchSpace
+) -> tuple[PlanBatch, Counter[str], int]:
+    """:func:`enumerate_plans` as a :class:`PlanBatch`: the rules are checked once per
+    structure, its micro-batches and checkpointings laid out on arrays."""
+    import numpy as np
+
     removed: Counter[str] = Counter()
-    ckpts = _checkpointings(space.only)
-    rows: list[PlanRow] = []
+    ckpts = np.asarray([CHECKPOINTINGS.index(c) for c in _checkpointings(space.only)])
+    misfit: dict[tuple[Any, ...], str | None] = {}
+    plans: list[ParallelPlan] = []
+    batches: list[Any] = []
     total = 0
     for s in _structures(spec, space):
         dp = space.world // (s.tp * s.pp * s.cp)
         per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
-        batches = [b for b in _divisors(per_rank) if b <= space.max_micro_batch]
-        count = len(batches) * len(ckpts)
+        bs = np.asarray([b for b in _divisors(per_rank) if b <= space.max_micro_batch])
+        count = len(bs) * len(ckpts)
         total += count
         rule = _structure_rule(spec, space, setup.seq, s)
+        plan = None
         if rule is None:
             try:
                 plan = _plan(space, s)
-                validate_plan(spec, plan, micro_batch=batches[0], seq=setup.seq)
+                validate_plan(spec, plan, micro_batch=int(bs[0]), seq=setup.seq)
             except SetupError as exc:
                 rule = str(exc).split(":")[0]
-        if rule is not None:
-            removed[rule] += count
+        if rule is not None or plan is None:
+            removed[rule or ""] += count
             continue
-        for b in batches:
-            m = space.global_batch // (dp * b)
-            if s.schedule is Schedule.INTERLEAVED and m % s.pp:
-                removed["interleaving needs micro-batches a multiple of pp"] += len(ckpts)
-                continue
-            rows.extend(PlanRow(plan, b, c) for c in ckpts)
-    return _drop_kernel_misfits(spec, setup, rows, removed), removed, total
+        if s.schedule is Schedule.INTERLEAVED:
+            bad = (space.global_batch // (dp * bs)) % s.pp != 0
+            if bad.any():
+                removed["interleaving needs micro-batches a multiple of pp"] += int(
+                    bad.sum()) * len(ckpts)  # fmt: skip
+            bs = bs[~bad]
+        rule = _kernel_rule(spec, setup, plan, misfit) if len(bs) else None
+        if rule is not None:
+            removed[rule] += len(bs) * len(ckpts)
+        elif len(bs):
+            plans.append(plan)
+            batches.append(bs)
+    sizes = np.asarray([len(bs) for bs in batches], dtype=np.int64) * len(ckpts)
+    micro = np.repeat(np.concatenate(batches) if batches else np.zeros(0, np.int64), len(ckpts))
+    batch = PlanBatch(
+        tuple(plans), np.repeat(np.arange(len(plans)), sizes), micro.astype(np.int64),
+        np.tile(ckpts, int(sizes.sum()) // len(ckpts)).astype(np.int64),
+    )  # fmt: skip
+    return batch, removed, total
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +325,8 @@ class SearchResult:
     seconds: float
     runner_up: PlanResult | None = None
     """The best feasible plan with a longer step than the first (what the first beats)."""
+    points: PlanPoints | None = None
+    """The feasible plans a chart of step time against peak draws (``plan_points``)."""
 
 
 def _limit(r: GridResult, i: int, headroom: int, usable: int) -> str:
@@ -318,20 +357,20 @@ def _evaluate(
     spec: ModelSpec,
     setup: TrainingSetup,
     gpu: Gpu,
-    rows: list[PlanRow],
+    batch: PlanBatch,
     jobs: int,
     progress: Callable[[int], None],
 ) -> GridResult:
     """The grid in chunks (a progress report after each), over ``jobs`` processes if > 1."""
     import numpy as np
 
-    chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)] or [[]]
+    chunks = [batch.take(slice(i, i + CHUNK)) for i in range(0, len(batch), CHUNK)]
     if jobs > 1 and len(chunks) > 1:
         import multiprocessing
 
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             parts = pool.starmap(evaluate_grid, [(spec, setup, gpu, c) for c in chunks])
-        progress(len(rows))
+        progress(len(batch))
     else:
         parts, done = [], 0
         tables = new_tables(spec, setup, gpu)
@@ -366,64 +405,69 @@ def search(
     if objective not in OBJECTIVES:
         raise SetupError(f"unknown objective {objective!r}: choose {', '.join(OBJECTIVES)}")
     start = time.perf_counter()
-    rows, removed, total = enumerate_plans(spec, setup, space)
-    report = _progress_bar(start, len(rows)) if progress else (lambda done: None)
-    grid = _evaluate(spec, setup, gpu, rows, jobs, report) if rows else None
+    batch, removed, total = enumerate_batch(spec, setup, space)
+    report = _progress_bar(start, len(batch)) if progress else (lambda done: None)
+    grid = _evaluate(spec, setup, gpu, batch, jobs, report) if len(batch) else None
     usable = training_usable_bytes(gpu) - space.reserve_bytes
     if grid is None:
         return SearchResult([], 0, 0, total, removed, time.perf_counter() - start)
     fits = grid.peak_bytes <= usable
-    for i in np.flatnonzero(~fits):
-        removed[_memory_rule(rows[i].plan, int(grid.worst_stage[i]))] += 1
+    _count_memory_misfits(batch, grid, ~fits, removed, np)
     order = np.lexsort(_KEYS[objective](grid, np))
     feasible = order[fits[order]]
     best = [int(i) for i in feasible[:top]]
-    plans = [_result(rows[i], grid, i, usable) for i in best]
+    plans = [_result(batch.row(i), grid, i, usable) for i in best]
     runner_up = None
     if len(feasible):
         slower = feasible[grid.step_s[feasible] > grid.step_s[feasible[0]]]
         if len(slower):
-            runner_up = _result(rows[int(slower[0])], grid, int(slower[0]), usable)
-    return SearchResult(plans, len(rows), int(fits.sum()), total, removed,
-                        time.perf_counter() - start, runner_up)  # fmt: skip
+            runner_up = _result(batch.row(int(slower[0])), grid, int(slower[0]), usable)
+    points = chart_points(batch.row, grid.peak_bytes, grid.step_s, feasible, top)
+    return SearchResult(plans, len(batch), int(fits.sum()), total, removed,
+                        time.perf_counter() - start, runner_up, points)  # fmt: skip
 
 
-def _memory_rule(plan: ParallelPlan, stage: int) -> str:
-    if plan.pp_degree == 1:
-        where = "the ranks (no pipeline)"
-    elif stage == 0:
-        where = "the first pipeline stage"
-    elif stage == plan.pp_degree - 1:
-        where = "the last pipeline stage"
-    else:
-        where = "a middle pipeline stage"
-    return f"memory: does not fit on {where}"
+def _count_memory_misfits(
+    batch: PlanBatch, grid: GridResult, misfit: Any, removed: Counter[str], np: Any
+) -> None:
+    """Count the plans that do not fit under :func:`_memory_rule`'s rule of their worst rank
+    (in the order the rules first occur, as a loop over the plans would)."""
+    pp = np.asarray([p.pp_degree for p in batch.plans], dtype=np.int64)[batch.structure]
+    stage = np.asarray(grid.worst_stage, dtype=np.int64)
+    where = np.select([pp == 1, stage == 0, stage == pp - 1], [0, 1, 2], 3)[misfit]
+    kinds, first, counts = np.unique(where, return_index=True, return_counts=True)
+    for j in np.argsort(first, kind="stable"):
+        removed[_MEMORY_RULES[int(kinds[j])]] += int(counts[j])
 
 
-def _drop_kernel_misfits(
-    spec: ModelSpec, setup: TrainingSetup, rows: list[PlanRow], removed: Counter[str]
-) -> list[PlanRow]:
-    """Context parallelism needs a fused attention kernel: drop the plans whose local model
-    cannot run one (``dist_local`` raises), counted under that rule."""
+_MEMORY_RULES = tuple(
+    f"memory: does not fit on {where}"
+    for where in ("the ranks (no pipeline)", "the first pipeline stage",
+                  "the last pipeline stage", "a middle pipeline stage")
+)  # fmt: skip
+"""Where the worst rank of a plan that does not fit sits: no pipeline, first, last, middle."""
+
+
+def _kernel_rule(
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    plan: ParallelPlan,
+    seen: dict[tuple[Any, ...], str | None],
+) -> str | None:
+    """Context parallelism needs a fused attention kernel: the rule a plan whose local model
+    cannot run one breaks (``dist_local`` raises), None otherwise; ``seen`` caches it."""
     from memplan.estimate.dist_local import local_step_fast
 
-    bad: dict[tuple[Any, ...], str | None] = {}
-    keep = []
-    for r in rows:
-        key = (r.plan.tp_degree, r.plan.cp_degree, r.plan.sharding is Sharding.DDP)
-        if key not in bad:
-            bad[key] = None
-            if r.plan.cp_degree > 1:
-                try:
-                    local_step_fast(spec, dataclasses.replace(setup, batch=1), r.plan)
-                except MemplanError as exc:
-                    bad[key] = str(exc).split(":")[0]
-        rule = bad[key]
-        if rule is None:
-            keep.append(r)
-        else:
-            removed[rule] += 1
-    return keep
+    if plan.cp_degree == 1:
+        return None
+    key = (plan.tp_degree, plan.cp_degree, plan.sharding is Sharding.DDP)
+    if key not in seen:
+        seen[key] = None
+        try:
+            local_step_fast(spec, dataclasses.replace(setup, batch=1), plan)
+        except MemplanError as exc:
+            seen[key] = str(exc).split(":")[0]
+    return seen[key]
 
 
 def _progress_bar(start: float, total: int) -> Callable[[int], None]:

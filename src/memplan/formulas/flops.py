@@ -23,6 +23,8 @@ appendix B).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from memplan.errors import SetupError
 from memplan.formulas.kv_cache import layer_window
 from memplan.report import Item
@@ -201,8 +203,10 @@ def _accumulate(parent: Item, item: Item) -> None:
     parent.add(item)
 
 
+@lru_cache(maxsize=4096)
 def forward_flops(spec: ModelSpec, *, batch: int, seq: int, convention: str = "causal") -> int:
-    """Total matmul FLOPs of one forward over ``batch x seq`` tokens (logits at all positions)."""
+    """Total matmul FLOPs of one forward over ``batch x seq`` tokens (logits at all positions);
+    cached (a plan search and its scalar checks ask for the same few batches again and again)."""
     item = forward_flops_item(spec, batch=batch, q_len=seq, convention=convention)
     return int(item.total)
 

@@ -38,6 +38,14 @@ Report contract (the analytic engine mirrors these keys; they are stable)
   ``gpu_memory_bytes``, the outside lines as ``<line>_bytes``, ``usable_bytes``,
   ``headroom_bytes``, ``fits``, ``limit``.
 
+``trace_parallel_training(model, setup, plan, *, ranks=None, progress=None) -> Report``
+(``memplan.trace.parallel``; ``kind="training/parallel"``, ``method="trace"``): the shape of
+the analytic per-rank report (``memplan.estimate.dist_report``): ``ranks`` entries (one per
+traced rank) with ``peak_bytes``, ``peak_phase``, ``breakdown`` and ``phases`` with per-category
+``breakdown``; the categories of a training report plus ``communication`` (children
+``unsharded_parameters``, ``all_gather``, ``unsharded_gradients``, ``reduce_scatter``,
+``ddp_buckets``); each entry's ``communication`` gives those lines per phase.
+
 ``trace_inference(model, setup, *, progress=None) -> Report`` (``kind="trace/inference"``)
 
 - ``breakdown`` root ``peak``: ``parameters``, ``kv_cache``, ``activations`` (always 0 under

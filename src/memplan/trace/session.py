@@ -42,12 +42,18 @@ class TraceSession:
         arch: GpuArch,
         sdpa_backend: str = "auto",
         autocast_dtype: torch.dtype | None = None,
+        tracker: StorageTracker | None = None,
     ) -> None:
         self.fake = fake
         self.cuda = cuda
         self.fake_mode = FakeTensorMode() if fake else None
-        self.tracker = StorageTracker(
-            DispatchCache(self.fake_mode) if self.fake_mode is not None else None
+        # a tracker of its own (the distributed trace's) answers every op through the fake mode
+        self.tracker = (
+            tracker
+            if tracker is not None
+            else StorageTracker(
+                DispatchCache(self.fake_mode) if self.fake_mode is not None else None
+            )
         )
         self.emulation = (
             CudaEmulation(

@@ -8,6 +8,9 @@ API (every answer is what the CLI prints with ``--json``, byte for byte):
   of ``model``. The fields are parsed by the command's own argparse parser
   (:class:`memplan.cli.schema.FieldParser`) and the Report comes from the command's own
   ``build_report``.
+- ``POST /api/plan``: what ``memplan plan MODEL ... --json`` prints (the search's answer, not a
+  Report: :func:`memplan.cli.plan.build_result`), with ``seconds`` the search's own wall time
+  on the server; ``jobs`` must be 1 (the server runs one process).
 - ``POST /api/sweep``: ``job``, ``over`` (``"batch=1..64"``) and the job's fields: what
   ``memplan sweep MODEL --job JOB --over ... --json`` prints.
 - ``GET /api/models``, ``GET /api/gpus``: ``memplan models --json``, ``memplan gpus --json``.
@@ -38,8 +41,11 @@ from memplan.cli.render import report_json
 from memplan.cli.schema import ArgumentsError, FieldError, FieldParser
 from memplan.errors import MemplanError
 from memplan.web.bounds import (
+    FEWER_POINTS,
     MAX_BODY_BYTES,
+    PLAN_CPU_SECONDS,
     REPORT_CPU_SECONDS,
+    SMALLER_SEARCH,
     SWEEP_CPU_SECONDS,
     BodyLimit,
     CpuTimeExceeded,
@@ -48,9 +54,9 @@ from memplan.web.bounds import (
 
 __all__ = ["WEB_COMMANDS", "create_app"]
 
-WEB_COMMANDS = ("params", "train", "infer", "serve-capacity", "time")
+WEB_COMMANDS = ("params", "train", "infer", "serve-capacity", "time", "plan")
 """Commands the API answers: the analytic ones (``trace`` and ``compare`` run the trace engine,
-which never runs from the web)."""
+which never runs from the web) and the plan search."""
 RESERVED = ("config", "config_name")
 """Body keys that are not flags: the text of a config.json and its file name."""
 STATIC = Path(__file__).parent / "static"
@@ -118,11 +124,23 @@ class Api:
         """What ``memplan COMMAND ... --json`` prints for these fields."""
         spec = self._spec(body)
         args = self.fields.parse(command, self._values(body, spec))
+        if command == "plan":
+            return self.plan(args, spec)
         module = importlib.import_module(f"memplan.cli.{command.replace('-', '_')}")
         kwargs = {}
         if "allow_torch" in inspect.signature(module.build_report).parameters:
             kwargs["allow_torch"] = False  # no model built with torch from the web
         return report_json(module.build_report(args, spec, **kwargs))
+
+    def plan(self, args: Any, spec: Any) -> str:
+        """What ``memplan plan ... --json`` prints: the search's answer is JSON data, not a
+        Report, and the CLI and the page both render that data."""
+        from memplan.cli.plan import build_result, result_json
+
+        if args.jobs != 1:
+            raise FieldError("jobs: the server searches in one process; use the CLI's --jobs")
+        args.json = True  # no progress bar on the server's stderr
+        return result_json(build_result(args, spec))
 
     def sweep(self, body: dict[str, Any]) -> str:
         """What ``memplan sweep MODEL --job JOB --over FLAG=RANGE ... --json`` prints."""
@@ -182,10 +200,10 @@ def _cli_output(argv: list[str]) -> str:
     return out.getvalue()
 
 
-def _answer(compute: Any, seconds: float) -> Response:
+def _answer(compute: Any, seconds: float, advice: str = FEWER_POINTS) -> Response:
     """Run ``compute`` within the CPU budget; the CLI's one-line error on a bad input."""
     try:
-        with cpu_time_limit(seconds):
+        with cpu_time_limit(seconds, advice):
             return _json_response(compute())
     except MemplanError as exc:
         return _error(_message(exc))
@@ -265,6 +283,8 @@ def _add_command(app: FastAPI, api: Api, command: str) -> None:
             body = await _body(request)
         except MemplanError as exc:
             return _error(_message(exc))
+        if command == "plan":
+            return _answer(lambda: api.report(command, body), PLAN_CPU_SECONDS, SMALLER_SEARCH)
         return _answer(lambda: api.report(command, body), REPORT_CPU_SECONDS)
 
     app.add_api_route(

@@ -22,8 +22,11 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
+    "FEWER_POINTS",
     "MAX_BODY_BYTES",
+    "PLAN_CPU_SECONDS",
     "REPORT_CPU_SECONDS",
+    "SMALLER_SEARCH",
     "SWEEP_CPU_SECONDS",
     "BodyLimit",
     "CpuTimeExceeded",
@@ -36,6 +39,12 @@ REPORT_CPU_SECONDS = 5.0
 """CPU time for one report (a training estimate with its fit search takes milliseconds)."""
 SWEEP_CPU_SECONDS = 30.0
 """CPU time for one sweep (at most 256 reports)."""
+PLAN_CPU_SECONDS = 120.0
+"""CPU time for one plan search (Llama-3.1-70B on 64 GPUs, about 50,000 plans evaluated,
+takes seconds to tens of seconds on one core; the search runs in the server's one process)."""
+SMALLER_SEARCH = (
+    "narrow the search (only, max-tp, max-pp, max-micro-batch) or run `memplan plan --jobs N`"
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,34 +60,37 @@ class CpuTimeExceeded(BaseException):
     records those per point) or an ``except Exception`` on its way out."""
 
 
-def _exceeded(seconds: float) -> CpuTimeExceeded:
-    return CpuTimeExceeded(
-        f"the request used more than {seconds:g} s of CPU time; ask for fewer points"
-    )
+FEWER_POINTS = "ask for fewer points"
 
 
-_armed: list[float] = []
-"""The budget of the computation running now in the main thread (empty: none)."""
+def _exceeded(seconds: float, advice: str) -> CpuTimeExceeded:
+    return CpuTimeExceeded(f"the request used more than {seconds:g} s of CPU time; {advice}")
+
+
+_armed: list[tuple[float, str]] = []
+"""The budget (and the advice) of the computation running now in the main thread (empty:
+none)."""
 
 
 def _on_timer(signum: int, frame: Any) -> None:
     if _armed:  # a signal that arrives after the computation ended is ignored
-        raise _exceeded(_armed[0])
+        raise _exceeded(*_armed[0])
 
 
 @contextmanager
-def cpu_time_limit(seconds: float) -> Iterator[None]:
-    """Run the body with at most ``seconds`` of CPU time (see the module docstring)."""
+def cpu_time_limit(seconds: float, advice: str = FEWER_POINTS) -> Iterator[None]:
+    """Run the body with at most ``seconds`` of CPU time (see the module docstring); past it,
+    the error says ``advice``."""
     start = time.process_time()
     enforce = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if not enforce or _armed:
         yield
         if time.process_time() - start > seconds:
-            raise _exceeded(seconds)
+            raise _exceeded(seconds, advice)
         return
     if signal.getsignal(signal.SIGPROF) is not _on_timer:
         signal.signal(signal.SIGPROF, _on_timer)  # stays installed: late signals are ignored
-    _armed.append(seconds)
+    _armed.append((seconds, advice))
     signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield

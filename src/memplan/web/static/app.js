@@ -3,6 +3,8 @@
 // The charts read any Report generically: a breakdown tree, phases (with per-category
 // breakdowns when the engine gives them), scalars and notes. A report with per-rank results
 // (a `ranks` list, each with `breakdown` and `phases`) draws one bar per rank: columns() below.
+// The Plan tab is the one that is not a Report: `memplan plan --json` (the ranked plans, why
+// the best wins, what removed the most, the feasible plans' points) drawn by renderPlan().
 "use strict";
 
 const GIB = 2 ** 30;
@@ -13,7 +15,11 @@ const JOBS = {
   serve: { command: "serve-capacity", label: "Serving (vLLM)", preset: {} },
   time: { command: "time", label: "Time and cost", preset: { steps: "1000" } },
   params: { command: "params", label: "Parameters", preset: {} },
+  // a search takes seconds: it runs when the tab opens and on "search", not on every keystroke
+  plan: { command: "plan", label: "Plan a cluster", preset: { gpus: "8", "global-batch": "64" }, manual: true },
 };
+// Flags the page does not offer (the API refuses jobs > 1: the server searches in one process).
+const HIDDEN = { plan: ["jobs"] };
 // The curves of each command: [flag, range] for POST /api/sweep (memplan sweep --over).
 // [flag, range, the report scalars drawn (first on the left axis, second on the right)]
 const SWEEPS = {
@@ -144,7 +150,8 @@ function renderJobs() {
       page.expanded.clear();
       renderJobs();
       renderForm();
-      update();
+      showJob();
+      if (JOBS[job].manual) { clearTimeout(timer); run(); } else update();
     });
     nav.appendChild(button);
   }
@@ -190,8 +197,9 @@ function renderForm() {
   const form = $("form");
   form.innerHTML = "";
   const groups = new Map();
+  const hidden = HIDDEN[command()] || [];
   for (const field of fieldsOf(command())) {
-    if (field.name === "model") continue;
+    if (field.name === "model" || hidden.includes(field.name)) continue;
     const title = field.group === "options" || !field.group ? command() : field.group;
     if (!groups.has(title)) groups.set(title, []);
     groups.get(title).push(field);
@@ -223,9 +231,22 @@ async function post(path, payload) {
 }
 let timer = null;
 function update() {
+  if (JOBS[state.job].manual) { // a plan search waits for "search" (or Enter)
+    writeUrl();
+    $("cli").textContent = cliCommand();
+    $("run-plan").classList.add("stale");
+    return;
+  }
   page.pending = true;
   clearTimeout(timer);
   timer = setTimeout(run, 200);
+}
+// The plan tab shows its table and chart; the others the Report's charts and breakdown.
+function showJob() {
+  const plan = command() === "plan";
+  for (const id of ["charts", "breakdown-title", "tree", "notes"]) $(id).hidden = plan;
+  $("plan").hidden = !plan;
+  $("run-plan").hidden = !plan;
 }
 // The page is idle (tests wait for it) when no update is pending and no request is running.
 function idle() { return page.ready && !page.pending && page.busy === 0; }
@@ -236,6 +257,8 @@ async function run() {
   writeUrl();
   $("cli").textContent = cliCommand();
   page.busy += 1;
+  $("run-plan").classList.remove("stale");
+  $("run-plan").disabled = true;
   try {
     const text = await post("/api/" + command(), body());
     if (generation !== page.generation) return;
@@ -253,6 +276,7 @@ async function run() {
     $("verdict").textContent = "";
   } finally {
     page.busy -= 1;
+    $("run-plan").disabled = false;
   }
 }
 async function runSweeps(generation, report) {
@@ -281,6 +305,7 @@ async function runSweeps(generation, report) {
 
 // ---------------------------------------------------------------- the report
 function renderReport(report) {
+  if (command() === "plan") { renderPlan(report); return; }
   renderVerdict(report);
   breakdownChart($("chart-breakdown"), report);
   phasesChart($("chart-phases"), report);
@@ -589,9 +614,14 @@ async function start() {
     link.click();
     URL.revokeObjectURL(link.href);
   });
+  $("run-plan").addEventListener("click", () => { clearTimeout(timer); run(); });
+  $("form").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && JOBS[state.job].manual) { e.preventDefault(); run(); }
+  });
   setupConfig();
   renderJobs();
   renderForm();
+  showJob();
   await run();
   page.ready = true;
 }

@@ -1,0 +1,167 @@
+"""docs/accuracy.md, many GPUs, the proof: the analytic per-rank engine against PyTorch's runtime.
+
+``section() -> str`` renders two tables:
+
+1. the gloo proof suite (``memplan.trace.proof``), run here: small real models on 2 and 4 gloo
+   processes, each rank measured by PyTorch's MemTracker and by memplan's tracker and traced
+   under a fake process group, beside the analytic per-rank report (``--target cpu``);
+2. full-size plans (Llama-2-7B, Llama-3-70B; FSDP2 and TP on 8 to 64 ranks) traced under a
+   fake process group, recorded by ``scripts/trace_full_size.py`` in
+   ``tests/data/full_size_traces.json``, beside the analytic report computed here.
+
+Nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RECORDED = HERE.parent / "tests" / "data" / "full_size_traces.json"
+PHASES = (
+    "after_load",
+    "end_of_forward",
+    "peak_backward",
+    "after_backward",
+    "optimizer_step",
+    "after_zero_grad",
+)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.3f}"
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.2f}"
+
+
+def _error(analytic: int, measured: int) -> str:
+    if analytic == measured:
+        return "exact"
+    return f"{100 * (analytic - measured) / measured:+.2f}%"
+
+
+def gloo_table() -> list[str]:
+    from memplan.trace.gloo import run_gloo
+    from memplan.trace.proof import gloo_cases
+
+    lines = [
+        "### Real runs on gloo (2 and 4 processes) beside the fake trace and the analytic engine",
+        "",
+        "Size-reduced real transformers models, batch 2, seq 32, `--target cpu`. Measured: "
+        "PyTorch's MemTracker / FSDPMemTracker (iteration 2). Fake: the same rank traced under "
+        "a fake process group. Peaks in MiB; `phases exact` counts the six phases (and each "
+        "category in them) where the analytic engine equals the measurement to the byte; the "
+        "largest gap is the phase total furthest off.",
+        "",
+        "| world | case | rank | measured peak | fake == real | analytic peak | phases exact "
+        "| largest gap |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for world in (2, 4):
+        cases = gloo_cases(world)
+        results = run_gloo(world, cases, fake=True)
+        for case in cases:
+            lines.extend(_gloo_rows(world, case, results[case.name]))
+    lines.append("")
+    return lines
+
+
+def _gloo_rows(world: int, case: Any, results: list[dict[str, Any]]) -> list[str]:
+    from memplan.estimate.dist_report import parallel_training_report
+    from memplan.specs.hf import spec_from_config
+    from memplan.trace.proof import analytic_gaps, measured_phases
+
+    spec = spec_from_config(case.config, name=case.name.split("/")[0])
+    groups = parallel_training_report(spec, case.setup, case.plan).scalars["ranks"]
+    measured = {rank: measured_phases(result) for rank, result in enumerate(results)}
+    gaps = analytic_gaps(groups, measured)
+    rows = []
+    for group in groups:
+        rank = group["ranks"][0]
+        result = results[rank]
+        real = result.get("plain") or result["report"]
+        fake_ok = _steady(result["fake"]) == _steady(real)
+        mine = [g for g in gaps if g.rank == rank]
+        exact = sum(1 for phase in PHASES if not any(g.phase == phase for g in mine))
+        totals = [g for g in mine if g.line == "total"]
+        worst = max(totals, key=lambda g: abs(g.delta), default=None)
+        gap = f"{worst.phase} {_error(worst.analytic, worst.measured)}" if worst else "-"
+        ranks = ",".join(str(r) for r in group["ranks"])
+        rows.append(
+            f"| {world} | {case.name} | {ranks} | {_mib(result['memtracker']['peak_bytes'])} "
+            f"| {'yes' if fake_ok else 'no'} | {_mib(group['peak_bytes'])} | {exact}/6 | {gap} |"
+        )
+    return rows
+
+
+def _steady(report: dict[str, Any]) -> dict[str, Any]:
+    return {p["name"]: (p["bytes"], p.get("breakdown")) for p in report["phases"]}
+
+
+def full_size_table() -> list[str]:
+    from memplan.estimate.dist_report import parallel_training_report
+    from memplan.trace.parallel import UNTRACEABLE
+
+    lines = [
+        "### Full size: fake-process-group traces beside the analytic per-rank report",
+        "",
+    ]
+    if not RECORDED.exists():
+        return [*lines, "(no recorded traces: run scripts/trace_full_size.py)", ""]
+    recorded = json.loads(RECORDED.read_text())
+    versions = ", ".join(f"{k} {v}" for k, v in recorded["versions"].items())
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from trace_full_size import SETUP_FLAGS, parse
+
+    lines += [
+        f"`memplan trace MODEL --train {SETUP_FLAGS} <plan>`, recorded by "
+        f"scripts/trace_full_size.py ({versions}); the analytic engine recomputed now. GiB; "
+        "error = (analytic - trace) / trace.",
+        "",
+        "| model | plan | rank | phase | trace | analytic | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    times = []
+    for case in recorded["cases"]:
+        spec, setup, plan = parse(case["model"], case["flags"])
+        groups = parallel_training_report(spec, setup, plan).scalars["ranks"]
+        by_rank = {r: g for g in groups for r in g["ranks"]}
+        for entry in case["ranks"]:
+            rank = entry["ranks"][0]
+            theirs = {p["name"]: p["bytes"] for p in by_rank[rank]["phases"]}
+            for phase in entry["phases"]:
+                mine = int(phase["bytes"])
+                lines.append(
+                    f"| {case['model']} | `{case['flags']}` | {rank} | {phase['name']} | "
+                    f"{_gib(mine)} | {_gib(theirs[phase['name']])} | "
+                    f"{_error(theirs[phase['name']], mine)} |"
+                )
+        times.append(f"{case['model']} `{case['flags']}`: {case['seconds']} s")
+    lines += [
+        "",
+        "Why they differ (each a strict xfail in tests/test_full_size_traces.py, the same "
+        "gaps in bytes on gloo in tests/test_gloo_proof.py): FSDP2's backward high point: the "
+        "analytic engine holds the current and the prefetched layer gathered at the loss "
+        "backward, the trace's high point comes after lm_head's reduce-scatter. Tensor "
+        "parallelism: torchtitan's plan (and Megatron's VocabParallelEmbedding) shards the "
+        "embeddings and lm_head by vocabulary rows over the TP group, the analytic engine "
+        "replicates them across TP (it no longer counts DDP buckets at dp = 1, where no DDP "
+        "runs).",
+    ]
+    lines += ["", "Trace wall times (all traced ranks; recorded on a 2-core machine shared "
+              "with other jobs, so noisy and high): " + "; ".join(times) + ".", "",
+              f"What {UNTRACEABLE}.", ""]  # fmt: skip
+    return lines
+
+
+def section() -> str:
+    lines = ["## Many GPUs: proof on PyTorch's runtime", ""]
+    lines += gloo_table()
+    lines += full_size_table()
+    return "\n".join(lines)
