@@ -249,7 +249,7 @@ def status() -> list[str]:
         "parameters, gradients and optimizer states per rank for DDP (with the bucket sizes), "
         "FSDP2 (dim-0 padding, states from the unpadded view, W = 2, 3, 4), DeepSpeed ZeRO 1-3 "
         "partitions and the IPG bucket; tensor-parallel shards and KV-head replication; a "
-        "one-GPU plan equals the single-GPU engine plus its buckets.",
+        "one-GPU plan equals the single-GPU engine (no DDP runs on one replica).",
         "- The activations reuse the single-GPU engine's saved tensors for the rank's local "
         "model (exact against the trace on one GPU); under DTensor TP/SP they are exact where "
         "the local model is the rank's computation (h-distproof's gloo and fake-process-group "
@@ -258,7 +258,7 @@ def status() -> list[str]:
         "plus one backward transient, not op by op); FSDP2's and ZeRO-3's gathered-parameter "
         "buffers (current + prefetched layer for every backward high point); context "
         "parallelism's ring buffers; expert parallelism under balanced routing; offload "
-        "(host memory per node is reported; the time of the host transfers is not modelled); NCCL's own buffers (outside PyTorch's allocator).",
+        "(host memory per node is reported; the host transfers' time is PCIe bytes at half the link's two-way figure, not overlapped, and the CPU optimizer's own time is not modelled); NCCL's own buffers (outside PyTorch's allocator).",
         "",
     ]
 
