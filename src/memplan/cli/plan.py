@@ -305,13 +305,14 @@ def _print_table(data: dict[str, Any], args: Any, out: TextIO) -> None:
     if not plans:
         out.write("no plan fits: more GPUs, a shorter sequence or a smaller batch\n")
     else:
-        head = f"{'#':>2}  {'plan':<40} {'peak':>10} {'free':>10} {'step':>9} {'MFU':>6}"
+        width = max(40, *(len(p["layout"]) for p in plans))
+        head = f"{'#':>2}  {'plan':<{width}} {'peak':>10} {'free':>10} {'step':>9} {'MFU':>6}"
         head += f" {'to train':>10}" if "train_seconds" in plans[0] else ""
         head += f" {'cost':>10}" if "cost_usd" in plans[0] else ""
         out.write(head + "  limit\n")
         for i, p in enumerate(plans, 1):
             line = (
-                f"{i:>2}  {p['layout']:<40} "
+                f"{i:>2}  {p['layout']:<{width}} "
                 f"{format_bytes(p['peak_bytes'], decimal=decimal):>10} "
                 f"{format_bytes(p['headroom_bytes'], decimal=decimal):>10} "
                 f"{format_seconds(p['step_seconds']):>9} {100 * p['mfu']:>5.1f}%"
