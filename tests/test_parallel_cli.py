@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from cli_helpers import check_sums, cli_json
@@ -91,11 +89,3 @@ def test_compare_with_a_plan_without_trace(capsys: pytest.CaptureFixture[str]) -
                              "--no-trace", "--methods", "--json"])  # fmt: skip
     assert data["rows"][0]["line"] == "rank 0/peak" and data["rows"][0]["trace"] is None
     assert {m["method"] for m in data["methods"]} == {"zero-paper", "korthikanti-tp", "deepspeed"}
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("memplan.trace.parallel") is not None,
-    reason="the distributed tracer is present",
-)
-def test_trace_with_a_plan_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "memplan.trace.parallel" in _error(capsys, ["trace", "llama-2-7b", "--gpus", "8"])

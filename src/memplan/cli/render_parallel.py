@@ -5,22 +5,12 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from memplan.report import Report
+from memplan.report import TRAINING_CATEGORIES, Report
 from memplan.units import format_bytes, format_seconds
 
 __all__ = ["print_parallel_report"]
 
-_CATEGORY_ROWS = (
-    "parameters",
-    "gradients",
-    "optimizer_states",
-    "activations",
-    "autocast_cache",
-    "temporaries",
-    "inputs",
-    "buffers",
-    "communication",
-)
+_CATEGORY_ROWS = (*TRAINING_CATEGORIES, "communication")
 
 
 def _rank_label(ranks: list[int]) -> str:

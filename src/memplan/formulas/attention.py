@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from memplan.errors import SetupError
 from memplan.formulas.masks import sdpa_mask_built
-from memplan.formulas.sdpa import backend_usable, sdpa_backend, transformers_sdpa_call
+from memplan.formulas.sdpa import SdpaCall, backend_usable, sdpa_backend, transformers_sdpa_call
 from memplan.specs.hardware import CudaDevice
 from memplan.specs.model import ModelSpec
 from memplan.specs.training import Attention
@@ -39,6 +39,35 @@ class AttentionKernel:
     repeats them."""
     has_mask: bool = False
     """transformers passed a real mask tensor (:func:`memplan.formulas.masks.sdpa_mask_built`)."""
+
+
+def _sdpa_call(
+    spec: ModelSpec,
+    dtype: str,
+    batch: int,
+    q_len: int,
+    kv_len: int,
+    *,
+    mask: bool,
+    dropout_p: float,
+    requires_grad: bool,
+) -> tuple[SdpaCall, str]:
+    """The SDPA call ``sdpa_attention_forward`` makes for ``spec``'s attention (MLA: one key
+    head per query head, its own q/k and v head sizes)."""
+    mla = spec.mla
+    return transformers_sdpa_call(
+        dtype=dtype,
+        batch=batch,
+        q_heads=spec.n_heads,
+        kv_heads=spec.n_heads if mla else spec.n_kv_heads,
+        head_dim_qk=mla.qk_head_dim if mla else spec.head_dim,
+        head_dim_v=mla.v_head_dim if mla else spec.head_dim,
+        q_len=q_len,
+        kv_len=kv_len,
+        has_mask=mask,
+        dropout_p=dropout_p,
+        requires_grad=requires_grad,
+    )
 
 
 def attention_kernel(
@@ -82,21 +111,10 @@ def attention_kernel(
             f"{spec.name}: sdpa cannot apply the attention logit soft-capping this model uses; "
             "choose --attention eager"
         )
-    mla = spec.mla
     if spec.sdpa_own_call:
         mask = True
-    call, gqa = transformers_sdpa_call(
-        dtype=dtype,
-        batch=batch,
-        q_heads=spec.n_heads,
-        kv_heads=spec.n_heads if mla else spec.n_kv_heads,
-        head_dim_qk=mla.qk_head_dim if mla else spec.head_dim,
-        head_dim_v=mla.v_head_dim if mla else spec.head_dim,
-        q_len=seq,
-        kv_len=seq,
-        has_mask=mask,
-        dropout_p=dropout,
-        requires_grad=True,
+    call, gqa = _sdpa_call(
+        spec, dtype, batch, seq, seq, mask=mask, dropout_p=dropout, requires_grad=True
     )
     if spec.sdpa_own_call:  # K/V heads as they are, no enable_gqa, the mask always
         call = dataclasses.replace(call, kv_heads=spec.n_kv_heads, enable_gqa=False)
@@ -194,19 +212,8 @@ def generate_attention_kernel(
     grouped = spec.mla is None and spec.n_kv_heads < spec.n_heads
     if attention == "eager":
         return AttentionKernel("eager", "repeat_kv" if grouped else "none", mask)
-    mla = spec.mla
-    call, gqa = transformers_sdpa_call(
-        dtype=dtype,
-        batch=batch,
-        q_heads=spec.n_heads,
-        kv_heads=spec.n_heads if mla else spec.n_kv_heads,
-        head_dim_qk=mla.qk_head_dim if mla else spec.head_dim,
-        head_dim_v=mla.v_head_dim if mla else spec.head_dim,
-        q_len=q_len,
-        kv_len=sdpa_kv,
-        has_mask=mask,
-        dropout_p=0.0,
-        requires_grad=False,
+    call, gqa = _sdpa_call(
+        spec, dtype, batch, q_len, sdpa_kv, mask=mask, dropout_p=0.0, requires_grad=False
     )
     if attention == "sdpa":
         return AttentionKernel(sdpa_backend(call, device), gqa, mask)
