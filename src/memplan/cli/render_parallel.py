@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
-from memplan.report import TRAINING_CATEGORIES, Report
+from memplan.estimate.dist_rank import DIST_CATEGORIES
+from memplan.report import Report
 from memplan.units import format_bytes, format_seconds
 
 __all__ = ["print_parallel_report"]
-
-_CATEGORY_ROWS = (*TRAINING_CATEGORIES, "communication")
 
 
 def _rank_label(ranks: list[int]) -> str:
@@ -37,7 +36,7 @@ def _rank_table(groups: list[dict[str, Any]], decimal: bool, out: TextIO) -> Non
         {child["key"]: child["total"] for child in g["breakdown"].get("children", [])}
         for g in groups
     ]
-    for cat in _CATEGORY_ROWS:
+    for cat in DIST_CATEGORIES:
         values = [at.get(cat, 0) for at in peaks]
         if any(values):
             rows.append([cat, *(format_bytes(v, decimal=decimal) for v in values)])

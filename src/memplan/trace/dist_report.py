@@ -13,15 +13,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from memplan.report import TRAINING_CATEGORIES, TRAINING_PHASES, Item, Phase, Report
+from memplan.estimate.dist_rank import DIST_CATEGORIES as RANK_CATEGORIES
+from memplan.report import TRAINING_PHASES, Item, Phase, Report
 from memplan.trace.assemble import IterationMarks, setup_dict, sizes_of
 from memplan.trace.dist_tracker import COMM_KEYS, dist_category_of
 from memplan.trace.timeline import Timeline
 
 __all__ = ["RANK_CATEGORIES", "phase_points", "rank_report"]
-
-RANK_CATEGORIES = (*TRAINING_CATEGORIES, "communication")
-"""The categories of a rank's breakdown, in order."""
 
 _PHASE_NOTES = {
     "after_load": "before forward",
