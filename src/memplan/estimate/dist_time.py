@@ -194,7 +194,7 @@ def _dp_family(
     reg = state_regime(setup, plan)
     sharding = plan.sharding
     trainable = sum(t.numel for t in tensors if t.trainable)
-    half = compute_width(setup, plan, reg)
+    gathered_width = compute_width(setup, plan, reg)  # FSDP2 gathers in param_dtype
     out = []
     if sharding in (Sharding.DDP, Sharding.ZERO_0, Sharding.FSDP_NO_SHARD):
         size = trainable * reg.grad_bytes
@@ -223,7 +223,7 @@ def _dp_family(
     padded = sum(shapes[t.d0, t.rest] for t in tensors)
     padded_train = sum(shapes[t.d0, t.rest] for t in tensors if t.trainable)
     gathers = 1 if sharding is Sharding.FSDP_SHARD_GRAD_OP else 2
-    size = padded * half
+    size = padded * gathered_width
     out.append(CollectiveTerm("dp", "all-gather", "parameters (param_dtype)" + label, size,
                               0, gathers, world, stride,
                               all_gather_wire_bytes(size, world)))  # fmt: skip
