@@ -17,17 +17,16 @@ from functools import lru_cache
 from typing import Any
 
 from memplan.errors import SetupError
-from memplan.estimate.dist_states import activation_precision, local_spec
+from memplan.estimate.dist_states import activation_precision, local_spec, static_setup
+from memplan.estimate.train_kernels import Kernels
 from memplan.estimate.train_plan import TrainingPlan, attention_kernels, training_plan
 from memplan.estimate.train_step import _sum_saved
 from memplan.formulas.activations import Saved
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import ParallelPlan
-from memplan.specs.training import TrainingSetup
+from memplan.specs.training import Precision, TrainingSetup
 
 __all__ = ["LocalStep", "local_step", "local_step_fast", "sp_split"]
-
-_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
 
 _SP_PREFIXES = (
     "input_layernorm/",
@@ -54,6 +53,9 @@ class LocalStep:
     plan: TrainingPlan
     batch: int
     seq: int
+    kernels: Kernels
+    """The attention kernels at (batch, seq): the plan's, unless ``seq`` is 1 (a plan takes
+    at least two tokens' kernels, ``training_plan``)."""
 
     @property
     def layer_acts(self) -> int:
@@ -85,14 +87,12 @@ def _local_plan(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, batch: int = 1, seq: int = 2
 ) -> TrainingPlan:
     """The single-GPU engine's plan of the rank-local model with the attention kernels of its
-    own (micro-batch, local sequence), found by the identity of ``spec``, tp, the compute
-    precision and the kernels (``training_plan``'s own cache hashes the whole spec)."""
-    precision = activation_precision(setup, plan)
-    key = dataclasses.replace(setup, precision=precision, batch=1, seq=1, allow_long_seq=True)
+    own (micro-batch, local sequence), found by the identity of ``spec``, tp, the kernels and
+    the plan's setup (``training_plan``'s own cache hashes the whole spec)."""
+    key = _local_setup(static_setup(setup), activation_precision(setup, plan))
     lspec = local_spec(spec, plan)
     kernels = attention_kernels(lspec, key, batch, max(seq, 2))
-    statics = (getattr(setup, f) for f in _STATIC_FIELDS)
-    fast_key = (id(spec), plan.tp_degree, precision, kernels, *statics)
+    fast_key = (id(spec), plan.tp_degree, kernels, key)
     hit = _FAST_PLAN.get(fast_key)
     if hit is not None and hit[0] is spec:
         return hit[2]
@@ -103,20 +103,28 @@ def _local_plan(
     return tplan
 
 
+@lru_cache(maxsize=256)
+def _local_setup(setup: TrainingSetup, precision: Precision) -> TrainingSetup:
+    """The setup of the rank-local plan: ``setup`` (batch and sequence already 1) in the
+    precision the runtime computes in (memoised: building a setup validates it)."""
+    return dataclasses.replace(setup, precision=precision)
+
+
 def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
     cp = plan.cp_degree
     seq = setup.seq // cp
     tplan = _local_plan(spec, setup, plan, setup.batch, seq)
-    unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"})
-    if cp > 1 and unfused:
+    unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"}) if cp > 1 else []
+    if unfused:
         raise SetupError(
             f"context parallelism runs on fused SDPA kernels (flash, cuDNN, memory-efficient), "
             f"not {unfused[0]}: choose --attention flash or sdpa with half precision"
         )
     b = setup.batch
+    kernels = tplan.kernels if seq > 1 else attention_kernels(tplan.spec, tplan.setup, b, seq)
     if plan.sequence_parallel:
         tplan = _sequence_parallel_plan(tplan, b, seq, plan.tp_degree)
-    return LocalStep(tplan, b, seq)
+    return LocalStep(tplan, b, seq, kernels)
 
 
 _FAST_LOCAL: dict[tuple[Any, ...], tuple[ModelSpec, ParallelPlan, LocalStep]] = {}
@@ -151,8 +159,14 @@ def _sequence_parallel_plan(tplan: TrainingPlan, b: int, seq: int, tp: int) -> T
     """The local plan with the saved tensors sequence parallelism splits divided by ``tp``
     (the single-GPU engine then evaluates every phase and backward candidate with them)."""
 
+    done: dict[int, tuple[Saved, ...]] = {}
+
     def split(items: tuple[Saved, ...]) -> tuple[Saved, ...]:
-        return tuple(_sp_item(i, b, seq, tp) for i in items)
+        # tuples the layer groups share stay shared (the step sums each one once)
+        out = done.get(id(items))
+        if out is None:
+            out = done[id(items)] = tuple(_sp_item(i, b, seq, tp) for i in items)
+        return out
 
     layers = tuple(
         dataclasses.replace(

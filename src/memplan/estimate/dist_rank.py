@@ -27,9 +27,9 @@ from memplan.estimate.dist_states import StageStates
 from memplan.estimate.train_plan import TrainingPlan
 from memplan.estimate.train_step import (
     BACKWARD_CANDIDATES,
-    _layer_transient,
+    parts_at,
     phase_gradients,
-    step_parts,
+    step_at,
     with_states,
 )
 from memplan.formulas.parallel import in_flight_chunks, maximum, minimum, round_up, where
@@ -212,36 +212,61 @@ def local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
     return numbers
 
 
+_PLAN_NUMBERS: dict[int, tuple[TrainingPlan, TrainingPlan, dict[str, Num]]] = {}
+
+
+def _plan_numbers(local: LocalStep) -> tuple[TrainingPlan, dict[str, Num]]:
+    """The local plan with no model states (:func:`rank_plan`, whose step gives the parts),
+    and the fields of :class:`LocalNumbers` that do not depend on (micro-batch, seq); kept per
+    local plan object (the plans are cached; with sequence parallelism each (micro-batch, seq)
+    has its own)."""
+    tplan = local.plan
+    hit = _PLAN_NUMBERS.get(id(tplan))
+    if hit is not None and hit[0] is tplan:
+        return hit[1], hit[2]
+    if len(_PLAN_NUMBERS) > 4096:
+        _PLAN_NUMBERS.clear()
+    fields = {
+        "layer_groups": tuple((g.count, g.grad_bytes) for g in tplan.layers),
+        "first_layer_grad": next(g for g in tplan.layers if g.first).grad_bytes,
+        "layers_grad": sum(g.count * g.grad_bytes for g in tplan.layers),
+        "last_down_grad": tplan.last_down_grad,
+        "first_down_grad": tplan.first_down_grad,
+        "cache_layers": sum(g.count * g.cache_bytes for g in tplan.layers),
+        "cache_head": tplan.cache_head,
+        "buffers": tplan.buffers,
+        "round_to": tplan.round_to,
+    }
+    stateless = rank_plan(local, _ZERO_STATES)
+    _PLAN_NUMBERS[id(tplan)] = (tplan, stateless, fields)
+    return stateless, fields
+
+
 def _local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
     tplan, b, s = local.plan, local.batch, local.seq
     r, reg, hidden = tplan.round_to, tplan.regime, spec.hidden_size
     compute = reg.compute_bytes
     tokens = b * s
-    first = next(g for g in tplan.layers if g.first)
     kv = tplan.spec.n_kv_heads * spec.head_dim
     rows = tokens * spec.moe.top_k if spec.moe is not None else 0
     stream = 4 if reg.autocast else compute
+    stateless, fields = _plan_numbers(local)
+    at = step_at(stateless, b, s, local.kernels)
+    # the saved bytes of the local plan itself (the step's differs when its kernels do)
+    acts = at if at.plan is stateless else step_at(tplan, b, s, tplan.kernels)
     return LocalNumbers(
-        parts=step_parts(rank_plan(local, _ZERO_STATES), b, s),
-        layer_groups=tuple((g.count, g.grad_bytes) for g in tplan.layers),
-        first_layer_grad=first.grad_bytes,
-        layers_grad=sum(g.count * g.grad_bytes for g in tplan.layers),
-        last_down_grad=tplan.last_down_grad,
-        first_down_grad=tplan.first_down_grad,
-        layer_acts=local.layer_acts,
-        model_acts=local.model_acts,
-        head_acts=local.head_acts,
-        cache_layers=sum(g.count * g.cache_bytes for g in tplan.layers),
-        cache_head=tplan.cache_head,
-        buffers=tplan.buffers,
+        parts=parts_at(at),
+        layer_acts=acts.a_layers,
+        model_acts=acts.a_model,
+        head_acts=acts.a_head,
         tokens_int64=alloc_bytes(tokens * 8, r),
         loss_temporaries=2 * alloc_bytes(tokens * spec.vocab_size * 4, r),
-        layer_transient=_layer_transient(tplan, b, s),
+        layer_transient=at.layer_transient,
         n_layers=spec.n_layers,
         cp_ring=2 * 2 * alloc_bytes(tokens * kv * compute, r),
         ep_buffers=2 * alloc_bytes(rows * hidden * compute, r),
         pp_buffers=2 * alloc_bytes(tokens * hidden * stream, r),
-        round_to=r,
+        **fields,
     )
 
 
@@ -252,6 +277,9 @@ def phase_total(phase: dict[str, Num]) -> Num:
 
 def first_max(phases: list[dict[str, Num]]) -> dict[str, Num]:
     """The phase with the largest total, the first of equal ones (elementwise on arrays)."""
+    totals = [phase_total(phase) for phase in phases]
+    if set(map(type, totals)) == {int}:  # one plan: the phase itself
+        return phases[totals.index(max(totals))]
     best = phases[0]
     best_total = phase_total(best)
     for phase in phases[1:]:
@@ -300,10 +328,11 @@ def single_stage_phases(
     )
     full = with_states(local.parts, state.params, state.states, state.step_temporary, gradients)
     best = first_max([full[n] for n in BACKWARD_CANDIDATES if n in full])
+    whole_in_step = maximum(state.grads_persistent, micro_batches > 1)
     phases = {}
     for name in ALL_PHASES:
         phase = best if name == "peak_backward" else full[name]
-        whole = maximum(state.grads_persistent, (micro_batches > 1) * (name in STEP_PHASES))
+        whole = whole_in_step if name in STEP_PHASES else state.grads_persistent
         phase["gradients"] = where(whole, state.grads, phase["gradients"])
         phases[name] = phase
     return phases

@@ -20,6 +20,7 @@ Regimes (what really runs, DIST-NOTES.md):
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -136,9 +137,21 @@ def state_regime(setup: TrainingSetup, plan: ParallelPlan) -> Regime:
     return regime(setup.precision, fp32_grad_accumulation=setup.fp32_grad_accumulation)
 
 
+_LOCAL_SPECS: dict[tuple[int, int], tuple[ModelSpec, ModelSpec]] = {}
+
+
 def local_spec(spec: ModelSpec, plan: ParallelPlan) -> ModelSpec:
-    """The model one tensor-parallel rank computes (cached; see :func:`_local_spec`)."""
-    return _local_spec(spec, plan.tp_degree)
+    """The model one tensor-parallel rank computes (see :func:`_local_spec`), cached by the
+    identity of ``spec`` (hashing a whole ModelSpec costs more than a rank estimate's step)."""
+    key = (id(spec), plan.tp_degree)
+    hit = _LOCAL_SPECS.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_LOCAL_SPECS) > 256:
+        _LOCAL_SPECS.clear()
+    lspec = _local_spec(spec, plan.tp_degree)
+    _LOCAL_SPECS[key] = (spec, lspec)
+    return lspec
 
 
 @lru_cache(maxsize=256)
@@ -177,13 +190,24 @@ def stage_layers(spec: ModelSpec, plan: ParallelPlan, stage: int) -> tuple[int, 
     return tuple(out)
 
 
-@lru_cache(maxsize=256)
+_STATIC_FIELDS = tuple(
+    f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq", "allow_long_seq")
+)
+_static_fields = operator.attrgetter(*_STATIC_FIELDS)
+_STATIC_SETUPS: dict[tuple[object, ...], TrainingSetup] = {}
+
+
 def static_setup(setup: TrainingSetup) -> TrainingSetup:
     """``setup`` without what model states do not depend on (micro-batch, sequence): the key
-    of the per-plan caches (memoised: building a setup validates it)."""
-    if setup.batch == 1 and setup.seq == 1 and setup.allow_long_seq:
-        return setup
-    return dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    of the per-plan caches. Memoised by the other fields' values (building a setup validates
+    it; a cache keyed by the setup itself would miss at every new micro-batch or sequence)."""
+    key = _static_fields(setup)
+    hit = _STATIC_SETUPS.get(key)
+    if hit is None:
+        if len(_STATIC_SETUPS) > 256:
+            _STATIC_SETUPS.clear()
+        hit = _STATIC_SETUPS[key] = dataclasses.replace(setup, batch=1, seq=1, allow_long_seq=True)
+    return hit
 
 
 def stage_tensors(

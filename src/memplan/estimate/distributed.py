@@ -33,15 +33,16 @@ per-(local model, micro-batch, local sequence) constant a search computes once p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.dist_local import LocalStep, local_step, local_step_fast, sp_split
 from memplan.estimate.dist_rank import (
     ALL_PHASES,
     DIST_CATEGORIES,
+    LocalNumbers,
     RankShape,
     StateNumbers,
     add_communication,
@@ -76,8 +77,6 @@ __all__ = [
     "sp_split",
 ]
 
-_STATIC_FIELDS = tuple(f for f in TrainingSetup.__dataclass_fields__ if f not in ("batch", "seq"))
-
 
 @dataclass(frozen=True, slots=True)
 class RankGroup:
@@ -109,15 +108,6 @@ def rank_ids(plan: ParallelPlan, stage: int, dp_ranks: tuple[int, ...]) -> tuple
         for ci in range(c)
         for ti in range(t)
     )
-
-
-def _dp_classes(
-    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
-) -> list[tuple[int, ...]]:
-    """Data-parallel ranks grouped by identical states: under FSDP the ranks past a tensor's
-    last full chunk keep smaller optimizer states (unpadded views). Cached per plan."""
-    key = static_setup(setup)
-    return list(_dp_classes_cached(spec, key, plan, stage))
 
 
 @lru_cache(maxsize=1024)
@@ -160,27 +150,51 @@ def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> li
             f"sequence parallelism splits the sequence: seq({setup.seq}) / cp({plan.cp_degree}) "
             f"must be divisible by tp({plan.tp_degree})"
         )
-    local = local_step_fast(spec, setup, plan)
-    out = []
-    for stage, dp_ranks, states, ranks in _static_groups_fast(spec, setup, plan):
-        out.append(_group(spec, setup, plan, local, stage, dp_ranks, states, ranks))
-    return out
+    numbers = local_numbers(spec, local_step_fast(spec, setup, plan))
+    m = plan.resolved_micro_batches(setup.batch)
+    return [_group(plan, numbers, m, g) for g in _static_groups_fast(spec, setup, plan)]
 
 
-_FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[Any, ...]]] = {}
+@dataclass(frozen=True, slots=True)
+class _StaticGroup:
+    """What a rank group is whatever the micro-batch and sequence: its place, its states."""
+
+    stage: int
+    dp_ranks: tuple[int, ...]
+    ranks: tuple[int, ...]
+    states: StageStates
+    state: StateNumbers
+    """``states`` summed (:meth:`StateNumbers.of`)."""
+    shape: dict[str, int]
+    """:func:`rank_shape` but the micro-batches (:func:`_shape_fields`)."""
+    shapes: dict[int, RankShape] = dataclasses.field(default_factory=dict)
+    """The :class:`RankShape` per number of micro-batches, as the estimates meet them."""
+
+    def shape_at(self, micro_batches: int) -> RankShape:
+        """The group's :class:`RankShape` at ``micro_batches`` (built once per count)."""
+        shape = self.shapes.get(micro_batches)
+        if shape is None:
+            shape = self.shapes[micro_batches] = RankShape(micro_batches, **self.shape)
+        return shape
 
 
-def _static_groups_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Any:
+_FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[_StaticGroup, ...]]]
+_FAST_STATIC = {}
+
+
+def _static_groups_fast(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan
+) -> tuple[_StaticGroup, ...]:
     """:func:`_static_groups` looked up by the identity of ``spec`` and ``plan`` (hashing a
     whole ModelSpec on every call would cost more than the estimate; searches call this in a
     loop, as ``training_peak_bytes`` does)."""
-    key = (id(spec), id(plan), *(getattr(setup, f) for f in _STATIC_FIELDS))
+    key = (id(spec), id(plan), _static_key(setup))
     hit = _FAST_STATIC.get(key)
     if hit is not None and hit[0] is spec and hit[1] is plan:
         return hit[2]
     if len(_FAST_STATIC) > 1024:
         _FAST_STATIC.clear()
-    groups = _static_groups(spec, _static_key(setup), plan)
+    groups = _static_groups(spec, key[2], plan)
     _FAST_STATIC[key] = (spec, plan, groups)
     return groups
 
@@ -193,13 +207,15 @@ def _static_key(setup: TrainingSetup) -> TrainingSetup:
 @lru_cache(maxsize=1024)
 def _static_groups(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan
-) -> tuple[tuple[int, tuple[int, ...], StageStates, tuple[int, ...]], ...]:
-    """(stage, data-parallel ranks, their model states, global ranks) of every rank group."""
+) -> tuple[_StaticGroup, ...]:
+    """Every rank group's place, global ranks and model states."""
     out = []
     for stage in range(plan.pp_degree):
+        shape = _shape_fields(spec, setup, plan, stage)
         for dp_ranks in _dp_classes_cached(spec, setup, plan, stage):
             states = stage_states(spec, setup, plan, stage, dp_ranks[0])
-            out.append((stage, dp_ranks, states, rank_ids(plan, stage, dp_ranks)))
+            ranks = rank_ids(plan, stage, dp_ranks)
+            out.append(_StaticGroup(stage, dp_ranks, ranks, states, StateNumbers.of(states), shape))
     return tuple(out)
 
 
@@ -207,41 +223,37 @@ def rank_shape(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int, micro_batches: int
 ) -> RankShape:
     """The numbers :mod:`memplan.estimate.dist_rank` needs about a rank's place and choices."""
+    return RankShape(micro_batches=micro_batches, **_shape_fields(spec, setup, plan, stage))
+
+
+def _shape_fields(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> dict[str, int]:
+    """:class:`RankShape`'s fields but the micro-batches (a per-plan constant)."""
     sharding = plan.sharding
     prefetch = plan.deepspeed.stage3_prefetch_bucket_size * state_regime(setup, plan).param_bytes
-    return RankShape(
-        micro_batches=micro_batches,
-        stage=stage,
-        pp=plan.pp_degree,
-        virtual=plan.virtual_stages,
-        gpipe=int(plan.schedule is Schedule.GPIPE),
-        stage_layers=len(stage_layers(spec, plan, stage)),
-        first=int(stage == 0),
-        last=int(stage == plan.pp_degree - 1),
-        fsdp_reshard=int(sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID)),
-        fsdp_keep=int(sharding is Sharding.FSDP_SHARD_GRAD_OP),
-        zero3=int(sharding is Sharding.ZERO_3),
-        prefetch_bytes=prefetch,
-        cp=int(plan.cp_degree > 1),
-        ep=int(plan.ep_degree > 1 and spec.moe is not None),
-        pipelined=int(plan.pp_degree > 1),
-    )
+    return {
+        "stage": stage,
+        "pp": plan.pp_degree,
+        "virtual": plan.virtual_stages,
+        "gpipe": int(plan.schedule is Schedule.GPIPE),
+        "stage_layers": len(stage_layers(spec, plan, stage)),
+        "first": int(stage == 0),
+        "last": int(stage == plan.pp_degree - 1),
+        "fsdp_reshard": int(sharding in (Sharding.FSDP_FULL, Sharding.FSDP_HYBRID)),
+        "fsdp_keep": int(sharding is Sharding.FSDP_SHARD_GRAD_OP),
+        "zero3": int(sharding is Sharding.ZERO_3),
+        "prefetch_bytes": prefetch,
+        "cp": int(plan.cp_degree > 1),
+        "ep": int(plan.ep_degree > 1 and spec.moe is not None),
+        "pipelined": int(plan.pp_degree > 1),
+    }
 
 
-def _group(
-    spec: ModelSpec,
-    setup: TrainingSetup,
-    plan: ParallelPlan,
-    local: LocalStep,
-    stage: int,
-    dp_ranks: tuple[int, ...],
-    states: StageStates,
-    ranks: tuple[int, ...],
-) -> RankGroup:
-    m = plan.resolved_micro_batches(setup.batch)
-    numbers = local_numbers(spec, local)
-    state = StateNumbers.of(states)
-    shape = rank_shape(spec, setup, plan, stage, m)
+def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -> RankGroup:
+    """One rank group's phases and communication buffers at ``m`` micro-batches."""
+    state, stage = g.state, g.stage
+    shape = g.shape_at(m)
     if plan.pp_degree == 1:
         phases, in_flight = single_stage_phases(numbers, state, m), 1.0
     else:
@@ -249,8 +261,9 @@ def _group(
         v = plan.virtual_stages
         gpipe = plan.schedule is Schedule.GPIPE
         in_flight = in_flight_chunks(stage, plan.pp_degree, m, v, gpipe) / v
-    lines = comm_lines(numbers, state, shape, dict(states.persistent_comm))
+    lines = comm_lines(numbers, state, shape, g.states.persistent_comm)
     comm = {name: {k: v for k, v in named.items() if v} for name, named in lines.items()}
     add_communication(phases, comm)
-    peak = max(ALL_PHASES, key=lambda k: phase_total(phases[k]))
-    return RankGroup(stage, dp_ranks, ranks, phases, peak, states, comm, in_flight)
+    totals = [phase_total(phases[k]) for k in ALL_PHASES]
+    peak = ALL_PHASES[totals.index(max(totals))]  # the first of equal peaks
+    return RankGroup(stage, g.dp_ranks, g.ranks, phases, peak, g.states, comm, in_flight)

@@ -428,6 +428,8 @@ def _layer_groups(
     full_ctx = dataclasses.replace(ctx, checkpointing=Checkpointing.NONE, kv_cache_copies=False)
     # a layer's saved tensors depend on its index only through these (computed once each)
     memo: dict[tuple[Any, ...], tuple[tuple[Saved, ...], tuple[Saved, ...]]] = {}
+    # equal tuples shared as one object: the step sums each distinct one once per (B, S)
+    shared_saved: dict[tuple[Saved, ...], tuple[Saved, ...]] = {}
     any_before = embed_grad
     for i in range(spec.n_layers):
         trainable = not setup.is_lora and i >= setup.freeze_layers
@@ -446,7 +448,10 @@ def _layer_groups(
                 if ctx.checkpointing is Checkpointing.FULL
                 else one
             )
-            memo[signature] = (one, recomputed)
+            memo[signature] = (
+                shared_saved.setdefault(one, one),
+                shared_saved.setdefault(recomputed, recomputed),
+            )
         saved, full = memo[signature]
         if ctx.autocast and not trainable and (input_grad or setup.is_lora):
             # Frozen fp32 weights: autocast does not cache their half copies (no grad), but

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from memplan.estimate.train_kernels import Kernels
 from memplan.estimate.train_plan import (
     LayerGroup,
     TrainingPlan,
@@ -56,11 +57,12 @@ class StepMemory:
 
 
 def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
-    """Sum of ``item.nbytes(b, s)`` rounded per allocation (inlined: the hot loop)."""
+    """Sum of ``item.nbytes(b, s)`` rounded per allocation (inlined: the hot loop); tensors of
+    one size are sized once (:func:`_distinct_sizes`)."""
     total = 0
     bs = b * s
     bss = bs * s
-    for it in items:
+    for count, it in _distinct_sizes(items):
         n = it.fixed + s * it.per_position
         if it.per_token:
             n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
@@ -70,8 +72,30 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
         if it.per_row:
             a = it.align
             n += b * (-(-s // a) * a) * it.per_row
-        total += alloc_bytes(n * it.elem_bytes, round_to)
+        total += count * alloc_bytes(n * it.elem_bytes, round_to)
     return total
+
+
+_SIZES: dict[int, tuple[tuple[Saved, ...], tuple[tuple[int, Saved], ...]]] = {}
+
+
+def _distinct_sizes(items: tuple[Saved, ...]) -> tuple[tuple[int, Saved], ...]:
+    """``items`` as (how many, one of them) per distinct size (every field but the key and the
+    category), kept per tuple object: a layer saves several tensors of one shape (the norms'
+    inputs, q and the attention output, the MLP's branches), and plans are cached."""
+    hit = _SIZES.get(id(items))
+    if hit is not None and hit[0] is items:
+        return hit[1]
+    if len(_SIZES) > 4096:
+        _SIZES.clear()
+    counts: dict[tuple[object, ...], list[Any]] = {}
+    for it in items:
+        size = (it.elem_bytes, it.per_token, it.per_score, it.per_row, it.align,
+                it.per_position, it.fixed, it.whole_buffer_at_batch_1, it.score_align)  # fmt: skip
+        counts.setdefault(size, [0, it])[0] += 1
+    distinct = tuple((count, it) for count, it in counts.values())
+    _SIZES[id(items)] = (items, distinct)
+    return distinct
 
 
 def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
@@ -122,14 +146,13 @@ class _At:
     scalar: int
     """The loss (and, in backward, its gradient): one fp32 scalar."""
     base: dict[str, int]
-
-    @property
-    def ckpt(self) -> bool:
-        return self.plan.setup.checkpointing is Checkpointing.FULL
-
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.seq
+    ckpt: bool
+    """Full activation checkpointing."""
+    tokens: int
+    grads_head: int
+    """Gradients written before the layers' backward: lm_head and the final norm."""
+    layer_transient: int
+    """:func:`_layer_transient` at (batch, seq)."""
 
     def saved(self, items: tuple[Saved, ...]) -> int:
         return _sum_saved(items, self.batch, self.seq, self.plan.round_to)
@@ -143,20 +166,17 @@ class _At:
         out.update(parts)
         return out
 
-    def grads_head(self) -> int:
-        """Gradients written before the layers' backward: lm_head and the final norm."""
-        plan = self.plan
-        layers = sum(g.count * g.grad_bytes for g in plan.layers)
-        return plan.grad_bytes - layers - plan.grads.get("embeddings", 0)
 
-
-def _at(plan: TrainingPlan, batch: int, seq: int) -> _At:
+def _at(plan: TrainingPlan, batch: int, seq: int, states: bool = True) -> _At:
+    """What the phases read at (batch, seq); ``states=False``: parameters and optimizer states
+    left at 0 (:func:`step_parts`)."""
     r = plan.round_to
-    group_bytes = {id(g): _sum_saved(g.saved, batch, seq, r) for g in plan.layers}
+    group_bytes = _group_saved_bytes(plan.layers, batch, seq, r)
+    layers_grad = sum(g.count * g.grad_bytes for g in plan.layers)
     base = dict.fromkeys(CATEGORIES, 0)
     base.update(
-        parameters=plan.param_bytes,
-        optimizer_states=plan.state_bytes,
+        parameters=plan.param_bytes if states else 0,
+        optimizer_states=plan.state_bytes if states else 0,
         buffers=plan.buffers,
         inputs=2 * alloc_bytes(batch * seq * 8, r),  # input_ids and labels, int64
     )
@@ -171,7 +191,26 @@ def _at(plan: TrainingPlan, batch: int, seq: int) -> _At:
         group_bytes=group_bytes,
         scalar=alloc_bytes(4, r),
         base=base,
+        ckpt=plan.setup.checkpointing is Checkpointing.FULL,
+        tokens=batch * seq,
+        grads_head=plan.grad_bytes - layers_grad - plan.grads.get("embeddings", 0),
+        layer_transient=_layer_transient(plan, batch, seq),
     )
+
+
+def _group_saved_bytes(
+    groups: tuple[LayerGroup, ...], batch: int, seq: int, round_to: int
+) -> dict[int, int]:
+    """Saved bytes of one layer of each group, by the group's id; groups that share their saved
+    tensors (the first layer's group and the others, as a rule) are summed once."""
+    by_items: dict[int, int] = {}
+    out = {}
+    for g in groups:
+        n = by_items.get(id(g.saved))
+        if n is None:
+            n = by_items[id(g.saved)] = _sum_saved(g.saved, batch, seq, round_to)
+        out[id(g)] = n
+    return out
 
 
 def _forward_cache(at: _At) -> int:
@@ -211,8 +250,8 @@ def _last_layer_backward(at: _At) -> dict[str, int] | None:
     return at.phase(
         activations=at.a_model + at.a_layers + _recompute(at, last) - at.saved(last.down_input),
         autocast_cache=(last.cache_bytes if at.ckpt else at.cache_layers) - plan.last_down_cast,
-        gradients=at.grads_head() + plan.last_down_grad,
-        temporaries=_layer_transient(plan, at.batch, at.seq) + 2 * at.scalar + plan.dequant_bytes,
+        gradients=at.grads_head + plan.last_down_grad,
+        temporaries=at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
     )
 
 
@@ -231,7 +270,7 @@ def _moe_combine_backward(at: _At) -> dict[str, int] | None:
     return at.phase(
         activations=at.a_model + at.a_layers,
         autocast_cache=0 if at.ckpt else at.cache_layers,
-        gradients=at.grads_head(),
+        gradients=at.grads_head,
         temporaries=3 * wide + narrow + out_grad + 2 * at.scalar,
     )
 
@@ -249,7 +288,7 @@ def _final_norm_backward(at: _At) -> dict[str, int] | None:
     return at.phase(
         activations=at.a_model + at.a_layers + _final_norm_input(at),
         autocast_cache=0 if at.ckpt else at.cache_layers,
-        gradients=at.grads_head(),
+        gradients=at.grads_head,
         temporaries=_norm_transient(at.plan, at.batch, at.seq) + 2 * at.scalar,
     )
 
@@ -271,7 +310,7 @@ def _first_layer_backward(at: _At) -> dict[str, int] | None:
         autocast_cache=first.cache_bytes - plan.first_down_cast,
         gradients=plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
         + plan.first_down_grad,
-        temporaries=_layer_transient(plan, at.batch, at.seq) + 2 * at.scalar + plan.dequant_bytes,
+        temporaries=at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
     )  # fmt: skip
 
 
@@ -357,17 +396,30 @@ def with_states(
     return out
 
 
-def step_parts(plan: TrainingPlan, batch: int, seq: int) -> dict[str, dict[str, int]]:
+def step_parts(
+    plan: TrainingPlan, batch: int, seq: int, kernels: Kernels | None = None
+) -> dict[str, dict[str, int]]:
     """Every phase and backward high point at (batch, seq) without the model states
     (parameters, optimizer states, gradients and the step's temporaries are 0;
     :func:`with_states` fills them in): what the step itself allocates, from the same
-    candidates :func:`evaluate` takes. A high point this model does not have is absent."""
-    kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
+    candidates :func:`evaluate` takes. A high point this model does not have is absent.
+    ``kernels``: the attention kernels at (batch, seq), when the caller chose them already."""
+    return parts_at(step_at(plan, batch, seq, kernels))
+
+
+def step_at(plan: TrainingPlan, batch: int, seq: int, kernels: Kernels | None = None) -> _At:
+    """What :func:`step_parts` reads at (batch, seq): the plan of the attention kernels there
+    (``kernels`` when the caller chose them already), model states left out."""
+    if kernels is None:
+        kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
     if kernels != plan.kernels:  # as evaluate does
         plan = dataclasses.replace(training_plan(plan.spec, plan.setup, kernels),
                                    grads=plan.grads)  # fmt: skip
-    at = _at(plan, batch, seq)
-    at = dataclasses.replace(at, base={**at.base, "parameters": 0, "optimizer_states": 0})
+    return _at(plan, batch, seq, states=False)
+
+
+def parts_at(at: _At) -> dict[str, dict[str, int]]:
+    """:func:`step_parts` of what :func:`step_at` read."""
     parts: dict[str, dict[str, int]] = {
         "after_load": at.phase(),
         "end_of_forward": _end_of_forward(at),
