@@ -175,12 +175,13 @@ def forward_flops_item(
     projections = layers.add(Item("attention_projections", unit="flops"))
     core = layers.add(Item("attention_core", unit="flops", note=convention))
     ffn = layers.add(Item("ffn", unit="flops"))
-    for index in range(spec.n_layers):
+    for count, index in _layer_kinds(spec):
         for item in _projection_items(spec, rows, kv_rows):
-            _accumulate(projections, item)
+            _accumulate(projections, item, count)
         core_flops = attention_core_flops(spec, batch, q_len, past_len, convention, index)
-        _accumulate(core, Item("qk_and_pv", core_flops, "flops", "2*B*H*pairs*(d_qk+d_v)"))
-        _accumulate(ffn, _ffn_item(spec, index, rows))
+        qk_pv = Item("qk_and_pv", core_flops, "flops", "2*B*H*pairs*(d_qk+d_v)")
+        _accumulate(core, qk_pv, count)
+        _accumulate(ffn, _ffn_item(spec, index, rows), count)
     logit_rows = rows if logits == "all" else batch
     root.leaf(
         "lm_head",
@@ -190,17 +191,39 @@ def forward_flops_item(
     return root
 
 
-def _accumulate(parent: Item, item: Item) -> None:
-    """Add ``item`` into ``parent``: merge into the child of the same key (summing leaves)."""
+def _layer_kinds(spec: ModelSpec) -> list[tuple[int, int]]:
+    """(how many layers, the first of them) per kind of layer, in the order they first come:
+    a layer's FLOPs depend on its index only through its window and whether it is an MoE
+    layer, so each kind is counted once and times its layers."""
+    kinds: dict[tuple[int | None, bool], list[int]] = {}
+    for index in range(spec.n_layers):
+        kind = (layer_window(spec, index), spec.is_moe_layer(index))
+        kinds.setdefault(kind, [0, index])[0] += 1
+    return [(count, index) for count, index in kinds.values()]
+
+
+def _accumulate(parent: Item, item: Item, times: int = 1) -> None:
+    """Add ``times`` x ``item`` (a fresh item) into ``parent``: merge into the child of the same
+    key (summing leaves)."""
     for existing in parent.children:
         if existing.key == item.key:
             if item.children:
                 for child in item.children:
-                    _accumulate(existing, child)
+                    _accumulate(existing, child, times)
             else:
-                existing.value += item.value
+                existing.value += times * item.value
             return
-    parent.add(item)
+    parent.add(_scaled(item, times))
+
+
+def _scaled(item: Item, times: int) -> Item:
+    """``item`` (a fresh item) with every leaf's value times ``times``, in place."""
+    if item.children:
+        for child in item.children:
+            _scaled(child, times)
+    else:
+        item.value *= times
+    return item
 
 
 @lru_cache(maxsize=4096)
