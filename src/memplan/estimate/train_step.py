@@ -5,6 +5,7 @@ fast peak-only path searches call thousands of times (:func:`training_peak_bytes
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,9 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
 
 
 _SIZES: dict[int, tuple[tuple[Saved, ...], tuple[tuple[int, Saved], ...]]] = {}
+_size_fields = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Saved) if f.name not in ("key", "category"))
+)
 
 
 def _distinct_sizes(items: tuple[Saved, ...]) -> tuple[tuple[int, Saved], ...]:
@@ -90,9 +94,7 @@ def _distinct_sizes(items: tuple[Saved, ...]) -> tuple[tuple[int, Saved], ...]:
         _SIZES.clear()
     counts: dict[tuple[object, ...], list[Any]] = {}
     for it in items:
-        size = (it.elem_bytes, it.per_token, it.per_score, it.per_row, it.align,
-                it.per_position, it.fixed, it.whole_buffer_at_batch_1, it.score_align)  # fmt: skip
-        counts.setdefault(size, [0, it])[0] += 1
+        counts.setdefault(_size_fields(it), [0, it])[0] += 1
     distinct = tuple((count, it) for count, it in counts.values())
     _SIZES[id(items)] = (items, distinct)
     return distinct
