@@ -111,6 +111,14 @@ def rank_ids(plan: ParallelPlan, stage: int, dp_ranks: tuple[int, ...]) -> tuple
     )
 
 
+def _dp_classes(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
+) -> list[tuple[int, ...]]:
+    """Data-parallel ranks grouped by identical states: under FSDP the ranks past a tensor's
+    last full chunk keep smaller optimizer states (unpadded views). Cached per plan."""
+    return list(_dp_classes_cached(spec, static_setup(setup), plan, stage))
+
+
 @lru_cache(maxsize=1024)
 def _dp_classes_cached(
     spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, stage: int
