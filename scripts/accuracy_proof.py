@@ -115,8 +115,8 @@ def pipeline_table(cases: list[Any], results: dict[str, list[dict[str, Any]]]) -
         "them across steps (stage 0 the output gradients, stage 1 the inputs), and its step "
         "takes every micro-batch's token ids or labels at once, where the analytic engine "
         "counts two send/recv buffers inside the step and one micro-batch of inputs; under "
-        "GPipe it counts every gradient at the end of the forwards, before any exists; the "
-        "activations per micro-batch differ by stage (stage 0 above, stage 1 a little below); "
+        "GPipe its backward high point holds every gradient, the measured one (the first "
+        "backward) almost none; the activations per micro-batch differ by stage (stage 0 above, stage 1 a little below); "
         "1F1B's first stage holds one more send buffer at its high point (DIST-NOTES.md); "
         "AdamW's cpu step temporaries as for one GPU.",
         "",
