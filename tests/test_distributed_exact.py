@@ -139,14 +139,23 @@ def test_deepspeed_partitions() -> None:
     assert z3.states["optimizer_states"] == 8 * part
 
 
-def test_tensor_parallel_shards_the_layers_and_replicates_the_rest() -> None:
+def test_tensor_parallel_shards_layers_and_vocabulary_and_replicates_the_norms() -> None:
     spec = resolve("llama-2-7b")
     tp = 8
     tensors = stage_tensors(spec, CPU, ParallelPlan(gpus_per_node=8, tp_degree=tp), 0)
     total = sum(t.numel for t in tensors)
     h, i, v, n_layers = 4096, 11008, 32000, 32
     per_layer = (4 * h * h + 3 * h * i) // tp + 2 * h  # q, k, v, o, gate, up, down; 2 norms
-    assert total == n_layers * per_layer + 2 * v * h + h  # embeddings, lm_head, final norm
+    # embeddings and lm_head by vocabulary rows (4,000 each), the final norm whole
+    assert total == n_layers * per_layer + 2 * (v // tp) * h + h
+
+
+def test_a_vocabulary_tp_does_not_divide_is_counted_at_its_largest_rank() -> None:
+    """DTensor's Shard(0) splits as torch.chunk: 250 rows over 4 ranks are 63, 63, 63, 61."""
+    spec = _tiny(vocab_size=250)
+    tensors = stage_tensors(spec, CPU, ParallelPlan(gpus_per_node=4, tp_degree=4), 0)
+    rows = {t.name: t.d0 for t in tensors if t.name in ("embed_tokens.weight", "lm_head.weight")}
+    assert rows == {"embed_tokens.weight": 63, "lm_head.weight": 63}
 
 
 def test_kv_heads_replicate_beyond_their_count() -> None:
