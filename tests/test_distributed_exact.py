@@ -249,3 +249,21 @@ def test_fsdp2_gloo_gathered_parameters_to_the_byte() -> None:
 def test_fsdp2_gloo_peak_to_the_byte() -> None:
     measured, group = _fsdp2_tiny()
     assert measured["Total"] == group.peak_bytes  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("experts", "ep", "gpus", "cp"), [(6, 2, 8, 1), (4, 2, 8, 1),
+                                                          (6, 3, 12, 1), (6, 2, 8, 2)])  # fmt: skip
+def test_expert_parallel_fsdp_rank_groups_hold_equal_states(
+    experts: int, ep: int, gpus: int, cp: int
+) -> None:
+    """FSDP2 shards experts over torchtitan's dp_shard_mod_ep (shard index dp_rank * cp // ep):
+    the ranks grouped together hold the same states, and different groups different ones."""
+    from memplan.estimate.distributed import _dp_classes
+
+    spec = _tiny("mixtral", num_local_experts=experts)
+    plan = _plan(gpus, ep_degree=ep, cp_degree=cp, sharding=Sharding.FSDP_FULL)
+    states = {d: stage_states(spec, CPU, plan, 0, d).states for d in range(plan.dp)}
+    groups = _dp_classes(spec, CPU, plan, 0)
+    assert sorted(r for g in groups for r in g) == list(range(plan.dp))
+    assert all(len({repr(states[r]) for r in g}) == 1 for g in groups)
+    assert len({repr(states[g[0]]) for g in groups}) == len(groups)

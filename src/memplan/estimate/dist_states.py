@@ -277,6 +277,16 @@ def _shard_world(plan: ParallelPlan, expert: bool) -> int:
     return _shard_worlds(plan)[expert]
 
 
+def fsdp_shard_index(plan: ParallelPlan, dp_rank: int, expert: bool) -> int:
+    """Which shard data-parallel rank ``dp_rank`` holds of a tensor: its own index for dense
+    tensors; for experts its index along torchtitan's ``dp_shard_mod_ep`` mesh dimension (the
+    data-parallel ranks ``dp x cp`` split as ``dp_shard_mod_ep x ep``, experts FSDP-sharded
+    over the first): ``dp_rank * cp // ep``."""
+    if not expert or plan.ep_degree == 1:
+        return dp_rank
+    return dp_rank * plan.cp_degree // plan.ep_degree
+
+
 @lru_cache(maxsize=4096)
 def _shard_worlds(plan: ParallelPlan) -> tuple[int, int]:
     """(dense, expert) shard worlds of ``plan`` (see :func:`_shard_world`)."""
@@ -375,7 +385,8 @@ def _torch_states(
         hit = seen.get(key)
         if hit is None:
             hit = seen[key] = _tensor_states(setup, reg, r, t, _shard_world(plan, t.expert),
-                                             dp_rank, fsdp)  # fmt: skip
+                                             fsdp_shard_index(plan, dp_rank, t.expert),
+                                             fsdp)  # fmt: skip
         stored, param_bytes, state_bytes, step_bytes = hit
         params += param_bytes
         if not t.trainable:
