@@ -10,6 +10,9 @@ in turn, one thread each (``torch.set_num_threads(1)``). Each rank measures each
 - with memplan's tracker (:mod:`memplan.trace.distributed`, ``fake=False``): the per-rank
   report of the same code that traces at full size under a fake process group.
 
+A pipeline case (``pp > 1``) is measured by PyTorch's MemTracker only
+(:mod:`memplan.trace.pipeline`): memplan's tracker and the fake trace do not run pipelines.
+
 The processes are killed if they outlive ``timeout_s``, or if any of them fails; their stderr
 is then part of the error. Nothing here needs a GPU or the network (loopback only).
 """
@@ -284,6 +287,10 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
     results: dict[str, Any] = {}
     try:
         for case in cases:
+            if case.plan.pp_degree > 1:
+                results[case.name] = _pipeline_case(case)
+                dist.barrier()
+                continue
             started = time.perf_counter()
             probe = MemTrackerProbe(fsdp=is_fsdp(case.plan))
             run = run_parallel_training(
@@ -306,6 +313,16 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
     (work / f"real{rank}.json").write_text(json.dumps(results))
 
 
+def _pipeline_case(case: GlooCase) -> dict[str, Any]:
+    """A pipeline case (:mod:`memplan.trace.pipeline`): measured by PyTorch's MemTracker only
+    (memplan's tracker and the fake trace do not run pipelines)."""
+    from memplan.trace.pipeline import PipelineProbe, run_pipeline_training
+
+    probe = PipelineProbe()
+    seconds = run_pipeline_training(case.config, case.setup, case.plan, probe)
+    return {"memtracker": probe.result(), "seconds": round(seconds, 3)}
+
+
 def _fake_worker(work: Path, rank: int, world_size: int) -> None:
     """The same rank of every case, traced under a fake process group."""
     import torch
@@ -317,6 +334,8 @@ def _fake_worker(work: Path, rank: int, world_size: int) -> None:
     cases: list[GlooCase] = pickle.loads((work / "cases.pkl").read_bytes())
     results = {}
     for case in cases:
+        if case.plan.pp_degree > 1:
+            continue
         with fake_process_group(rank, world_size):
             run = run_parallel_training(case.config, case.setup, case.plan, name=case.name)
         results[case.name] = rank_report(case.name, case.setup, run).to_dict()
