@@ -137,10 +137,16 @@ FLOOR_STEPS = ("torch", "transformers", "torch._dynamo", "transformers.models", 
 FLOOR_WHY = {
     "torch": "import torch",
     "transformers": "the package: its lazy import table, read off every models/ file",
-    "torch._dynamo": "FakeTensorMode() imports torch._dynamo.config, so all of torch._dynamo",
-    "transformers.models": "the models package: the same table built again",
+    "torch._dynamo": "FakeTensorMode() imports torch._dynamo.config; the model module would too",
+    "transformers.models": "the models package: the same table again (its lru_cache holds 128)",
     "model module": "the model class's module and what it imports at module level",
 }
+"""Why each import is there. The model module needs torch._dynamo without the fake mode:
+transformers 5.23's ``generation/continuous_batching/cache.py`` decorates a method with
+``torch.compiler.disable``, which imports ``torch._dynamo``; ``distributed/sharding_utils.py``
+imports ``torch.distributed.tensor``, and with it ``sympy``. ``transformers.models`` builds the lazy import table a second
+time because ``create_import_structure_from_path``'s ``lru_cache`` keeps 128 entries, fewer than
+the folders under ``models/``."""
 
 
 def child_floor(architecture: str) -> None:
