@@ -1,7 +1,7 @@
 """Benchmark of the trace engine: Llama-2-7B training step (batch 1, seq 2048, bf16
 parameters, AdamW, sdpa, two iterations), in fresh processes, beside PyTorch's MemTracker.
 
-    python bench/bench_trace.py                 # split and fresh-process time, 3 runs each
+    python bench/bench_trace.py                 # split, fresh process, floor: 3 runs each
     python bench/bench_trace.py --runs 5
     python bench/bench_trace.py --memtracker    # also torch's MemTracker on the same step (~1 min)
     python bench/bench_trace.py --model llama-3.1-8b --seq 4096
@@ -15,7 +15,10 @@ Prints, over N fresh Python processes each:
   ``memplan trace MODEL --train --batch B --seq S --precision bf16 --json``: wall-clock
   seconds, CPU seconds (user + system of the child) and peak RSS, each run and the median;
 - the floor under it: a fresh process that only imports what a trace needs (torch,
-  transformers, the model's module, torch._dynamo) and exits.
+  transformers, torch._dynamo, the model's module) and exits as ``memplan`` exits, with the CPU
+  seconds of each of those imports; then the fresh-process figure less the floor (what memplan
+  itself costs: its imports, the build, the trace, the report);
+- the load average before and after.
 
 On a shared machine the wall-clock figures move with the load; the CPU figures much less.
 """
@@ -23,7 +26,10 @@ On a shared machine the wall-clock figures move with the load; the CPU figures m
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -104,7 +110,8 @@ def bench_split(model: str, batch: int, seq: int, runs: int) -> None:
     print(f"  ops traced: {rows[0]['n_ops']:,}, peak {rows[0]['peak_bytes']:,} B")
 
 
-def bench_fresh(model: str, batch: int, seq: int, runs: int) -> None:
+def bench_fresh(model: str, batch: int, seq: int, runs: int) -> tuple[float, float]:
+    """Median (wall s, CPU s) of the command a user types, each in a fresh process."""
     memplan = str(Path(sys.executable).with_name("memplan"))
     argv = [memplan, "trace", model, "--train", "--batch", str(batch), "--seq", str(seq)]
     argv += ["--precision", "bf16", "--json"]
@@ -123,28 +130,78 @@ def bench_fresh(model: str, batch: int, seq: int, runs: int) -> None:
         f"  median of {runs}: wall {statistics.median(walls):.2f} s, "
         f"CPU (user+sys) {statistics.median(cpus):.2f} s, peak RSS {children_peak_rss_gib():.2f} GiB"
     )
+    return statistics.median(walls), statistics.median(cpus)
 
 
-IMPORT_FLOOR = (
-    "import sys, transformers; from torch._subclasses.fake_tensor import FakeTensorMode; "
-    "FakeTensorMode(); getattr(transformers, sys.argv[1])"
-)
+FLOOR_STEPS = ("torch", "transformers", "torch._dynamo", "transformers.models", "model module")
+FLOOR_WHY = {
+    "torch": "import torch",
+    "transformers": "the package: its lazy import table, read off every models/ file",
+    "torch._dynamo": "FakeTensorMode() imports torch._dynamo.config; the model module would too",
+    "transformers.models": "the models package: the same table again (its lru_cache holds 128)",
+    "model module": "the model class's module and what it imports at module level",
+}
+"""Why each import is there. The model module needs torch._dynamo without the fake mode:
+transformers 5.23's ``generation/continuous_batching/cache.py`` decorates a method with
+``torch.compiler.disable``, which imports ``torch._dynamo``; ``distributed/sharding_utils.py``
+imports ``torch.distributed.tensor``, and with it ``sympy``. ``transformers.models`` builds the lazy import table a second
+time because ``create_import_structure_from_path``'s ``lru_cache`` keeps 128 entries, fewer than
+the folders under ``models/``."""
 
 
-def bench_import_floor(model: str, runs: int) -> None:
+def child_floor(architecture: str) -> None:
+    """Import only what a trace needs, step by step; print the CPU seconds of each (JSON)."""
+    cpu = [time.process_time()]
+    import torch  # noqa: F401
+
+    cpu.append(time.process_time())
+    import transformers
+
+    cpu.append(time.process_time())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    FakeTensorMode()
+    cpu.append(time.process_time())
+    import transformers.models
+
+    cpu.append(time.process_time())
+    getattr(transformers, architecture)
+    cpu.append(time.process_time())
+    print(json.dumps([b - a for a, b in itertools.pairwise(cpu)]))
+    sys.stdout.flush()
+    gc.freeze()  # exits as `memplan` does (memplan.cli.main.exit_quickly)
+
+
+def bench_import_floor(model: str, runs: int) -> tuple[float, float]:
+    """Median (wall s, CPU s) of a fresh process that imports what a trace needs and exits."""
     from memplan.catalog import resolve
 
     config = resolve(model).hf_config or {}
     architecture = (config.get("architectures") or ["LlamaForCausalLM"])[0]
-    walls, cpus = [], []
+    walls, cpus, steps = [], [], []
     for _ in range(runs):
-        wall, cpu, _ = run_child([sys.executable, "-c", IMPORT_FLOOR, architecture])
+        argv = [sys.executable, __file__, "--child-floor", "--model", architecture]
+        wall, cpu, stdout = run_child(argv)
         walls.append(wall)
         cpus.append(cpu)
+        steps.append(json.loads(stdout.strip().splitlines()[-1]))
     print(
-        f"import floor (torch, transformers, {architecture}, torch._dynamo; nothing traced), "
-        f"median of {runs}: wall {statistics.median(walls):.2f} s, "
-        f"CPU {statistics.median(cpus):.2f} s"
+        f"import floor: a fresh process that imports what a trace of {architecture} needs and "
+        f"exits, nothing traced; median of {runs}: wall {statistics.median(walls):.2f} s, "
+        f"CPU {statistics.median(cpus):.2f} s; CPU s of each import, in this order:"
+    )
+    for index, step in enumerate(FLOOR_STEPS):
+        seconds = statistics.median(row[index] for row in steps)
+        print(f"  {step:<20} {seconds:5.2f}  {FLOOR_WHY[step]}")
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def load_line(when: str) -> str:
+    """The machine's load: the wall-clock figures are only comparable at the same load."""
+    one, five, _ = os.getloadavg()
+    return (
+        f"load average {when}: {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs; "
+        "wall-clock figures move with it, CPU figures much less"
     )
 
 
@@ -190,13 +247,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per measurement")
     parser.add_argument("--memtracker", action="store_true", help="also run torch's MemTracker")
     parser.add_argument("--child-split", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_split:
         child_split(args.model, args.batch, args.seq)
         return
+    if args.child_floor:
+        child_floor(args.model)
+        return
+    print(load_line("at the start"))
     bench_split(args.model, args.batch, args.seq, args.runs)
-    bench_fresh(args.model, args.batch, args.seq, args.runs)
-    bench_import_floor(args.model, args.runs)
+    fresh = bench_fresh(args.model, args.batch, args.seq, args.runs)
+    floor = bench_import_floor(args.model, args.runs)
+    print(
+        f"fresh process above the import floor: wall {fresh[0] - floor[0]:.2f} s, CPU "
+        f"{fresh[1] - floor[1]:.2f} s (memplan's own imports, the build, the trace, the report)"
+    )
+    print(load_line("at the end"))
     if args.memtracker:
         bench_memtracker(args.model, args.batch, args.seq)
 

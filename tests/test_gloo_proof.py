@@ -2,7 +2,8 @@
 
 One spawn per world size runs every case of :func:`memplan.trace.proof.gloo_cases` (DDP,
 FSDP2 full / shard-grad-op / mixed precision / bf16, tensor and sequence parallelism, FSDP2 x
-TP; Llama with grouped KV heads, Qwen2, Mixtral) and measures each rank three ways: PyTorch's
+TP; Llama with grouped KV heads, Qwen2, Mixtral; pipelining, GPipe and 1F1B, on 2 ranks) and
+measures each rank three ways: PyTorch's
 ``MemTracker`` / ``FSDPMemTracker``, memplan's tracker on the same real run, and memplan's
 trace of the same rank under a fake process group. The results are shared by the tests of a
 session (``gloo2`` / ``gloo4`` fixtures); by default a light subset of the cases (:data:`LIGHT`),
@@ -13,6 +14,11 @@ every case with ``MEMPLAN_GLOO_FULL=1``. Three claims:
    states (parameters, gradients, optimizer states, buffers);
 3. the analytic per-rank report (``--target cpu``) equals the measurement, per rank, phase and
    category: where it does not yet, a strict xfail says by how much and why.
+
+Pipelines (``memplan.trace.pipeline``) are measured by PyTorch's MemTracker alone (memplan's
+tracker and the fake trace do not run them): the analytic per-stage report is held to it per
+phase, and on the model states it names the same way (parameters, gradients, optimizer
+states, buffers).
 """
 
 from __future__ import annotations
@@ -27,11 +33,20 @@ pytest.importorskip("transformers")
 from memplan.estimate.dist_report import parallel_training_report
 from memplan.specs.hf import spec_from_config
 from memplan.trace.gloo import run_gloo
-from memplan.trace.proof import analytic_gaps, gloo_cases, measured_phases
+from memplan.trace.proof import (
+    PIPELINE_MICRO_BATCHES,
+    analytic_gaps,
+    gloo_cases,
+    measured_phases,
+    memtracker_phases,
+    pipeline_cases,
+)
 
 pytestmark = [pytest.mark.trace, pytest.mark.gloo, pytest.mark.xdist_group("gloo")]
 
 CASES = {world: {case.name: case for case in gloo_cases(world)} for world in (2, 4)}
+PIPELINE = {case.name: case for case in pipeline_cases()}
+"""Pipeline cases (pp 2, GPipe and 1F1B): run in the 2-rank spawn, measured by MemTracker only."""
 
 FULL = os.environ.get("MEMPLAN_GLOO_FULL", "") == "1"
 """Run every case (``MEMPLAN_GLOO_FULL=1``; ``make accuracy`` runs them all for
@@ -40,11 +55,21 @@ a minute on two cores."""
 
 LIGHT = {
     2: ("llama/ddp", "llama/fsdp-shard-grad-op", "llama/fsdp-bf16-mixed", "qwen2/tp-sp",
-        "mixtral/fsdp-full"),
+        "mixtral/ddp"),
     4: ("llama-odd/fsdp-full",),
 }  # fmt: skip
 """One case of each kind (DDP; FSDP2 without resharding, in mixed precision, and full with an
-uneven shard on 4 ranks; tensor and sequence parallelism; MoE) on each family."""
+uneven shard on 4 ranks; tensor and sequence parallelism; MoE) on each family.
+
+mixtral/fsdp-full is not one of them: in about 1 of 4 runs (twice, on two branches, with the
+same bytes) PyTorch's MemTracker reads rank 0's peak_backward 250,880 B above memplan's
+tracker on the same run (3,425,372 against 3,174,492 B: MemTracker holds a layer's sharded
+gradient and reduce-scatter input at its high point, memplan's tracker a different moment);
+the other runs agree to the byte. The cause is not pinned down: turning the cyclic garbage
+collector off during the measured run did not remove it; the order in which frees on gloo's
+worker threads reach the two trackers is the remaining suspect. An intermittent gap cannot be
+a strict xfail, so CI runs mixtral/ddp for MoE instead; mixtral/fsdp-full runs with
+MEMPLAN_GLOO_FULL=1 (and make accuracy), where the same can happen."""
 
 HEAVY = pytest.mark.skipif(
     not FULL, reason="heavy gloo case: MEMPLAN_GLOO_FULL=1 runs it (so does make accuracy)"
@@ -53,6 +78,8 @@ HEAVY = pytest.mark.skipif(
 
 def _run(world: int) -> dict:
     cases = [c for name, c in CASES[world].items() if FULL or name in LIGHT[world]]
+    if world == 2:
+        cases += PIPELINE.values()
     return run_gloo(world, cases, fake=True)
 
 
@@ -304,3 +331,87 @@ def test_distinct_rank_groups_are_the_measured_ones(
         measured.setdefault(repr(measured_phases(result)), []).append(rank)
     analytic = [list(group["ranks"]) for group in _analytic(world, name)]
     assert sorted(analytic) == sorted(measured.values())
+
+
+# Pipelines: each stage of pp 2 on its own gloo rank, measured by PyTorch's MemTracker, beside
+# the analytic per-stage report. Gaps are analytic minus measured (batch 2, seq 32, M = 4).
+_PP_STATE_PHASES = ("after_load", "end_of_forward", "after_backward", "after_zero_grad")
+"""Where MemTracker's model-state categories mean memplan's (at ``peak_backward`` and in the
+optimizer step its "Optstate" includes the step's temporaries)."""
+_PP_BUFFERS = (
+    f"torch.distributed.pipelining allocates one receive buffer per micro-batch, kept across "
+    f"steps (stage 0: the output gradients, stage 1: the inputs; {PIPELINE_MICRO_BATCHES} x "
+    "b*s*h fp32 = 65,536 B), and its step takes the whole batch (token ids or labels of every "
+    "micro-batch, +1,536 B): -67,072 B at every phase on both stages, where the analytic "
+    "engine counts 2 send/recv buffers (32,768 B) inside the step and one micro-batch of "
+    "inputs; AdamW's cpu step temporaries -4,096 B more at optimizer_step"
+)
+_PP_ACTS = (
+    "activations per micro-batch in flight: +31,744 B on stage 0 (embeddings and layer 0), "
+    "-772 B on stage 1 (layer 1, norm, lm_head and loss)"
+)
+PIPELINE_PHASES = {
+    "W2-llama/pp-gpipe": (
+        f"{_PP_BUFFERS}; {_PP_ACTS}: end_of_forward +92,672 / -37,392 B (stage 0 / 1); "
+        "peak_backward +359,424 / +234,224 B: the analytic high point holds every gradient, "
+        "the measured one (the first backward, every micro-batch in flight) 45,056 B / none"
+    ),
+    "W2-llama/pp-1f1b": (
+        f"{_PP_BUFFERS}; {_PP_ACTS}, and stage 0 holds one more (b, s, h) fp32 send buffer "
+        "(16,384 B) at its high point: end_of_forward +12,800 / -51,472 B, peak_backward "
+        "+74,240 / -30,480 B (stage 0 / 1)"
+    ),
+}
+
+
+def _pipeline(request: pytest.FixtureRequest, name: str) -> list:
+    results = request.getfixturevalue("gloo2")[name]
+    case = PIPELINE[name]
+    spec = spec_from_config(case.config, name="llama")
+    analytic = parallel_training_report(spec, case.setup, case.plan).scalars["ranks"]
+    measured = {rank: memtracker_phases(result) for rank, result in enumerate(results)}
+    return analytic_gaps(analytic, measured, measured_categories_only=True)
+
+
+def _pipeline_ids(known: dict[str, str] | None = None) -> list:
+    out = []
+    for name in PIPELINE:
+        reason = (known or {}).get(f"W2-{name}")
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        out.append(pytest.param(name, id=f"W2-{name}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("name", _pipeline_ids())
+def test_pipeline_stage_states_equal_the_measurement(
+    request: pytest.FixtureRequest, name: str
+) -> None:
+    """Each stage's parameters, gradients, optimizer states and buffers: the stage split
+    (token embeddings on the first stage, the final norm and lm_head on the last, the decoder
+    layers divided as ``stage_layers`` divides them), and the gradients at the end of the
+    forwards (GPipe: none yet; 1F1B with more micro-batches than stages: all)."""
+    gaps = [
+        g for g in _pipeline(request, name) if g.line != "total" and g.phase in _PP_STATE_PHASES
+    ]
+    assert not gaps, "\n".join(str(g) for g in gaps)
+
+
+@pytest.mark.parametrize("name", _pipeline_ids(PIPELINE_PHASES))
+def test_pipeline_per_stage_equals_the_measurement(
+    request: pytest.FixtureRequest, name: str
+) -> None:
+    """Every phase total of each stage (the in-flight micro-batches of the schedule, the
+    send/recv buffers) against MemTracker on the real run."""
+    gaps = [g for g in _pipeline(request, name) if g.line == "total"]
+    assert not gaps, "\n".join(str(g) for g in gaps)
+
+
+@pytest.mark.parametrize("name", _pipeline_ids())
+def test_pipeline_stages_are_the_rank_groups(request: pytest.FixtureRequest, name: str) -> None:
+    """One rank group per stage in the analytic report, and the two stages measure apart."""
+    results = request.getfixturevalue("gloo2")[name]
+    case = PIPELINE[name]
+    spec = spec_from_config(case.config, name="llama")
+    groups = parallel_training_report(spec, case.setup, case.plan).scalars["ranks"]
+    assert [list(g["ranks"]) for g in groups] == [[0], [1]]
+    assert memtracker_phases(results[0]) != memtracker_phases(results[1])

@@ -368,14 +368,17 @@ def pipeline_stage_phases(
         return out
 
     step = {"activations": acts, "autocast_cache": cache, "gradients": state.grads}
+    # GPipe runs every forward before any backward: at the end of the forwards no gradient
+    # exists yet (zero_grad(set_to_none=True)), unless the runtime keeps persistent partitions
+    forward = {**step, "gradients": where(sh.gpipe, state.grads_persistent, 1) * state.grads}
     return {
         "after_load": phase(),
-        "end_of_forward": phase(**step),
+        "end_of_forward": phase(**forward),
         "peak_backward": phase(**step, temporaries=transient),
         "after_backward": phase(gradients=state.grads),
         "optimizer_step": phase(gradients=state.grads, temporaries=state.step_temporary),
         "after_zero_grad": phase(),
-        "forward_peak": phase(**step),
+        "forward_peak": phase(**forward),
     }
 
 

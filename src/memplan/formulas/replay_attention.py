@@ -155,15 +155,36 @@ def cache_growth(
     kept = shape.past if window is None else min(shape.past, window - 1)
     tokens = kept + shape.q_len
     pairs = ((key, k_row), (value, v_row))
+    grown = count > 1 and key in r.live
+    if grown:
+        _grow_all_but_last(r, pairs, tokens, count)
     for name, row in pairs:
-        r.new(f"{name}/new", row * tokens, "kv_cache", count)
+        r.new(f"{name}/new", row * tokens, "kv_cache", 1 if grown else count)
         if window is None and name in r.live:
             r.free(name)
     for name, _ in pairs:
         if window is not None and name in r.live:
             r.free(name)
         r.rename(f"{name}/new", name)
+    if grown:
+        for name, row in pairs:  # the run's layers as one entry again
+            r.free(name, f"{name}/grown")
+            r.new(name, row * tokens, "kv_cache", count)
     return tokens
+
+
+def _grow_all_but_last(
+    r: Replay, pairs: tuple[tuple[str, int], ...], tokens: int, count: int
+) -> None:
+    """A run of ``count`` layers updates its caches one layer after the other, so that only
+    the last one holds its old and new tensors together: the first ``count - 1`` layers end
+    with their grown tensors (``<name>/grown``) and the last keeps its old ones (``<name>``)
+    for the update that follows. Their old tensors go first: the level only falls here."""
+    for name, row in pairs:
+        each = r.live[name][0] // count
+        r.free(name)
+        r.new(name, each, "kv_cache")
+        r.new(f"{name}/grown", row * tokens, "kv_cache", count - 1)
 
 
 def _attention_kernel(

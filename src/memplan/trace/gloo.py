@@ -10,14 +10,15 @@ in turn, one thread each (``torch.set_num_threads(1)``). Each rank measures each
 - with memplan's tracker (:mod:`memplan.trace.distributed`, ``fake=False``): the per-rank
   report of the same code that traces at full size under a fake process group.
 
+A pipeline case (``pp > 1``) is measured by PyTorch's MemTracker only
+(:mod:`memplan.trace.pipeline`): memplan's tracker and the fake trace do not run pipelines.
+
 The processes are killed if they outlive ``timeout_s``, or if any of them fails; their stderr
 is then part of the error. Nothing here needs a GPU or the network (loopback only).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import os
 import pickle
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,31 +272,6 @@ def settle_groups() -> None:
             dist.barrier(group=group)
 
 
-@contextlib.contextmanager
-def _no_automatic_gc() -> Iterator[None]:
-    """No cyclic garbage collection while two trackers watch one run.
-
-    PyTorch's MemTracker keeps the autograd nodes of custom ops alive in reference cycles
-    (transformers' grouped-mm fallback for MoE experts, with what they saved), which only the
-    cyclic collector frees; it runs whenever Python allocates, at moments that vary from run
-    to run, and can fall between one op's bookkeeping by MemTracker and by memplan's tracker
-    (both allocate Python objects there), so that one counts the freed tensors at that op's
-    high point and the other not. Seen: collections freeing tracked storages in every Mixtral
-    run under MemTracker (none in the Llama runs), and once rank 0 of mixtral/fsdp-full at
-    peak_backward measured 3,174,492 B by memplan's tracker against 3,425,372 B by MemTracker.
-    Without automatic collections that garbage stays until the run ends, the same for both
-    trackers in every run.
-    """
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _worker(work: Path, rank: int, world_size: int) -> None:
     """One gloo rank: every case for real, measured twice (MemTracker, memplan's tracker)."""
     import torch
@@ -312,12 +287,15 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
     results: dict[str, Any] = {}
     try:
         for case in cases:
+            if case.plan.pp_degree > 1:
+                results[case.name] = _pipeline_case(case)
+                dist.barrier()
+                continue
             started = time.perf_counter()
             probe = MemTrackerProbe(fsdp=is_fsdp(case.plan))
-            with _no_automatic_gc():
-                run = run_parallel_training(
-                    case.config, case.setup, case.plan, fake=False, name=case.name, probe=probe
-                )
+            run = run_parallel_training(
+                case.config, case.setup, case.plan, fake=False, name=case.name, probe=probe
+            )
             results[case.name] = {
                 "memtracker": probe.result(),
                 "report": rank_report(case.name, case.setup, run).to_dict(),
@@ -335,6 +313,16 @@ def _worker(work: Path, rank: int, world_size: int) -> None:
     (work / f"real{rank}.json").write_text(json.dumps(results))
 
 
+def _pipeline_case(case: GlooCase) -> dict[str, Any]:
+    """A pipeline case (:mod:`memplan.trace.pipeline`): measured by PyTorch's MemTracker only
+    (memplan's tracker and the fake trace do not run pipelines)."""
+    from memplan.trace.pipeline import PipelineProbe, run_pipeline_training
+
+    probe = PipelineProbe()
+    seconds = run_pipeline_training(case.config, case.setup, case.plan, probe)
+    return {"memtracker": probe.result(), "seconds": round(seconds, 3)}
+
+
 def _fake_worker(work: Path, rank: int, world_size: int) -> None:
     """The same rank of every case, traced under a fake process group."""
     import torch
@@ -346,6 +334,8 @@ def _fake_worker(work: Path, rank: int, world_size: int) -> None:
     cases: list[GlooCase] = pickle.loads((work / "cases.pkl").read_bytes())
     results = {}
     for case in cases:
+        if case.plan.pp_degree > 1:
+            continue
         with fake_process_group(rank, world_size):
             run = run_parallel_training(case.config, case.setup, case.plan, name=case.name)
         results[case.name] = rank_report(case.name, case.setup, run).to_dict()

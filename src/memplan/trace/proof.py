@@ -4,9 +4,11 @@ One list of cases per world size (:func:`gloo_cases`), each a real transformers 
 size (Llama with grouped KV heads, Qwen2, Mixtral) under a plan (DDP, FSDP2 full /
 shard-grad-op / mixed precision, tensor and sequence parallelism, FSDP2 x TP), run by
 :func:`memplan.trace.gloo.run_gloo` and compared here, rank by rank and phase by phase, with
-the analytic engine's per-rank report (``--target cpu``). The tests
-(``tests/test_gloo_proof.py``) and ``docs/accuracy.md`` (``scripts/accuracy_proof.py``) both
-read these cases and these comparisons.
+the analytic engine's per-rank report (``--target cpu``). Pipelines (:func:`pipeline_cases`:
+pp 2, GPipe and 1F1B, run by :mod:`memplan.trace.pipeline`) are measured by PyTorch's
+MemTracker alone (:func:`memtracker_phases`). The tests (``tests/test_gloo_proof.py``) and
+``docs/accuracy.md`` (``scripts/accuracy_proof.py``) both read these cases and these
+comparisons.
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from memplan.report import TRAINING_PHASES
-from memplan.specs.parallel import ParallelPlan, Sharding
+from memplan.specs.parallel import ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Precision, Target, TrainingSetup
 
-__all__ = ["TINY", "Gap", "analytic_gaps", "case_setup", "gloo_cases", "measured_phases"]
+__all__ = [
+    "PIPELINE_MICRO_BATCHES",
+    "TINY",
+    "Gap",
+    "analytic_gaps",
+    "case_setup",
+    "gloo_cases",
+    "measured_phases",
+    "memtracker_phases",
+    "pipeline_cases",
+]
 
 _COMMON = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
            "max_position_embeddings": 512, "tie_word_embeddings": False}  # fmt: skip
@@ -87,6 +99,48 @@ def gloo_cases(world: int) -> list[Any]:
     ]
 
 
+PIPELINE_MICRO_BATCHES = 4
+"""Micro-batches of each pipeline case: more than the 2 stages, so that 1F1B's first stage
+runs forwards after a backward (all gradients live with 2 micro-batches in flight)."""
+
+
+def pipeline_cases() -> list[Any]:
+    """The pipeline cases (pp 2 on 2 gloo processes, :mod:`memplan.trace.pipeline`): the tiny
+    Llama with grouped KV heads cut into two stages of one decoder layer, GPipe and 1F1B."""
+    from memplan.trace.gloo import GlooCase
+
+    return [
+        GlooCase(
+            f"llama/pp-{schedule.value}",
+            TINY["llama"],
+            FP32,
+            _plan(2, pp_degree=2, schedule=schedule, micro_batches=PIPELINE_MICRO_BATCHES),
+        )
+        for schedule in (Schedule.GPIPE, Schedule.ONE_F_ONE_B)
+    ]
+
+
+_MEMTRACKER_STATES = {
+    "Parameter": "parameters",
+    "Gradient": "gradients",
+    "Optstate": "optimizer_states",
+    "Buffer": "buffers",
+}
+"""PyTorch MemTracker's categories that mean what memplan's do (its ``Activation`` is all
+made in a forward, ``Temp`` all made in a backward: no counterpart)."""
+
+
+def memtracker_phases(result: dict[str, Any]) -> dict[str, tuple[int, dict[str, int]]]:
+    """Per phase: (bytes, model-state categories in memplan's names) of a rank measured by
+    PyTorch's MemTracker alone (the pipeline cases)."""
+    tracker = result["memtracker"]
+    out = {}
+    for phase, total in tracker["phases"].items():
+        cats = tracker["categories"][phase]
+        out[phase] = (int(total), {v: int(cats.get(k, 0)) for k, v in _MEMTRACKER_STATES.items()})
+    return out
+
+
 def measured_phases(result: dict[str, Any]) -> dict[str, tuple[int, dict[str, int]]]:
     """Per phase: (bytes, categories) of a rank's real run by memplan's tracker (the run
     without PyTorch's tracker where the case has one, ``plain``)."""
@@ -118,12 +172,16 @@ class Gap:
 
 
 def analytic_gaps(
-    analytic_ranks: list[dict[str, Any]], measured: dict[int, dict[str, tuple[int, dict[str, int]]]]
+    analytic_ranks: list[dict[str, Any]],
+    measured: dict[int, dict[str, tuple[int, dict[str, int]]]],
+    *,
+    measured_categories_only: bool = False,
 ) -> list[Gap]:
     """Every (rank, phase, total or category) where the analytic figure is not the measured one.
 
     ``analytic_ranks``: the ``ranks`` entries of the analytic per-rank report; ``measured``:
-    per rank, :func:`measured_phases`.
+    per rank, :func:`measured_phases` (or :func:`memtracker_phases`, with
+    ``measured_categories_only``: only the categories the measurement names are compared).
     """
     by_rank = {r: group for group in analytic_ranks for r in group["ranks"]}
     gaps = []
@@ -135,7 +193,8 @@ def analytic_gaps(
             if int(mine["bytes"]) != total:
                 gaps.append(Gap(rank, phase, "total", total, int(mine["bytes"])))
             mine_cats = {k: int(v) for k, v in mine["breakdown"].items() if v}
-            for key in sorted(set(cats) | set(mine_cats)):
+            keys = set(cats) if measured_categories_only else set(cats) | set(mine_cats)
+            for key in sorted(keys):
                 if cats.get(key, 0) != mine_cats.get(key, 0):
                     gaps.append(Gap(rank, phase, key, cats.get(key, 0), mine_cats.get(key, 0)))
     return gaps
