@@ -168,6 +168,9 @@ class _Tables:
     groups: dict[tuple[Any, ...], list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
+    state_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
+    state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
     """Each table as arrays (built once per table length, gathered by row index)."""
 
@@ -198,22 +201,14 @@ def _local(
     return index
 
 
-def _state_row(t: _Tables, plan: ParallelPlan, stage: int, states: StageStates) -> dict[str, Any]:
+def _state_row(
+    t: _Tables, plan: ParallelPlan, states: StageStates, slots: list[Any], grads: _LayerGrads
+) -> dict[str, Any]:
     """The numbers of one rank group's states: memory, gradients scaled for the single-stage
-    backward, data-parallel collectives (padded to :data:`DP_SLOTS`) and offload transfers."""
+    backward, data-parallel collectives (``slots``: :func:`_dp_slots`) and offload transfers
+    (``plan``: whether it offloads)."""
     state = StateNumbers.of(states)
-    tplan = _local_plan(t.spec, t.setup, plan)
-    grads = _LayerGrads(
-        tuple((g.count, g.grad_bytes) for g in tplan.layers),
-        next(g for g in tplan.layers if g.first).grad_bytes,
-        sum(g.count * g.grad_bytes for g in tplan.layers),
-    )
     layers, first = rank_layer_gradients(grads, state)
-    terms = dp_terms(t.spec, t.setup, plan, stage)
-    assert len(terms) <= DP_SLOTS
-    slots = [(x.wire_bytes_per_call, x.fixed_calls, x.calls_per_micro_batch, x.group_size,
-              x.stride) for x in terms]  # fmt: skip
-    slots += [(0.0, 0, 0, 1, 1)] * (DP_SLOTS - len(slots))
     row = {f.name: getattr(state, f.name) for f in dataclasses.fields(StateNumbers)}
     row.update(
         persistent=sum(states.persistent_comm.values()),
@@ -225,11 +220,75 @@ def _state_row(t: _Tables, plan: ParallelPlan, stage: int, states: StageStates) 
     return row
 
 
+def _dp_slots(t: _Tables, plan: ParallelPlan, stage: int) -> list[Any]:
+    """The data-parallel collectives of pipeline rank ``stage`` as numbers, padded to
+    :data:`DP_SLOTS` (wire bytes per call, fixed calls, calls per micro-batch, group, stride)."""
+    terms = dp_terms(t.spec, t.setup, plan, stage)
+    assert len(terms) <= DP_SLOTS
+    slots = [(x.wire_bytes_per_call, x.fixed_calls, x.calls_per_micro_batch, x.group_size,
+              x.stride) for x in terms]  # fmt: skip
+    return slots + [(0.0, 0, 0, 1, 1)] * (DP_SLOTS - len(slots))
+
+
+def _layer_grads(t: _Tables, plan: ParallelPlan) -> _LayerGrads:
+    """The rank-local model's layer gradients (what :func:`rank_layer_gradients` scales)."""
+    tplan = _local_plan(t.spec, t.setup, plan)
+    return _LayerGrads(
+        tuple((g.count, g.grad_bytes) for g in tplan.layers),
+        next(g for g in tplan.layers if g.first).grad_bytes,
+        sum(g.count * g.grad_bytes for g in tplan.layers),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _LayerGrads:
     layer_groups: tuple[tuple[int, int], ...]
     first_layer_grad: int
     layers_grad: int
+
+
+def _state_index(
+    t: _Tables,
+    bare: ParallelPlan,
+    plan: ParallelPlan,
+    stage: int,
+    dp_rank: int,
+    where: tuple[Any, ...],
+) -> int:
+    """Index in ``t.states`` of the states of ``dp_rank`` on pipeline rank ``stage`` of
+    ``plan`` (``bare``: the plan without offload). Model states and data-parallel collectives
+    see data and context parallelism only through ``dp * cp`` (the shard world,
+    ``dist_states._shard_worlds``; the collectives' group, ``dist_time.dp_terms``): plans
+    differing only in how ``dp * cp`` splits share them, computed once on the plan with that
+    product as ``dp`` (:func:`_canonical`). ``where``: (shard, offload, device, first stage,
+    last stage, the stage's layer kinds)."""
+    n = bare.dp * bare.cp_degree
+    key = (bare.tp_degree, bare.ep_degree, n, bare.sharding, dp_rank, *where)
+    index = t.state_index.get(key)
+    if index is None:
+        base_key = (*key[:6], *key[8:])  # without offload: the states before it
+        base = t.state_base.get(base_key)
+        if base is None:
+            canon = _canonical(bare, where[0])
+            ks = _static_key(t.setup)
+            states = stage_states(t.spec, ks, canon, stage, dp_rank)
+            base = (states, _dp_slots(t, canon, stage), _layer_grads(t, canon))
+            t.state_base[base_key] = base
+        states, slots, grads = base
+        # the states before offload do not depend on it (dist_states._stage_states)
+        t.states.append(_state_row(t, plan, _offload(states, plan), slots, grads))
+        index = t.state_index[key] = len(t.states) - 1
+    return index
+
+
+def _canonical(plan: ParallelPlan, shard: int) -> ParallelPlan:
+    """``plan`` with context parallelism folded into data parallelism (``dp * cp`` data-parallel
+    ranks, the same FSDP hybrid shard group): what its model states are computed on."""
+    if plan.cp_degree == 1:
+        return plan
+    return dataclasses.replace(
+        plan, cp_degree=1, dp_degree=plan.dp * plan.cp_degree, hsdp_shard_degree=shard or None
+    )
 
 
 _GROUP_FIELDS = tuple(
@@ -265,12 +324,8 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
         skey = (*base, stage == 0, stage == p - 1, kinds)
         entry = t.stage_cache.get(skey)
         if entry is None:
-            entry = []
-            for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage):
-                # the states before offload do not depend on it (dist_states._stage_states)
-                states = _offload(stage_states(t.spec, ks, bare, stage, dp_ranks[0]), key)
-                t.states.append(_state_row(t, key, stage, states))
-                entry.append(len(t.states) - 1)
+            entry = [_state_index(t, bare, key, stage, dp_ranks[0], skey[5:])
+                     for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage)]  # fmt: skip
             t.stage_cache[skey] = entry
         sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
