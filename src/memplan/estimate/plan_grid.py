@@ -71,7 +71,15 @@ from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import Offload, OffloadDevice, ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 
-__all__ = ["CHECKPOINTINGS", "GridResult", "PlanBatch", "PlanRow", "evaluate_grid", "new_tables"]
+__all__ = [
+    "CHECKPOINTINGS",
+    "GridResult",
+    "PlanBatch",
+    "PlanRow",
+    "evaluate_grid",
+    "fill_tables",
+    "new_tables",
+]
 
 DP_SLOTS = 6
 """Data-parallel collectives per stage, at most: 3 for the dense tensors, 3 for the experts."""
@@ -169,6 +177,7 @@ class _Tables:
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
     state_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
+    dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
@@ -324,8 +333,14 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
         skey = (*base, stage == 0, stage == p - 1, kinds)
         entry = t.stage_cache.get(skey)
         if entry is None:
+            # the classes see cp only through dp * cp, and not the offload
+            ckey = (bare.tp_degree, bare.ep_degree, bare.dp, bare.dp * bare.cp_degree,
+                    bare.sharding, *skey[5:6], *skey[8:])  # fmt: skip
+            classes = t.dp_classes.get(ckey)
+            if classes is None:
+                classes = t.dp_classes[ckey] = _dp_classes_cached(t.spec, ks, bare, stage)
             entry = [_state_index(t, bare, key, stage, dp_ranks[0], skey[5:])
-                     for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage)]  # fmt: skip
+                     for dp_ranks in classes]  # fmt: skip
             t.stage_cache[skey] = entry
         sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
@@ -449,6 +464,22 @@ def evaluate_grid(
 
     t = tables if tables is not None else new_tables(spec, setup, gpu)
     batch = rows if isinstance(rows, PlanBatch) else PlanBatch.of(rows)
+    plan_local, per_plan, rp, row_group = _index(t, batch, np)
+    return _evaluate_arrays(t, plan_local, per_plan, rp, row_group, dtype, efficiency, np)
+
+
+def fill_tables(tables: Any, batch: PlanBatch) -> None:
+    """Build every scalar constant ``batch`` needs into ``tables`` (a search calls this on the
+    whole grid before its chunks, so that the tables are stacked into arrays once)."""
+    import numpy as np
+
+    _index(tables, batch, np)
+
+
+def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The tables' constants for ``batch`` (built where missing) and the indices into them:
+    (local model per plan, the plans' own numbers, plan per row, rank group per row)."""
+    spec = t.spec
     # the structures this batch uses (a chunk of a search shares the search's structures)
     used, ps = np.unique(batch.structure, return_inverse=True)
     ps = ps.reshape(-1)
@@ -490,7 +521,7 @@ def evaluate_grid(
     rp = np.repeat(np.arange(len(ps)), per_row)
     starts = np.r_[0, np.cumsum(per_row)[:-1]]
     row_group = flat[offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
-    return _evaluate_arrays(t, plan_local, per_plan, rp, row_group, dtype, efficiency, np)
+    return plan_local, per_plan, rp, row_group
 
 
 def _per_unique(code: Any, value: Any, np: Any, dtype: Any = None) -> Any:

@@ -31,6 +31,7 @@ from memplan.estimate.plan_grid import (
     PlanBatch,
     PlanRow,
     evaluate_grid,
+    fill_tables,
     new_tables,
 )
 from memplan.estimate.plan_points import PlanPoints, chart_points
@@ -374,6 +375,7 @@ def _evaluate(
     else:
         parts, done = [], 0
         tables = new_tables(spec, setup, gpu)
+        fill_tables(tables, batch)  # the tables stacked into arrays once, not per chunk
         for c in chunks:
             parts.append(evaluate_grid(spec, setup, gpu, c, tables=tables))
             done += len(c)
