@@ -177,7 +177,6 @@ class _Tables:
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
     state_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
-    dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
@@ -307,6 +306,16 @@ _GROUP_FIELDS = tuple(
 """The plan's fields its rank groups depend on (the schedule only through virtual stages)."""
 
 
+def _keys(plan: ParallelPlan) -> tuple[ParallelPlan, ParallelPlan]:
+    """``plan`` without what its states do not depend on (sequence parallelism, the batch, the
+    schedule beyond its virtual stages), and that without offload."""
+    key = dataclasses.replace(
+        plan, sequence_parallel=False, global_batch=None, micro_batches=None,
+        schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
+    )  # fmt: skip
+    return key, dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
+
+
 def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
@@ -315,32 +324,24 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     hit = t.groups.get(fast)
     if hit is not None:
         return hit
-    key = dataclasses.replace(
-        plan, sequence_parallel=False, global_batch=None, micro_batches=None,
-        schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
-    )  # fmt: skip
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
     p, ks = plan.pp_degree, _static_key(t.setup)
-    bare = dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
+    keys = None  # built when a stage's states are not in the tables yet
     shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
     base = (plan.tp_degree, plan.cp_degree, plan.ep_degree, plan.dp, plan.sharding, shard,
             plan.offload, plan.offload_device)  # fmt: skip
     for stage in range(p):
-        layers = stage_layers(t.spec, key, stage)
+        layers = stage_layers(t.spec, plan, stage)
         kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
         # stages holding the same kinds of layers (and the same ends) hold the same states
         skey = (*base, stage == 0, stage == p - 1, kinds)
         entry = t.stage_cache.get(skey)
         if entry is None:
-            # the classes see cp only through dp * cp, and not the offload
-            ckey = (bare.tp_degree, bare.ep_degree, bare.dp, bare.dp * bare.cp_degree,
-                    bare.sharding, *skey[5:6], *skey[8:])  # fmt: skip
-            classes = t.dp_classes.get(ckey)
-            if classes is None:
-                classes = t.dp_classes[ckey] = _dp_classes_cached(t.spec, ks, bare, stage)
+            keys = keys or _keys(plan)
+            key, bare = keys
             entry = [_state_index(t, bare, key, stage, dp_ranks[0], skey[5:])
-                     for dp_ranks in classes]  # fmt: skip
+                     for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage)]  # fmt: skip
             t.stage_cache[skey] = entry
         sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
