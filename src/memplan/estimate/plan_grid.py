@@ -180,6 +180,8 @@ class _Tables:
     state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
+    structures: Any = None
+    """The last batch's structures as arrays (:class:`_Structures`)."""
     """Each table as arrays (built once per table length, gathered by row index)."""
 
 
@@ -477,51 +479,107 @@ def fill_tables(tables: Any, batch: PlanBatch) -> None:
     _index(tables, batch, np)
 
 
+@dataclass
+class _Structures:
+    """A batch's structures (``PlanBatch.plans``) as arrays, built once per tuple of them."""
+
+    plans: tuple[ParallelPlan, ...]
+    consts: dict[str, Any]
+    """:data:`_CONST_FIELDS` per structure."""
+    local_key: Any
+    """Index in ``local_parts`` of each structure's local-model part (tp, cp, sp, cast)."""
+    local_parts: list[tuple[Any, ...]]
+    batches_key: Any
+    """Index in ``batches_plans`` of a structure resolving micro-batches as each one does."""
+    batches_plans: list[ParallelPlan]
+    group_counts: Any
+    group_offsets: Any
+    group_rows: Any
+    """Every structure's rank groups, one after another (:func:`_groups` rows)."""
+    local_lut: Any
+    """Local model index per (local part, micro-batch, checkpointing); -1: not built yet."""
+
+
+def _structures(t: _Tables, plans: tuple[ParallelPlan, ...], np: Any) -> _Structures:
+    hit = t.structures
+    if hit is not None and hit.plans is plans:
+        return hit
+    table = np.asarray([_plan_consts(t, p) for p in plans], dtype=np.float64)
+    consts = {k: table.reshape(-1, len(_CONST_FIELDS))[:, j] for j, k in enumerate(_CONST_FIELDS)}
+    for k in _CONST_FIELDS:
+        if k not in ("nvlink", "network"):
+            consts[k] = consts[k].astype(np.int64)
+    local_keys: dict[tuple[Any, ...], int] = {}
+    batch_keys: dict[tuple[Any, ...], int] = {}
+    batch_plans: list[ParallelPlan] = []
+    local_key, batches_key = [], []
+    for p in plans:
+        part = (p.tp_degree, p.cp_degree, p.sequence_parallel, p.sharding is not Sharding.DDP)
+        local_key.append(local_keys.setdefault(part, len(local_keys)))
+        # what ParallelPlan.resolved_micro_batches reads
+        bkey = (p.micro_batches, p.global_batch, p.dp, p.pp_degree)
+        if bkey not in batch_keys:
+            batch_keys[bkey] = len(batch_plans)
+            batch_plans.append(p)
+        batches_key.append(batch_keys[bkey])
+    groups = [_groups(t, p) for p in plans]
+    counts = np.asarray([len(g) for g in groups], dtype=np.int64)
+    out = _Structures(
+        plans, consts, np.asarray(local_key, dtype=np.int64), list(local_keys),
+        np.asarray(batches_key, dtype=np.int64), batch_plans, counts,
+        np.r_[0, np.cumsum(counts)[:-1]],
+        np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6),
+        np.full((len(local_keys), 1, len(CHECKPOINTINGS)), -1, dtype=np.int64),
+    )  # fmt: skip
+    t.structures = out
+    return out
+
+
+def _locals(t: _Tables, st: _Structures, ps: Any, b: Any, c: Any, np: Any) -> Any:
+    """The local model's index of every plan (structures ``ps``, micro-batches ``b``,
+    checkpointings ``c``), the missing ones built (one per distinct key)."""
+    span = int(b.max(initial=0)) + 1
+    if st.local_lut.shape[1] < span:
+        grown = np.full((*st.local_lut.shape[:1], span, len(CHECKPOINTINGS)), -1, np.int64)
+        grown[:, : st.local_lut.shape[1]] = st.local_lut
+        st.local_lut = grown
+    key = st.local_key[ps]
+    index = st.local_lut[key, b, c]
+    missing = np.flatnonzero(index < 0)
+    if len(missing):
+        code = (key[missing] * span + b[missing]) * len(CHECKPOINTINGS) + c[missing]
+        _, first = np.unique(code, return_index=True)
+        for i in missing[first]:
+            k, bi, ci = int(key[i]), int(b[i]), int(c[i])
+            st.local_lut[k, bi, ci] = _local(t, st.plans[ps[i]], bi, CHECKPOINTINGS[ci],
+                                             st.local_parts[k])  # fmt: skip
+        index = st.local_lut[key, b, c]
+    return index
+
+
 def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], Any, Any]:
     """The tables' constants for ``batch`` (built where missing) and the indices into them:
     (local model per plan, the plans' own numbers, plan per row, rank group per row)."""
     spec = t.spec
-    # the structures this batch uses (a chunk of a search shares the search's structures)
-    used, ps = np.unique(batch.structure, return_inverse=True)
-    ps = ps.reshape(-1)
-    b, c = batch.micro_batch, batch.checkpointing
-    plans = [batch.plans[i] for i in used]
-    consts = [_plan_consts(t, p) for p in plans]
-    groups = [_groups(t, p) for p in plans]
-    local_keys: dict[tuple[Any, ...], int] = {}
-    struct_key = np.asarray(
-        [local_keys.setdefault((p.tp_degree, p.cp_degree, p.sequence_parallel,
-                                p.sharding is not Sharding.DDP), len(local_keys))
-         for p in plans], dtype=np.int64,
-    )  # fmt: skip
-    keys = list(local_keys)
+    st = _structures(t, batch.plans, np)
+    ps, b, c = batch.structure, batch.micro_batch, batch.checkpointing
+    plan_local = _locals(t, st, ps, b, c, np)
     span = int(b.max(initial=0)) + 1
-    plan_local = _per_unique(
-        (struct_key[ps] * span + b) * len(CHECKPOINTINGS) + c,
-        lambda i: _local(t, plans[ps[i]], int(b[i]), CHECKPOINTINGS[c[i]], keys[struct_key[ps[i]]]),
-        np,
-    )  # fmt: skip
+    bk = st.batches_key[ps]
     plan_m = _per_unique(
-        ps * span + b, lambda i: plans[ps[i]].resolved_micro_batches(int(b[i])), np
+        bk * span + b, lambda i: st.batches_plans[bk[i]].resolved_micro_batches(int(b[i])), np
     )
     plan_flops = _per_unique(
         b, lambda i: float(forward_flops(spec, batch=int(b[i]), seq=t.setup.seq)), np,
         dtype=np.float64,
     )  # fmt: skip
-    table = np.asarray(consts, dtype=np.float64).reshape(-1, len(_CONST_FIELDS))
-    per_plan = {k: table[ps, j] for j, k in enumerate(_CONST_FIELDS)}
-    for k in _CONST_FIELDS:
-        if k not in ("nvlink", "network"):
-            per_plan[k] = per_plan[k].astype(np.int64)
+    per_plan = {k: v[ps] for k, v in st.consts.items()}
     per_plan.update(b=b, m=plan_m, recompute=(c == CHECKPOINTINGS.index(Checkpointing.FULL))
                     .astype(np.int64), forward_flops=plan_flops)  # fmt: skip
-    counts = np.asarray([len(g) for g in groups], dtype=np.int64)
-    offsets = np.r_[0, np.cumsum(counts)[:-1]]
-    flat = np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6)
-    per_row = counts[ps]
+    per_row = st.group_counts[ps]
     rp = np.repeat(np.arange(len(ps)), per_row)
     starts = np.r_[0, np.cumsum(per_row)[:-1]]
-    row_group = flat[offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
+    row_group = st.group_rows[st.group_offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
     return plan_local, per_plan, rp, row_group
 
 
