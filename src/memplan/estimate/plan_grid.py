@@ -382,7 +382,9 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
     if name == "locals":
         columns = {f.name: _stack([getattr(x, f.name) for x in table], everything, np)
                    for f in dataclasses.fields(LocalNumbers)
-                   if f.name not in ("layer_groups", "n_layers", "round_to", "layers_grad")}  # fmt: skip
+                   if f.name not in ("parts", "layer_groups", "n_layers", "round_to",
+                                     "layers_grad")}  # fmt: skip
+        columns["parts"] = _stack([_collapsed(x.parts) for x in table], everything, np)
         parts = {"parts": columns.pop("parts")}
         value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
     elif name == "local_widths":
@@ -391,6 +393,20 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
         value = _state_table(table, np)
     t.stacked[name] = (len(table), value)
     return value
+
+
+_STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
+"""The categories ``train_step.with_states`` sets in every phase (the model states)."""
+
+
+def _collapsed(parts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """``parts`` with each phase's categories other than the model states summed into
+    ``temporaries`` (the grid needs the phases' totals only: the totals, and so the peak and
+    the backward high point ``first_max`` picks, are the same; integers, so exactly)."""
+    return {
+        name: {"temporaries": sum(v for k, v in cats.items() if k not in _STATE_CATEGORIES)}
+        for name, cats in parts.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,26 +655,27 @@ def _memory(
 ) -> Any:
     """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
     single = shape.pp == 1
-    phases: dict[str, dict[str, Any]] = {}
+    # each phase's total without communication (the sum of its categories), row by row
+    totals = {name: np.zeros(len(single), dtype=np.int64) for name in ALL_PHASES}
     for mask, pipelined in ((single, False), (~single, True)):
         idx = np.nonzero(mask)[0]
         if not len(idx):
             continue
-        loc = _local_arrays(t, local_rows[idx], np)
-        st, sh = (_take(x, idx) for x in (state, shape))
+        every = len(idx) == len(single)
+        loc = _local_arrays(t, local_rows if every else local_rows[idx], np)
+        st, sh = (state, shape) if every else (_take(x, idx) for x in (state, shape))
         if pipelined:
             part = pipeline_stage_phases(loc, st, sh)
         else:
-            grads = (other["layer_grads"][idx], other["first_layer_grads"][idx])
+            grads = (other["layer_grads"], other["first_layer_grads"])
+            if not every:
+                grads = (grads[0][idx], grads[1][idx])
             part = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
         for name, cats in part.items():
-            into = phases.setdefault(name, {})
-            for cat, value in cats.items():
-                column = into.setdefault(cat, np.zeros(len(single), dtype=np.int64))
-                column[idx] = value
+            totals[name][idx] = phase_total(cats)
     local = _local_arrays(t, local_rows, np, parts=False)
     lines = comm_lines(local, state, shape, {"persistent": other["persistent"]})
-    add_communication(phases, lines)
+    phases = add_communication({k: {"other": v} for k, v in totals.items()}, lines)
     peak = phase_total(phases[ALL_PHASES[0]])
     for name in ALL_PHASES[1:]:
         peak = np.maximum(peak, phase_total(phases[name]))
