@@ -627,7 +627,9 @@ def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
 def _state_table(rows: list[dict[str, Any]], np: Any) -> dict[str, Any]:
     cols = {k: [row[k] for row in rows] for k in rows[0]}
     out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items() if k != "dp_slots"}
-    out["dp_slots"] = np.asarray(cols["dp_slots"], dtype=np.float64)
+    # the wire bytes are floats; the calls, group sizes and strides ints
+    out["dp_wire"] = np.asarray([[x[0] for x in v] for v in cols["dp_slots"]], dtype=np.float64)
+    out["dp_ints"] = np.asarray([[x[1:] for x in v] for v in cols["dp_slots"]], dtype=np.int64)
     return out
 
 
@@ -640,9 +642,17 @@ def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[s
         "layer_grads": cols["layer_grads"][index],
         "first_layer_grads": cols["first_layer_grads"][index],
         "offload": cols["offload"][index].T,
-        "dp_slots": cols["dp_slots"][index].transpose(1, 2, 0),
+        "dp_slots": _dp_arrays(cols, index, np),
     }
     return state, other
+
+
+def _dp_arrays(cols: dict[str, Any], index: Any, np: Any) -> list[tuple[Any, ...]]:
+    """The data-parallel slots of rows ``index``: (wire bytes, fixed calls, calls per
+    micro-batch, group, stride) each, less the slots no row uses (no bytes: 0 seconds)."""
+    wire = cols["dp_wire"][index]
+    ints = cols["dp_ints"][index]
+    return [(wire[:, j], *ints[:, j].T) for j in range(DP_SLOTS) if wire[:, j].any()]
 
 
 def _memory(
@@ -754,9 +764,7 @@ def _row_seconds(
     m, gpn, nvlink, network = plan["m"], plan["gpus_per_node"], plan["nvlink"], plan["network"]
     dp_s = 0.0
     for wire, fixed, per_micro, group, stride in other["dp_slots"]:
-        term = CollectiveTerm("dp", "", "", 0, fixed.astype(np.int64),
-                              per_micro.astype(np.int64), group.astype(np.int64),
-                              stride.astype(np.int64), wire)  # fmt: skip
+        term = CollectiveTerm("dp", "", "", 0, fixed, per_micro, group, stride, wire)
         dp_s = dp_s + term.seconds(m, gpn, nvlink, network)
     widths = _stacked(t, "local_widths", np)[local_idx]
     compute, kv = widths[:, 0], widths[:, 1]
