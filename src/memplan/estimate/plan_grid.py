@@ -384,7 +384,7 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
                    for f in dataclasses.fields(LocalNumbers)
                    if f.name not in ("parts", "layer_groups", "n_layers", "round_to",
                                      "layers_grad")}  # fmt: skip
-        columns["parts"] = _stack([_collapsed(x.parts) for x in table], everything, np)
+        columns["parts"] = _collapsed([x.parts for x in table], np)
         parts = {"parts": columns.pop("parts")}
         value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
     elif name == "local_widths":
@@ -399,14 +399,20 @@ _STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
 """The categories ``train_step.with_states`` sets in every phase (the model states)."""
 
 
-def _collapsed(parts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    """``parts`` with each phase's categories other than the model states summed into
-    ``temporaries`` (the grid needs the phases' totals only: the totals, and so the peak and
-    the backward high point ``first_max`` picks, are the same; integers, so exactly)."""
-    return {
-        name: {"temporaries": sum(v for k, v in cats.items() if k not in _STATE_CATEGORIES)}
-        for name, cats in parts.items()
-    }
+def _collapsed(parts: list[dict[str, dict[str, int]]], np: Any) -> dict[str, dict[str, Any]]:
+    """The local models' ``parts`` stacked, each phase's categories other than the model
+    states summed into ``temporaries`` (the grid needs the phases' totals only: the totals,
+    and so the peak and the backward high point ``first_max`` picks, are the same; integers,
+    so exactly). A phase a model does not have is 0."""
+    names = list(dict.fromkeys(name for p in parts for name in p))
+
+    def other(cats: dict[str, int] | None) -> int:
+        if cats is None:
+            return 0
+        return sum(cats.values()) - sum(cats.get(k, 0) for k in _STATE_CATEGORIES)
+
+    totals = np.asarray([[other(p.get(name)) for name in names] for p in parts], dtype=np.int64)
+    return {name: {"temporaries": totals[:, j]} for j, name in enumerate(names)}
 
 
 @dataclass(frozen=True, slots=True)
