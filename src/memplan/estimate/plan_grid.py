@@ -49,6 +49,7 @@ from memplan.estimate.dist_rank import (
 from memplan.estimate.dist_states import (
     StageStates,
     _offload,
+    _shard_worlds,
     local_spec,
     stage_layers,
     stage_states,
@@ -180,6 +181,10 @@ class _Tables:
     state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
+    stage_kinds: dict[tuple[int, int], list[tuple[Any, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
+    dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     structures: Any = None
     """The last batch's structures as arrays (:class:`_Structures`)."""
     """Each table as arrays (built once per table length, gathered by row index)."""
@@ -318,6 +323,43 @@ def _keys(plan: ParallelPlan) -> tuple[ParallelPlan, ParallelPlan]:
     return key, dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
 
 
+def _dp_classes(
+    t: _Tables, plan: ParallelPlan, stage: int, where: tuple[Any, ...]
+) -> tuple[tuple[int, ...], ...]:
+    """``distributed._dp_classes_cached``: the data-parallel ranks of pipeline rank ``stage``
+    grouped by identical states. They depend on the FSDP shard world, dp, and the stage's
+    tensors (tp, ep, its layers' kinds and ends: ``where``), not on the virtual stages or
+    FSDP2's full / shard-grad-op choice; one class of every rank without FSDP sharding."""
+    fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
+    world = _shard_worlds(plan)[0] if fsdp else 0
+    key = (plan.dp, world, plan.tp_degree, plan.ep_degree, *where)
+    hit = t.dp_classes.get(key)
+    if hit is None:
+        hit = t.dp_classes[key] = _dp_classes_cached(t.spec, _static_key(t.setup), plan, stage)
+    return hit
+
+
+def _stage_kinds(t: _Tables, plan: ParallelPlan) -> list[tuple[Any, ...]]:
+    """(stage, layers, the layers' kinds (MoE or not), stage boundaries sent across) of the
+    pipeline ranks of ``plan`` (its stages and virtual chunks), the earliest of those alike in
+    all of these and in being first or last (the others are the same rank groups)."""
+    pp, virtual = plan.pp_degree, plan.virtual_stages
+    hit = t.stage_kinds.get((pp, virtual))
+    if hit is not None:
+        return hit
+    out, seen = [], set()
+    for stage in range(pp):
+        layers = stage_layers(t.spec, plan, stage)
+        kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
+        sends = (stage < pp - 1) + (stage > 0)
+        sig = (len(layers), kinds, sends, stage == 0, stage == pp - 1)
+        if sig not in seen:
+            seen.add(sig)
+            out.append((stage, len(layers), kinds, sends))
+    t.stage_kinds[(pp, virtual)] = out
+    return out
+
+
 def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
@@ -328,14 +370,12 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
         return hit
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
-    p, ks = plan.pp_degree, _static_key(t.setup)
+    p = plan.pp_degree
     keys = None  # built when a stage's states are not in the tables yet
     shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
     base = (plan.tp_degree, plan.cp_degree, plan.ep_degree, plan.dp, plan.sharding, shard,
             plan.offload, plan.offload_device)  # fmt: skip
-    for stage in range(p):
-        layers = stage_layers(t.spec, plan, stage)
-        kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
+    for stage, n_layers, kinds, sends in _stage_kinds(t, plan):
         # stages holding the same kinds of layers (and the same ends) hold the same states
         skey = (*base, stage == 0, stage == p - 1, kinds)
         entry = t.stage_cache.get(skey)
@@ -343,11 +383,10 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
             keys = keys or _keys(plan)
             key, bare = keys
             entry = [_state_index(t, bare, key, stage, dp_ranks[0], skey[5:])
-                     for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage)]  # fmt: skip
+                     for dp_ranks in _dp_classes(t, bare, stage, skey[8:])]  # fmt: skip
             t.stage_cache[skey] = entry
-        sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
-            row = (stage, index, int(j == 0), len(layers), sum(kinds), sends)
+            row = (stage, index, int(j == 0), n_layers, sum(kinds), sends)
             # a later stage with the same states, layers and sends holds no more micro-batches
             # in flight (formulas.parallel.in_flight_chunks does not grow with the stage) and
             # joins the same collectives: the earliest such stage is the one that can be worst
