@@ -185,6 +185,7 @@ class _Tables:
         default_factory=dict
     )
     dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    state_only: dict[tuple[Any, ...], StageStates] = dataclasses.field(default_factory=dict)
     structures: Any = None
     """The last batch's structures as arrays (:class:`_Structures`)."""
     """Each table as arrays (built once per table length, gathered by row index)."""
@@ -285,15 +286,35 @@ def _state_index(
         base = t.state_base.get(base_key)
         if base is None:
             canon = _canonical(bare, where[0])
-            ks = _static_key(t.setup)
-            states = stage_states(t.spec, ks, canon, stage, dp_rank)
-            base = (states, _dp_slots(t, canon, stage), _layer_grads(t, canon))
+            base = (_states(t, canon, stage, dp_rank, base_key), _dp_slots(t, canon, stage),
+                    _layer_grads(t, canon))  # fmt: skip
             t.state_base[base_key] = base
         states, slots, grads = base
         # the states before offload do not depend on it (dist_states._stage_states)
         t.states.append(_state_row(t, plan, _offload(states, plan), slots, grads))
         index = t.state_index[key] = len(t.states) - 1
     return index
+
+
+def _states(
+    t: _Tables, canon: ParallelPlan, stage: int, dp_rank: int, key: tuple[Any, ...]
+) -> StageStates:
+    """``dist_states.stage_states`` of ``canon`` (``key``: :func:`_state_index`'s without
+    offload). FSDP2 shard-grad-op, and hybrid sharding over all ``dp`` ranks, hold the states
+    of FSDP2 full (the same shards in the same dtypes; their collectives differ, not their
+    states): computed once for the three."""
+    sharding, shard = canon.sharding, key[5]
+    if sharding is Sharding.FSDP_SHARD_GRAD_OP or (
+        sharding is Sharding.FSDP_HYBRID and shard == canon.dp
+    ):
+        sharding = Sharding.FSDP_FULL
+        canon = dataclasses.replace(canon, sharding=sharding, hsdp_shard_degree=None)
+        key = (*key[:3], sharding, key[4], 0, *key[6:])
+    hit = t.state_only.get(key)
+    if hit is None:
+        hit = t.state_only[key] = stage_states(t.spec, _static_key(t.setup), canon, stage,
+                                               dp_rank)  # fmt: skip
+    return hit
 
 
 def _canonical(plan: ParallelPlan, shard: int) -> ParallelPlan:
