@@ -259,10 +259,15 @@ def enumerate_batch(
     plans: list[ParallelPlan] = []
     batches: list[Any] = []
     total = 0
+    micro: dict[int, Any] = {}  # the micro-batches of a dp
     for s in _structures(spec, space):
         dp = space.world // (s.tp * s.pp * s.cp)
-        per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
-        bs = np.asarray([b for b in _divisors(per_rank) if b <= space.max_micro_batch])
+        bs = micro.get(dp)
+        if bs is None:
+            per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
+            bs = micro[dp] = np.asarray(
+                [b for b in _divisors(per_rank) if b <= space.max_micro_batch], dtype=np.int64
+            )
         count = len(bs) * len(ckpts)
         total += count
         rule = _structure_rule(spec, space, setup.seq, s)
