@@ -731,8 +731,7 @@ def _memory(
 ) -> Any:
     """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
     single = shape.pp == 1
-    # each phase's total without communication (the sum of its categories), row by row
-    totals = {name: np.zeros(len(single), dtype=np.int64) for name in ALL_PHASES}
+    peak = np.zeros(len(single), dtype=np.int64)
     for mask, pipelined in ((single, False), (~single, True)):
         idx = np.nonzero(mask)[0]
         if not len(idx):
@@ -740,22 +739,24 @@ def _memory(
         every = len(idx) == len(single)
         loc = _local_arrays(t, local_rows if every else local_rows[idx], np)
         st, sh = (state, shape) if every else (_take(x, idx) for x in (state, shape))
+        rows = other if every else {k: other[k][idx] for k in _MEMORY_COLUMNS}
         if pipelined:
-            part = pipeline_stage_phases(loc, st, sh)
+            phases = pipeline_stage_phases(loc, st, sh)
         else:
-            grads = (other["layer_grads"], other["first_layer_grads"])
-            if not every:
-                grads = (grads[0][idx], grads[1][idx])
-            part = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
-        for name, cats in part.items():
-            totals[name][idx] = phase_total(cats)
-    local = _local_arrays(t, local_rows, np, parts=False)
-    lines = comm_lines(local, state, shape, {"persistent": other["persistent"]})
-    phases = add_communication({k: {"other": v} for k, v in totals.items()}, lines)
-    peak = phase_total(phases[ALL_PHASES[0]])
-    for name in ALL_PHASES[1:]:
-        peak = np.maximum(peak, phase_total(phases[name]))
+            grads = (rows["layer_grads"], rows["first_layer_grads"])
+            phases = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
+        lines = comm_lines(loc, st, sh, {"persistent": rows["persistent"]})
+        # each phase's total without communication as one number, then its communication
+        phases = {k: {"other": phase_total(v)} for k, v in phases.items()}
+        add_communication(phases, lines)
+        part = phase_total(phases[ALL_PHASES[0]])
+        for name in ALL_PHASES[1:]:
+            part = np.maximum(part, phase_total(phases[name]))
+        peak[idx] = part
     return peak
+
+
+_MEMORY_COLUMNS = ("layer_grads", "first_layer_grads", "persistent")
 
 
 def _take(obj: Any, idx: Any) -> Any:
