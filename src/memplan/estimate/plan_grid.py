@@ -691,34 +691,35 @@ def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
 
 
 def _state_table(rows: list[dict[str, Any]], np: Any) -> dict[str, Any]:
-    cols = {k: [row[k] for row in rows] for k in rows[0]}
-    out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items() if k != "dp_slots"}
-    # the wire bytes are floats; the calls, group sizes and strides ints
-    out["dp_wire"] = np.asarray([[x[0] for x in v] for v in cols["dp_slots"]], dtype=np.float64)
-    out["dp_ints"] = np.asarray([[x[1:] for x in v] for v in cols["dp_slots"]], dtype=np.int64)
-    return out
+    """The states' rows as one int64 matrix (a column per table entry: gathering rows is one
+    ``np.take``) and the data-parallel wire bytes (floats) as another."""
+    names = [k for k in rows[0] if k not in ("offload", "dp_slots")]
+    ints = [[row[k] for k in names] + list(row["offload"])
+            + [x for slot in row["dp_slots"] for x in slot[1:]] for row in rows]  # fmt: skip
+    wire = [[slot[0] for slot in row["dp_slots"]] for row in rows]
+    return {
+        "names": names,
+        "ints": np.asarray(ints, dtype=np.int64).T.copy(),
+        "wire": np.asarray(wire, dtype=np.float64).T.copy(),
+    }
 
 
 def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[str, Any]]:
-    """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns."""
+    """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns
+    (the offload transfers; the data-parallel slots, less those no row uses: no bytes, 0
+    seconds)."""
     cols = _stacked(t, "states", np)
-    state = StateNumbers(**{f.name: cols[f.name][index] for f in dataclasses.fields(StateNumbers)})
-    other = {
-        "persistent": cols["persistent"][index],
-        "layer_grads": cols["layer_grads"][index],
-        "first_layer_grads": cols["first_layer_grads"][index],
-        "offload": cols["offload"][index].T,
-        "dp_slots": _dp_arrays(cols, index, np),
-    }
+    names = cols["names"]
+    ints = np.take(cols["ints"], index, axis=1)
+    wire = np.take(cols["wire"], index, axis=1)
+    by_name = dict(zip(names, ints, strict=False))
+    state = StateNumbers(**{f.name: by_name[f.name] for f in dataclasses.fields(StateNumbers)})
+    n = len(names)
+    other = {k: by_name[k] for k in ("persistent", "layer_grads", "first_layer_grads")}
+    other["offload"] = tuple(ints[n : n + 4])
+    slots = ints[n + 4 :].reshape(DP_SLOTS, 4, -1)
+    other["dp_slots"] = [(wire[j], *slots[j]) for j in range(DP_SLOTS) if wire[j].any()]
     return state, other
-
-
-def _dp_arrays(cols: dict[str, Any], index: Any, np: Any) -> list[tuple[Any, ...]]:
-    """The data-parallel slots of rows ``index``: (wire bytes, fixed calls, calls per
-    micro-batch, group, stride) each, less the slots no row uses (no bytes: 0 seconds)."""
-    wire = cols["dp_wire"][index]
-    ints = cols["dp_ints"][index]
-    return [(wire[:, j], *ints[:, j].T) for j in range(DP_SLOTS) if wire[:, j].any()]
 
 
 def _memory(
