@@ -185,6 +185,7 @@ class _Tables:
         default_factory=dict
     )
     dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    shapes: dict[tuple[Any, ...], RankShape] = dataclasses.field(default_factory=dict)
     state_only: dict[tuple[Any, ...], StageStates] = dataclasses.field(default_factory=dict)
     structures: Any = None
     """The last batch's structures as arrays (:class:`_Structures`)."""
@@ -681,7 +682,13 @@ _CONST_FIELDS = (
 def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
     """The plan's own numbers, in :data:`_CONST_FIELDS` order (what ``rank_shape`` and
     ``step_time`` read from a plan beyond the micro-batch)."""
-    shape = rank_shape(t.spec, t.setup, p, 0, 1)
+    # rank_shape reads beyond the degrees: the runtime's flags and DeepSpeed's prefetch
+    # bucket (its width from the runtime's dtypes), stage 0's layers (pp, virtual stages)
+    key = (p.sharding, p.deepspeed, p.cp_degree > 1, p.ep_degree > 1, p.pp_degree,
+           p.virtual_stages)  # fmt: skip
+    shape = t.shapes.get(key)
+    if shape is None:
+        shape = t.shapes[key] = rank_shape(t.spec, t.setup, p, 0, 1)
     return (
         p.tp_degree, p.pp_degree, p.cp_degree, p.ep_degree, p.dp, p.world_size,
         p.virtual_stages, int(p.schedule is Schedule.GPIPE), int(p.sequence_parallel),
