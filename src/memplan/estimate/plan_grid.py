@@ -176,6 +176,7 @@ class _Tables:
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     groups: dict[tuple[Any, ...], list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
+    setups: dict[tuple[int, Checkpointing], TrainingSetup] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
     state_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
     state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
@@ -197,8 +198,13 @@ def new_tables(spec: ModelSpec, setup: TrainingSetup, gpu: Gpu) -> _Tables:
     return _Tables(spec, dataclasses.replace(setup, batch=1), gpu)
 
 
-def _setup_for(base: TrainingSetup, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
-    return dataclasses.replace(base, batch=micro_batch, checkpointing=ckpt)
+def _setup_for(t: _Tables, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
+    """The setup at ``micro_batch`` and ``ckpt`` (one per pair: building one validates it)."""
+    setup = t.setups.get((micro_batch, ckpt))
+    if setup is None:
+        setup = dataclasses.replace(t.setup, batch=micro_batch, checkpointing=ckpt)
+        t.setups[micro_batch, ckpt] = setup
+    return setup
 
 
 def _local(
@@ -209,7 +215,7 @@ def _local(
     key = (*part, micro_batch, ckpt)
     index = t.local_index.get(key)
     if index is None:
-        setup = _setup_for(t.setup, micro_batch, ckpt)
+        setup = _setup_for(t, micro_batch, ckpt)
         local = local_step_fast(t.spec, setup, plan)
         t.locals_.append(local_numbers(t.spec, local))
         kv = local_spec(t.spec, plan).n_kv_heads
@@ -643,7 +649,6 @@ def _locals(t: _Tables, st: _Structures, ps: Any, b: Any, c: Any, np: Any) -> An
 def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], Any, Any]:
     """The tables' constants for ``batch`` (built where missing) and the indices into them:
     (local model per plan, the plans' own numbers, plan per row, rank group per row)."""
-    spec = t.spec
     st = _structures(t, batch.plans, np)
     ps, b, c = batch.structure, batch.micro_batch, batch.checkpointing
     plan_local = _locals(t, st, ps, b, c, np)
@@ -652,10 +657,7 @@ def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], 
     plan_m = _per_unique(
         bk * span + b, lambda i: st.batches_plans[bk[i]].resolved_micro_batches(int(b[i])), np
     )
-    plan_flops = _per_unique(
-        b, lambda i: float(forward_flops(spec, batch=int(b[i]), seq=t.setup.seq)), np,
-        dtype=np.float64,
-    )  # fmt: skip
+    plan_flops = _per_unique(b, lambda i: _flops(t, int(b[i])), np, dtype=np.float64)
     per_plan = {k: v[ps] for k, v in st.consts.items()}
     per_plan.update(b=b, m=plan_m, recompute=(c == CHECKPOINTINGS.index(Checkpointing.FULL))
                     .astype(np.int64), forward_flops=plan_flops)  # fmt: skip
@@ -664,6 +666,15 @@ def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], 
     starts = np.r_[0, np.cumsum(per_row)[:-1]]
     row_group = st.group_rows[st.group_offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
     return plan_local, per_plan, rp, row_group
+
+
+def _flops(t: _Tables, micro_batch: int) -> float:
+    """One micro-batch's forward FLOPs (kept per micro-batch: the chunks of a grid share them)."""
+    hit = t.flops.get(micro_batch)
+    if hit is None:
+        hit = t.flops[micro_batch] = float(forward_flops(t.spec, batch=micro_batch,
+                                                         seq=t.setup.seq))  # fmt: skip
+    return hit
 
 
 def _per_unique(code: Any, value: Any, np: Any, dtype: Any = None) -> Any:
