@@ -101,6 +101,78 @@ LAYOUTS = (
 )
 
 
+_MEGATRON_TABLE = (
+    'NVIDIA/Megatron-LM examples/llama/README.md (commit 20441fa), table "FP8 Performance" '
+    "(configurations from NeMo's performance scripts), with the distributed optimizer "
+    "(ZeRO-1: fp32 main weights and Adam states sharded over data parallelism) and sequence "
+    "parallelism where TP > 1 as in examples/llama/train_llama3_8b_h100_fp8.sh; "
+)
+_MEGATRON_CAVEATS = (
+    ". The table measures FP8 (Transformer Engine, hybrid format); memplan evaluates "
+    "bf16-mixed, whose activations and matmuls are wider, and no activation recompute (the "
+    "table names none)"
+)
+MEGATRON = (
+    Published(
+        "Megatron-LM Llama 3 8B, 8 H100 (FP8 table)",
+        _MEGATRON_TABLE + "8 H100, GBS 128, MBS 1, seq 8,192, TP 1, PP 1, CP 2, dp 4, "
+        "gradient accumulation 32" + _MEGATRON_CAVEATS,
+        "meta-llama/Llama-3.1-8B",
+        "H100",
+        1,
+        8192,
+        128,
+        {"cp_degree": 2, "sharding": Sharding.ZERO_1},
+        1,
+        Checkpointing.NONE,
+        "13,812 tokens/s and 800 TFLOP/s per GPU in FP8",
+    ),
+    Published(
+        "Megatron-LM Llama 3 70B, 64 H100 (FP8 table)",
+        _MEGATRON_TABLE + "64 H100, GBS 128, MBS 1, seq 8,192, TP 4, PP 8, VP 5 (interleaved "
+        "1F1B), CP 1, dp 2, gradient accumulation 64" + _MEGATRON_CAVEATS,
+        "meta-llama/Llama-3.1-70B",
+        "H100",
+        8,
+        8192,
+        128,
+        {
+            "tp_degree": 4,
+            "pp_degree": 8,
+            "sequence_parallel": True,
+            "sharding": Sharding.ZERO_1,
+            "schedule": Schedule.INTERLEAVED,
+            "virtual_stages": 5,
+        },
+        1,
+        Checkpointing.NONE,
+        "1,621 tokens/s and 780 TFLOP/s per GPU in FP8",
+    ),
+    Published(
+        "Megatron-LM Llama 3 405B, 1,024 H100 (FP8 table)",
+        _MEGATRON_TABLE + "1,024 H100, GBS 512, MBS 1, seq 8,192, TP 8, PP 8, VP 8 "
+        "(interleaved 1F1B), CP 2, dp 8, gradient accumulation 64" + _MEGATRON_CAVEATS,
+        "meta-llama/Llama-3.1-405B",
+        "H100",
+        128,
+        8192,
+        512,
+        {
+            "tp_degree": 8,
+            "pp_degree": 8,
+            "cp_degree": 2,
+            "sequence_parallel": True,
+            "sharding": Sharding.ZERO_1,
+            "schedule": Schedule.INTERLEAVED,
+            "virtual_stages": 8,
+        },
+        1,
+        Checkpointing.NONE,
+        "315 tokens/s and 834 TFLOP/s per GPU in FP8",
+    ),
+)
+
+
 def _section(p: Published) -> str:
     spec, gpu = resolve(p.model), resolve_gpu(p.gpu)
     setup = TrainingSetup(batch=1, seq=p.seq)
@@ -156,9 +228,11 @@ def render() -> str:
         "on the critical path while real TP kernels overlap part of it; the published layouts "
         "that do not fit by memplan's count are strict xfails in tests/test_plan_layouts.py "
         "with the reason (schedule and stage rebalancing for Llama 3, vocabulary-parallel loss "
-        "for torchtitan).\n\n"
+        "for torchtitan, FP8 and Transformer Engine's fused layers for Megatron-LM's table, "
+        "whose 8B layout fits and whose 70B and 405B layouts hold more in-flight activations "
+        "by memplan's bf16 count than an H100 has).\n\n"
     )
-    return head + "\n".join(_section(p) for p in LAYOUTS)
+    return head + "\n".join(_section(p) for p in (*LAYOUTS, *MEGATRON))
 
 
 def main() -> None:
