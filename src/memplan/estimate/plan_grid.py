@@ -50,7 +50,6 @@ from memplan.estimate.dist_states import (
     StageStates,
     _offload,
     _shard_worlds,
-    local_spec,
     stage_layers,
     stage_states,
 )
@@ -218,8 +217,8 @@ def _local(
         setup = _setup_for(t, micro_batch, ckpt)
         local = local_step_fast(t.spec, setup, plan)
         t.locals_.append(local_numbers(t.spec, local))
-        kv = local_spec(t.spec, plan).n_kv_heads
-        t.local_widths.append((local.plan.regime.compute_bytes, kv))
+        # the local plan's model is the tensor-parallel rank's (dist_states.local_spec)
+        t.local_widths.append((local.plan.regime.compute_bytes, local.plan.spec.n_kv_heads))
         index = t.local_index[key] = len(t.locals_) - 1
     return index
 
