@@ -29,6 +29,7 @@ bit of the float (tests/test_plan_search.py draws 10,000 plans and compares).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,6 +339,7 @@ _GROUP_FIELDS = tuple(
     if f.name not in ("sequence_parallel", "global_batch", "micro_batches", "schedule")
 )  # fmt: skip
 """The plan's fields its rank groups depend on (the schedule only through virtual stages)."""
+_group_fields = operator.attrgetter(*_GROUP_FIELDS)
 
 
 def _keys(plan: ParallelPlan) -> tuple[ParallelPlan, ParallelPlan]:
@@ -391,7 +393,7 @@ def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
     beyond the virtual stages, nor on sequence parallelism or the global batch."""
-    fast = tuple(getattr(plan, f) for f in _GROUP_FIELDS)
+    fast = _group_fields(plan)
     hit = t.groups.get(fast)
     if hit is not None:
         return hit
