@@ -38,6 +38,7 @@ from memplan.estimate.plan_points import PlanPoints, chart_points
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
+    DeepSpeedConfig,
     Offload,
     ParallelPlan,
     Schedule,
@@ -234,8 +235,13 @@ def _plan(space: SearchSpace, s: _Structure) -> ParallelPlan:
         global_batch=space.global_batch,
         offload=s.offload,
         intra_node_bytes_per_s=space.intra_node_bytes_per_s,
+        deepspeed=_DEEPSPEED,
         **extra,
     )
+
+
+_DEEPSPEED = DeepSpeedConfig()
+"""DeepSpeed's default sizes, one object the plans share (building one validates it)."""
 
 
 def enumerate_plans(
@@ -259,13 +265,13 @@ def enumerate_batch(
     plans: list[ParallelPlan] = []
     batches: list[Any] = []
     total = 0
-    micro: dict[int, Any] = {}  # the micro-batches of a dp
+    by_dp: dict[int, Any] = {}  # the micro-batches of a dp
     for s in _structures(spec, space):
         dp = space.world // (s.tp * s.pp * s.cp)
-        bs = micro.get(dp)
+        bs = by_dp.get(dp)
         if bs is None:
             per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
-            bs = micro[dp] = np.asarray(
+            bs = by_dp[dp] = np.asarray(
                 [b for b in _divisors(per_rank) if b <= space.max_micro_batch], dtype=np.int64
             )
         count = len(bs) * len(ckpts)
