@@ -51,6 +51,7 @@ from memplan.estimate.dist_states import (
     StageStates,
     _offload,
     _shard_worlds,
+    activation_precision,
     stage_layers,
     stage_states,
 )
@@ -187,6 +188,7 @@ class _Tables:
     )
     dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     shapes: dict[tuple[Any, ...], RankShape] = dataclasses.field(default_factory=dict)
+    layer_grads: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     state_only: dict[tuple[Any, ...], StageStates] = dataclasses.field(default_factory=dict)
     structures: Any = None
     """The last batch's structures as arrays (:class:`_Structures`)."""
@@ -210,8 +212,8 @@ def _setup_for(t: _Tables, micro_batch: int, ckpt: Checkpointing) -> TrainingSet
 def _local(
     t: _Tables, plan: ParallelPlan, micro_batch: int, ckpt: Checkpointing, part: tuple[Any, ...]
 ) -> int:
-    """Index of the local model's numbers (one per ``part`` = (tp, cp, sp, whether the runtime
-    casts the model to half), micro-batch and checkpointing)."""
+    """Index of the local model's numbers (one per ``part`` = (tp, cp, sp, the precision the
+    runtime computes in), micro-batch and checkpointing)."""
     key = (*part, micro_batch, ckpt)
     index = t.local_index.get(key)
     if index is None:
@@ -254,13 +256,18 @@ def _dp_slots(t: _Tables, plan: ParallelPlan, stage: int) -> list[Any]:
 
 
 def _layer_grads(t: _Tables, plan: ParallelPlan) -> _LayerGrads:
-    """The rank-local model's layer gradients (what :func:`rank_layer_gradients` scales)."""
-    tplan = _local_plan(t.spec, t.setup, plan)
-    return _LayerGrads(
-        tuple((g.count, g.grad_bytes) for g in tplan.layers),
-        next(g for g in tplan.layers if g.first).grad_bytes,
-        sum(g.count * g.grad_bytes for g in tplan.layers),
-    )
+    """The rank-local model's layer gradients (what :func:`rank_layer_gradients` scales), kept
+    per (tp, the precision the runtime computes in): what the local plan depends on."""
+    key = (plan.tp_degree, activation_precision(t.setup, plan))
+    hit = t.layer_grads.get(key)
+    if hit is None:
+        tplan = _local_plan(t.spec, t.setup, plan)
+        hit = t.layer_grads[key] = _LayerGrads(
+            tuple((g.count, g.grad_bytes) for g in tplan.layers),
+            next(g for g in tplan.layers if g.first).grad_bytes,
+            sum(g.count * g.grad_bytes for g in tplan.layers),
+        )
+    return hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,7 +611,8 @@ def _structures(t: _Tables, plans: tuple[ParallelPlan, ...], np: Any) -> _Struct
     batch_plans: list[ParallelPlan] = []
     local_key, batches_key = [], []
     for p in plans:
-        part = (p.tp_degree, p.cp_degree, p.sequence_parallel, p.sharding is not Sharding.DDP)
+        precision = activation_precision(t.setup, p)  # the local model's, as local_step_fast
+        part = (p.tp_degree, p.cp_degree, p.sequence_parallel, precision)
         local_key.append(local_keys.setdefault(part, len(local_keys)))
         # what ParallelPlan.resolved_micro_batches reads
         bkey = (p.micro_batches, p.global_batch, p.dp, p.pp_degree)
