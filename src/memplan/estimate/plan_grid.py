@@ -822,8 +822,10 @@ def _evaluate_arrays(
         cp=plan["cp_on"], ep=plan["ep_on"], pipelined=(plan["pp"] > 1).astype(np.int64),
     )  # fmt: skip
     peak_rows = _memory(t, plan_local[rp], state, other, shape, np)
-    seconds = _row_seconds(t, plan, other, plan_local[rp], layers, moe_layers, sends, np)
-    seconds = {k: v * first_class for k, v in seconds.items()}
+    sizes = {k: v[rp] for k, v in _transfer_bytes(t, per_plan, plan_local, np).items()}
+    seconds = _row_seconds(t, plan, other, sizes, layers, moe_layers, sends, np)
+    if not first_class.all():  # the other data-parallel classes join the same collectives
+        seconds = {k: v * first_class for k, v in seconds.items()}
     starts = np.flatnonzero(np.r_[1, np.diff(rp)])
     peak = np.maximum.reduceat(peak_rows, starts)
     is_peak = peak_rows == np.repeat(peak, np.diff(np.r_[starts, len(rp)]))
@@ -844,11 +846,25 @@ def _evaluate_arrays(
                       comm)  # fmt: skip
 
 
+def _transfer_bytes(t: _Tables, plan: dict[str, Any], local_idx: Any, np: Any) -> dict[str, Any]:
+    """Per plan, one micro-batch's bytes the model-parallel collectives move (the arguments of
+    ``dist_time.model_parallel_terms``, as ``collective_terms`` computes them)."""
+    widths = _stacked(t, "local_widths", np)[local_idx]
+    compute, kv = widths[:, 0], widths[:, 1]
+    b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
+    top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
+    return {
+        "act_bytes": b * s * h * compute,
+        "kv_bytes": 2 * b * s * kv * t.spec.head_dim * compute,
+        "routed_bytes": b * s * top_k * h * compute,
+    }
+
+
 def _row_seconds(
     t: _Tables,
     plan: dict[str, Any],
     other: dict[str, Any],
-    local_idx: Any,
+    sizes: dict[str, Any],
     layers: Any,
     moe_layers: Any,
     sends: Any,
@@ -861,17 +877,11 @@ def _row_seconds(
     for wire, fixed, per_micro, group, stride in other["dp_slots"]:
         term = CollectiveTerm("dp", "", "", 0, fixed, per_micro, group, stride, wire)
         dp_s = dp_s + term.seconds(m, gpn, nvlink, network)
-    widths = _stacked(t, "local_widths", np)[local_idx]
-    compute, kv = widths[:, 0], widths[:, 1]
-    b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
-    top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
     terms = model_parallel_terms(
-        act_bytes=b * s * h * compute, kv_bytes=2 * b * s * kv * t.spec.head_dim * compute,
-        routed_bytes=b * s * top_k * h * compute, tp=plan["tp"], cp=plan["cp"], ep=plan["ep"],
-        dp=plan["dp"], stage_layers=layers, moe_layers=moe_layers, sends=sends,
-        virtual=plan["virtual"],
+        **sizes, tp=plan["tp"], cp=plan["cp"], ep=plan["ep"], dp=plan["dp"],
+        stage_layers=layers, moe_layers=moe_layers, sends=sends, virtual=plan["virtual"],
     )  # fmt: skip
-    out = {"dp": dp_s + np.zeros(len(m))}
+    out = {"dp": dp_s if not isinstance(dp_s, float) else np.zeros(len(m))}
     for term in terms:
         out[term.parallelism] = term.seconds(m, gpn, nvlink, network)
     out["offload"] = offload_seconds(tuple(other["offload"]), m, pcie_bytes_per_s(t.gpu))
