@@ -149,10 +149,12 @@ def full_size_table() -> list[str]:
         "gaps in bytes on gloo in tests/test_gloo_proof.py): FSDP2's backward high point: the "
         "analytic engine holds the current and the prefetched layer gathered at the loss "
         "backward, the trace's high point comes after lm_head's reduce-scatter. Tensor "
-        "parallelism: torchtitan's plan (and Megatron's VocabParallelEmbedding) shards the "
-        "embeddings and lm_head by vocabulary rows over the TP group, the analytic engine "
-        "replicates them across TP (it no longer counts DDP buckets at dp = 1, where no DDP "
-        "runs).",
+        "parallelism: both engines shard the embeddings and lm_head by vocabulary rows over "
+        "the TP group (torchtitan's plan, Megatron's VocabParallelEmbedding), and count the "
+        "embedding's gradient over the whole vocabulary (DTensor keeps its rows as a view of "
+        "it); the analytic engine still counts autocast's bf16 copies of the TP weights, "
+        "which the trace does not keep for DTensor weights, and not the position_ids the "
+        "trace passes under sequence parallelism.",
     ]
     lines += ["", "Trace wall times (all traced ranks; recorded on a 2-core machine shared "
               "with other jobs, so noisy and high): " + "; ".join(times) + ".", "",

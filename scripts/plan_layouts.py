@@ -71,8 +71,9 @@ LAYOUTS = (
         "pytorch/torchtitan torchtitan/models/llama3/train_configs/llama3_70b.toml (commit "
         "f3534d7): 64 A100, TP 8 (torchtitan's plan: sequence-parallel norms, loss parallel), "
         "FSDP over the rest (dp 8), batch 8 per DP rank, seq 8,192, full activation "
-        "checkpointing. memplan keeps the lm_head and the loss replicated on the TP ranks (no "
-        "loss parallelism): the fp32 logits of 8 x 8,192 tokens weigh in its peak",
+        "checkpointing. memplan shards the lm_head by vocabulary but all-gathers the logits and "
+        "computes the loss on every TP rank (no loss parallelism): the fp32 logits of 8 x "
+        "8,192 tokens weigh in its peak",
         "meta-llama/Llama-3.1-70B",
         "A100-80GB",
         8,

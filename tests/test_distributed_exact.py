@@ -139,14 +139,23 @@ def test_deepspeed_partitions() -> None:
     assert z3.states["optimizer_states"] == 8 * part
 
 
-def test_tensor_parallel_shards_the_layers_and_replicates_the_rest() -> None:
+def test_tensor_parallel_shards_layers_and_vocabulary_and_replicates_the_norms() -> None:
     spec = resolve("llama-2-7b")
     tp = 8
     tensors = stage_tensors(spec, CPU, ParallelPlan(gpus_per_node=8, tp_degree=tp), 0)
     total = sum(t.numel for t in tensors)
     h, i, v, n_layers = 4096, 11008, 32000, 32
     per_layer = (4 * h * h + 3 * h * i) // tp + 2 * h  # q, k, v, o, gate, up, down; 2 norms
-    assert total == n_layers * per_layer + 2 * v * h + h  # embeddings, lm_head, final norm
+    # embeddings and lm_head by vocabulary rows (4,000 each), the final norm whole
+    assert total == n_layers * per_layer + 2 * (v // tp) * h + h
+
+
+def test_a_vocabulary_tp_does_not_divide_is_counted_at_its_largest_rank() -> None:
+    """DTensor's Shard(0) splits as torch.chunk: 250 rows over 4 ranks are 63, 63, 63, 61."""
+    spec = _tiny(vocab_size=250)
+    tensors = stage_tensors(spec, CPU, ParallelPlan(gpus_per_node=4, tp_degree=4), 0)
+    rows = {t.name: t.d0 for t in tensors if t.name in ("embed_tokens.weight", "lm_head.weight")}
+    assert rows == {"embed_tokens.weight": 63, "lm_head.weight": 63}
 
 
 def test_kv_heads_replicate_beyond_their_count() -> None:
@@ -240,3 +249,21 @@ def test_fsdp2_gloo_gathered_parameters_to_the_byte() -> None:
 def test_fsdp2_gloo_peak_to_the_byte() -> None:
     measured, group = _fsdp2_tiny()
     assert measured["Total"] == group.peak_bytes  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("experts", "ep", "gpus", "cp"), [(6, 2, 8, 1), (4, 2, 8, 1),
+                                                          (6, 3, 12, 1), (6, 2, 8, 2)])  # fmt: skip
+def test_expert_parallel_fsdp_rank_groups_hold_equal_states(
+    experts: int, ep: int, gpus: int, cp: int
+) -> None:
+    """FSDP2 shards experts over torchtitan's dp_shard_mod_ep (shard index dp_rank * cp // ep):
+    the ranks grouped together hold the same states, and different groups different ones."""
+    from memplan.estimate.distributed import _dp_classes
+
+    spec = _tiny("mixtral", num_local_experts=experts)
+    plan = _plan(gpus, ep_degree=ep, cp_degree=cp, sharding=Sharding.FSDP_FULL)
+    states = {d: stage_states(spec, CPU, plan, 0, d).states for d in range(plan.dp)}
+    groups = _dp_classes(spec, CPU, plan, 0)
+    assert sorted(r for g in groups for r in g) == list(range(plan.dp))
+    assert all(len({repr(states[r]) for r in g}) == 1 for g in groups)
+    assert len({repr(states[g[0]]) for g in groups}) == len(groups)

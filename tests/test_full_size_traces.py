@@ -35,16 +35,10 @@ KNOWN = {
     ("llama-2-7b", "--gpus 8 --fsdp shard-grad-op"): _FSDP_BACKWARD.format("+1.628 %"),
     ("llama-3-70b", "--gpus 64 --fsdp full"): _FSDP_BACKWARD.format("+2.088 %"),
     ("llama-2-7b", "--gpus 8 --tp 8 --sp"): (
-        "TP: the analytic engine replicates the embeddings and lm_head that torchtitan's plan "
-        "shards by vocabulary (+0.854 GiB parameters, +1.709 GiB optimizer states); the "
-        "autocast cache +0.214 GiB at peak_backward: after_load +27.224 %, peak_backward "
-        "+13.669 %"
-    ),
-    ("llama-3-70b", "--gpus 64 --tp 8 --sp --fsdp full"): (
-        "FSDP2 x TP: the analytic engine shards the embeddings and lm_head over dp = 8 only, "
-        "torchtitan's plan over tp x dp = 64 (+0.856 GiB parameters, +1.712 GiB optimizer "
-        "states), and holds +3.823 GiB more communication at peak_backward: after_load "
-        "+20.845 %, peak_backward +14.904 %"
+        "TP in bf16-mixed: the analytic engine counts autocast's bf16 weight copies, which the "
+        "trace does not keep for DTensor weights (+0.214 GiB activations): end_of_forward "
+        "+1.104 %, peak_backward +1.051 %; the model states are exact (vocabulary-sharded "
+        "embeddings and lm_head) but for 32,768 B of position_ids the trace passes"
     ),
 }
 """Recorded cases where a phase is more than 1 % off, with the measured error (strict)."""
@@ -56,6 +50,15 @@ EXACT_BUT = {
     ("llama-3-70b", "--gpus 64 --fsdp full"): {"peak_backward"},
 }
 """Recorded cases exact to the byte at every phase but these."""
+
+WITHIN_BUT_NOT_EXACT = {
+    ("llama-3-70b", "--gpus 64 --tp 8 --sp --fsdp full"): (
+        "FSDP2 x TP within 1 %, not to the byte: the trace passes position_ids under sequence "
+        "parallelism (-32,768 B inputs at every phase) and FSDP2's backward high point is "
+        "placed at the loss backward (peak_backward +0.929 %)"
+    ),
+}
+"""Recorded cases within the tolerance but not exact, with the measured gap (strict)."""
 
 
 def _key(case: dict) -> tuple[str, str]:
@@ -98,7 +101,10 @@ def test_analytic_within_one_percent_of_the_full_size_trace(case: dict) -> None:
     assert not off, off
 
 
-@pytest.mark.parametrize("case", _params({k: v for k, v in KNOWN.items() if k not in EXACT_BUT}))
+@pytest.mark.parametrize(
+    "case",
+    _params({**{k: v for k, v in KNOWN.items() if k not in EXACT_BUT}, **WITHIN_BUT_NOT_EXACT}),
+)
 def test_analytic_equals_the_full_size_trace_to_the_byte(case: dict) -> None:
     skip = EXACT_BUT.get(_key(case), set())
     gaps = {

@@ -186,7 +186,10 @@ _CPU_GQA = (
     "single-GPU engine, --target cpu, Llama/Qwen2/Mixtral with grouped KV heads and sdpa: "
     "+96,256 B of activations at end_of_forward (fp32; +48 B bf16)"
 )
-_CPU_ADAMW = "AdamW step temporaries on the cpu target: -4,096 B (DDP), -2,048 B (FSDP2)"
+_CPU_ADAMW = (
+    "AdamW step temporaries on the cpu target: -4,096 B (DDP), -2,048 B (FSDP2 or TP 2), "
+    "-1,024 B (FSDP2 x TP 2)"
+)
 _FSDP_BACKWARD = (
     "FSDP2 backward high point: the analytic one has +256,256 B activations and -110,848 B "
     "communication (llama, fp32; qwen2 -106,752 B, llama-odd W4 -109,312 B, mixtral -360,704 "
@@ -198,23 +201,17 @@ _FSDP_HALF = (
     "FSDP2 in bf16 compute: +184,832 B (bf16-mixed) / +92,416 B (bf16) communication at "
     "peak_backward, buffers the measurement does not hold at its high point"
 )
-_TP_VOCAB = (
-    "TP shards the embeddings and lm_head by vocabulary rows (torchtitan's plan, Megatron's "
-    "VocabParallelEmbedding): the analytic engine replicates them: +65,536 B parameters, "
-    "+131,072 B optimizer states, +32,768 B gradients at tp 2"
+_TP_GQA = (
+    "the cpu-target GQA gap above at tensor parallelism's half of the heads: +48,128 B "
+    "activations at end_of_forward and peak_backward (tp 2; +44,032 B with sequence parallelism)"
 )
-_TP_2D = "FSDP2 x TP: communication +65,536 B at end_of_forward and +158,208 B at peak_backward"
+_TP_2D = "FSDP2 x TP: communication +92,672 B at peak_backward"
 _SP_INPUTS = "sequence parallelism passes position_ids: -256 B inputs"
 _MOE = (
     "MoE backward high point: analytic +442,096 B activations, -360,704 B gradients (DDP) or "
     "communication (FSDP2) at peak_backward (fp32)"
 )
-ANALYTIC_STATES: dict[str, str] = {
-    "W2-llama/tp": _TP_VOCAB,
-    "W2-llama/tp-sp": _TP_VOCAB,
-    "W2-qwen2/tp-sp": _TP_VOCAB,
-    "W4-llama/fsdp-tp-sp": _TP_VOCAB + " (+32,768 B / +65,536 B at dp 2 x tp 2)",
-}
+ANALYTIC_STATES: dict[str, str] = {}
 ANALYTIC_COMMUNICATION: dict[str, str] = {
     "W2-llama/fsdp-full": _FSDP_BACKWARD,
     "W2-llama/fsdp-shard-grad-op": _FSDP_KEEP,
@@ -235,14 +232,14 @@ ANALYTIC_PHASES: dict[str, str] = {
     "W2-llama/fsdp-shard-grad-op": f"{_CPU_GQA}; {_FSDP_KEEP}",
     "W2-llama/fsdp-bf16-mixed": f"{_CPU_GQA}; {_FSDP_HALF}",
     "W2-llama/fsdp-bf16": f"{_CPU_GQA}; {_FSDP_HALF}",
-    "W2-llama/tp": _TP_VOCAB,
-    "W2-llama/tp-sp": f"{_TP_VOCAB}; {_SP_INPUTS}",
+    "W2-llama/tp": f"{_TP_GQA}; {_CPU_ADAMW}",
+    "W2-llama/tp-sp": f"{_TP_GQA}; {_SP_INPUTS}; {_CPU_ADAMW}",
     "W2-qwen2/fsdp-full": f"{_CPU_GQA}; {_FSDP_BACKWARD}",
-    "W2-qwen2/tp-sp": f"{_TP_VOCAB}; {_SP_INPUTS}",
+    "W2-qwen2/tp-sp": f"{_TP_GQA}; {_SP_INPUTS}; AdamW step temporaries -256 B",
     "W2-mixtral/ddp": f"{_CPU_GQA}; {_MOE}",
     "W2-mixtral/fsdp-full": f"{_CPU_GQA}; {_MOE}",
     "W4-llama-odd/fsdp-full": f"{_CPU_GQA}; {_FSDP_BACKWARD}",
-    "W4-llama/fsdp-tp-sp": f"{_TP_VOCAB}; {_TP_2D}; {_SP_INPUTS}",
+    "W4-llama/fsdp-tp-sp": f"{_TP_GQA}; {_TP_2D}; {_SP_INPUTS}; {_CPU_ADAMW}",
     "W4-mixtral/fsdp-bf16-mixed": f"{_MOE}; {_FSDP_HALF}",
 }
 

@@ -90,6 +90,15 @@ class LocalTensor:
     expert: bool
     group: str
     """FSDP unit: ``layers.<i>`` or ``root`` (embeddings, final norm, lm_head)."""
+    grad_numel: int = 0
+    """Elements of the storage its gradient keeps alive when it is not sharded by FSDP (0: its
+    own ``numel``). Under tensor parallelism DTensor computes the vocabulary-sharded embedding's
+    gradient over the whole vocabulary and keeps its ``Shard(0)`` rows as a view of it
+    (measured on gloo, tests/test_gloo_proof.py)."""
+
+    @property
+    def grad_storage_numel(self) -> int:
+        return self.grad_numel or self.numel
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +154,9 @@ def local_spec(spec: ModelSpec, plan: ParallelPlan) -> ModelSpec:
 def _local_spec(spec: ModelSpec, tp: int) -> ModelSpec:
     """The model one tensor-parallel rank computes: ``heads / tp`` query heads, its KV heads
     (``kv / tp``, or one replicated head when ``tp > kv`` as Megatron does), ``width / tp`` for
-    the MLP and the shared experts; the hidden size, norms, embeddings and lm_head unchanged
-    (replicated: memplan models the layer plan of DIST-NOTES, not a vocabulary-parallel head)."""
+    the MLP and the shared experts; the hidden size and norms unchanged. The embeddings and
+    lm_head keep their full vocabulary here (the logits are all-gathered to it); their
+    parameters are sharded by vocabulary rows in :func:`_stage_tensors`."""
     if tp == 1:
         return spec
     kv = max(1, spec.n_kv_heads // tp)
@@ -225,6 +235,11 @@ def _stage_tensors(
         numel, expert = t.numel, t.role == "experts"
         if expert:
             d0, numel = d0 // ep, numel // ep
+        grad_numel = 0
+        if tp > 1 and t.name in VOCAB_PARALLEL:
+            rows = vocab_rows_per_rank(d0, tp)
+            d0, numel = rows, rows * (numel // max(d0, 1))
+            grad_numel = t.numel if t.role == "embedding" else 0
         group = f"layers.{t.layer}" if t.layer >= 0 else "root"
         out.append(
             LocalTensor(
@@ -236,15 +251,40 @@ def _stage_tensors(
                 _trainable(t, spec, setup),
                 expert,
                 group,
+                grad_numel,
             )
         )
     return tuple(out)
+
+
+VOCAB_PARALLEL = frozenset({"embed_tokens.weight", "lm_head.weight", "lm_head.bias"})
+"""Tensors tensor parallelism shards by vocabulary rows: the token embeddings (torchtitan's
+``RowwiseParallel`` on ``embed_tokens``, Megatron's ``VocabParallelEmbedding``) and the lm_head
+(``ColwiseParallel``, Megatron's ``ColumnParallelLinear`` output layer)."""
+
+
+def vocab_rows_per_rank(vocab: int, tp: int) -> int:
+    """Vocabulary rows on the first (largest) TP rank: DTensor's ``Shard(0)`` splits dim 0 as
+    ``torch.chunk`` does, ``ceil(vocab / tp)`` rows per rank and the remainder on the last
+    ones. A vocabulary that ``tp`` does not divide leaves the last TP ranks smaller: memplan
+    reports the largest."""
+    return -(-vocab // tp)
 
 
 def _shard_world(plan: ParallelPlan, expert: bool) -> int:
     """Ranks a tensor's states are sharded over: dp (x cp, as torchtitan's ``dp_shard_cp``);
     expert tensors over the expert-data-parallel ranks ``dp * cp / ep``."""
     return _shard_worlds(plan)[expert]
+
+
+def fsdp_shard_index(plan: ParallelPlan, dp_rank: int, expert: bool) -> int:
+    """Which shard data-parallel rank ``dp_rank`` holds of a tensor: its own index for dense
+    tensors; for experts its index along torchtitan's ``dp_shard_mod_ep`` mesh dimension (the
+    data-parallel ranks ``dp x cp`` split as ``dp_shard_mod_ep x ep``, experts FSDP-sharded
+    over the first): ``dp_rank * cp // ep``."""
+    if not expert or plan.ep_degree == 1:
+        return dp_rank
+    return dp_rank * plan.cp_degree // plan.ep_degree
 
 
 @lru_cache(maxsize=4096)
@@ -345,7 +385,8 @@ def _torch_states(
         hit = seen.get(key)
         if hit is None:
             hit = seen[key] = _tensor_states(setup, reg, r, t, _shard_world(plan, t.expert),
-                                             dp_rank, fsdp)  # fmt: skip
+                                             fsdp_shard_index(plan, dp_rank, t.expert),
+                                             fsdp)  # fmt: skip
         stored, param_bytes, state_bytes, step_bytes = hit
         params += param_bytes
         if not t.trainable:
@@ -364,7 +405,9 @@ def _torch_states(
                            for t in embed) * reg.grad_bytes, r)  # fmt: skip
         emb, head = min(emb, root), root - min(emb, root)
     else:
-        sizes_by = [(t, round_up(t.numel * reg.grad_bytes, r)) for t in tensors if t.trainable]
+        sizes_by = [
+            (t, round_up(t.grad_storage_numel * reg.grad_bytes, r)) for t in tensors if t.trainable
+        ]
         grads = sum(v for _, v in sizes_by)
         emb = sum(v for t, v in sizes_by if t.layer < 0 and "embed" in t.name)
         head = sum(v for t, v in sizes_by if t.layer < 0) - emb

@@ -53,6 +53,7 @@ from memplan.estimate.dist_rank import (
 )
 from memplan.estimate.dist_states import (
     StageStates,
+    fsdp_shard_index,
     stage_layers,
     stage_states,
     stage_tensors,
@@ -136,12 +137,23 @@ def _dp_classes_cached(
         w = world // plan.ep_degree if t.expert else world
         chunk = -(-t.d0 // w)
         full = t.d0 // chunk
-        points.update(p for p in (full, full + 1) if p < dp)
+        for index in (full, full + 1):  # the first shard index past the full chunks, and next
+            # an expert's shard index is dp_rank * cp // ep: it reaches ``index`` at this rank
+            p = -(-index * plan.ep_degree // plan.cp_degree) if t.expert else index
+            if p < dp:
+                points.add(p)
     cuts = sorted(points)
-    # ranks with equal views of every distinct tensor shape hold equal states
-    shapes = dict.fromkeys((t.d0, t.rest) for t in stage_tensors(spec, setup, plan, stage))
+    # ranks with equal views of every distinct tensor shape hold equal states (an expert
+    # tensor is sharded over the expert-data-parallel ranks, world / ep)
+    shapes = dict.fromkeys(
+        (t.d0, t.rest, world // plan.ep_degree if t.expert else world, t.expert)
+        for t in stage_tensors(spec, setup, plan, stage)
+    )
     signature = [
-        tuple(fsdp_local_view_numel(d0, rest, world, r % world) for d0, rest in shapes)
+        tuple(
+            fsdp_local_view_numel(d0, rest, w, fsdp_shard_index(plan, r, expert))
+            for d0, rest, w, expert in shapes
+        )
         for r in cuts
     ]
     classes: dict[tuple[int, ...], list[int]] = {}

@@ -290,9 +290,10 @@ def _state_index(
     see data and context parallelism only through ``dp * cp`` (the shard world,
     ``dist_states._shard_worlds``; the collectives' group, ``dist_time.dp_terms``): plans
     differing only in how ``dp * cp`` splits share them, computed once on the plan with that
-    product as ``dp`` (:func:`_canonical`). ``where``: (shard, offload, device, first stage,
-    last stage, the stage's layer kinds)."""
-    n = bare.dp * bare.cp_degree
+    product as ``dp`` (:func:`_canonical`), except with expert parallelism: an expert's FSDP
+    shard index is ``dp_rank * cp // ep`` (``dist_states.fsdp_shard_index``), so cp is kept.
+    ``where``: (shard, offload, device, first stage, last stage, the stage's layer kinds)."""
+    n = (bare.dp * bare.cp_degree, bare.cp_degree if bare.ep_degree > 1 else 1)
     key = (bare.tp_degree, bare.ep_degree, n, bare.sharding, dp_rank, *where)
     index = t.state_index.get(key)
     if index is None:
@@ -314,12 +315,12 @@ def _states(
     t: _Tables, canon: ParallelPlan, stage: int, dp_rank: int, key: tuple[Any, ...]
 ) -> StageStates:
     """``dist_states.stage_states`` of ``canon`` (``key``: :func:`_state_index`'s without
-    offload). FSDP2 shard-grad-op, and hybrid sharding over all ``dp`` ranks, hold the states
-    of FSDP2 full (the same shards in the same dtypes; their collectives differ, not their
+    offload). FSDP2 shard-grad-op, and hybrid sharding over all ``dp x cp`` ranks, hold the
+    states of FSDP2 full (the same shards in the same dtypes; their collectives differ, not their
     states): computed once for the three."""
     sharding, shard = canon.sharding, key[5]
     if sharding is Sharding.FSDP_SHARD_GRAD_OP or (
-        sharding is Sharding.FSDP_HYBRID and shard == canon.dp
+        sharding is Sharding.FSDP_HYBRID and shard == canon.dp * canon.cp_degree
     ):
         sharding = Sharding.FSDP_FULL
         canon = dataclasses.replace(canon, sharding=sharding, hsdp_shard_degree=None)
@@ -333,8 +334,9 @@ def _states(
 
 def _canonical(plan: ParallelPlan, shard: int) -> ParallelPlan:
     """``plan`` with context parallelism folded into data parallelism (``dp * cp`` data-parallel
-    ranks, the same FSDP hybrid shard group): what its model states are computed on."""
-    if plan.cp_degree == 1:
+    ranks, the same FSDP hybrid shard group): what its model states are computed on; with
+    expert parallelism ``plan`` itself (the experts' shard index reads cp, :func:`_state_index`)."""
+    if plan.cp_degree == 1 or plan.ep_degree > 1:
         return plan
     return dataclasses.replace(
         plan, cp_degree=1, dp_degree=plan.dp * plan.cp_degree, hsdp_shard_degree=shard or None
@@ -363,12 +365,13 @@ def _dp_classes(
     t: _Tables, plan: ParallelPlan, stage: int, where: tuple[Any, ...]
 ) -> tuple[tuple[int, ...], ...]:
     """``distributed._dp_classes_cached``: the data-parallel ranks of pipeline rank ``stage``
-    grouped by identical states. They depend on the FSDP shard world, dp, and the stage's
-    tensors (tp, ep, its layers' kinds and ends: ``where``), not on the virtual stages or
-    FSDP2's full / shard-grad-op choice; one class of every rank without FSDP sharding."""
+    grouped by identical states. They depend on the FSDP shard world, dp, cp (an expert's
+    shard index) and the stage's tensors (tp, ep, its layers' kinds and ends: ``where``), not
+    on the virtual stages or FSDP2's full / shard-grad-op choice; one class of every rank
+    without FSDP sharding."""
     fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
     world = _shard_worlds(plan)[0] if fsdp else 0
-    key = (plan.dp, world, plan.tp_degree, plan.ep_degree, *where)
+    key = (plan.dp, plan.cp_degree, world, plan.tp_degree, plan.ep_degree, *where)
     hit = t.dp_classes.get(key)
     if hit is None:
         hit = t.dp_classes[key] = _dp_classes_cached(t.spec, _static_key(t.setup), plan, stage)
