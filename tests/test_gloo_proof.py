@@ -167,7 +167,9 @@ def test_memplan_tracker_equals_pytorch_memtracker(
         ours = _phases(result["report"])
         theirs = result["memtracker"]
         for phase, total in theirs["phases"].items():
-            assert ours[phase][0] == total, f"rank {rank} {phase}"
+            # both breakdowns in the message: a disagreement says which category moved
+            why = f"rank {rank} {phase}: {ours[phase][1]} vs {theirs['categories'][phase]}"
+            assert ours[phase][0] == total, why
         for phase in ("after_load", "after_backward", "after_zero_grad"):
             mapped: dict[str, int] = {}
             for key, value in theirs["categories"][phase].items():
