@@ -11,9 +11,13 @@ Plans removed by a rule before evaluation are not counted.
 Figures, CPU time (``time.process_time``, one process, one core; a loaded machine skews it less
 than wall time), the median of ``--runs`` runs:
 
-- ``search, cold``: the whole ``search()`` in a fresh process (enumeration; the scalar tables
-  the grid gathers from: rank-local models, rank states, data-parallel collectives, built by
-  the per-plan engine for each distinct key; the arrays; the ranking);
+- ``search, cold``: the whole ``search()`` in a fresh process (importing NumPy; enumeration;
+  the scalar tables the grid gathers from, built for the whole grid before its chunks; the
+  arrays; the ranking);
+- ``tables, cold``: of the cold search, ``plan_grid.fill_tables``: the per-plan engine run
+  once per distinct key (rank-local models per (tp, cp, sp, cast, micro-batch,
+  checkpointing); rank states, data-parallel classes and collectives per (tp, ep, dp x cp,
+  runtime, stage kind)) and the plans' structures laid out on arrays;
 - ``enumeration``: ``enumerate_batch`` alone (rules per structure, plans laid out on arrays);
 - ``evaluation, tables built``: ``evaluate_grid`` over the ``PlanBatch`` in the search's chunks
   (``plan_search.CHUNK`` plans) once the scalar tables exist (gathering them by index, every rank's phases, communication buffers,
@@ -50,12 +54,23 @@ def _question() -> tuple[Any, Any, TrainingSetup, SearchSpace]:
 
 
 def _cold() -> None:
-    """One cold search in this (fresh) process: prints CPU seconds, then the counts."""
+    """One cold search in this (fresh) process: prints CPU seconds (the search, the tables),
+    then the counts."""
+    from memplan.estimate import plan_search
+
     spec, gpu, setup, space = _question()
+    fill, tables = plan_search.fill_tables, []
+
+    def timed(*a: Any) -> None:
+        begin = time.process_time()
+        fill(*a)
+        tables.append(time.process_time() - begin)
+
+    plan_search.fill_tables = timed  # type: ignore[assignment]
     start = time.process_time()
     r = search(spec, setup, gpu, space)
     cpu = time.process_time() - start
-    print(cpu, r.plans_considered, r.plans_evaluated, r.plans_feasible)
+    print(cpu, sum(tables), r.plans_considered, r.plans_evaluated, r.plans_feasible)
 
 
 def _cpu(fn: Any, runs: int) -> float:
@@ -75,13 +90,14 @@ def main() -> None:
     if args.cold:
         _cold()
         return
-    colds = []
+    colds, fills = [], []
     for _ in range(max(1, args.runs // 2)):
         out = subprocess.run([sys.executable, __file__, "--cold"], capture_output=True,
                              text=True, check=True).stdout.split()  # fmt: skip
         colds.append(float(out[0]))
-        considered, n, feasible = (int(x) for x in out[1:])
-    cold = statistics.median(colds)
+        fills.append(float(out[1]))
+        considered, n, feasible = (int(x) for x in out[2:])
+    cold, fill = statistics.median(colds), statistics.median(fills)
     spec, gpu, setup, space = _question()
     enum = _cpu(lambda: enumerate_batch(spec, setup, space), args.runs)
     batch, _, _ = enumerate_batch(spec, setup, space)
@@ -115,7 +131,7 @@ def main() -> None:
     print(f"  plans: {considered:,} considered, {n:,} evaluated (a plan: a layout that passed "
           f"the rules, every rank group judged), {feasible:,} fit")  # fmt: skip
     print(f"  CPU time, one core, median of {args.runs} runs ({len(colds)} for the cold search):")
-    for label, secs in (("search, cold", cold), ("enumeration", enum),
+    for label, secs in (("search, cold", cold), ("tables, cold", fill), ("enumeration", enum),
                         ("evaluation, tables built", evaluation), ("array arithmetic", arith)):  # fmt: skip
         print(f"  {label:<26} {secs:8.3f} s {n / secs:>12,.0f} plans/s")
     for label, secs in (("search end to end", cold), ("evaluation", evaluation)):

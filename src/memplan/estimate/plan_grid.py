@@ -29,6 +29,7 @@ bit of the float (tests/test_plan_search.py draws 10,000 plans and compares).
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,8 @@ from memplan.estimate.dist_rank import (
 from memplan.estimate.dist_states import (
     StageStates,
     _offload,
-    local_spec,
+    _shard_worlds,
+    activation_precision,
     stage_layers,
     stage_states,
 )
@@ -71,7 +73,15 @@ from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import Offload, OffloadDevice, ParallelPlan, Schedule, Sharding
 from memplan.specs.training import Checkpointing, TrainingSetup
 
-__all__ = ["CHECKPOINTINGS", "GridResult", "PlanBatch", "PlanRow", "evaluate_grid", "new_tables"]
+__all__ = [
+    "CHECKPOINTINGS",
+    "GridResult",
+    "PlanBatch",
+    "PlanRow",
+    "evaluate_grid",
+    "fill_tables",
+    "new_tables",
+]
 
 DP_SLOTS = 6
 """Data-parallel collectives per stage, at most: 3 for the dense tensors, 3 for the experts."""
@@ -167,8 +177,21 @@ class _Tables:
     states: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     groups: dict[tuple[Any, ...], list[tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     flops: dict[int, float] = dataclasses.field(default_factory=dict)
+    setups: dict[tuple[int, Checkpointing], TrainingSetup] = dataclasses.field(default_factory=dict)
     stage_cache: dict[tuple[Any, ...], list[int]] = dataclasses.field(default_factory=dict)
+    state_index: dict[tuple[Any, ...], int] = dataclasses.field(default_factory=dict)
+    state_base: dict[tuple[Any, ...], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    """Per rank's states before offload: (states, data-parallel slots, layer gradients)."""
     stacked: dict[str, tuple[int, Any]] = dataclasses.field(default_factory=dict)
+    stage_kinds: dict[tuple[int, int], list[tuple[Any, ...]]] = dataclasses.field(
+        default_factory=dict
+    )
+    dp_classes: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    shapes: dict[tuple[Any, ...], RankShape] = dataclasses.field(default_factory=dict)
+    layer_grads: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
+    state_only: dict[tuple[Any, ...], StageStates] = dataclasses.field(default_factory=dict)
+    structures: Any = None
+    """The last batch's structures as arrays (:class:`_Structures`)."""
     """Each table as arrays (built once per table length, gathered by row index)."""
 
 
@@ -177,43 +200,40 @@ def new_tables(spec: ModelSpec, setup: TrainingSetup, gpu: Gpu) -> _Tables:
     return _Tables(spec, dataclasses.replace(setup, batch=1), gpu)
 
 
-def _setup_for(base: TrainingSetup, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
-    return dataclasses.replace(base, batch=micro_batch, checkpointing=ckpt)
+def _setup_for(t: _Tables, micro_batch: int, ckpt: Checkpointing) -> TrainingSetup:
+    """The setup at ``micro_batch`` and ``ckpt`` (one per pair: building one validates it)."""
+    setup = t.setups.get((micro_batch, ckpt))
+    if setup is None:
+        setup = dataclasses.replace(t.setup, batch=micro_batch, checkpointing=ckpt)
+        t.setups[micro_batch, ckpt] = setup
+    return setup
 
 
 def _local(
     t: _Tables, plan: ParallelPlan, micro_batch: int, ckpt: Checkpointing, part: tuple[Any, ...]
 ) -> int:
-    """Index of the local model's numbers (one per ``part`` = (tp, cp, sp, whether the runtime
-    casts the model to half), micro-batch and checkpointing)."""
+    """Index of the local model's numbers (one per ``part`` = (tp, cp, sp, the precision the
+    runtime computes in), micro-batch and checkpointing)."""
     key = (*part, micro_batch, ckpt)
     index = t.local_index.get(key)
     if index is None:
-        setup = _setup_for(t.setup, micro_batch, ckpt)
+        setup = _setup_for(t, micro_batch, ckpt)
         local = local_step_fast(t.spec, setup, plan)
         t.locals_.append(local_numbers(t.spec, local))
-        kv = local_spec(t.spec, plan).n_kv_heads
-        t.local_widths.append((local.plan.regime.compute_bytes, kv))
+        # the local plan's model is the tensor-parallel rank's (dist_states.local_spec)
+        t.local_widths.append((local.plan.regime.compute_bytes, local.plan.spec.n_kv_heads))
         index = t.local_index[key] = len(t.locals_) - 1
     return index
 
 
-def _state_row(t: _Tables, plan: ParallelPlan, stage: int, states: StageStates) -> dict[str, Any]:
+def _state_row(
+    t: _Tables, plan: ParallelPlan, states: StageStates, slots: list[Any], grads: _LayerGrads
+) -> dict[str, Any]:
     """The numbers of one rank group's states: memory, gradients scaled for the single-stage
-    backward, data-parallel collectives (padded to :data:`DP_SLOTS`) and offload transfers."""
+    backward, data-parallel collectives (``slots``: :func:`_dp_slots`) and offload transfers
+    (``plan``: whether it offloads)."""
     state = StateNumbers.of(states)
-    tplan = _local_plan(t.spec, t.setup, plan)
-    grads = _LayerGrads(
-        tuple((g.count, g.grad_bytes) for g in tplan.layers),
-        next(g for g in tplan.layers if g.first).grad_bytes,
-        sum(g.count * g.grad_bytes for g in tplan.layers),
-    )
     layers, first = rank_layer_gradients(grads, state)
-    terms = dp_terms(t.spec, t.setup, plan, stage)
-    assert len(terms) <= DP_SLOTS
-    slots = [(x.wire_bytes_per_call, x.fixed_calls, x.calls_per_micro_batch, x.group_size,
-              x.stride) for x in terms]  # fmt: skip
-    slots += [(0.0, 0, 0, 1, 1)] * (DP_SLOTS - len(slots))
     row = {f.name: getattr(state, f.name) for f in dataclasses.fields(StateNumbers)}
     row.update(
         persistent=sum(states.persistent_comm.values()),
@@ -225,6 +245,31 @@ def _state_row(t: _Tables, plan: ParallelPlan, stage: int, states: StageStates) 
     return row
 
 
+def _dp_slots(t: _Tables, plan: ParallelPlan, stage: int) -> list[Any]:
+    """The data-parallel collectives of pipeline rank ``stage`` as numbers, padded to
+    :data:`DP_SLOTS` (wire bytes per call, fixed calls, calls per micro-batch, group, stride)."""
+    terms = dp_terms(t.spec, t.setup, plan, stage)
+    assert len(terms) <= DP_SLOTS
+    slots = [(x.wire_bytes_per_call, x.fixed_calls, x.calls_per_micro_batch, x.group_size,
+              x.stride) for x in terms]  # fmt: skip
+    return slots + [(0.0, 0, 0, 1, 1)] * (DP_SLOTS - len(slots))
+
+
+def _layer_grads(t: _Tables, plan: ParallelPlan) -> _LayerGrads:
+    """The rank-local model's layer gradients (what :func:`rank_layer_gradients` scales), kept
+    per (tp, the precision the runtime computes in): what the local plan depends on."""
+    key = (plan.tp_degree, activation_precision(t.setup, plan))
+    hit = t.layer_grads.get(key)
+    if hit is None:
+        tplan = _local_plan(t.spec, t.setup, plan)
+        hit = t.layer_grads[key] = _LayerGrads(
+            tuple((g.count, g.grad_bytes) for g in tplan.layers),
+            next(g for g in tplan.layers if g.first).grad_bytes,
+            sum(g.count * g.grad_bytes for g in tplan.layers),
+        )
+    return hit
+
+
 @dataclass(frozen=True, slots=True)
 class _LayerGrads:
     layer_groups: tuple[tuple[int, int], ...]
@@ -232,49 +277,155 @@ class _LayerGrads:
     layers_grad: int
 
 
+def _state_index(
+    t: _Tables,
+    bare: ParallelPlan,
+    plan: ParallelPlan,
+    stage: int,
+    dp_rank: int,
+    where: tuple[Any, ...],
+) -> int:
+    """Index in ``t.states`` of the states of ``dp_rank`` on pipeline rank ``stage`` of
+    ``plan`` (``bare``: the plan without offload). Model states and data-parallel collectives
+    see data and context parallelism only through ``dp * cp`` (the shard world,
+    ``dist_states._shard_worlds``; the collectives' group, ``dist_time.dp_terms``): plans
+    differing only in how ``dp * cp`` splits share them, computed once on the plan with that
+    product as ``dp`` (:func:`_canonical`), except with expert parallelism: an expert's FSDP
+    shard index is ``dp_rank * cp // ep`` (``dist_states.fsdp_shard_index``), so cp is kept.
+    ``where``: (shard, offload, device, first stage, last stage, the stage's layer kinds)."""
+    n = (bare.dp * bare.cp_degree, bare.cp_degree if bare.ep_degree > 1 else 1)
+    key = (bare.tp_degree, bare.ep_degree, n, bare.sharding, dp_rank, *where)
+    index = t.state_index.get(key)
+    if index is None:
+        base_key = (*key[:6], *key[8:])  # without offload: the states before it
+        base = t.state_base.get(base_key)
+        if base is None:
+            canon = _canonical(bare, where[0])
+            base = (_states(t, canon, stage, dp_rank, base_key), _dp_slots(t, canon, stage),
+                    _layer_grads(t, canon))  # fmt: skip
+            t.state_base[base_key] = base
+        states, slots, grads = base
+        # the states before offload do not depend on it (dist_states._stage_states)
+        t.states.append(_state_row(t, plan, _offload(states, plan), slots, grads))
+        index = t.state_index[key] = len(t.states) - 1
+    return index
+
+
+def _states(
+    t: _Tables, canon: ParallelPlan, stage: int, dp_rank: int, key: tuple[Any, ...]
+) -> StageStates:
+    """``dist_states.stage_states`` of ``canon`` (``key``: :func:`_state_index`'s without
+    offload). FSDP2 shard-grad-op, and hybrid sharding over all ``dp x cp`` ranks, hold the
+    states of FSDP2 full (the same shards in the same dtypes; their collectives differ, not their
+    states): computed once for the three."""
+    sharding, shard = canon.sharding, key[5]
+    if sharding is Sharding.FSDP_SHARD_GRAD_OP or (
+        sharding is Sharding.FSDP_HYBRID and shard == canon.dp * canon.cp_degree
+    ):
+        sharding = Sharding.FSDP_FULL
+        canon = dataclasses.replace(canon, sharding=sharding, hsdp_shard_degree=None)
+        key = (*key[:3], sharding, key[4], 0, *key[6:])
+    hit = t.state_only.get(key)
+    if hit is None:
+        hit = t.state_only[key] = stage_states(t.spec, _static_key(t.setup), canon, stage,
+                                               dp_rank)  # fmt: skip
+    return hit
+
+
+def _canonical(plan: ParallelPlan, shard: int) -> ParallelPlan:
+    """``plan`` with context parallelism folded into data parallelism (``dp * cp`` data-parallel
+    ranks, the same FSDP hybrid shard group): what its model states are computed on; with
+    expert parallelism ``plan`` itself (the experts' shard index reads cp, :func:`_state_index`)."""
+    if plan.cp_degree == 1 or plan.ep_degree > 1:
+        return plan
+    return dataclasses.replace(
+        plan, cp_degree=1, dp_degree=plan.dp * plan.cp_degree, hsdp_shard_degree=shard or None
+    )
+
+
 _GROUP_FIELDS = tuple(
     f.name for f in dataclasses.fields(ParallelPlan)
     if f.name not in ("sequence_parallel", "global_batch", "micro_batches", "schedule")
 )  # fmt: skip
 """The plan's fields its rank groups depend on (the schedule only through virtual stages)."""
+_group_fields = operator.attrgetter(*_GROUP_FIELDS)
+
+
+def _keys(plan: ParallelPlan) -> tuple[ParallelPlan, ParallelPlan]:
+    """``plan`` without what its states do not depend on (sequence parallelism, the batch, the
+    schedule beyond its virtual stages), and that without offload."""
+    key = dataclasses.replace(
+        plan, sequence_parallel=False, global_batch=None, micro_batches=None,
+        schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
+    )  # fmt: skip
+    return key, dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
+
+
+def _dp_classes(
+    t: _Tables, plan: ParallelPlan, stage: int, where: tuple[Any, ...]
+) -> tuple[tuple[int, ...], ...]:
+    """``distributed._dp_classes_cached``: the data-parallel ranks of pipeline rank ``stage``
+    grouped by identical states. They depend on the FSDP shard world, dp, cp (an expert's
+    shard index) and the stage's tensors (tp, ep, its layers' kinds and ends: ``where``), not
+    on the virtual stages or FSDP2's full / shard-grad-op choice; one class of every rank
+    without FSDP sharding."""
+    fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
+    world = _shard_worlds(plan)[0] if fsdp else 0
+    key = (plan.dp, plan.cp_degree, world, plan.tp_degree, plan.ep_degree, *where)
+    hit = t.dp_classes.get(key)
+    if hit is None:
+        hit = t.dp_classes[key] = _dp_classes_cached(t.spec, _static_key(t.setup), plan, stage)
+    return hit
+
+
+def _stage_kinds(t: _Tables, plan: ParallelPlan) -> list[tuple[Any, ...]]:
+    """(stage, layers, the layers' kinds (MoE or not), stage boundaries sent across) of the
+    pipeline ranks of ``plan`` (its stages and virtual chunks), the earliest of those alike in
+    all of these and in being first or last (the others are the same rank groups)."""
+    pp, virtual = plan.pp_degree, plan.virtual_stages
+    hit = t.stage_kinds.get((pp, virtual))
+    if hit is not None:
+        return hit
+    out, seen = [], set()
+    for stage in range(pp):
+        layers = stage_layers(t.spec, plan, stage)
+        kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
+        sends = (stage < pp - 1) + (stage > 0)
+        sig = (len(layers), kinds, sends, stage == 0, stage == pp - 1)
+        if sig not in seen:
+            seen.add(sig)
+            out.append((stage, len(layers), kinds, sends))
+    t.stage_kinds[(pp, virtual)] = out
+    return out
 
 
 def _groups(t: _Tables, plan: ParallelPlan) -> list[tuple[int, ...]]:
     """(stage, state index, first data-parallel class, layers, MoE layers, stage boundaries
     sent across) of every rank group of ``plan``; the states do not depend on the schedule
     beyond the virtual stages, nor on sequence parallelism or the global batch."""
-    fast = tuple(getattr(plan, f) for f in _GROUP_FIELDS)
+    fast = _group_fields(plan)
     hit = t.groups.get(fast)
     if hit is not None:
         return hit
-    key = dataclasses.replace(
-        plan, sequence_parallel=False, global_batch=None, micro_batches=None,
-        schedule=Schedule.INTERLEAVED if plan.virtual_stages > 1 else Schedule.ONE_F_ONE_B,
-    )  # fmt: skip
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
-    p, ks = plan.pp_degree, _static_key(t.setup)
-    bare = dataclasses.replace(key, offload=Offload.NONE, offload_device=OffloadDevice.CPU)
+    p = plan.pp_degree
+    keys = None  # built when a stage's states are not in the tables yet
     shard = plan.hybrid_shard_degree if plan.sharding is Sharding.FSDP_HYBRID else 0
     base = (plan.tp_degree, plan.cp_degree, plan.ep_degree, plan.dp, plan.sharding, shard,
             plan.offload, plan.offload_device)  # fmt: skip
-    for stage in range(p):
-        layers = stage_layers(t.spec, key, stage)
-        kinds = tuple(t.spec.is_moe_layer(i) for i in layers)
+    for stage, n_layers, kinds, sends in _stage_kinds(t, plan):
         # stages holding the same kinds of layers (and the same ends) hold the same states
         skey = (*base, stage == 0, stage == p - 1, kinds)
         entry = t.stage_cache.get(skey)
         if entry is None:
-            entry = []
-            for dp_ranks in _dp_classes_cached(t.spec, ks, bare, stage):
-                # the states before offload do not depend on it (dist_states._stage_states)
-                states = _offload(stage_states(t.spec, ks, bare, stage, dp_ranks[0]), key)
-                t.states.append(_state_row(t, key, stage, states))
-                entry.append(len(t.states) - 1)
+            keys = keys or _keys(plan)
+            key, bare = keys
+            entry = [_state_index(t, bare, key, stage, dp_ranks[0], skey[5:])
+                     for dp_ranks in _dp_classes(t, bare, stage, skey[8:])]  # fmt: skip
             t.stage_cache[skey] = entry
-        sends = (stage < p - 1) + (stage > 0)
         for j, index in enumerate(entry):
-            row = (stage, index, int(j == 0), len(layers), sum(kinds), sends)
+            row = (stage, index, int(j == 0), n_layers, sum(kinds), sends)
             # a later stage with the same states, layers and sends holds no more micro-batches
             # in flight (formulas.parallel.in_flight_chunks does not grow with the stage) and
             # joins the same collectives: the earliest such stage is the one that can be worst
@@ -309,7 +460,9 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
     if name == "locals":
         columns = {f.name: _stack([getattr(x, f.name) for x in table], everything, np)
                    for f in dataclasses.fields(LocalNumbers)
-                   if f.name not in ("layer_groups", "n_layers", "round_to", "layers_grad")}  # fmt: skip
+                   if f.name not in ("parts", "layer_groups", "n_layers", "round_to",
+                                     "layers_grad")}  # fmt: skip
+        columns["parts"] = _collapsed([x.parts for x in table], np)
         parts = {"parts": columns.pop("parts")}
         value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
     elif name == "local_widths":
@@ -318,6 +471,26 @@ def _stacked(t: _Tables, name: str, np: Any) -> Any:
         value = _state_table(table, np)
     t.stacked[name] = (len(table), value)
     return value
+
+
+_STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
+"""The categories ``train_step.with_states`` sets in every phase (the model states)."""
+
+
+def _collapsed(parts: list[dict[str, dict[str, int]]], np: Any) -> dict[str, dict[str, Any]]:
+    """The local models' ``parts`` stacked, each phase's categories other than the model
+    states summed into ``temporaries`` (the grid needs the phases' totals only: the totals,
+    and so the peak and the backward high point ``first_max`` picks, are the same; integers,
+    so exactly). A phase a model does not have is 0."""
+    names = list(dict.fromkeys(name for p in parts for name in p))
+
+    def other(cats: dict[str, int] | None) -> int:
+        if cats is None:
+            return 0
+        return sum(cats.values()) - sum(cats.get(k, 0) for k in _STATE_CATEGORIES)
+
+    totals = np.asarray([[other(p.get(name)) for name in names] for p in parts], dtype=np.int64)
+    return {name: {"temporaries": totals[:, j]} for j, name in enumerate(names)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,48 +567,126 @@ def evaluate_grid(
 
     t = tables if tables is not None else new_tables(spec, setup, gpu)
     batch = rows if isinstance(rows, PlanBatch) else PlanBatch.of(rows)
-    # the structures this batch uses (a chunk of a search shares the search's structures)
-    used, ps = np.unique(batch.structure, return_inverse=True)
-    ps = ps.reshape(-1)
-    b, c = batch.micro_batch, batch.checkpointing
-    plans = [batch.plans[i] for i in used]
-    consts = [_plan_consts(t, p) for p in plans]
-    groups = [_groups(t, p) for p in plans]
-    local_keys: dict[tuple[Any, ...], int] = {}
-    struct_key = np.asarray(
-        [local_keys.setdefault((p.tp_degree, p.cp_degree, p.sequence_parallel,
-                                p.sharding is not Sharding.DDP), len(local_keys))
-         for p in plans], dtype=np.int64,
-    )  # fmt: skip
-    keys = list(local_keys)
-    span = int(b.max(initial=0)) + 1
-    plan_local = _per_unique(
-        (struct_key[ps] * span + b) * len(CHECKPOINTINGS) + c,
-        lambda i: _local(t, plans[ps[i]], int(b[i]), CHECKPOINTINGS[c[i]], keys[struct_key[ps[i]]]),
-        np,
-    )  # fmt: skip
-    plan_m = _per_unique(
-        ps * span + b, lambda i: plans[ps[i]].resolved_micro_batches(int(b[i])), np
-    )
-    plan_flops = _per_unique(
-        b, lambda i: float(forward_flops(spec, batch=int(b[i]), seq=t.setup.seq)), np,
-        dtype=np.float64,
-    )  # fmt: skip
-    table = np.asarray(consts, dtype=np.float64).reshape(-1, len(_CONST_FIELDS))
-    per_plan = {k: table[ps, j] for j, k in enumerate(_CONST_FIELDS)}
+    plan_local, per_plan, rp, row_group = _index(t, batch, np)
+    return _evaluate_arrays(t, plan_local, per_plan, rp, row_group, dtype, efficiency, np)
+
+
+def fill_tables(tables: Any, batch: PlanBatch) -> None:
+    """Build every scalar constant ``batch`` needs into ``tables`` (a search calls this on the
+    whole grid before its chunks, so that the tables are stacked into arrays once)."""
+    import numpy as np
+
+    _index(tables, batch, np)
+
+
+@dataclass
+class _Structures:
+    """A batch's structures (``PlanBatch.plans``) as arrays, built once per tuple of them."""
+
+    plans: tuple[ParallelPlan, ...]
+    consts: dict[str, Any]
+    """:data:`_CONST_FIELDS` per structure."""
+    local_key: Any
+    """Index in ``local_parts`` of each structure's local-model part (tp, cp, sp, cast)."""
+    local_parts: list[tuple[Any, ...]]
+    batches_key: Any
+    """Index in ``batches_plans`` of a structure resolving micro-batches as each one does."""
+    batches_plans: list[ParallelPlan]
+    group_counts: Any
+    group_offsets: Any
+    group_rows: Any
+    """Every structure's rank groups, one after another (:func:`_groups` rows)."""
+    local_lut: Any
+    """Local model index per (local part, micro-batch, checkpointing); -1: not built yet."""
+
+
+def _structures(t: _Tables, plans: tuple[ParallelPlan, ...], np: Any) -> _Structures:
+    hit = t.structures
+    if hit is not None and hit.plans is plans:
+        return hit
+    table = np.asarray([_plan_consts(t, p) for p in plans], dtype=np.float64)
+    consts = {k: table.reshape(-1, len(_CONST_FIELDS))[:, j] for j, k in enumerate(_CONST_FIELDS)}
     for k in _CONST_FIELDS:
         if k not in ("nvlink", "network"):
-            per_plan[k] = per_plan[k].astype(np.int64)
+            consts[k] = consts[k].astype(np.int64)
+    local_keys: dict[tuple[Any, ...], int] = {}
+    batch_keys: dict[tuple[Any, ...], int] = {}
+    batch_plans: list[ParallelPlan] = []
+    local_key, batches_key = [], []
+    for p in plans:
+        precision = activation_precision(t.setup, p)  # the local model's, as local_step_fast
+        part = (p.tp_degree, p.cp_degree, p.sequence_parallel, precision)
+        local_key.append(local_keys.setdefault(part, len(local_keys)))
+        # what ParallelPlan.resolved_micro_batches reads
+        bkey = (p.micro_batches, p.global_batch, p.dp, p.pp_degree)
+        if bkey not in batch_keys:
+            batch_keys[bkey] = len(batch_plans)
+            batch_plans.append(p)
+        batches_key.append(batch_keys[bkey])
+    groups = [_groups(t, p) for p in plans]
+    counts = np.asarray([len(g) for g in groups], dtype=np.int64)
+    out = _Structures(
+        plans, consts, np.asarray(local_key, dtype=np.int64), list(local_keys),
+        np.asarray(batches_key, dtype=np.int64), batch_plans, counts,
+        np.r_[0, np.cumsum(counts)[:-1]],
+        np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6),
+        np.full((len(local_keys), 1, len(CHECKPOINTINGS)), -1, dtype=np.int64),
+    )  # fmt: skip
+    t.structures = out
+    return out
+
+
+def _locals(t: _Tables, st: _Structures, ps: Any, b: Any, c: Any, np: Any) -> Any:
+    """The local model's index of every plan (structures ``ps``, micro-batches ``b``,
+    checkpointings ``c``), the missing ones built (one per distinct key)."""
+    span = int(b.max(initial=0)) + 1
+    if st.local_lut.shape[1] < span:
+        grown = np.full((*st.local_lut.shape[:1], span, len(CHECKPOINTINGS)), -1, np.int64)
+        grown[:, : st.local_lut.shape[1]] = st.local_lut
+        st.local_lut = grown
+    key = st.local_key[ps]
+    index = st.local_lut[key, b, c]
+    missing = np.flatnonzero(index < 0)
+    if len(missing):
+        code = (key[missing] * span + b[missing]) * len(CHECKPOINTINGS) + c[missing]
+        _, first = np.unique(code, return_index=True)
+        for i in missing[first]:
+            k, bi, ci = int(key[i]), int(b[i]), int(c[i])
+            st.local_lut[k, bi, ci] = _local(t, st.plans[ps[i]], bi, CHECKPOINTINGS[ci],
+                                             st.local_parts[k])  # fmt: skip
+        index = st.local_lut[key, b, c]
+    return index
+
+
+def _index(t: _Tables, batch: PlanBatch, np: Any) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The tables' constants for ``batch`` (built where missing) and the indices into them:
+    (local model per plan, the plans' own numbers, plan per row, rank group per row)."""
+    st = _structures(t, batch.plans, np)
+    ps, b, c = batch.structure, batch.micro_batch, batch.checkpointing
+    plan_local = _locals(t, st, ps, b, c, np)
+    span = int(b.max(initial=0)) + 1
+    bk = st.batches_key[ps]
+    plan_m = _per_unique(
+        bk * span + b, lambda i: st.batches_plans[bk[i]].resolved_micro_batches(int(b[i])), np
+    )
+    plan_flops = _per_unique(b, lambda i: _flops(t, int(b[i])), np, dtype=np.float64)
+    per_plan = {k: v[ps] for k, v in st.consts.items()}
     per_plan.update(b=b, m=plan_m, recompute=(c == CHECKPOINTINGS.index(Checkpointing.FULL))
                     .astype(np.int64), forward_flops=plan_flops)  # fmt: skip
-    counts = np.asarray([len(g) for g in groups], dtype=np.int64)
-    offsets = np.r_[0, np.cumsum(counts)[:-1]]
-    flat = np.asarray([x for g in groups for x in g], dtype=np.int64).reshape(-1, 6)
-    per_row = counts[ps]
+    per_row = st.group_counts[ps]
     rp = np.repeat(np.arange(len(ps)), per_row)
     starts = np.r_[0, np.cumsum(per_row)[:-1]]
-    row_group = flat[offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
-    return _evaluate_arrays(t, plan_local, per_plan, rp, row_group, dtype, efficiency, np)
+    row_group = st.group_rows[st.group_offsets[ps][rp] + np.arange(len(rp)) - starts[rp]]
+    return plan_local, per_plan, rp, row_group
+
+
+def _flops(t: _Tables, micro_batch: int) -> float:
+    """One micro-batch's forward FLOPs (kept per micro-batch: the chunks of a grid share them)."""
+    hit = t.flops.get(micro_batch)
+    if hit is None:
+        hit = t.flops[micro_batch] = float(forward_flops(t.spec, batch=micro_batch,
+                                                         seq=t.setup.seq))  # fmt: skip
+    return hit
 
 
 def _per_unique(code: Any, value: Any, np: Any, dtype: Any = None) -> Any:
@@ -454,7 +705,13 @@ _CONST_FIELDS = (
 def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
     """The plan's own numbers, in :data:`_CONST_FIELDS` order (what ``rank_shape`` and
     ``step_time`` read from a plan beyond the micro-batch)."""
-    shape = rank_shape(t.spec, t.setup, p, 0, 1)
+    # rank_shape reads beyond the degrees: the runtime's flags and DeepSpeed's prefetch
+    # bucket (its width from the runtime's dtypes), stage 0's layers (pp, virtual stages)
+    key = (p.sharding, p.deepspeed, p.cp_degree > 1, p.ep_degree > 1, p.pp_degree,
+           p.virtual_stages)  # fmt: skip
+    shape = t.shapes.get(key)
+    if shape is None:
+        shape = t.shapes[key] = rank_shape(t.spec, t.setup, p, 0, 1)
     return (
         p.tp_degree, p.pp_degree, p.cp_degree, p.ep_degree, p.dp, p.world_size,
         p.virtual_stages, int(p.schedule is Schedule.GPIPE), int(p.sequence_parallel),
@@ -464,23 +721,34 @@ def _plan_consts(t: _Tables, p: ParallelPlan) -> tuple[Any, ...]:
 
 
 def _state_table(rows: list[dict[str, Any]], np: Any) -> dict[str, Any]:
-    cols = {k: [row[k] for row in rows] for k in rows[0]}
-    out = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items() if k != "dp_slots"}
-    out["dp_slots"] = np.asarray(cols["dp_slots"], dtype=np.float64)
-    return out
+    """The states' rows as one int64 matrix (a column per table entry: gathering rows is one
+    ``np.take``) and the data-parallel wire bytes (floats) as another."""
+    names = [k for k in rows[0] if k not in ("offload", "dp_slots")]
+    ints = [[row[k] for k in names] + list(row["offload"])
+            + [x for slot in row["dp_slots"] for x in slot[1:]] for row in rows]  # fmt: skip
+    wire = [[slot[0] for slot in row["dp_slots"]] for row in rows]
+    return {
+        "names": names,
+        "ints": np.asarray(ints, dtype=np.int64).T.copy(),
+        "wire": np.asarray(wire, dtype=np.float64).T.copy(),
+    }
 
 
 def _state_arrays(t: _Tables, index: Any, np: Any) -> tuple[StateNumbers, dict[str, Any]]:
-    """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns."""
+    """The rank groups' states as a :class:`StateNumbers` of arrays, and the other columns
+    (the offload transfers; the data-parallel slots, less those no row uses: no bytes, 0
+    seconds)."""
     cols = _stacked(t, "states", np)
-    state = StateNumbers(**{f.name: cols[f.name][index] for f in dataclasses.fields(StateNumbers)})
-    other = {
-        "persistent": cols["persistent"][index],
-        "layer_grads": cols["layer_grads"][index],
-        "first_layer_grads": cols["first_layer_grads"][index],
-        "offload": cols["offload"][index].T,
-        "dp_slots": cols["dp_slots"][index].transpose(1, 2, 0),
-    }
+    names = cols["names"]
+    ints = np.take(cols["ints"], index, axis=1)
+    wire = np.take(cols["wire"], index, axis=1)
+    by_name = dict(zip(names, ints, strict=False))
+    state = StateNumbers(**{f.name: by_name[f.name] for f in dataclasses.fields(StateNumbers)})
+    n = len(names)
+    other = {k: by_name[k] for k in ("persistent", "layer_grads", "first_layer_grads")}
+    other["offload"] = tuple(ints[n : n + 4])
+    slots = ints[n + 4 :].reshape(DP_SLOTS, 4, -1)
+    other["dp_slots"] = [(wire[j], *slots[j]) for j in range(DP_SLOTS) if wire[j].any()]
     return state, other
 
 
@@ -494,30 +762,32 @@ def _memory(
 ) -> Any:
     """Peak bytes of every row (rank group of a plan): its phases, the largest total."""
     single = shape.pp == 1
-    phases: dict[str, dict[str, Any]] = {}
+    peak = np.zeros(len(single), dtype=np.int64)
     for mask, pipelined in ((single, False), (~single, True)):
         idx = np.nonzero(mask)[0]
         if not len(idx):
             continue
-        loc = _local_arrays(t, local_rows[idx], np)
-        st, sh = (_take(x, idx) for x in (state, shape))
+        every = len(idx) == len(single)
+        loc = _local_arrays(t, local_rows if every else local_rows[idx], np)
+        st, sh = (state, shape) if every else (_take(x, idx) for x in (state, shape))
+        rows = other if every else {k: other[k][idx] for k in _MEMORY_COLUMNS}
         if pipelined:
-            part = pipeline_stage_phases(loc, st, sh)
+            phases = pipeline_stage_phases(loc, st, sh)
         else:
-            grads = (other["layer_grads"][idx], other["first_layer_grads"][idx])
-            part = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
-        for name, cats in part.items():
-            into = phases.setdefault(name, {})
-            for cat, value in cats.items():
-                column = into.setdefault(cat, np.zeros(len(single), dtype=np.int64))
-                column[idx] = value
-    local = _local_arrays(t, local_rows, np, parts=False)
-    lines = comm_lines(local, state, shape, {"persistent": other["persistent"]})
-    add_communication(phases, lines)
-    peak = phase_total(phases[ALL_PHASES[0]])
-    for name in ALL_PHASES[1:]:
-        peak = np.maximum(peak, phase_total(phases[name]))
+            grads = (rows["layer_grads"], rows["first_layer_grads"])
+            phases = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
+        lines = comm_lines(loc, st, sh, {"persistent": rows["persistent"]})
+        # each phase's total without communication as one number, then its communication
+        phases = {k: {"other": phase_total(v)} for k, v in phases.items()}
+        add_communication(phases, lines)
+        part = phase_total(phases[ALL_PHASES[0]])
+        for name in ALL_PHASES[1:]:
+            part = np.maximum(part, phase_total(phases[name]))
+        peak[idx] = part
     return peak
+
+
+_MEMORY_COLUMNS = ("layer_grads", "first_layer_grads", "persistent")
 
 
 def _take(obj: Any, idx: Any) -> Any:
@@ -555,8 +825,10 @@ def _evaluate_arrays(
         cp=plan["cp_on"], ep=plan["ep_on"], pipelined=(plan["pp"] > 1).astype(np.int64),
     )  # fmt: skip
     peak_rows = _memory(t, plan_local[rp], state, other, shape, np)
-    seconds = _row_seconds(t, plan, other, plan_local[rp], layers, moe_layers, sends, np)
-    seconds = {k: v * first_class for k, v in seconds.items()}
+    sizes = {k: v[rp] for k, v in _transfer_bytes(t, per_plan, plan_local, np).items()}
+    seconds = _row_seconds(t, plan, other, sizes, layers, moe_layers, sends, np)
+    if not first_class.all():  # the other data-parallel classes join the same collectives
+        seconds = {k: v * first_class for k, v in seconds.items()}
     starts = np.flatnonzero(np.r_[1, np.diff(rp)])
     peak = np.maximum.reduceat(peak_rows, starts)
     is_peak = peak_rows == np.repeat(peak, np.diff(np.r_[starts, len(rp)]))
@@ -577,11 +849,25 @@ def _evaluate_arrays(
                       comm)  # fmt: skip
 
 
+def _transfer_bytes(t: _Tables, plan: dict[str, Any], local_idx: Any, np: Any) -> dict[str, Any]:
+    """Per plan, one micro-batch's bytes the model-parallel collectives move (the arguments of
+    ``dist_time.model_parallel_terms``, as ``collective_terms`` computes them)."""
+    widths = _stacked(t, "local_widths", np)[local_idx]
+    compute, kv = widths[:, 0], widths[:, 1]
+    b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
+    top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
+    return {
+        "act_bytes": b * s * h * compute,
+        "kv_bytes": 2 * b * s * kv * t.spec.head_dim * compute,
+        "routed_bytes": b * s * top_k * h * compute,
+    }
+
+
 def _row_seconds(
     t: _Tables,
     plan: dict[str, Any],
     other: dict[str, Any],
-    local_idx: Any,
+    sizes: dict[str, Any],
     layers: Any,
     moe_layers: Any,
     sends: Any,
@@ -592,21 +878,13 @@ def _row_seconds(
     m, gpn, nvlink, network = plan["m"], plan["gpus_per_node"], plan["nvlink"], plan["network"]
     dp_s = 0.0
     for wire, fixed, per_micro, group, stride in other["dp_slots"]:
-        term = CollectiveTerm("dp", "", "", 0, fixed.astype(np.int64),
-                              per_micro.astype(np.int64), group.astype(np.int64),
-                              stride.astype(np.int64), wire)  # fmt: skip
+        term = CollectiveTerm("dp", "", "", 0, fixed, per_micro, group, stride, wire)
         dp_s = dp_s + term.seconds(m, gpn, nvlink, network)
-    widths = _stacked(t, "local_widths", np)[local_idx]
-    compute, kv = widths[:, 0], widths[:, 1]
-    b, s, h = plan["b"], t.setup.seq // plan["cp"], t.spec.hidden_size
-    top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
     terms = model_parallel_terms(
-        act_bytes=b * s * h * compute, kv_bytes=2 * b * s * kv * t.spec.head_dim * compute,
-        routed_bytes=b * s * top_k * h * compute, tp=plan["tp"], cp=plan["cp"], ep=plan["ep"],
-        dp=plan["dp"], stage_layers=layers, moe_layers=moe_layers, sends=sends,
-        virtual=plan["virtual"],
+        **sizes, tp=plan["tp"], cp=plan["cp"], ep=plan["ep"], dp=plan["dp"],
+        stage_layers=layers, moe_layers=moe_layers, sends=sends, virtual=plan["virtual"],
     )  # fmt: skip
-    out = {"dp": dp_s + np.zeros(len(m))}
+    out = {"dp": dp_s if not isinstance(dp_s, float) else np.zeros(len(m))}
     for term in terms:
         out[term.parallelism] = term.seconds(m, gpn, nvlink, network)
     out["offload"] = offload_seconds(tuple(other["offload"]), m, pcie_bytes_per_s(t.gpu))

@@ -31,12 +31,14 @@ from memplan.estimate.plan_grid import (
     PlanBatch,
     PlanRow,
     evaluate_grid,
+    fill_tables,
     new_tables,
 )
 from memplan.estimate.plan_points import PlanPoints, chart_points
 from memplan.specs.hardware import Gpu
 from memplan.specs.model import ModelSpec
 from memplan.specs.parallel import (
+    DeepSpeedConfig,
     Offload,
     ParallelPlan,
     Schedule,
@@ -233,8 +235,13 @@ def _plan(space: SearchSpace, s: _Structure) -> ParallelPlan:
         global_batch=space.global_batch,
         offload=s.offload,
         intra_node_bytes_per_s=space.intra_node_bytes_per_s,
+        deepspeed=_DEEPSPEED,
         **extra,
     )
+
+
+_DEEPSPEED = DeepSpeedConfig()
+"""DeepSpeed's default sizes, one object the plans share (building one validates it)."""
 
 
 def enumerate_plans(
@@ -258,10 +265,15 @@ def enumerate_batch(
     plans: list[ParallelPlan] = []
     batches: list[Any] = []
     total = 0
+    by_dp: dict[int, Any] = {}  # the micro-batches of a dp
     for s in _structures(spec, space):
         dp = space.world // (s.tp * s.pp * s.cp)
-        per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
-        bs = np.asarray([b for b in _divisors(per_rank) if b <= space.max_micro_batch])
+        bs = by_dp.get(dp)
+        if bs is None:
+            per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
+            bs = by_dp[dp] = np.asarray(
+                [b for b in _divisors(per_rank) if b <= space.max_micro_batch], dtype=np.int64
+            )
         count = len(bs) * len(ckpts)
         total += count
         rule = _structure_rule(spec, space, setup.seq, s)
@@ -374,6 +386,7 @@ def _evaluate(
     else:
         parts, done = [], 0
         tables = new_tables(spec, setup, gpu)
+        fill_tables(tables, batch)  # the tables stacked into arrays once, not per chunk
         for c in chunks:
             parts.append(evaluate_grid(spec, setup, gpu, c, tables=tables))
             done += len(c)
