@@ -65,9 +65,11 @@ mixtral/fsdp-full is not one of them: in about 1 of 4 runs (twice, on two branch
 same bytes) PyTorch's MemTracker reads rank 0's peak_backward 250,880 B above memplan's
 tracker on the same run (3,425,372 against 3,174,492 B: MemTracker holds a layer's sharded
 gradient and reduce-scatter input at its high point, memplan's tracker a different moment);
-the other runs agree to the byte. The cause is not pinned down: turning the cyclic garbage
-collector off during the measured run did not remove it; the order in which frees on gloo's
-worker threads reach the two trackers is the remaining suspect. An intermittent gap cannot be
+the other runs agree to the byte. In one ``make accuracy`` run the real run without
+MemTracker also differed from the fake trace, so the real gloo run itself varies, not only the
+comparison of trackers. The cause is not pinned down: turning the cyclic garbage collector off
+during the measured run did not remove it; the timing of gloo's worker threads against FSDP2's
+reduce-scatters is the remaining suspect. An intermittent gap cannot be
 a strict xfail, so CI runs mixtral/ddp for MoE instead; mixtral/fsdp-full runs with
 MEMPLAN_GLOO_FULL=1 (and make accuracy), where the same can happen."""
 
