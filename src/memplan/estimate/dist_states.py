@@ -295,7 +295,7 @@ def vocab_rows_per_rank(vocab: int, tp: int) -> int:
     return -(-vocab // tp)
 
 
-def _shard_world(plan: ParallelPlan, expert: bool) -> int:
+def shard_world(plan: ParallelPlan, expert: bool) -> int:
     """Ranks a tensor's states are sharded over: dp (x cp, as torchtitan's ``dp_shard_cp``);
     expert tensors over the expert-data-parallel ranks ``dp * cp / ep``."""
     return _shard_worlds(plan)[expert]
@@ -313,7 +313,7 @@ def fsdp_shard_index(plan: ParallelPlan, dp_rank: int, expert: bool) -> int:
 
 @lru_cache(maxsize=4096)
 def _shard_worlds(plan: ParallelPlan) -> tuple[int, int]:
-    """(dense, expert) shard worlds of ``plan`` (see :func:`_shard_world`)."""
+    """(dense, expert) shard worlds of ``plan`` (see :func:`shard_world`)."""
     if plan.sharding in (Sharding.DDP, Sharding.ZERO_0, Sharding.FSDP_NO_SHARD):
         return 1, 1
     world = plan.dp * plan.cp_degree
@@ -408,7 +408,7 @@ def _torch_states(
         key = (t.numel, t.d0, t.rest, t.expert)
         hit = seen.get(key)
         if hit is None:
-            hit = seen[key] = _tensor_states(setup, reg, r, t, _shard_world(plan, t.expert),
+            hit = seen[key] = _tensor_states(setup, reg, r, t, shard_world(plan, t.expert),
                                              fsdp_shard_index(plan, dp_rank, t.expert),
                                              fsdp)  # fmt: skip
         stored, param_bytes, state_bytes, step_bytes = hit
@@ -425,7 +425,7 @@ def _torch_states(
         grads = sum(round_up(g, r) for g in grads_by_group.values())
         root = round_up(grads_by_group.get("root", 0), r)
         embed = [t for t in tensors if t.trainable and t.group == "root" and "embed" in t.name]
-        emb = round_up(sum(fsdp_padded_shard_numel(t.d0, t.rest, _shard_world(plan, False))
+        emb = round_up(sum(fsdp_padded_shard_numel(t.d0, t.rest, shard_world(plan, False))
                            for t in embed) * reg.grad_bytes, r)  # fmt: skip
         emb, head = min(emb, root), root - min(emb, root)
     else:
@@ -463,7 +463,7 @@ def _torch_states(
         ),
         root_unsharded_bytes=sum(
             round_up(
-                fsdp_padded_shard_numel(t.d0, t.rest, w := _shard_world(plan, t.expert))
+                fsdp_padded_shard_numel(t.d0, t.rest, w := shard_world(plan, t.expert))
                 * w
                 * compute,
                 r,
@@ -510,7 +510,7 @@ def _largest_layer(
         key = (t.numel, t.d0, t.rest, t.expert)
         size = seen.get(key)
         if size is None:
-            w = _shard_world(plan, t.expert)
+            w = shard_world(plan, t.expert)
             numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
             size = seen[key] = round_up(numel * width, r)
         per_layer[t.layer] = per_layer.get(t.layer, 0) + size
@@ -552,10 +552,10 @@ def _deepspeed_states(
     train = [t for t in tensors if t.trainable]
     numel = sum(t.numel for t in tensors)
     trainable = sum(t.numel for t in train)
-    w_dense = _shard_world(plan, expert=False)
+    w_dense = shard_world(plan, expert=False)
     if stage == 3:
-        part = sum(zero3_partition_numel(t.numel, _shard_world(plan, t.expert)) for t in train)
-        params = round_up(sum(zero3_partition_numel(t.numel, _shard_world(plan, t.expert))
+        part = sum(zero3_partition_numel(t.numel, shard_world(plan, t.expert)) for t in train)
+        params = round_up(sum(zero3_partition_numel(t.numel, shard_world(plan, t.expert))
                               for t in tensors) * reg.param_bytes, r)  # fmt: skip
     else:
         flat = deepspeed_flat_padded_numel(trainable, w_dense) if stage else trainable

@@ -55,6 +55,7 @@ from memplan.estimate.dist_rank import (
 from memplan.estimate.dist_states import (
     StageStates,
     fsdp_shard_index,
+    shard_world,
     stage_layers,
     stage_states,
     stage_tensors,
@@ -127,12 +128,9 @@ def _dp_classes_cached(
     dp = plan.dp
     if not fsdp or dp == 1:
         return (tuple(range(dp)),)
-    world = plan.dp * plan.cp_degree
-    if plan.sharding is Sharding.FSDP_HYBRID:
-        world = plan.hybrid_shard_degree
     points = {0}
     for t in stage_tensors(spec, setup, plan, stage):
-        w = world // plan.ep_degree if t.expert else world
+        w = shard_world(plan, t.expert)
         chunk = -(-t.d0 // w)
         full = t.d0 // chunk
         for index in (full, full + 1):  # the first shard index past the full chunks, and next
@@ -144,7 +142,7 @@ def _dp_classes_cached(
     # ranks with equal views of every distinct tensor shape hold equal states (an expert
     # tensor is sharded over the expert-data-parallel ranks, world / ep)
     shapes = dict.fromkeys(
-        (t.d0, t.rest, world // plan.ep_degree if t.expert else world, t.expert)
+        (t.d0, t.rest, shard_world(plan, t.expert), t.expert)
         for t in stage_tensors(spec, setup, plan, stage)
     )
     signature = [
@@ -208,7 +206,7 @@ def _static_groups_fast(
     """:func:`_static_groups` looked up by the identity of ``spec`` and ``plan`` (hashing a
     whole ModelSpec on every call would cost more than the estimate; searches call this in a
     loop, as ``training_peak_bytes`` does)."""
-    key = (id(spec), id(plan), _static_key(setup))
+    key = (id(spec), id(plan), static_setup(setup))
     hit = _FAST_STATIC.get(key)
     if hit is not None and hit[0] is spec and hit[1] is plan:
         return hit[2]
@@ -217,11 +215,6 @@ def _static_groups_fast(
     groups = _static_groups(spec, key[2], plan)
     _FAST_STATIC[key] = (spec, plan, groups)
     return groups
-
-
-def _static_key(setup: TrainingSetup) -> TrainingSetup:
-    """``setup`` without what model states do not depend on (micro-batch, sequence)."""
-    return static_setup(setup)
 
 
 @lru_cache(maxsize=1024)

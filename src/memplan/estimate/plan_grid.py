@@ -54,6 +54,7 @@ from memplan.estimate.dist_states import (
     activation_precision,
     stage_layers,
     stage_states,
+    static_setup,
 )
 from memplan.estimate.dist_time import (
     CollectiveTerm,
@@ -65,7 +66,7 @@ from memplan.estimate.dist_time import (
     pcie_bytes_per_s,
     step_numbers,
 )
-from memplan.estimate.distributed import _dp_classes_cached, _static_key, rank_shape
+from memplan.estimate.distributed import _dp_classes_cached, rank_shape
 from memplan.formulas.flops import forward_flops
 from memplan.formulas.time import DEFAULT_COMPUTE_EFFICIENCY
 from memplan.specs.hardware import Gpu
@@ -327,7 +328,7 @@ def _states(
         key = (*key[:3], sharding, key[4], 0, *key[6:])
     hit = t.state_only.get(key)
     if hit is None:
-        hit = t.state_only[key] = stage_states(t.spec, _static_key(t.setup), canon, stage,
+        hit = t.state_only[key] = stage_states(t.spec, static_setup(t.setup), canon, stage,
                                                dp_rank)  # fmt: skip
     return hit
 
@@ -374,7 +375,7 @@ def _dp_classes(
     key = (plan.dp, plan.cp_degree, world, plan.tp_degree, plan.ep_degree, *where)
     hit = t.dp_classes.get(key)
     if hit is None:
-        hit = t.dp_classes[key] = _dp_classes_cached(t.spec, _static_key(t.setup), plan, stage)
+        hit = t.dp_classes[key] = _dp_classes_cached(t.spec, static_setup(t.setup), plan, stage)
     return hit
 
 
