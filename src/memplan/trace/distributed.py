@@ -327,13 +327,7 @@ def _in_place_all_reduce(state, bucket):  # type: ignore[no-untyped-def]
 
 
 def _flag_live_since(tracker: Any, start: int, flag: int) -> None:
-    live: set[int] = set()
-    for event in tracker.events[start:]:
-        if event >= 0:
-            live.add(event)
-        else:
-            live.discard(~event)
-    for key in live:
+    for key in tracker.live_since(start):
         if not tracker.flags[key] & (Flag.PARAMETER | Flag.BUFFER):
             tracker.flags[key] |= flag
 
@@ -347,14 +341,7 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 def _instrument(model: nn.Module, session: TraceSession) -> None:
     """Flag gradients as they appear, and FSDP2's unsharded parameters and gradients."""
     tracker = session.tracker
-
-    def on_grad(param: torch.Tensor) -> None:
-        if param.grad is not None:
-            tracker.flag(param.grad, Flag.GRADIENT)
-
-    for param in model.parameters():
-        if param.requires_grad:
-            param.register_post_accumulate_grad_hook(on_grad)
+    session.flag_gradients(model)
     from torch.distributed.fsdp import FSDPModule
 
     for module in model.modules():

@@ -99,6 +99,18 @@ class TraceSession:
         """Free what only reference cycles keep alive (at an iteration boundary)."""
         gc.collect()
 
+    def flag_gradients(self, model: nn.Module) -> None:
+        """Flag each trainable parameter's gradient as it is accumulated."""
+        tracker = self.tracker
+
+        def on_grad(param: torch.Tensor) -> None:
+            if param.grad is not None:
+                tracker.flag(param.grad, Flag.GRADIENT)
+
+        for param in model.parameters():
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(on_grad)
+
     def register_model(self, model: nn.Module) -> None:
         """Name every module and flag parameters and buffers."""
         self.names = {id(module): name for name, module in model.named_modules()}
@@ -185,13 +197,7 @@ class TraceSession:
         """Storages allocated since ``start`` and still live that nothing else claims are held
         by the autograd graph (e.g. a checkpointed layer's input): flag them as activations."""
         tracker = self.tracker
-        live: set[int] = set()
-        for event in tracker.events[start:]:
-            if event >= 0:
-                live.add(event)
-            else:
-                live.discard(~event)
-        for key in live - keep:
+        for key in tracker.live_since(start) - keep:
             if tracker.flags[key] == 0:
                 tracker.flags[key] = Flag.ACTIVATION
                 tracker.module_of.setdefault(key, self.alloc_module.get(key, ""))

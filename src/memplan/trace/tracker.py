@@ -102,6 +102,16 @@ class StorageTracker(TorchDispatchMode):
         """The current position in the event log (for phase boundaries)."""
         return len(self.events)
 
+    def live_since(self, start: int) -> set[int]:
+        """Keys of the storages allocated since event ``start`` and not freed since."""
+        live: set[int] = set()
+        for event in self.events[start:]:
+            if event >= 0:
+                live.add(event)
+            else:
+                live.discard(~event)
+        return live
+
     # Dispatch ------------------------------------------------------------------------------
     @classmethod
     def _should_skip_dynamo(cls) -> bool:

@@ -139,7 +139,7 @@ def run_training(
             tracker.flag(tensor, Flag.INPUT)
         run.keep = {tracker.key(input_ids), tracker.key(labels)}
         optimizer = make_optimizer(model.parameters(), setup.optimizer, cuda=cuda)
-        _grad_hooks(model, session)
+        session.flag_gradients(model)
         total_ops = [0]
 
         def on_op(n_ops: int) -> None:
@@ -251,18 +251,6 @@ def _prepare_model(
         model, freeze_layers=setup.freeze_layers, freeze_embeddings=setup.freeze_embeddings
     )
     return model
-
-
-def _grad_hooks(model: torch.nn.Module, session: TraceSession) -> None:
-    tracker = session.tracker
-
-    def hook(param: torch.Tensor) -> None:
-        if param.grad is not None:
-            tracker.flag(param.grad, Flag.GRADIENT)
-
-    for param in model.parameters():
-        if param.requires_grad:
-            param.register_post_accumulate_grad_hook(hook)
 
 
 def _flag_optimizer(optimizer: torch.optim.Optimizer, session: TraceSession, cuda: bool) -> None:
