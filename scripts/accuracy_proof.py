@@ -18,16 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from memplan.report import TRAINING_PHASES
+
 HERE = Path(__file__).resolve().parent
 RECORDED = HERE.parent / "tests" / "data" / "full_size_traces.json"
-PHASES = (
-    "after_load",
-    "end_of_forward",
-    "peak_backward",
-    "after_backward",
-    "optimizer_step",
-    "after_zero_grad",
-)
 
 
 def _mib(n: float) -> str:
@@ -140,7 +134,7 @@ def _gloo_rows(world: int, case: Any, results: list[dict[str, Any]]) -> list[str
         real = result.get("plain") or result["report"]
         fake_ok = _steady(result["fake"]) == _steady(real)
         mine = [g for g in gaps if g.rank == rank]
-        exact = sum(1 for phase in PHASES if not any(g.phase == phase for g in mine))
+        exact = sum(1 for phase in TRAINING_PHASES if not any(g.phase == phase for g in mine))
         totals = [g for g in mine if g.line == "total"]
         worst = max(totals, key=lambda g: abs(g.delta), default=None)
         gap = f"{worst.phase} {_error(worst.analytic, worst.measured)}" if worst else "-"

@@ -10,6 +10,21 @@ import pytest
 from memplan.cli.main import main
 
 
+def cli_run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    """Run ``memplan ARGV`` in-process: (exit status, stdout, stderr)."""
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def cli_json_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    """Run ``memplan ARGV --json`` in-process; it must succeed (else its stderr is the
+    message); return its JSON output."""
+    status, out, err = cli_run(capsys, [*argv, "--json"])
+    assert status == 0, err
+    return json.loads(out)
+
+
 def cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
     """Run ``memplan ARGV`` in-process; it must succeed; return its JSON output."""
     assert main(argv) == 0

@@ -5,27 +5,13 @@ Each test runs the CLI in-process and checks the exact line or JSON field a user
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 
+from cli_helpers import cli_json_of as _json
+from cli_helpers import cli_run as _run
 from memplan.catalog import find_entry, resolve
 from memplan.catalog.gpus import list_gpus, resolve_gpu
-from memplan.cli.main import main
 from memplan.units import GIB, MIB, format_sig, parse_count
-
-
-def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
-    status, out, err = _run(capsys, [*argv, "--json"])
-    assert status == 0, err
-    return json.loads(out)
 
 
 def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

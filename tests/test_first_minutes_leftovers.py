@@ -9,14 +9,13 @@ quantities are computed here from the configs' sizes.
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
 
 import pytest
 
+from cli_helpers import cli_json_of as _json
+from cli_helpers import cli_run as _run
 from memplan.catalog import catalog_config, find_entry, resolve
 from memplan.catalog.gpus import resolve_gpu
-from memplan.cli.main import main
 from memplan.estimate.dist_report import worst_peak_bytes
 from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.serving_weights import stage_weights_bytes
@@ -28,18 +27,6 @@ from memplan.specs.training import TrainingSetup
 from memplan.units import format_bytes
 
 FP8_405B = "meta-llama/Llama-3.1-405B-Instruct-FP8"
-
-
-def _run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    status = main(argv)
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
-    status, out, err = _run(capsys, [*argv, "--json"])
-    assert status == 0, err
-    return json.loads(out)
 
 
 # Llama-3.1-405B-FP8: the checkpoint's format, its kept modules and its scales -------------
