@@ -82,7 +82,7 @@ def local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> Loc
     return _make_local_step(spec, setup, plan)
 
 
-_FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan]] = {}
+_FAST_PLAN: dict[tuple[int, ...], tuple[ModelSpec, TrainingSetup, TrainingPlan]] = {}
 
 
 def _local_plan(
@@ -107,14 +107,16 @@ def _local_plan(
         key = _local_setup(static, precision)
     lspec = local_spec(spec, plan)
     kernels = attention_kernels(lspec, key, batch, max(seq, 2))
-    fast_key = (id(spec), plan.tp_degree, kernels, key)
+    # by identities (hashing the setup and the kernels costs more; kernel values are interned,
+    # ``formulas.attention``); a hit is checked against every input of ``training_plan``
+    fast_key = (id(spec), plan.tp_degree, id(kernels[0]), id(kernels[1]), id(key))
     hit = _FAST_PLAN.get(fast_key)
-    if hit is not None and hit[0] is spec:
+    if hit is not None and hit[0] is spec and hit[1] is key and hit[2].kernels == kernels:
         return hit[2]
     if len(_FAST_PLAN) > 1024:
         _FAST_PLAN.clear()
     tplan = training_plan(lspec, key, kernels)
-    _FAST_PLAN[fast_key] = (spec, plan, tplan)
+    _FAST_PLAN[fast_key] = (spec, key, tplan)
     return tplan
 
 

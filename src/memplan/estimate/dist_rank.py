@@ -48,6 +48,7 @@ __all__ = [
     "phase_total",
     "pipeline_stage_phases",
     "rank_layer_gradients",
+    "rank_phase_gradients",
     "rank_plan",
     "single_stage_phases",
 ]
@@ -213,18 +214,19 @@ def local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
     return numbers
 
 
-_PLAN_NUMBERS: dict[int, tuple[TrainingPlan, TrainingPlan, dict[str, Num]]] = {}
+_PlanNumbers = tuple[TrainingPlan, dict[str, Num], tuple[int, int, int, int]]
+_PLAN_NUMBERS: dict[int, tuple[TrainingPlan, _PlanNumbers]] = {}
 
 
-def _plan_numbers(local: LocalStep) -> tuple[TrainingPlan, dict[str, Num]]:
+def _plan_numbers(spec: ModelSpec, local: LocalStep) -> _PlanNumbers:
     """The local plan with no model states (:func:`rank_plan`, whose step gives the parts),
-    and the fields of :class:`LocalNumbers` that do not depend on (micro-batch, seq); kept per
-    local plan object (the plans are cached; with sequence parallelism each (micro-batch, seq)
-    has its own)."""
+    the fields of :class:`LocalNumbers` that do not depend on (micro-batch, seq), and
+    :func:`_token_bytes`; kept per local plan object (the plans are cached; with sequence
+    parallelism each (micro-batch, seq) has its own)."""
     tplan = local.plan
     hit = _PLAN_NUMBERS.get(id(tplan))
     if hit is not None and hit[0] is tplan:
-        return hit[1], hit[2]
+        return hit[1]
     if len(_PLAN_NUMBERS) > 4096:
         _PLAN_NUMBERS.clear()
     fields = {
@@ -237,21 +239,29 @@ def _plan_numbers(local: LocalStep) -> tuple[TrainingPlan, dict[str, Num]]:
         "cache_head": tplan.cache_head,
         "buffers": tplan.buffers,
         "round_to": tplan.round_to,
+        "n_layers": tplan.spec.n_layers,
     }
-    stateless = rank_plan(local, _ZERO_STATES)
-    _PLAN_NUMBERS[id(tplan)] = (tplan, stateless, fields)
-    return stateless, fields
+    out = (rank_plan(local, _ZERO_STATES), fields, _token_bytes(spec, tplan))
+    _PLAN_NUMBERS[id(tplan)] = (tplan, out)
+    return out
+
+
+def _token_bytes(spec: ModelSpec, tplan: TrainingPlan) -> tuple[int, int, int, int]:
+    """Bytes per token of the loss's fp32 logits, of the CP ring's K (or V) block, of the EP
+    all-to-all's rows (top-k per token) and of the pipeline's activation stream."""
+    compute = tplan.regime.compute_bytes
+    kv = tplan.spec.n_kv_heads * spec.head_dim
+    k = spec.moe.top_k if spec.moe is not None else 0
+    stream = 4 if tplan.regime.autocast else compute
+    hidden = spec.hidden_size
+    return spec.vocab_size * 4, kv * compute, k * hidden * compute, hidden * stream
 
 
 def _local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
     tplan, b, s = local.plan, local.batch, local.seq
-    r, reg, hidden = tplan.round_to, tplan.regime, spec.hidden_size
-    compute = reg.compute_bytes
+    r = tplan.round_to
     tokens = b * s
-    kv = tplan.spec.n_kv_heads * spec.head_dim
-    rows = tokens * spec.moe.top_k if spec.moe is not None else 0
-    stream = 4 if reg.autocast else compute
-    stateless, fields = _plan_numbers(local)
+    stateless, fields, (logits, kv, rows, stream) = _plan_numbers(spec, local)
     at = step_at(stateless, b, s, local.kernels)
     # the saved bytes of the local plan itself (the step's differs when its kernels do)
     acts = at if at.plan is stateless else step_at(tplan, b, s, tplan.kernels)
@@ -261,12 +271,11 @@ def _local_numbers(spec: ModelSpec, local: LocalStep) -> LocalNumbers:
         model_acts=acts.a_model,
         head_acts=acts.a_head,
         tokens_int64=alloc_bytes(tokens * 8, r),
-        loss_temporaries=2 * alloc_bytes(tokens * spec.vocab_size * 4, r),
+        loss_temporaries=2 * alloc_bytes(tokens * logits, r),
         layer_transient=at.layer_transient,
-        n_layers=spec.n_layers,
-        cp_ring=2 * 2 * alloc_bytes(tokens * kv * compute, r),
-        ep_buffers=2 * alloc_bytes(rows * hidden * compute, r),
-        pp_buffers=2 * alloc_bytes(tokens * hidden * stream, r),
+        cp_ring=2 * 2 * alloc_bytes(tokens * kv, r),
+        ep_buffers=2 * alloc_bytes(tokens * rows, r),
+        pp_buffers=2 * alloc_bytes(tokens * stream, r),
         **fields,
     )
 
@@ -307,19 +316,17 @@ def rank_layer_gradients(local: Any, state: StateNumbers) -> tuple[Num, Num]:
     return layers, local.first_layer_grad * layers_rank // scale
 
 
-def single_stage_phases(
-    local: LocalNumbers,
-    state: StateNumbers,
-    micro_batches: Num,
-    layer_grads: tuple[Num, Num] | None = None,
-) -> dict[str, dict[str, Num]]:
-    """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
-    model states in place (:func:`rank_plan`), the backward high point picked with them; from
-    the second micro-batch on (or with persistent partitions) every gradient exists.
+def rank_phase_gradients(
+    local: Any, state: StateNumbers, layer_grads: tuple[Num, Num] | None = None
+) -> dict[str, Num]:
+    """The rank's gradient bytes in each phase and backward high point
+    (``train_step.phase_gradients`` of its sharded sizes). ``local`` needs what
+    :func:`rank_layer_gradients` reads and ``last_down_grad`` / ``first_down_grad``: per-plan
+    constants, so a caller may keep the result per (local plan, rank states).
     ``layer_grads``: :func:`rank_layer_gradients`, when the caller computed it already."""
     rank = where(state.grads_persistent, 0, state.grads)
     layers, first = layer_grads if layer_grads is not None else rank_layer_gradients(local, state)
-    gradients = phase_gradients(
+    return phase_gradients(
         rank,
         state.grads_embedding,
         layers,
@@ -327,6 +334,22 @@ def single_stage_phases(
         local.last_down_grad,
         local.first_down_grad,
     )
+
+
+def single_stage_phases(
+    local: LocalNumbers,
+    state: StateNumbers,
+    micro_batches: Num,
+    layer_grads: tuple[Num, Num] | None = None,
+    gradients: dict[str, Num] | None = None,
+) -> dict[str, dict[str, Num]]:
+    """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
+    model states in place (:func:`rank_plan`), the backward high point picked with them; from
+    the second micro-batch on (or with persistent partitions) every gradient exists.
+    ``layer_grads`` / ``gradients``: :func:`rank_layer_gradients` /
+    :func:`rank_phase_gradients`, when the caller has them already."""
+    if gradients is None:
+        gradients = rank_phase_gradients(local, state, layer_grads)
     parts = local.parts
     # the high points differ by their step parts and gradients only: the rank's parameters and
     # optimizer states are in every one, so the first largest is picked without them

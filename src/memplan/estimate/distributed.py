@@ -49,6 +49,7 @@ from memplan.estimate.dist_rank import (
     local_numbers,
     phase_total,
     pipeline_stage_phases,
+    rank_phase_gradients,
     single_stage_phases,
 )
 from memplan.estimate.dist_states import (
@@ -193,6 +194,9 @@ class _StaticGroup:
     )
     """Per allocation rounding: the communication lines (nonzero) and their sum per phase,
     when no line depends on the micro-batch or sequence (:func:`_comm`)."""
+    gradients: dict[int, tuple[object, dict[str, int]]] = dataclasses.field(default_factory=dict)
+    """:func:`rank_phase_gradients` per local plan (by its ``layer_groups`` tuple, which the
+    local plan's numbers share)."""
 
     def shape_at(self, micro_batches: int) -> RankShape:
         """The group's :class:`RankShape` at ``micro_batches`` (built once per count)."""
@@ -202,7 +206,9 @@ class _StaticGroup:
         return shape
 
 
-_FAST_STATIC: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, tuple[_StaticGroup, ...]]]
+_FAST_STATIC: dict[
+    tuple[int, int, int], tuple[ModelSpec, ParallelPlan, TrainingSetup, tuple[_StaticGroup, ...]]
+]
 _FAST_STATIC = {}
 
 
@@ -212,14 +218,15 @@ def _static_groups_fast(
     """:func:`_static_groups` looked up by the identity of ``spec`` and ``plan`` (hashing a
     whole ModelSpec on every call would cost more than the estimate; searches call this in a
     loop, as ``training_peak_bytes`` does)."""
-    key = (id(spec), id(plan), static_setup(setup))
+    static = static_setup(setup)  # canonical: its identity stands for its values
+    key = (id(spec), id(plan), id(static))
     hit = _FAST_STATIC.get(key)
-    if hit is not None and hit[0] is spec and hit[1] is plan:
-        return hit[2]
+    if hit is not None and hit[0] is spec and hit[1] is plan and hit[2] is static:
+        return hit[3]
     if len(_FAST_STATIC) > 1024:
         _FAST_STATIC.clear()
-    groups = _static_groups(spec, key[2], plan)
-    _FAST_STATIC[key] = (spec, plan, groups)
+    groups = _static_groups(spec, static, plan)
+    _FAST_STATIC[key] = (spec, plan, static, groups)
     return groups
 
 
@@ -292,7 +299,13 @@ def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -
     state, stage = g.state, g.stage
     shape = g.shape_at(m)
     if plan.pp_degree == 1:
-        phases, in_flight = single_stage_phases(numbers, state, m), 1.0
+        hit = g.gradients.get(id(numbers.layer_groups))  # per-plan constants (_plan_numbers)
+        if hit is None or hit[0] is not numbers.layer_groups:
+            hit = g.gradients[id(numbers.layer_groups)] = (
+                numbers.layer_groups,
+                rank_phase_gradients(numbers, state),
+            )
+        phases, in_flight = single_stage_phases(numbers, state, m, gradients=hit[1]), 1.0
     else:
         phases = pipeline_stage_phases(numbers, state, shape)
         v = plan.virtual_stages

@@ -150,14 +150,14 @@ def cpu_attention_kernel(spec: ModelSpec, attention: Attention, *, half: bool) -
     else math for grouped heads, else mem-efficient); CPU's own kernel choice
     (``sdp_utils_cpp.cpp``) is not modelled."""
     if attention is Attention.EAGER:
-        return AttentionKernel("eager", has_mask=True)
+        return _kernel("eager", "none", True)
     mla = spec.mla
     qk = mla.qk_head_dim if mla else spec.head_dim
     v = mla.v_head_dim if mla else spec.head_dim
     if half and qk == v and qk <= 256:
-        return AttentionKernel("flash")
+        return _kernel("flash", "none", False)
     gqa = spec.n_kv_heads < spec.n_heads and mla is None
-    return AttentionKernel("math", "enable_gqa") if gqa else AttentionKernel("mem-efficient")
+    return _kernel("math", "enable_gqa", False) if gqa else _kernel("mem-efficient", "none", False)
 
 
 def generate_kv_lengths(
@@ -224,15 +224,15 @@ def generate_attention_kernel(
     )
     grouped = spec.mla is None and spec.n_kv_heads < spec.n_heads
     if attention == "eager":
-        return AttentionKernel("eager", "repeat_kv" if grouped else "none", mask)
+        return _kernel("eager", "repeat_kv" if grouped else "none", mask)
     call, gqa = _sdpa_call(
         spec, dtype, batch, q_len, sdpa_kv, mask=mask, dropout_p=0.0, requires_grad=False
     )
     if attention == "sdpa":
-        return AttentionKernel(sdpa_backend(call, device), gqa, mask)
+        return _kernel(sdpa_backend(call, device), gqa, mask)
     if not backend_usable(attention, call, device):
         raise SetupError(
             f"{spec.name}: the {attention} kernel cannot run this call on {device.name} "
             "(sdp_utils.cpp); use --attention sdpa"
         )
-    return AttentionKernel(attention, gqa, mask)
+    return _kernel(attention, gqa, mask)
