@@ -1,0 +1,169 @@
+"""A batch of plans on arrays, and its layout for the array evaluation: slots x cells x rows.
+
+A :class:`PlanBatch` holds plans without a Python object per plan: the distinct structures
+(plans without micro-batch and checkpointing) and, per plan, its structure, micro-batch and
+checkpointing. :func:`layout` arranges a batch for :mod:`memplan.estimate.plan_grid`:
+
+- a *slot* is a run of consecutive plans of one structure (at most :data:`SLOT_CELLS`); its
+  plans are the *cells* of one line of (slots, K) arrays (K: the longest slot; a shorter slot's
+  spare cells repeat its last plan and are dropped from the result);
+- a *row* is one rank group (pipeline stage x data-parallel class) of a slot's structure: the
+  memory and the collectives are evaluated on (rows, K) arrays, what depends on the rank group
+  only (its states, stage, the plan's degrees) as (rows, 1) columns that broadcast over the
+  cells, what depends on the micro-batch and the checkpointing (the local model, the
+  micro-batches per step) as (rows, K).
+
+So the arithmetic that only the structure decides runs once per rank group, not once per plan;
+the values are the same, element by element (NumPy broadcasting repeats the operands).
+Single-stage slots come first, so that the two kinds of rank (``single_stage_phases``,
+``pipeline_stage_phases``) are two row ranges, not two gathers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from memplan.estimate.plan_columns import (
+    cell_flops,
+    cell_locals,
+    cell_micro_batches,
+    structures_of,
+)
+from memplan.estimate.plan_tables import CHECKPOINTINGS, Tables
+from memplan.specs.parallel import ParallelPlan
+from memplan.specs.training import Checkpointing
+
+__all__ = ["SLOT_CELLS", "Layout", "PlanBatch", "PlanRow", "layout"]
+
+SLOT_CELLS = 64
+"""Plans in one slot at most: a structure has one plan per micro-batch and checkpointing (21
+with micro-batches up to 64); a longer run of one structure takes several slots, so that one
+long run does not widen every slot's line."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRow:
+    """One plan of the grid: a structure (the plan without micro-batch and checkpointing), its
+    micro-batch and its checkpointing."""
+
+    plan: ParallelPlan
+    micro_batch: int
+    checkpointing: Checkpointing
+
+
+@dataclass(frozen=True, slots=True)
+class PlanBatch:
+    """Plans as arrays: the distinct structures (plans without micro-batch and checkpointing),
+    and per plan the index of its structure, its micro-batch and the index of its
+    checkpointing in :data:`CHECKPOINTINGS` (what ``memplan plan`` enumerates without a
+    Python object per plan)."""
+
+    plans: tuple[ParallelPlan, ...]
+    structure: Any
+    micro_batch: Any
+    checkpointing: Any
+
+    def __len__(self) -> int:
+        return len(self.structure)
+
+    def row(self, i: int) -> PlanRow:
+        """Plan ``i`` as a :class:`PlanRow`."""
+        return PlanRow(self.plans[int(self.structure[i])], int(self.micro_batch[i]),
+                       CHECKPOINTINGS[int(self.checkpointing[i])])  # fmt: skip
+
+    def take(self, index: Any) -> PlanBatch:
+        """The plans ``index`` (a slice or an index array), sharing the structures."""
+        return PlanBatch(self.plans, self.structure[index], self.micro_batch[index],
+                         self.checkpointing[index])  # fmt: skip
+
+    @classmethod
+    def of(cls, rows: list[PlanRow]) -> PlanBatch:
+        """The batch of ``rows`` (rows sharing a plan object share its structure)."""
+        import numpy as np
+
+        index: dict[int, int] = {}
+        plans: list[ParallelPlan] = []
+        structure = []
+        for r in rows:
+            si = index.get(id(r.plan))
+            if si is None or plans[si] is not r.plan:
+                si = index[id(r.plan)] = len(plans)
+                plans.append(r.plan)
+            structure.append(si)
+        ckpt = {c: i for i, c in enumerate(CHECKPOINTINGS)}
+        return cls(tuple(plans), np.asarray(structure, dtype=np.int64),
+                   np.asarray([r.micro_batch for r in rows], dtype=np.int64),
+                   np.asarray([ckpt[r.checkpointing] for r in rows], dtype=np.int64))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A batch laid out as slots x cells (plans) and rows (rank groups) x cells (module
+    docstring)."""
+
+    structure: Any
+    """(S,) The structure of each slot, single-stage ones first."""
+    single_slots: int
+    single_rows: int
+    """Slots, and rows, of single-stage structures (the first ones)."""
+    micro_batch: Any
+    """(S, K) Each cell's micro-batch."""
+    recompute: Any
+    """(S, K) 1 with full checkpointing."""
+    local: Any
+    """(S, K) Each cell's local model (index in the tables)."""
+    micro_batches: Any
+    """(S, K) Micro-batches per step."""
+    forward_flops: Any
+    """(S, K) One micro-batch's forward FLOPs."""
+    flat: Any
+    """(N,) Where each plan of the batch sits in the (S, K) cells, flattened."""
+    row_slot: Any
+    """(G,) The slot of each row."""
+    row_group: Any
+    """(G, 6) Each row's rank group (``plan_tables.rank_group_rows``)."""
+    slot_rows: tuple[Any, ...]
+    """(S,) arrays: each slot's first row, its second (the first again in a slot of one row),
+    ..., as many as the most rows a slot has: the largest over a slot's rows is the largest
+    of these gathers (faster than ``np.maximum.reduceat`` over runs of 1 to 6 rows)."""
+
+
+def _slots(structure: Any, np: Any) -> tuple[Any, Any]:
+    """(first plan, plans) of each slot: runs of one structure, cut every :data:`SLOT_CELLS`."""
+    n = len(structure)
+    change = np.ones(n, dtype=bool)
+    change[1:] = structure[1:] != structure[:-1]
+    run = np.flatnonzero(change)
+    pos = np.arange(n) - np.repeat(run, np.diff(np.r_[run, n]))
+    first = np.flatnonzero(pos % SLOT_CELLS == 0)
+    return first, np.diff(np.r_[first, n])
+
+
+def layout(t: Tables, batch: PlanBatch, np: Any) -> Layout:
+    """``batch`` as a :class:`Layout`, the tables' constants it needs built where missing."""
+    st = structures_of(t, batch.plans, np)
+    first, size = _slots(batch.structure, np)
+    structure = batch.structure[first]
+    single = st.consts["pp"][structure] == 1
+    if (single[1:] > single[:-1]).any():  # a single-stage slot after a pipelined one
+        order = np.r_[np.flatnonzero(single), np.flatnonzero(~single)]
+        first, size, structure, single = first[order], size[order], structure[order], single[order]
+    col = np.arange(int(size.max(initial=1)))
+    cell = first[:, None] + np.minimum(col, size[:, None] - 1)  # spare cells: the last plan
+    valid = col < size[:, None]
+    flat = np.empty(len(batch), dtype=np.int64)
+    flat[cell[valid]] = np.flatnonzero(valid)
+    b, c = batch.micro_batch[cell], batch.checkpointing[cell]
+    counts = st.group_counts[structure]
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    slot_rows = tuple(starts + np.minimum(j, counts - 1) for j in range(int(counts.max())))
+    row_slot = np.repeat(np.arange(len(structure)), counts)
+    rows = np.repeat(st.group_offsets[structure] - starts, counts) + np.arange(len(row_slot))
+    full = CHECKPOINTINGS.index(Checkpointing.FULL)
+    n_single = int(single.sum())
+    return Layout(
+        structure, n_single, int(counts[:n_single].sum()), b, (c == full).astype(np.int64),
+        cell_locals(t, st, structure, b, c, np), cell_micro_batches(st, structure, b, np),
+        cell_flops(t, st, b, np), flat, row_slot, st.group_rows[rows], slot_rows,
+    )  # fmt: skip
