@@ -237,15 +237,24 @@ def cell_locals(t: Tables, st: Structures, structure: Any, b: Any, c: Any, np: A
     key = st.local_key[structure][:, None]
     index = st.local_lut[key, b, c]
     if index.min(initial=0) < 0:
-        keys = np.broadcast_to(key, b.shape)
-        for i in zip(*np.nonzero(index < 0), strict=True):
-            k, bi, ci = int(keys[i]), int(b[i]), int(c[i])
-            if st.local_lut[k, bi, ci] < 0:
-                plan = st.plans[structure[i[0]]]
-                st.local_lut[k, bi, ci] = local_model_index(t, plan, bi, CHECKPOINTINGS[ci],
-                                                            st.local_parts[k])  # fmt: skip
+        for i in _first_missing(index, (np.broadcast_to(key, b.shape), b, c), np):
+            k, bi, ci = int(key[i[0], 0]), int(b[i]), int(c[i])
+            plan = st.plans[structure[i[0]]]
+            st.local_lut[k, bi, ci] = local_model_index(t, plan, bi, CHECKPOINTINGS[ci],
+                                                        st.local_parts[k])  # fmt: skip
         index = st.local_lut[key, b, c]
     return index
+
+
+def _first_missing(found: Any, keys: tuple[Any, ...], np: Any) -> list[tuple[int, ...]]:
+    """The cells (index tuples) where ``found`` is negative, one per distinct ``keys``
+    (arrays shaped as ``found``, non-negative and below 2**20)."""
+    cells = np.nonzero(found < 0)
+    code = np.zeros(len(cells[0]), dtype=np.int64)
+    for k in keys:
+        code = code * (1 << 20) + k[cells]
+    _, first = np.unique(code, return_index=True)
+    return [tuple(int(x[j]) for x in cells) for j in first]
 
 
 def cell_micro_batches(st: Structures, structure: Any, b: Any, np: Any) -> Any:
@@ -255,9 +264,8 @@ def cell_micro_batches(st: Structures, structure: Any, b: Any, np: Any) -> Any:
     key = st.batches_key[structure][:, None]
     m = st.batches_lut[key, b]
     if m.min(initial=0) < 0:
-        keys = np.broadcast_to(key, b.shape)
-        for i in zip(*np.nonzero(m < 0), strict=True):
-            k, bi = int(keys[i]), int(b[i])
+        for i in _first_missing(m, (np.broadcast_to(key, b.shape), b), np):
+            k, bi = int(key[i[0], 0]), int(b[i])
             st.batches_lut[k, bi] = st.batches_plans[k].resolved_micro_batches(bi)
         m = st.batches_lut[key, b]
     return m
