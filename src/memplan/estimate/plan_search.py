@@ -74,8 +74,11 @@ SHARDINGS = (
     Sharding.FSDP_HYBRID,
 )
 """ZeRO stage 0 and FSDP2 no-shard are left out: DDP's memory in another runtime."""
-CHUNK = 10_000
-"""Plans per array evaluation: a progress report after each, one task each with ``--jobs``."""
+CHUNK = 20_000
+"""Plans per array evaluation: a progress report after each, one task each with ``--jobs``.
+A chunk's arrays peak near 16 MiB at 20,000 plans (Llama-3.1-70B on 64 GPUs, ``tracemalloc``;
+about 0.8 KiB a plan); bench/bench_plan.py ran fastest at 15,000-30,000 (10,000: 15 % slower,
+the whole 51,435 at once: 40 % slower, its arrays past the CPU caches)."""
 VIRTUAL_STAGES = (2, 4)
 """Model chunks per pipeline rank tried with the interleaved schedule."""
 _FSDP_FLAG = {
