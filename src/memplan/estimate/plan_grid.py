@@ -220,7 +220,7 @@ def _memory(
             grads = (cols["layer_grads"], cols["first_layer_grads"])
             phases = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
         lines = comm_lines(loc, st, sh, {"persistent": cols["persistent"]})
-        peak[rows] = _largest_total(phases, lines, np)
+        peak[rows] = _largest_total(phases, lines, peak[rows].shape, np)
     return peak
 
 
@@ -228,24 +228,29 @@ _MEMORY_COLUMNS = ("layer_grads", "first_layer_grads", "persistent")
 
 
 def _largest_total(
-    phases: dict[str, dict[str, Any]], lines: dict[str, dict[str, Any]], np: Any
+    phases: dict[str, dict[str, Any]],
+    lines: dict[str, dict[str, Any]],
+    shape: tuple[int, ...],
+    np: Any,
 ) -> Any:
     """The largest of the phases' totals (each phase's categories plus its communication
-    lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element.
+    lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element of
+    ``shape`` (rows, K).
 
     Integers add exactly in any order, so each total is summed as: its terms that are columns
-    (one per rank group) or numbers first, then its per-plan arrays. Phases whose per-plan
+    (one per rank group) or numbers first, then its per-plan arrays (those of ``shape``). Phases whose per-plan
     terms are the same arrays differ by columns only: the largest of their column sums is
-    taken first and the per-plan terms added once; a sum of per-plan terms is kept and extended
-    by the phases that add to it (end of the forward, then the backward's transients)."""
+    taken first and the per-plan terms added once; a sum of per-plan terms is extended in
+    place by the phases that add to it (the end of the forward, then the backward's
+    transients)."""
     order: dict[int, int] = {}
     terms: list[Any] = []
-    small: dict[tuple[int, ...], Any] = {}
+    columns: dict[tuple[int, ...], Any] = {}
     for name in ALL_PHASES:
         column: Any = 0
         wide = []
         for v in (*phases[name].values(), *lines[name].values()):
-            if getattr(v, "ndim", 0) == 2 and v.shape[1] > 1:
+            if getattr(v, "shape", None) == shape:
                 if id(v) not in order:
                     order[id(v)] = len(terms)
                     terms.append(v)
@@ -253,15 +258,21 @@ def _largest_total(
             else:
                 column = column + v
         key = tuple(sorted(wide))
-        small[key] = np.maximum(small[key], column) if key in small else column
-    sums: dict[tuple[int, ...], Any] = {(): 0}
-    best: Any = None
-    for key, column in small.items():
-        for j in range(1, len(key) + 1):
-            if key[:j] not in sums:
-                sums[key[:j]] = sums[key[: j - 1]] + terms[key[j - 1]]
-        total = sums[key] + column
-        best = total if best is None else np.maximum(best, total)
+        columns[key] = np.maximum(columns[key], column) if key in columns else column
+    best = np.empty(shape, dtype=np.int64)
+    total = np.empty(shape, dtype=np.int64)
+    acc, done = None, None
+    for n, key in enumerate(sorted(columns, key=len)):
+        if acc is not None and done is not None and key[: len(done)] == done:
+            rest = key[len(done) :]
+        else:  # a new sum (``acc`` is only ever a sum this function made)
+            acc, rest = (terms[key[0]].copy(), key[1:]) if key else (np.zeros(shape, np.int64), ())
+        for j in rest:
+            np.add(acc, terms[j], out=acc)
+        done = key
+        np.add(acc, columns[key], out=total if n else best)
+        if n:
+            np.maximum(best, total, out=best)
     return best
 
 
