@@ -68,13 +68,23 @@ def stacked(t: Tables, name: str, np: Any) -> Any:
                                      "layers_grad")}  # fmt: skip
         columns["parts"] = _collapsed([x.parts for x in table], np)
         parts = {"parts": columns.pop("parts")}
-        value: Any = (_Columns.of(columns, np), _Columns.of(parts, np))
+        same = _same_part(t, np)
+        value: Any = (_Columns.of(columns, same, np), _Columns.of(parts, same, np))
     elif name == "local_widths":
         value = np.asarray(table, dtype=np.int64)
     else:
         value = _state_table(table, np)
     t.stacked[name] = (len(table), value)
     return value
+
+
+def _same_part(t: Tables, np: Any) -> Any:
+    """Per local model of the tables, the first one of its (tp, cp, sp, cast) part."""
+    parts: dict[tuple[Any, ...], int] = {}
+    first = np.empty(len(t.locals_), dtype=np.int64)
+    for key, i in t.local_index.items():  # key: (*part, micro-batch, checkpointing)
+        first[i] = parts.setdefault(key[:-2], i)
+    return first
 
 
 _STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
@@ -99,15 +109,20 @@ def _collapsed(parts: list[dict[str, dict[str, int]]], np: Any) -> dict[str, dic
 
 @dataclass(frozen=True, slots=True)
 class _Columns:
-    """Nested dicts of equal-length arrays as one matrix per dtype (column = table entry), so
-    that gathering rows is one ``np.take`` per dtype, not one per leaf."""
+    """Nested dicts of equal-length arrays as one matrix per (dtype, spread) (column = table
+    entry), so that gathering rows is one ``np.take`` per matrix, not one per leaf. A leaf's
+    spread: ``cell`` (it varies with the micro-batch or the checkpointing: gathered at every
+    cell), ``part`` (the same for every local model of one (tp, cp, sp, cast) part: gathered
+    once per row, at its first cell, a column that broadcasts) or ``one`` (one value in the
+    whole table: that number)."""
 
-    paths: tuple[tuple[tuple[str, ...], str, int], ...]
-    """(keys to the leaf, dtype, row in that dtype's matrix) per leaf."""
-    matrices: dict[str, Any]
+    paths: tuple[tuple[tuple[str, ...], tuple[str, str], int], ...]
+    """(keys to the leaf, (dtype, spread), row in that matrix) per leaf."""
+    matrices: dict[tuple[str, str], Any]
 
     @classmethod
-    def of(cls, value: dict[str, Any], np: Any) -> _Columns:
+    def of(cls, value: dict[str, Any], same_part: Any, np: Any) -> _Columns:
+        """``value``'s leaves; ``same_part``: per table entry, the first entry of its part."""
         leaves: list[tuple[tuple[str, ...], Any]] = []
 
         def walk(v: Any, path: tuple[str, ...]) -> None:
@@ -118,23 +133,30 @@ class _Columns:
                 leaves.append((path, v))
 
         walk(value, ())
-        by_dtype: dict[str, list[Any]] = {}
+        by_kind: dict[tuple[str, str], list[Any]] = {}
         paths = []
         for path, v in leaves:
-            rows = by_dtype.setdefault(v.dtype.str, [])
-            paths.append((path, v.dtype.str, len(rows)))
+            spread = "one" if (v == v[0]).all() else "part" if (v == v[same_part]).all() else "cell"
+            rows = by_kind.setdefault((v.dtype.str, spread), [])
+            paths.append((path, (v.dtype.str, spread), len(rows)))
             rows.append(v)
-        return cls(tuple(paths), {k: np.stack(v) for k, v in by_dtype.items()})
+        return cls(tuple(paths), {k: np.stack(v) for k, v in by_kind.items()})
 
     def gather(self, index: Any, np: Any) -> dict[str, Any]:
-        """The nested dicts at rows ``index``."""
-        taken = {k: np.take(m, index, axis=1) for k, m in self.matrices.items()}
+        """The nested dicts at ``index`` (rows, K): cells of one row share their part."""
+        taken = {}
+        for (dtype, spread), m in self.matrices.items():
+            if spread == "one":
+                taken[dtype, spread] = [x.item() for x in m[:, 0]]
+            else:
+                at = index[..., :1] if spread == "part" else index
+                taken[dtype, spread] = np.take(m, at, axis=1)
         out: dict[str, Any] = {}
-        for path, dtype, row in self.paths:
+        for path, kind, row in self.paths:
             into = out
             for k in path[:-1]:
                 into = into.setdefault(k, {})
-            into[path[-1]] = taken[dtype][row]
+            into[path[-1]] = taken[kind][row]
         return out
 
 
