@@ -78,13 +78,17 @@ def stacked(t: Tables, name: str, np: Any) -> Any:
     return value
 
 
-def _same_part(t: Tables, np: Any) -> Any:
-    """Per local model of the tables, the first one of its (tp, cp, sp, cast) part."""
+def _same_part(t: Tables, np: Any) -> tuple[Any, Any]:
+    """Per local model of the tables, the first one of its (tp, cp, sp, cast) part, and the
+    first one of its part and micro-batch."""
     parts: dict[tuple[Any, ...], int] = {}
-    first = np.empty(len(t.locals_), dtype=np.int64)
+    batches: dict[tuple[Any, ...], int] = {}
+    part = np.empty(len(t.locals_), dtype=np.int64)
+    batch = np.empty(len(t.locals_), dtype=np.int64)
     for key, i in t.local_index.items():  # key: (*part, micro-batch, checkpointing)
-        first[i] = parts.setdefault(key[:-2], i)
-    return first
+        part[i] = parts.setdefault(key[:-2], i)
+        batch[i] = batches.setdefault(key[:-1], i)
+    return part, batch
 
 
 _STATE_CATEGORIES = ("parameters", "optimizer_states", "gradients")
@@ -111,18 +115,20 @@ def _collapsed(parts: list[dict[str, dict[str, int]]], np: Any) -> dict[str, dic
 class _Columns:
     """Nested dicts of equal-length arrays as one matrix per (dtype, spread) (column = table
     entry), so that gathering rows is one ``np.take`` per matrix, not one per leaf. A leaf's
-    spread: ``cell`` (it varies with the micro-batch or the checkpointing: gathered at every
-    cell), ``part`` (the same for every local model of one (tp, cp, sp, cast) part: gathered
-    once per row, at its first cell, a column that broadcasts) or ``one`` (one value in the
-    whole table: that number)."""
+    spread: ``cell`` (it varies with the checkpointing: gathered at every cell), ``batch``
+    (the same for every local model of one part and micro-batch: gathered at each row's first
+    checkpointing), ``part`` (the same for every local model of one (tp, cp, sp, cast) part:
+    gathered once per row, a column that broadcasts) or ``one`` (one value in the whole
+    table: that number)."""
 
     paths: tuple[tuple[tuple[str, ...], tuple[str, str], int], ...]
     """(keys to the leaf, (dtype, spread), row in that matrix) per leaf."""
     matrices: dict[tuple[str, str], Any]
 
     @classmethod
-    def of(cls, value: dict[str, Any], same_part: Any, np: Any) -> _Columns:
-        """``value``'s leaves; ``same_part``: per table entry, the first entry of its part."""
+    def of(cls, value: dict[str, Any], same: tuple[Any, Any], np: Any) -> _Columns:
+        """``value``'s leaves; ``same``: per table entry, the first entry of its part, and of
+        its part and micro-batch (:func:`_same_part`)."""
         leaves: list[tuple[tuple[str, ...], Any]] = []
 
         def walk(v: Any, path: tuple[str, ...]) -> None:
@@ -136,20 +142,26 @@ class _Columns:
         by_kind: dict[tuple[str, str], list[Any]] = {}
         paths = []
         for path, v in leaves:
-            spread = "one" if (v == v[0]).all() else "part" if (v == v[same_part]).all() else "cell"
+            spread = (
+                "one" if (v == v[0]).all()
+                else "part" if (v == v[same[0]]).all()
+                else "batch" if (v == v[same[1]]).all()
+                else "cell"
+            )  # fmt: skip
             rows = by_kind.setdefault((v.dtype.str, spread), [])
             paths.append((path, (v.dtype.str, spread), len(rows)))
             rows.append(v)
         return cls(tuple(paths), {k: np.stack(v) for k, v in by_kind.items()})
 
     def gather(self, index: Any, np: Any) -> dict[str, Any]:
-        """The nested dicts at ``index`` (rows, K): cells of one row share their part."""
+        """The nested dicts at ``index`` (rows, B, C): the cells of one row share their part,
+        those along C their micro-batch (``plan_layout.Layout``)."""
         taken = {}
         for (dtype, spread), m in self.matrices.items():
             if spread == "one":
                 taken[dtype, spread] = [x.item() for x in m[:, 0]]
             else:
-                at = index[..., :1] if spread == "part" else index
+                at = {"part": index[:, :1, :1], "batch": index[..., :1]}.get(spread, index)
                 taken[dtype, spread] = np.take(m, at, axis=1)
         out: dict[str, Any] = {}
         for path, kind, row in self.paths:
@@ -252,15 +264,16 @@ def _grown(lut: Any, axis: int, span: int, fill: Any, np: Any) -> Any:
 
 def cell_locals(t: Tables, st: Structures, structure: Any, b: Any, c: Any, np: Any) -> Any:
     """The local model's index of every plan (``structure`` per slot, shape (S,); micro-batches
-    ``b`` and checkpointings ``c`` per cell, shape (S, K)), the missing ones built (one per
-    distinct key)."""
+    ``b`` and checkpointings ``c`` per cell, shapes broadcasting to (S, B, C)), the missing
+    ones built (one per distinct key)."""
     span = int(b.max(initial=0)) + 1
     st.local_lut = _grown(st.local_lut, 1, span, -1, np)
-    key = st.local_key[structure][:, None]
+    key = st.local_key[structure][:, None, None]
     index = st.local_lut[key, b, c]
     if index.min(initial=0) < 0:
-        for i in _first_missing(index, (np.broadcast_to(key, b.shape), b, c), np):
-            k, bi, ci = int(key[i[0], 0]), int(b[i]), int(c[i])
+        keys = np.broadcast_arrays(key, b, c)
+        for i in _first_missing(index, keys, np):
+            k, bi, ci = (int(x[i]) for x in keys)
             plan = st.plans[structure[i[0]]]
             st.local_lut[k, bi, ci] = local_model_index(t, plan, bi, CHECKPOINTINGS[ci],
                                                         st.local_parts[k])  # fmt: skip
@@ -283,11 +296,12 @@ def cell_micro_batches(st: Structures, structure: Any, b: Any, np: Any) -> Any:
     """Micro-batches per step of every plan (``ParallelPlan.resolved_micro_batches``; shapes as
     :func:`cell_locals`)."""
     st.batches_lut = _grown(st.batches_lut, 1, int(b.max(initial=0)) + 1, -1, np)
-    key = st.batches_key[structure][:, None]
+    key = st.batches_key[structure][:, None, None]
     m = st.batches_lut[key, b]
     if m.min(initial=0) < 0:
-        for i in _first_missing(m, (np.broadcast_to(key, b.shape), b), np):
-            k, bi = int(key[i[0], 0]), int(b[i])
+        keys = np.broadcast_arrays(key, b)
+        for i in _first_missing(m, keys, np):
+            k, bi = (int(x[i]) for x in keys)
             st.batches_lut[k, bi] = st.batches_plans[k].resolved_micro_batches(bi)
         m = st.batches_lut[key, b]
     return m

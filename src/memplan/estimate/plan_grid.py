@@ -119,7 +119,7 @@ def _reuse_freed_memory(np: Any) -> None:
     is mapped). glibc serves an allocation above its mmap threshold (128 KiB at start) with
     fresh pages and unmaps them on free, unless a block that large was freed before: the
     threshold then rises to that block's size and the trim threshold to twice it (mallopt(3),
-    M_MMAP_THRESHOLD). The grid's (rows, K) temporaries (up to ~400 KiB each at 20,000 plans
+    M_MMAP_THRESHOLD). The grid's (rows, B, C) temporaries (up to ~400 KiB each at 20,000 plans
     a chunk) then reuse heap memory: bench/bench_plan.py measured 6,500-8,400 page faults and
     10-30 ms of system time per evaluation of the 70B grid before, under 300 and under 1 ms
     after. Elsewhere than glibc: one harmless allocation."""
@@ -141,15 +141,15 @@ def fill_tables(tables: Any, batch: PlanBatch) -> None:
 
 def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: Any) -> GridResult:
     """The grid's numbers from its layout (``plan_layout``): every row's peak and seconds on
-    (rows, K) arrays, the largest per slot, then the step per plan."""
+    (rows, B, C) arrays, the largest per slot, then the step per plan."""
     st = t.structures
-    slot = {k: v[lay.structure][:, None] for k, v in st.consts.items()}  # (S, 1)
+    slot = {k: v[lay.structure][:, None, None] for k, v in st.consts.items()}  # (S, 1, 1)
     rs = lay.row_slot
-    row = {k: v[rs] for k, v in slot.items()}  # (G, 1)
+    row = {k: v[rs] for k, v in slot.items()}  # (G, 1, 1)
     stage, state_idx, first_class, layers, moe_layers, sends = (
-        np.ascontiguousarray(x)[:, None] for x in lay.row_group.T
+        np.ascontiguousarray(x)[:, None, None] for x in lay.row_group.T
     )
-    m = lay.micro_batches[rs]  # (G, K)
+    m = lay.micro_batches[rs]  # (G, B, 1)
     state, other = state_arrays(t, state_idx, np)
     shape = RankShape(
         micro_batches=m, stage=stage, pp=row["pp"], virtual=row["virtual"],
@@ -163,7 +163,7 @@ def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: 
     seconds = _row_seconds(t, row, other, sizes, layers, moe_layers, sends, m, np)
     if not first_class.all():  # the other data-parallel classes join the same collectives
         seconds = {k: v * first_class for k, v in seconds.items()}
-    peak, worst_row = _slot_peak(peak_rows, lay.slot_rows, np)  # (S, K)
+    peak, worst_row = _slot_peak(peak_rows, lay.slot_rows, np)  # (S, B, C)
     cells = peak.shape
     worst = {k: _slot_max(v, lay.slot_rows, np) for k, v in seconds.items()}
     numbers = step_numbers(
@@ -178,7 +178,7 @@ def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: 
         return np.broadcast_to(x, cells).reshape(-1)[lay.flat]
 
     return GridResult(
-        per_plan(peak), per_plan(stage[worst_row, 0]), per_plan(numbers.compute_s),
+        per_plan(peak), per_plan(stage[worst_row, 0, 0]), per_plan(numbers.compute_s),
         per_plan(numbers.bubble_s), per_plan(numbers.exposed_comm_s),
         per_plan(numbers.offload_s), per_plan(numbers.step_s), per_plan(numbers.mfu),
         {k: per_plan(v) for k, v in worst.items() if k != "offload"},
@@ -186,7 +186,7 @@ def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: 
 
 
 def _slot_max(x: Any, slot_rows: tuple[Any, ...], np: Any) -> Any:
-    """The largest of each slot's rows (``Layout.slot_rows``) of ``x`` (rows, K or 1)."""
+    """The largest of each slot's rows (``Layout.slot_rows``) of ``x`` (rows, ...)."""
     out = x[slot_rows[0]]
     for rows in slot_rows[1:]:
         np.maximum(out, x[rows], out=out)
@@ -196,12 +196,12 @@ def _slot_max(x: Any, slot_rows: tuple[Any, ...], np: Any) -> Any:
 def _slot_peak(x: Any, slot_rows: tuple[Any, ...], np: Any) -> tuple[Any, Any]:
     """:func:`_slot_max`, and the first row holding it (the worst rank group)."""
     out = x[slot_rows[0]]
-    row = np.broadcast_to(slot_rows[0][:, None], out.shape)
+    row = np.broadcast_to(slot_rows[0][:, None, None], out.shape)
     for rows in slot_rows[1:]:
         v = x[rows]
         above = v > out
         np.maximum(out, v, out=out)
-        row = np.where(above, rows[:, None], row)
+        row = np.where(above, rows[:, None, None], row)
     return out, row
 
 
@@ -256,7 +256,7 @@ def _largest_total(
 ) -> Any:
     """The largest of the phases' totals (each phase's categories plus its communication
     lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element of
-    ``shape`` (rows, K).
+    ``shape`` (rows, B, C).
 
     Integers add exactly in any order, so each total is summed as: its terms that are columns
     (one per rank group) or numbers first, then its per-plan arrays (those of ``shape``). Phases whose per-plan
@@ -301,7 +301,8 @@ def _transfer_bytes(t: Tables, slot: dict[str, Any], lay: Layout, np: Any) -> di
     """Per plan, one micro-batch's bytes the model-parallel collectives move (the arguments of
     ``dist_time.model_parallel_terms``, as ``collective_terms`` computes them)."""
     widths = stacked(t, "local_widths", np)
-    compute, kv = widths[:, 0][lay.local], widths[:, 1][lay.local]
+    part = lay.local[:, :1, :1]  # the widths are the local part's
+    compute, kv = widths[:, 0][part], widths[:, 1][part]
     b, s, h = lay.micro_batch, t.setup.seq // slot["cp"], t.spec.hidden_size
     top_k = t.spec.moe.top_k if t.spec.moe is not None else 0
     return {

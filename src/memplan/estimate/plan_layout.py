@@ -5,18 +5,21 @@ A :class:`PlanBatch` holds plans without a Python object per plan: the distinct 
 checkpointing. :func:`layout` arranges a batch for :mod:`memplan.estimate.plan_grid`:
 
 - a *slot* is a run of consecutive plans of one structure (at most :data:`SLOT_CELLS`); its
-  plans are the *cells* of one line of (slots, K) arrays (K: the longest slot; a shorter slot's
-  spare cells repeat its last plan and are dropped from the result);
+  plans are the *cells* of one (B, C) block of (slots, B, C) arrays: C is the number of
+  checkpointings when the plans come in runs of every checkpointing, one micro-batch each (as
+  ``plan_search.enumerate_batch`` gives them), else 1; B is the most micro-batches (runs) of a
+  slot (a shorter slot's spare cells repeat its last plan and are dropped from the result);
 - a *row* is one rank group (pipeline stage x data-parallel class) of a slot's structure: the
-  memory and the collectives are evaluated on (rows, K) arrays, what depends on the rank group
-  only (its states, stage, the plan's degrees) as (rows, 1) columns that broadcast over the
-  cells, what depends on the micro-batch and the checkpointing (the local model, the
-  micro-batches per step) as (rows, K).
+  memory and the collectives are evaluated on (rows, B, C) arrays; what depends on the rank
+  group only (its states, stage, the plan's degrees) is a (rows, 1, 1) column, what depends
+  on the micro-batch but not the checkpointing (the micro-batches per step, the transfer
+  sizes, the collectives' seconds) is (rows, B, 1), and only what the checkpointing changes
+  (the local model's activations) is (rows, B, C).
 
-So the arithmetic that only the structure decides runs once per rank group, not once per plan;
-the values are the same, element by element (NumPy broadcasting repeats the operands).
-Single-stage slots come first, so that the two kinds of rank (``single_stage_phases``,
-``pipeline_stage_phases``) are two row ranges, not two gathers.
+So the arithmetic runs once per rank group, or per micro-batch, where that decides it, not once
+per plan; the values are the same, element by element (NumPy broadcasting repeats the
+operands). Single-stage slots come first, so that the two kinds of rank
+(``single_stage_phases``, ``pipeline_stage_phases``) are two row ranges, not two gathers.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from memplan.specs.training import Checkpointing
 
 __all__ = ["SLOT_CELLS", "Layout", "PlanBatch", "PlanRow", "layout"]
 
-SLOT_CELLS = 64
+SLOT_CELLS = 63
 """Plans in one slot at most: a structure has one plan per micro-batch and checkpointing (21
 with micro-batches up to 64); a longer run of one structure takes several slots, so that one
-long run does not widen every slot's line."""
+long run does not widen every slot's line. A multiple of ``len(CHECKPOINTINGS)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,8 @@ class PlanBatch:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """A batch laid out as slots x cells (plans) and rows (rank groups) x cells (module
-    docstring)."""
+    """A batch laid out as slots x (B, C) cells (plans) and rows (rank groups) x cells
+    (module docstring)."""
 
     structure: Any
     """(S,) The structure of each slot, single-stage ones first."""
@@ -108,17 +111,17 @@ class Layout:
     single_rows: int
     """Slots, and rows, of single-stage structures (the first ones)."""
     micro_batch: Any
-    """(S, K) Each cell's micro-batch."""
+    """(S, B, 1) Each cell's micro-batch."""
     recompute: Any
-    """(S, K) 1 with full checkpointing."""
+    """(S, B, C) 1 with full checkpointing."""
     local: Any
-    """(S, K) Each cell's local model (index in the tables)."""
+    """(S, B, C) Each cell's local model (index in the tables)."""
     micro_batches: Any
-    """(S, K) Micro-batches per step."""
+    """(S, B, 1) Micro-batches per step."""
     forward_flops: Any
-    """(S, K) One micro-batch's forward FLOPs."""
+    """(S, B, 1) One micro-batch's forward FLOPs."""
     flat: Any
-    """(N,) Where each plan of the batch sits in the (S, K) cells, flattened."""
+    """(N,) Where each plan of the batch sits in the (S, B, C) cells, flattened."""
     row_slot: Any
     """(G,) The slot of each row."""
     row_group: Any
@@ -129,32 +132,51 @@ class Layout:
     of these gathers (faster than ``np.maximum.reduceat`` over runs of 1 to 6 rows)."""
 
 
-def _slots(structure: Any, np: Any) -> tuple[Any, Any]:
-    """(first plan, plans) of each slot: runs of one structure, cut every :data:`SLOT_CELLS`."""
+def _slots(structure: Any, widest: int, np: Any) -> tuple[Any, Any]:
+    """(first unit, units) of each slot: runs of one structure, cut every ``widest``."""
     n = len(structure)
     change = np.ones(n, dtype=bool)
     change[1:] = structure[1:] != structure[:-1]
     run = np.flatnonzero(change)
     pos = np.arange(n) - np.repeat(run, np.diff(np.r_[run, n]))
-    first = np.flatnonzero(pos % SLOT_CELLS == 0)
+    first = np.flatnonzero(pos % widest == 0)
     return first, np.diff(np.r_[first, n])
+
+
+def _checkpointings(batch: PlanBatch, np: Any) -> int:
+    """C: the plans come in runs of every checkpointing of :data:`CHECKPOINTINGS` in order,
+    one micro-batch of one structure each (``plan_search.enumerate_batch`` lays them out so),
+    then ``len(CHECKPOINTINGS)``, else 1."""
+    c = len(CHECKPOINTINGS)
+    if len(batch) % c:
+        return 1
+    ckpt = batch.checkpointing.reshape(-1, c)
+    if not (ckpt == np.arange(c)).all():
+        return 1
+    for x in (batch.structure.reshape(-1, c), batch.micro_batch.reshape(-1, c)):
+        if not (x == x[:, :1]).all():
+            return 1
+    return c
 
 
 def layout(t: Tables, batch: PlanBatch, np: Any) -> Layout:
     """``batch`` as a :class:`Layout`, the tables' constants it needs built where missing."""
     st = structures_of(t, batch.plans, np)
-    first, size = _slots(batch.structure, np)
-    structure = batch.structure[first]
+    width = _checkpointings(batch, np)
+    structures, micro = batch.structure[::width], batch.micro_batch[::width]  # per unit
+    first, size = _slots(structures, SLOT_CELLS // width, np)
+    structure = structures[first]
     single = st.consts["pp"][structure] == 1
     if (single[1:] > single[:-1]).any():  # a single-stage slot after a pipelined one
         order = np.r_[np.flatnonzero(single), np.flatnonzero(~single)]
         first, size, structure, single = first[order], size[order], structure[order], single[order]
     col = np.arange(int(size.max(initial=1)))
-    cell = first[:, None] + np.minimum(col, size[:, None] - 1)  # spare cells: the last plan
-    valid = col < size[:, None]
+    unit = first[:, None] + np.minimum(col, size[:, None] - 1)  # spare cells: the last plan
+    cell = unit[:, :, None] * width + np.arange(width)  # (S, B, C) plan index
+    valid = np.broadcast_to((col < size[:, None])[:, :, None], cell.shape)
     flat = np.empty(len(batch), dtype=np.int64)
     flat[cell[valid]] = np.flatnonzero(valid)
-    b, c = batch.micro_batch[cell], batch.checkpointing[cell]
+    b, c = micro[unit][:, :, None], batch.checkpointing[cell]
     counts = st.group_counts[structure]
     starts = np.r_[0, np.cumsum(counts)[:-1]]
     slot_rows = tuple(starts + np.minimum(j, counts - 1) for j in range(int(counts.max())))

@@ -74,11 +74,14 @@ SHARDINGS = (
     Sharding.FSDP_HYBRID,
 )
 """ZeRO stage 0 and FSDP2 no-shard are left out: DDP's memory in another runtime."""
-CHUNK = 20_000
+CHUNK = 30_000
 """Plans per array evaluation: a progress report after each, one task each with ``--jobs``.
-A chunk's arrays peak near 16 MiB at 20,000 plans (Llama-3.1-70B on 64 GPUs, ``tracemalloc``;
-about 0.8 KiB a plan); bench/bench_plan.py ran fastest at 15,000-30,000 (10,000: 15 % slower,
-the whole 51,435 at once: 40 % slower, its arrays past the CPU caches)."""
+A multiple of ``len(CHECKPOINTINGS)``, so that a chunk keeps the plans of a micro-batch
+together (``plan_layout``). A chunk's arrays peak at 12.5 MiB for Llama-3.1-70B on 64 GPUs
+(0.4 KiB a plan; ``tracemalloc``) and at most 24 MiB for the 405B on 16,384 (more rank groups
+a plan); bench/bench_plan.py's 405B question ran fastest at 30,000 (21,000: 8 % slower,
+60,000: 40 % slower, its arrays past the CPU caches), the 70B one at 60,000 (30,000: 14 %
+slower)."""
 VIRTUAL_STAGES = (2, 4)
 """Model chunks per pipeline rank tried with the interleaved schedule."""
 _FSDP_FLAG = {
