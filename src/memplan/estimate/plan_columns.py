@@ -173,8 +173,10 @@ class _Columns:
 
 
 def local_arrays(t: Tables, index: Any, np: Any, *, parts: bool = True) -> LocalNumbers:
-    """A :class:`LocalNumbers` whose fields are arrays over rows (``index`` into the table);
-    ``parts=False`` leaves the phases out (the communication lines do not read them)."""
+    """A :class:`LocalNumbers` of the local models at ``index`` (rows, B, C): each field an
+    array of that shape, a column that broadcasts over it, or a number, as its spread
+    (:class:`_Columns`); ``parts=False`` leaves the phases out (a pipeline stage does not read
+    them)."""
     numbers, phases = stacked(t, "locals", np)
     first = t.locals_[0]
     fields = numbers.gather(index, np)
