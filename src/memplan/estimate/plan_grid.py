@@ -186,23 +186,22 @@ def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: 
     )  # fmt: skip
 
 
-def _slot_max(x: Any, slot_rows: tuple[Any, ...], np: Any) -> Any:
+def _slot_max(x: Any, slot_rows: tuple[tuple[Any, Any], ...], np: Any) -> Any:
     """The largest of each slot's rows (``Layout.slot_rows``) of ``x`` (rows, ...)."""
-    out = x[slot_rows[0]]
-    for rows in slot_rows[1:]:
-        np.maximum(out, x[rows], out=out)
+    out = x[slot_rows[0][1]]
+    for slots, rows in slot_rows[1:]:
+        out[slots] = np.maximum(out[slots], x[rows])
     return out
 
 
-def _slot_peak(x: Any, slot_rows: tuple[Any, ...], np: Any) -> tuple[Any, Any]:
+def _slot_peak(x: Any, slot_rows: tuple[tuple[Any, Any], ...], np: Any) -> tuple[Any, Any]:
     """:func:`_slot_max`, and the first row holding it (the worst rank group)."""
-    out = x[slot_rows[0]]
-    row = np.broadcast_to(slot_rows[0][:, None, None], out.shape)
-    for rows in slot_rows[1:]:
-        v = x[rows]
-        above = v > out
-        np.maximum(out, v, out=out)
-        row = np.where(above, rows[:, None, None], row)
+    out = x[slot_rows[0][1]]
+    row = np.repeat(slot_rows[0][1], out[0].size).reshape(out.shape)
+    for slots, rows in slot_rows[1:]:
+        v, best = x[rows], out[slots]
+        row[slots] = np.where(v > best, rows[:, None, None], row[slots])
+        out[slots] = np.maximum(best, v)
     return out, row
 
 

@@ -126,10 +126,11 @@ class Layout:
     """(G,) The slot of each row."""
     row_group: Any
     """(G, 6) Each row's rank group (``plan_tables.rank_group_rows``)."""
-    slot_rows: tuple[Any, ...]
-    """(S,) arrays: each slot's first row, its second (the first again in a slot of one row),
-    ..., as many as the most rows a slot has: the largest over a slot's rows is the largest
-    of these gathers (faster than ``np.maximum.reduceat`` over runs of 1 to 6 rows)."""
+    slot_rows: tuple[tuple[Any, Any], ...]
+    """(slots, their rows): every slot and its first row, the slots with a second row and
+    that row, ..., as many as the most rows a slot has: the largest over each slot's rows is
+    the largest of these gathers (faster than ``np.maximum.reduceat`` over runs of 1 to 12
+    rows)."""
 
 
 def _slots(structure: Any, widest: int, np: Any) -> tuple[Any, Any]:
@@ -179,7 +180,8 @@ def layout(t: Tables, batch: PlanBatch, np: Any) -> Layout:
     b, c = micro[unit][:, :, None], batch.checkpointing[cell]
     counts = st.group_counts[structure]
     starts = np.r_[0, np.cumsum(counts)[:-1]]
-    slot_rows = tuple(starts + np.minimum(j, counts - 1) for j in range(int(counts.max())))
+    more = (np.flatnonzero(counts > j) for j in range(1, int(counts.max())))
+    slot_rows = ((slice(None), starts), *((k, starts[k] + j) for j, k in enumerate(more, 1)))
     row_slot = np.repeat(np.arange(len(structure)), counts)
     rows = np.repeat(st.group_offsets[structure] - starts, counts) + np.arange(len(row_slot))
     full = CHECKPOINTINGS.index(Checkpointing.FULL)
