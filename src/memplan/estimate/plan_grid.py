@@ -241,7 +241,7 @@ def _memory(
             grads = (cols["layer_grads"], cols["first_layer_grads"])
             phases = single_stage_phases(loc, st, sh.micro_batches, layer_grads=grads)
         lines = comm_lines(loc, st, sh, {"persistent": cols["persistent"]})
-        peak[rows] = _largest_total(phases, lines, peak[rows].shape, np)
+        peak[rows] = _largest_total(phases, lines, np)
     return peak
 
 
@@ -249,51 +249,60 @@ _MEMORY_COLUMNS = ("layer_grads", "first_layer_grads", "persistent")
 
 
 def _largest_total(
-    phases: dict[str, dict[str, Any]],
-    lines: dict[str, dict[str, Any]],
-    shape: tuple[int, ...],
-    np: Any,
+    phases: dict[str, dict[str, Any]], lines: dict[str, dict[str, Any]], np: Any
 ) -> Any:
     """The largest of the phases' totals (each phase's categories plus its communication
-    lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element of
-    ``shape`` (rows, B, C).
+    lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element."""
+    return _largest_sum([[*phases[n].values(), *lines[n].values()] for n in ALL_PHASES], np)
 
-    Integers add exactly in any order, so each total is summed as: its terms that are columns
-    (one per rank group) or numbers first, then its per-plan arrays (those of ``shape``). Phases whose per-plan
-    terms are the same arrays differ by columns only: the largest of their column sums is
-    taken first and the per-plan terms added once; a sum of per-plan terms is extended in
-    place by the phases that add to it (the end of the forward, then the backward's
-    transients)."""
+
+def _largest_sum(phases: list[list[Any]], np: Any) -> Any:
+    """The largest of the sums of ``phases`` (lists of integers and integer arrays that
+    broadcast together), per element.
+
+    Integers add exactly in any order, so each sum is taken from its widest terms down: the
+    phases are grouped by the arrays they hold of the widest shape (per (rank group,
+    micro-batch, checkpointing), say); within a group the largest of the rest is found first
+    (the same way, one shape narrower) and the group's wide arrays added to it once; the wide
+    sums are extended in place from one group to the next where one's arrays include the
+    other's (the end of the forward, then the backward's transients)."""
+    arrays = [v for terms in phases for v in terms if getattr(v, "ndim", 0)]
+    if not arrays:
+        return max(sum(terms) for terms in phases)
+    wide = max(arrays, key=lambda v: v.size).shape
     order: dict[int, int] = {}
-    terms: list[Any] = []
-    columns: dict[tuple[int, ...], Any] = {}
-    for name in ALL_PHASES:
-        column: Any = 0
-        wide = []
-        for v in (*phases[name].values(), *lines[name].values()):
-            if getattr(v, "shape", None) == shape:
+    terms_at: list[Any] = []
+    groups: dict[tuple[int, ...], list[list[Any]]] = {}
+    for terms in phases:
+        ids, rest = [], []
+        for v in terms:
+            if getattr(v, "shape", None) == wide:
                 if id(v) not in order:
-                    order[id(v)] = len(terms)
-                    terms.append(v)
-                wide.append(order[id(v)])
+                    order[id(v)] = len(terms_at)
+                    terms_at.append(v)
+                ids.append(order[id(v)])
             else:
-                column = column + v
-        key = tuple(sorted(wide))
-        columns[key] = np.maximum(columns[key], column) if key in columns else column
-    best = np.empty(shape, dtype=np.int64)
-    total = np.empty(shape, dtype=np.int64)
-    acc, done = None, None
-    for n, key in enumerate(sorted(columns, key=len)):
-        if acc is not None and done is not None and key[: len(done)] == done:
-            rest = key[len(done) :]
-        else:  # a new sum (``acc`` is only ever a sum this function made)
-            acc, rest = (terms[key[0]].copy(), key[1:]) if key else (np.zeros(shape, np.int64), ())
-        for j in rest:
-            np.add(acc, terms[j], out=acc)
-        done = key
-        np.add(acc, columns[key], out=total if n else best)
-        if n:
+                rest.append(v)
+        groups.setdefault(tuple(sorted(ids)), []).append(rest)
+    best: Any = None
+    acc: Any = None
+    done: tuple[int, ...] = ()
+    for key in sorted(groups, key=len):
+        if not key:
+            total = _largest_sum(groups[key], np)
+        else:
+            if acc is None or key[: len(done)] != done:
+                acc, done = terms_at[key[0]].copy(), key[:1]
+            for j in key[len(done) :]:
+                np.add(acc, terms_at[j], out=acc)
+            done = key
+            total = acc + _largest_sum(groups[key], np)
+        if best is None:
+            best = total
+        elif np.shape(best) == np.shape(total):
             np.maximum(best, total, out=best)
+        else:
+            best = np.maximum(best, total)
     return best
 
 
