@@ -166,7 +166,11 @@ def _evaluate_arrays(t: Tables, lay: Layout, dtype: str, efficiency: float, np: 
         seconds = {k: v * first_class for k, v in seconds.items()}
     peak, worst_row = _slot_peak(peak_rows, lay.slot_rows, np)  # (S, B, C)
     cells = peak.shape
-    worst = {k: _slot_max(v, lay.slot_rows, np) for k, v in seconds.items()}
+    # the slowest rank group's seconds, every parallelism in one (rows, B, 6) array
+    per_row = m.shape
+    together = np.concatenate([np.broadcast_to(v, per_row) for v in seconds.values()], axis=2)
+    slowest = _slot_max(together, lay.slot_rows, np)
+    worst = {k: slowest[..., j : j + 1] for j, k in enumerate(seconds)}
     numbers = step_numbers(
         forward_flops=lay.forward_flops, recompute=lay.recompute, micro_batches=lay.micro_batches,
         tp=slot["tp"], pp=slot["pp"], cp=slot["cp"], dp=slot["dp"], world=slot["world"],
