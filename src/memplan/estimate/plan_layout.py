@@ -145,9 +145,9 @@ def _slots(structure: Any, widest: int, np: Any) -> tuple[Any, Any]:
 
 
 def _checkpointings(batch: PlanBatch, np: Any) -> int:
-    """C: the plans come in runs of every checkpointing of :data:`CHECKPOINTINGS` in order,
-    one micro-batch of one structure each (``plan_search.enumerate_batch`` lays them out so),
-    then ``len(CHECKPOINTINGS)``, else 1."""
+    """C of the layout: ``len(CHECKPOINTINGS)`` when the plans come in runs of every
+    checkpointing in :data:`CHECKPOINTINGS` order, each run one micro-batch of one structure
+    (``plan_search.enumerate_batch`` lays them out so), else 1."""
     c = len(CHECKPOINTINGS)
     if len(batch) % c:
         return 1
