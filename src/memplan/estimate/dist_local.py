@@ -46,7 +46,9 @@ def sp_split(key: str) -> bool:
     return key.startswith(_SP_PREFIXES) or key in _SP_KEYS
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per estimate, and a frozen dataclass's __init__ costs about
+# 0.2 us a field (object.__setattr__ each); nothing changes one once it is built.
+@dataclass(slots=True)
 class LocalStep:
     """One rank's local model (the single-GPU engine's plan) at (micro-batch, seq / cp)."""
 
@@ -84,12 +86,25 @@ _FAST_PLAN: dict[tuple[object, ...], tuple[ModelSpec, ParallelPlan, TrainingPlan
 
 
 def _local_plan(
-    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, batch: int = 1, seq: int = 2
+    spec: ModelSpec,
+    setup: TrainingSetup,
+    plan: ParallelPlan,
+    batch: int = 1,
+    seq: int = 2,
+    precision: Precision | None = None,
 ) -> TrainingPlan:
     """The single-GPU engine's plan of the rank-local model with the attention kernels of its
     own (micro-batch, local sequence), found by the identity of ``spec``, tp, the kernels and
-    the plan's setup (``training_plan``'s own cache hashes the whole spec)."""
-    key = _local_setup(static_setup(setup), activation_precision(setup, plan))
+    the plan's setup (``training_plan``'s own cache hashes the whole spec). ``precision``:
+    :func:`activation_precision`, when the caller has it."""
+    if precision is None:
+        precision = activation_precision(setup, plan)
+    static = static_setup(setup)
+    hit_setup = _LOCAL_SETUPS.get((id(static), precision))
+    if hit_setup is not None and hit_setup[0] is static:
+        key = hit_setup[1]
+    else:
+        key = _local_setup(static, precision)
     lspec = local_spec(spec, plan)
     kernels = attention_kernels(lspec, key, batch, max(seq, 2))
     fast_key = (id(spec), plan.tp_degree, kernels, key)
@@ -103,17 +118,27 @@ def _local_plan(
     return tplan
 
 
-@lru_cache(maxsize=256)
-def _local_setup(setup: TrainingSetup, precision: Precision) -> TrainingSetup:
-    """The setup of the rank-local plan: ``setup`` (batch and sequence already 1) in the
-    precision the runtime computes in (memoised: building a setup validates it)."""
-    return dataclasses.replace(setup, precision=precision)
+_LOCAL_SETUPS: dict[tuple[int, Precision], tuple[TrainingSetup, TrainingSetup]] = {}
+""":func:`_local_setup` by the identity of the static setup (canonical, ``static_setup``)."""
 
 
-def _make_local_step(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> LocalStep:
+def _local_setup(static: TrainingSetup, precision: Precision) -> TrainingSetup:
+    """The setup of the rank-local plan: ``static`` (batch and sequence 1, from
+    ``static_setup``) in the precision the runtime computes in (memoised: building a setup
+    validates it, and hashing one costs more than the lookup)."""
+    if len(_LOCAL_SETUPS) > 256:
+        _LOCAL_SETUPS.clear()
+    local = dataclasses.replace(static, precision=precision)
+    _LOCAL_SETUPS[(id(static), precision)] = (static, local)
+    return local
+
+
+def _make_local_step(
+    spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan, precision: Precision | None = None
+) -> LocalStep:
     cp = plan.cp_degree
     seq = setup.seq // cp
-    tplan = _local_plan(spec, setup, plan, setup.batch, seq)
+    tplan = _local_plan(spec, setup, plan, setup.batch, seq, precision)
     unfused = sorted({k.backend for k in tplan.kernels} & {"eager", "math"}) if cp > 1 else []
     if unfused:
         raise SetupError(
@@ -141,7 +166,7 @@ def local_step_fast(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -
         return hit[2]
     if len(_FAST_LOCAL) > 4096:
         _FAST_LOCAL.clear()
-    local = _make_local_step(spec, setup, plan)
+    local = _make_local_step(spec, setup, plan, precision)
     _FAST_LOCAL[key] = (spec, plan, local)
     return local
 

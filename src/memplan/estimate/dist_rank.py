@@ -4,7 +4,7 @@
 plans, NumPy arrays) call the same functions below. Their inputs are numbers:
 
 - :class:`LocalNumbers`: what the rank-local model allocates at its (micro-batch, seq / cp), from
-  the single-GPU engine (``train_step.step_parts`` of the rank plan with no model states), per
+  the single-GPU engine (``train_step.parts_at`` of the rank plan with no model states), per
   phase and backward high point, and the sizes the pipeline and the communication buffers need.
   A constant per (tp, cp, sequence parallelism, micro-batch, checkpointing, precision).
 - :class:`StateNumbers`: the rank's model states (``dist_states.stage_states`` summed).
@@ -30,7 +30,6 @@ from memplan.estimate.train_step import (
     parts_at,
     phase_gradients,
     step_at,
-    with_states,
 )
 from memplan.formulas.parallel import in_flight_chunks, maximum, minimum, round_up, where
 from memplan.formulas.training import alloc_bytes
@@ -127,12 +126,14 @@ class RankShape:
     """1 with pipeline parallelism (the send/recv buffers)."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per estimate, and a frozen dataclass's __init__ costs about
+# 0.2 us a field (object.__setattr__ each); nothing changes one once it is built.
+@dataclass(slots=True)
 class LocalNumbers:
     """What the rank-local model allocates at its micro-batch and local sequence."""
 
     parts: dict[str, dict[str, Num]]
-    """Every phase and backward high point without model states (``train_step.step_parts`` of
+    """Every phase and backward high point without model states (``train_step.parts_at`` of
     the rank plan); a search may carry each phase's categories as one number."""
     layer_groups: tuple[tuple[Num, Num], ...]
     """(count, gradient bytes of one layer) per group of identical layers (the local model's)."""
@@ -326,15 +327,35 @@ def single_stage_phases(
         local.last_down_grad,
         local.first_down_grad,
     )
-    full = with_states(local.parts, state.params, state.states, state.step_temporary, gradients)
-    best = first_max([full[n] for n in BACKWARD_CANDIDATES if n in full])
-    whole_in_step = maximum(state.grads_persistent, micro_batches > 1)
+    parts = local.parts
+    # the high points differ by their step parts and gradients only: the rank's parameters and
+    # optimizer states are in every one, so the first largest is picked without them
+    names = [n for n in BACKWARD_CANDIDATES if n in parts]
+    scores = [sum(parts[n].values()) + gradients[n] for n in names]
+    if all(type(x) is int for x in scores):  # one plan: the one phase picked
+        name = names[scores.index(max(scores))]
+        peak = parts[name].copy()
+        peak["gradients"] = gradients[name]
+    else:
+        peak = first_max([{**parts[n], "gradients": gradients[n]} for n in names])
+    params, states, grads = state.params, state.states, state.grads
+    persistent = state.grads_persistent
+    whole_in_step = maximum(persistent, micro_batches > 1)
     phases = {}
     for name in ALL_PHASES:
-        phase = best if name == "peak_backward" else full[name]
-        whole = whole_in_step if name in STEP_PHASES else state.grads_persistent
-        phase["gradients"] = where(whole, state.grads, phase["gradients"])
+        if name == "peak_backward":  # a new dict already
+            phase = peak
+        else:
+            phase = parts[name].copy()  # the same categories in the same order
+            phase["gradients"] = gradients[name]
+        whole = whole_in_step if name in STEP_PHASES else persistent
+        held = where(whole, grads, phase["gradients"])
         phases[name] = phase
+        phase["parameters"] = params
+        phase["optimizer_states"] = states
+        phase["gradients"] = held
+    step = phases["optimizer_step"]
+    step["temporaries"] = step["temporaries"] + state.step_temporary
     return phases
 
 

@@ -45,7 +45,6 @@ from memplan.estimate.dist_rank import (
     LocalNumbers,
     RankShape,
     StateNumbers,
-    add_communication,
     comm_lines,
     local_numbers,
     phase_total,
@@ -80,7 +79,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: the engine builds one per rank group and estimate, and a frozen dataclass's
+# __init__ costs about 0.2 us a field (object.__setattr__ each); nothing changes one once built.
+@dataclass(slots=True)
 class RankGroup:
     """Ranks whose memory is identical: one pipeline stage, one class of data-parallel ranks."""
 
@@ -187,6 +188,11 @@ class _StaticGroup:
     """:func:`rank_shape` but the micro-batches (:func:`_shape_fields`)."""
     shapes: dict[int, RankShape] = dataclasses.field(default_factory=dict)
     """The :class:`RankShape` per number of micro-batches, as the estimates meet them."""
+    held_comm: dict[int, tuple[dict[str, dict[str, int]], dict[str, int]]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Per allocation rounding: the communication lines (nonzero) and their sum per phase,
+    when no line depends on the micro-batch or sequence (:func:`_comm`)."""
 
     def shape_at(self, micro_batches: int) -> RankShape:
         """The group's :class:`RankShape` at ``micro_batches`` (built once per count)."""
@@ -263,6 +269,24 @@ def _shape_fields(
     }
 
 
+def _comm(
+    numbers: LocalNumbers, g: _StaticGroup, shape: RankShape
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """The group's communication lines per phase (nonzero ones) and their sums. Without context,
+    expert or pipeline parallelism no line reads the (micro-batch, seq) numbers
+    (:func:`comm_lines`' step buffers are 0), so the lines are computed once per group."""
+    held = not (shape.cp or shape.ep or shape.pipelined)
+    hit = g.held_comm.get(numbers.round_to) if held else None
+    if hit is not None:
+        return hit
+    lines = comm_lines(numbers, g.state, shape, g.states.persistent_comm)
+    comm = {name: {k: v for k, v in named.items() if v} for name, named in lines.items()}
+    out = comm, {name: sum(named.values()) for name, named in comm.items()}
+    if held:
+        g.held_comm[numbers.round_to] = out
+    return out
+
+
 def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -> RankGroup:
     """One rank group's phases and communication buffers at ``m`` micro-batches."""
     state, stage = g.state, g.stage
@@ -274,9 +298,9 @@ def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -
         v = plan.virtual_stages
         gpipe = plan.schedule is Schedule.GPIPE
         in_flight = in_flight_chunks(stage, plan.pp_degree, m, v, gpipe) / v
-    lines = comm_lines(numbers, state, shape, g.states.persistent_comm)
-    comm = {name: {k: v for k, v in named.items() if v} for name, named in lines.items()}
-    add_communication(phases, comm)
+    comm, sums = _comm(numbers, g, shape)
+    for name, phase in phases.items():
+        phase["communication"] = sums[name]
     totals = [phase_total(phases[k]) for k in ALL_PHASES]
     peak = ALL_PHASES[totals.index(max(totals))]  # the first of equal peaks
     return RankGroup(stage, g.dp_ranks, g.ranks, phases, peak, g.states, comm, in_flight)

@@ -58,46 +58,73 @@ class StepMemory:
 
 
 def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
-    """Sum of ``item.nbytes(b, s)`` rounded per allocation (inlined: the hot loop); tensors of
-    one size are sized once (:func:`_distinct_sizes`)."""
-    total = 0
+    """Sum of ``item.nbytes(b, s)`` rounded per allocation (:func:`_saved_sums` of one tuple)."""
+    return _saved_sums((_sized(items, round_to),), b, s, round_to)[0]
+
+
+def _saved_sums(sized: tuple[_Sized, ...], b: int, s: int, round_to: int) -> list[int]:
+    """The saved bytes of each compiled tuple (:func:`_sized`) at (b, s), rounded per
+    allocation (the hot loop): the linear form of the tensors no allocation rounds, then each
+    distinct size of the others."""
     bs = b * s
     bss = bs * s
-    for count, it in _distinct_sizes(items):
-        n = it.fixed + s * it.per_position
-        if it.per_token:
-            n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
-        if it.per_score:
-            keys = -(-s // it.score_align) * it.score_align
-            n += (bss if keys == s else bs * keys) * it.per_score
-        if it.per_row:
-            a = it.align
-            n += b * (-(-s // a) * a) * it.per_row
-        total += count * alloc_bytes(n * it.elem_bytes, round_to)
-    return total
+    out = []
+    for fixed, position, token, token_b1, rest in sized:
+        total = fixed + s * position + bs * token
+        if b == 1:
+            total += token_b1
+        for count, it in rest:
+            n = it.fixed + s * it.per_position
+            if it.per_token:
+                n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
+            if it.per_score:
+                keys = -(-s // it.score_align) * it.score_align
+                n += (bss if keys == s else bs * keys) * it.per_score
+            if it.per_row:
+                a = it.align
+                n += b * (-(-s // a) * a) * it.per_row
+            if n:  # alloc_bytes, inlined
+                total += count * (-(-n * it.elem_bytes // round_to) * round_to)
+        out.append(total)
+    return out
 
 
-_SIZES: dict[int, tuple[tuple[Saved, ...], tuple[tuple[int, Saved], ...]]] = {}
+_Sized = tuple[int, int, int, int, tuple[tuple[int, Saved], ...]]
+_SIZES: dict[int, tuple[tuple[Saved, ...], int, _Sized]] = {}
 _size_fields = operator.attrgetter(
     *(f.name for f in dataclasses.fields(Saved) if f.name not in ("key", "category"))
 )
 
 
-def _distinct_sizes(items: tuple[Saved, ...]) -> tuple[tuple[int, Saved], ...]:
-    """``items`` as (how many, one of them) per distinct size (every field but the key and the
-    category), kept per tuple object: a layer saves several tensors of one shape (the norms'
-    inputs, q and the attention output, the MLP's branches), and plans are cached."""
+def _sized(items: tuple[Saved, ...], round_to: int) -> _Sized:
+    """``items`` compiled for :func:`_saved_sums`, kept per tuple object (plans are cached):
+
+    - bytes of the tensors no allocation rounds (each term of their size a multiple of
+      ``round_to`` bytes, no score or row term), as a linear form: fixed bytes, bytes per
+      position, bytes per token, and the bytes a batch of 1 adds (``whole_buffer_at_batch_1``);
+    - the others as (how many, one of them) per distinct size (every field but the key and the
+      category): a layer saves several tensors of one shape."""
     hit = _SIZES.get(id(items))
-    if hit is not None and hit[0] is items:
-        return hit[1]
+    if hit is not None and hit[0] is items and hit[1] == round_to:
+        return hit[2]
     if len(_SIZES) > 4096:
         _SIZES.clear()
+    fixed = position = token = token_b1 = 0
     counts: dict[tuple[object, ...], list[Any]] = {}
     for it in items:
+        e = it.elem_bytes
+        terms = (it.fixed * e, it.per_position * e, it.per_token * e)
+        if not (it.per_score or it.per_row or any(t % round_to for t in terms)):
+            fixed += terms[0]
+            position += terms[1]
+            token += terms[2]
+            token_b1 += terms[2] if it.whole_buffer_at_batch_1 else 0
+            continue
         counts.setdefault(_size_fields(it), [0, it])[0] += 1
-    distinct = tuple((count, it) for count, it in counts.values())
-    _SIZES[id(items)] = (items, distinct)
-    return distinct
+    rest = tuple((count, it) for count, it in counts.values())
+    sized = (fixed, position, token, token_b1, rest)
+    _SIZES[id(items)] = (items, round_to, sized)
+    return sized
 
 
 def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
@@ -129,7 +156,9 @@ def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
     return 5 * alloc_bytes(b * s * plan.spec.hidden_size * 4, plan.round_to)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per estimate, and a frozen dataclass's __init__ costs about
+# 0.2 us a field (object.__setattr__ each); nothing changes one once it is built.
+@dataclass(slots=True)
 class _At:
     """What every phase and backward-peak candidate reads at one (batch, seq)."""
 
@@ -143,8 +172,11 @@ class _At:
     """Final norm, lm_head input, the loss's log-softmax and targets."""
     cache_layers: int
     """Autocast's half weight copies the layers' matmuls hold."""
-    group_bytes: dict[int, int]
-    """Saved bytes of one layer of each group (by the group's id)."""
+    first_layer: int
+    """Saved bytes of the first decoder layer."""
+    saved: list[int]
+    """Saved bytes of the plan's tuples at (batch, seq), by :class:`_PlanSums` slot
+    (``_NLL``, ``_NORM_INPUT``, the layers' down-projection inputs and recomputed tensors)."""
     scalar: int
     """The loss (and, in backward, its gradient): one fp32 scalar."""
     base: dict[str, int]
@@ -156,63 +188,124 @@ class _At:
     layer_transient: int
     """:func:`_layer_transient` at (batch, seq)."""
 
-    def saved(self, items: tuple[Saved, ...]) -> int:
-        return _sum_saved(items, self.batch, self.seq, self.plan.round_to)
-
     def alloc(self, nbytes: int) -> int:
         return alloc_bytes(nbytes, self.plan.round_to)
 
-    def phase(self, **parts: int) -> dict[str, int]:
-        """The static categories plus ``parts`` (the step's own categories)."""
+    def phase(
+        self,
+        activations: int = 0,
+        autocast_cache: int = 0,
+        temporaries: int = 0,
+        gradients: int = 0,
+    ) -> dict[str, int]:
+        """The static categories (``base``) plus the step's own (0 when not given)."""
         out = self.base.copy()
-        out.update(parts)
+        out["activations"] = activations
+        out["autocast_cache"] = autocast_cache
+        out["temporaries"] = temporaries
+        out["gradients"] = gradients
         return out
+
+
+_MODEL, _HEAD, _NLL, _NORM_INPUT, _FIRST_DOWN, _LAST_DOWN, _FIRST_RECOMPUTE, _LAST_RECOMPUTE = (
+    range(8)
+)
+"""Slots of :attr:`_PlanSums.sized` (and of :attr:`_At.saved`); the layers' tuples follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PlanSums:
+    """What :func:`_at` reads of a plan whatever (batch, seq), summed once per plan object."""
+
+    param_bytes: int
+    state_bytes: int
+    cache_layers: int
+    scalar: int
+    ckpt: bool
+    grads_head: int
+    first: LayerGroup
+    """The first decoder layer's group."""
+    sized: tuple[_Sized, ...]
+    """The saved tuples every estimate sums (:func:`_sized`), by slot: the model's, the
+    head's, the loss targets, the final norm's input, the first and last layers'
+    down-projection inputs and what backward's recomputation of them saves again, less the
+    layer input checkpointing kept already (the first norm saves that very tensor when the
+    stream is fp32, or a LayerNorm; none without full checkpointing), then each distinct tuple
+    of the layer groups."""
+    layer_slots: tuple[tuple[int, int], ...]
+    """(count, slot of its saved tuple) per layer group."""
+    first_slot: int
+
+
+_PLAN_SUMS: dict[int, tuple[TrainingPlan, _PlanSums]] = {}
+
+
+def _plan_sums(plan: TrainingPlan) -> _PlanSums:
+    """:class:`_PlanSums` of ``plan``, kept per plan object (plans are cached)."""
+    hit = _PLAN_SUMS.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    if len(_PLAN_SUMS) > 4096:
+        _PLAN_SUMS.clear()
+    r = plan.round_to
+    layers_grad = sum(g.count * g.grad_bytes for g in plan.layers)
+    ckpt = plan.setup.checkpointing is Checkpointing.FULL
+    first, last = _first_layer(plan), plan.layers[-1]
+    tuples = [
+        plan.model_saved, plan.head_saved, plan.nll_saved, plan.final_norm_input,
+        first.down_input, last.down_input,
+        first.recompute if ckpt else (), last.recompute if ckpt else (),
+    ]  # fmt: skip
+    slots: dict[int, int] = {}  # groups that share their saved tuple sum it once
+    for g in plan.layers:
+        if id(g.saved) not in slots:
+            slots[id(g.saved)] = len(tuples)
+            tuples.append(g.saved)
+    sums = _PlanSums(
+        param_bytes=plan.param_bytes,
+        state_bytes=plan.state_bytes,
+        cache_layers=sum(g.count * g.cache_bytes for g in plan.layers),
+        scalar=alloc_bytes(4, r),
+        ckpt=ckpt,
+        grads_head=plan.grad_bytes - layers_grad - plan.grads.get("embeddings", 0),
+        first=first,
+        sized=tuple(_sized(t, r) for t in tuples),
+        layer_slots=tuple((g.count, slots[id(g.saved)]) for g in plan.layers),
+        first_slot=slots[id(first.saved)],
+    )
+    _PLAN_SUMS[id(plan)] = (plan, sums)
+    return sums
 
 
 def _at(plan: TrainingPlan, batch: int, seq: int, states: bool = True) -> _At:
     """What the phases read at (batch, seq); ``states=False``: parameters and optimizer states
-    left at 0 (:func:`step_parts`)."""
+    left at 0 (:func:`parts_at`)."""
     r = plan.round_to
-    group_bytes = _group_saved_bytes(plan.layers, batch, seq, r)
-    layers_grad = sum(g.count * g.grad_bytes for g in plan.layers)
+    sums = _plan_sums(plan)
+    saved = _saved_sums(sums.sized, batch, seq, r)
     base = dict.fromkeys(CATEGORIES, 0)
-    base.update(
-        parameters=plan.param_bytes if states else 0,
-        optimizer_states=plan.state_bytes if states else 0,
-        buffers=plan.buffers,
-        inputs=2 * alloc_bytes(batch * seq * 8, r),  # input_ids and labels, int64
-    )
+    base["buffers"] = plan.buffers
+    base["inputs"] = 2 * alloc_bytes(batch * seq * 8, r)  # input_ids and labels, int64
+    if states:
+        base["parameters"] = sums.param_bytes
+        base["optimizer_states"] = sums.state_bytes
     return _At(
-        plan=plan,
-        batch=batch,
-        seq=seq,
-        a_model=_sum_saved(plan.model_saved, batch, seq, r),
-        a_layers=sum(g.count * group_bytes[id(g)] for g in plan.layers),
-        a_head=_sum_saved(plan.head_saved, batch, seq, r),
-        cache_layers=sum(g.count * g.cache_bytes for g in plan.layers),
-        group_bytes=group_bytes,
-        scalar=alloc_bytes(4, r),
-        base=base,
-        ckpt=plan.setup.checkpointing is Checkpointing.FULL,
-        tokens=batch * seq,
-        grads_head=plan.grad_bytes - layers_grad - plan.grads.get("embeddings", 0),
-        layer_transient=_layer_transient(plan, batch, seq),
+        plan,
+        batch,
+        seq,
+        saved[_MODEL],
+        sum(count * saved[slot] for count, slot in sums.layer_slots),
+        saved[_HEAD],
+        sums.cache_layers,
+        saved[sums.first_slot],
+        saved,
+        sums.scalar,
+        base,
+        sums.ckpt,
+        batch * seq,
+        sums.grads_head,
+        _layer_transient(plan, batch, seq),
     )
-
-
-def _group_saved_bytes(
-    groups: tuple[LayerGroup, ...], batch: int, seq: int, round_to: int
-) -> dict[int, int]:
-    """Saved bytes of one layer of each group, by the group's id; groups that share their saved
-    tensors (the first layer's group and the others, as a rule) are summed once."""
-    by_items: dict[int, int] = {}
-    out = {}
-    for g in groups:
-        n = by_items.get(id(g.saved))
-        if n is None:
-            n = by_items[id(g.saved)] = _sum_saved(g.saved, batch, seq, round_to)
-        out[id(g)] = n
-    return out
 
 
 def _forward_cache(at: _At) -> int:
@@ -237,7 +330,7 @@ def _loss_backward(at: _At) -> dict[str, int] | None:
     (B*S, V) gradient and log_softmax's own are both alive beside the saved output."""
     fp32_logits = at.alloc(at.tokens * at.plan.spec.vocab_size * 4)
     return at.phase(
-        activations=at.a_model + at.a_layers + at.a_head - at.saved(at.plan.nll_saved),
+        activations=at.a_model + at.a_layers + at.a_head - at.saved[_NLL],
         autocast_cache=_forward_cache(at),
         temporaries=2 * fp32_logits + 2 * at.scalar,
     )
@@ -250,7 +343,7 @@ def _last_layer_backward(at: _At) -> dict[str, int] | None:
     plan = at.plan
     last = plan.layers[-1]
     return at.phase(
-        activations=at.a_model + at.a_layers + _recompute(at, last) - at.saved(last.down_input),
+        activations=at.a_model + at.a_layers + at.saved[_LAST_RECOMPUTE] - at.saved[_LAST_DOWN],
         autocast_cache=(last.cache_bytes if at.ckpt else at.cache_layers) - plan.last_down_cast,
         gradients=at.grads_head + plan.last_down_grad,
         temporaries=at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
@@ -277,10 +370,6 @@ def _moe_combine_backward(at: _At) -> dict[str, int] | None:
     )
 
 
-def _final_norm_input(at: _At) -> int:
-    return at.saved(at.plan.final_norm_input)
-
-
 def _final_norm_backward(at: _At) -> dict[str, int] | None:
     """The final RMSNorm's backward: lm_head's gradient is out, the norm's fp32 input still
     saved, five fp32 (B, S, H) temporaries (:func:`_norm_transient`). None without one."""
@@ -288,7 +377,7 @@ def _final_norm_backward(at: _At) -> dict[str, int] | None:
     if not (spec.final_norm and spec.norm_kind is NormKind.RMSNORM):
         return None
     return at.phase(
-        activations=at.a_model + at.a_layers + _final_norm_input(at),
+        activations=at.a_model + at.a_layers + at.saved[_NORM_INPUT],
         autocast_cache=0 if at.ckpt else at.cache_layers,
         gradients=at.grads_head,
         temporaries=_norm_transient(at.plan, at.batch, at.seq) + 2 * at.scalar,
@@ -306,9 +395,9 @@ def _first_layer_backward(at: _At) -> dict[str, int] | None:
     first = _first_layer(plan)
     return at.phase(
         activations=at.a_model
-        + at.group_bytes[id(first)]
-        + _recompute(at, first)
-        - at.saved(first.down_input),
+        + at.first_layer
+        + at.saved[_FIRST_RECOMPUTE]
+        - at.saved[_FIRST_DOWN],
         autocast_cache=first.cache_bytes - plan.first_down_cast,
         gradients=plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
         + plan.first_down_grad,
@@ -376,41 +465,8 @@ def phase_gradients(
     }
 
 
-def with_states(
-    parts: dict[str, dict[str, Any]],
-    params: Any,
-    states: Any,
-    step_temporary: Any,
-    gradients: dict[str, Any],
-) -> dict[str, dict[str, Any]]:
-    """``parts`` (:func:`step_parts`) with model states in every phase: parameters, optimizer
-    states, the phase's gradients (:func:`phase_gradients`) and the optimizer step's
-    temporaries. Plain arithmetic (arrays welcome); new dicts, ``parts`` is left as it is."""
-    out = {}
-    for name, phase in parts.items():
-        full = phase.copy()
-        full["parameters"] = params
-        full["optimizer_states"] = states
-        full["gradients"] = gradients[name]
-        if name == "optimizer_step":
-            full["temporaries"] = full["temporaries"] + step_temporary
-        out[name] = full
-    return out
-
-
-def step_parts(
-    plan: TrainingPlan, batch: int, seq: int, kernels: Kernels | None = None
-) -> dict[str, dict[str, int]]:
-    """Every phase and backward high point at (batch, seq) without the model states
-    (parameters, optimizer states, gradients and the step's temporaries are 0;
-    :func:`with_states` fills them in): what the step itself allocates, from the same
-    candidates :func:`evaluate` takes. A high point this model does not have is absent.
-    ``kernels``: the attention kernels at (batch, seq), when the caller chose them already."""
-    return parts_at(step_at(plan, batch, seq, kernels))
-
-
 def step_at(plan: TrainingPlan, batch: int, seq: int, kernels: Kernels | None = None) -> _At:
-    """What :func:`step_parts` reads at (batch, seq): the plan of the attention kernels there
+    """What :func:`parts_at` reads at (batch, seq): the plan of the attention kernels there
     (``kernels`` when the caller chose them already), model states left out."""
     if kernels is None:
         kernels = attention_kernels(plan.spec, plan.setup, batch, seq)
@@ -421,19 +477,22 @@ def step_at(plan: TrainingPlan, batch: int, seq: int, kernels: Kernels | None = 
 
 
 def parts_at(at: _At) -> dict[str, dict[str, int]]:
-    """:func:`step_parts` of what :func:`step_at` read."""
-    parts: dict[str, dict[str, int]] = {
-        "after_load": at.phase(),
-        "end_of_forward": _end_of_forward(at),
-    }
+    """Every phase and backward high point at :func:`step_at`'s (batch, seq) without the model
+    states (parameters, optimizer states, gradients and the step's temporaries are 0; the
+    per-rank engine puts a rank's in, ``dist_rank.single_stage_phases``): what the step itself
+    allocates, from the same candidates :func:`evaluate` takes. A high point this model does
+    not have is absent. The phases with nothing of the step's own (after load, after backward,
+    the optimizer step, after zero_grad) are one dict: read them, do not change them."""
+    idle = at.phase()
+    parts: dict[str, dict[str, int]] = {"after_load": idle, "end_of_forward": _end_of_forward(at)}
     for name, fn in _BACKWARD_CANDIDATES:
         phase = fn(at)
         if phase is not None:
             phase["gradients"] = 0
             parts[name] = phase
-    parts["after_backward"] = at.phase()
-    parts["optimizer_step"] = at.phase()
-    parts["after_zero_grad"] = at.phase()
+    parts["after_backward"] = idle
+    parts["optimizer_step"] = idle
+    parts["after_zero_grad"] = idle
     parts["forward_peak"] = _forward_peak(at)
     return parts
 
@@ -467,12 +526,12 @@ def _backward_sections(at: _At, best_name: str, best: dict[str, int]) -> dict[st
         key = _model_section(item.key, at.ckpt, plan.setup.is_lora)
         by_section[key] = by_section.get(key, 0) + _one(item, at.batch, at.seq, plan.round_to)
     if at.ckpt:
-        first_input = at.group_bytes[id(_first_layer(plan))]
+        first_input = at.first_layer
         by_section["embedding"] = by_section.get("embedding", 0) + first_input
     sections = {k: v for k, v in by_section.items() if k != "layers"}
     sections["layers"] = best["activations"] - sum(sections.values())
     if best_name == "final_norm_backward":
-        sections["final_norm"] = _final_norm_input(at)
+        sections["final_norm"] = at.saved[_NORM_INPUT]
         sections["layers"] -= sections["final_norm"]
     return {k: v for k, v in sections.items() if v}
 
@@ -545,14 +604,6 @@ def _half_cache_temporaries(plan: TrainingPlan, tokens: int) -> int:
         if kernel.gqa == "repeat_kv" and spec.n_kv_heads > 1:
             out += 2 * alloc_bytes(tokens * spec.kv_dim * plan.regime.compute_bytes, r)
     return out
-
-
-def _recompute(at: _At, group: LayerGroup) -> int:
-    """Activations the recomputed layer saves again, less its input, which checkpointing kept
-    already (the first norm saves that very tensor when the stream is fp32, or a LayerNorm)."""
-    if not at.ckpt:
-        return 0
-    return at.saved(group.recompute)
 
 
 _FAST_PLANS: dict[tuple[Any, ...], tuple[ModelSpec, TrainingPlan]] = {}

@@ -41,6 +41,19 @@ class AttentionKernel:
     """transformers passed a real mask tensor (:func:`memplan.formulas.masks.sdpa_mask_built`)."""
 
 
+_KERNELS: dict[tuple[str, str, bool], AttentionKernel] = {}
+
+
+def _kernel(backend: str, gqa: str, has_mask: bool) -> AttentionKernel:
+    """The :class:`AttentionKernel` of these values, one object per distinct value (searches
+    choose a kernel per (batch, seq); building a frozen one each time costs more)."""
+    key = (backend, gqa, has_mask)
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        kernel = _KERNELS[key] = AttentionKernel(backend, gqa, has_mask)
+    return kernel
+
+
 def _sdpa_call(
     spec: ModelSpec,
     dtype: str,
@@ -105,7 +118,7 @@ def attention_kernel(
     mask = sdpa_mask_built(eager=eager, local_size=local, q_len=seq, kv_len=seq)
     gqa_heads = spec.mla is None and spec.n_kv_heads < spec.n_heads
     if eager:
-        return AttentionKernel("eager", "repeat_kv" if gqa_heads else "none", mask)
+        return _kernel("eager", "repeat_kv" if gqa_heads else "none", mask)
     if spec.attn_logit_softcapping is not None:
         raise SetupError(
             f"{spec.name}: sdpa cannot apply the attention logit soft-capping this model uses; "
@@ -120,7 +133,7 @@ def attention_kernel(
         call = dataclasses.replace(call, kv_heads=spec.n_kv_heads, enable_gqa=False)
         gqa = "none"
     if attention is Attention.SDPA:
-        return AttentionKernel(sdpa_backend(call, device), gqa, mask)
+        return _kernel(sdpa_backend(call, device), gqa, mask)
     backend = attention.value
     if not backend_usable(backend, call, device):
         raise SetupError(
@@ -129,7 +142,7 @@ def attention_kernel(
             f"{call.q_heads}/{call.kv_heads} heads, {'a' if mask else 'no'} mask); "
             "use --attention sdpa"
         )
-    return AttentionKernel(backend, gqa, mask)
+    return _kernel(backend, gqa, mask)
 
 
 def cpu_attention_kernel(spec: ModelSpec, attention: Attention, *, half: bool) -> AttentionKernel:

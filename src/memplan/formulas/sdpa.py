@@ -74,7 +74,9 @@ _CUDNN_PREFERRED_AFTER = 9_15_00
 """``check_prefer_cudnn_attention``: ``cudnn_version > 91500``."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# Not frozen: the analytic engine builds one per kernel choice, thousands a second, and a frozen
+# dataclass's __init__ costs about 0.2 us a field (object.__setattr__ each); none is changed.
+@dataclass(slots=True, kw_only=True)
 class SdpaCall:
     """The properties of one ``scaled_dot_product_attention`` call that the filters read."""
 
@@ -175,7 +177,7 @@ def cudnn_usable(call: SdpaCall, device: CudaDevice) -> bool:
         return False
     limit = _cudnn_head_dim_limit(call, device)
     dims = (call.head_dim_qk, call.head_dim_v)
-    if max(dims) > limit or any(d % 8 for d in dims):
+    if max(dims) > limit or dims[0] % 8 or dims[1] % 8:
         return False
     if min(call.q_len, call.kv_len) == 0 or call.kv_len == 1:
         return False

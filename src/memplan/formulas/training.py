@@ -54,16 +54,22 @@ class Regime:
     """PyTorch AMP: fp32 parameters, matmuls in half with cached half copies of the weights."""
 
 
+_FP32 = Regime(4, 4, 4, 4, 0, False)
+_HALF = Regime(2, 2, 2, 2, 0, False)
+_AUTOCAST = Regime(4, 4, 2, 4, 0, True)
+_MASTER = {False: Regime(2, 2, 2, 4, 4, False), True: Regime(2, 4, 2, 4, 4, False)}
+"""DeepSpeed's half model with fp32 master weights, by fp32 gradient accumulation."""
+
+
 def regime(precision: Precision, *, fp32_grad_accumulation: bool = False) -> Regime:
     """The byte widths of ``precision`` (module docstring; seeds 001 and 002 for DeepSpeed)."""
     if precision is Precision.FP32:
-        return Regime(4, 4, 4, 4, 0, False)
+        return _FP32
     if precision in (Precision.FP16, Precision.BF16):
-        return Regime(2, 2, 2, 2, 0, False)
+        return _HALF
     if precision in (Precision.FP16_MIXED, Precision.BF16_MIXED):
-        return Regime(4, 4, 2, 4, 0, True)
-    grad = 4 if fp32_grad_accumulation else 2
-    return Regime(2, grad, 2, 4, 4, False)
+        return _AUTOCAST
+    return _MASTER[bool(fp32_grad_accumulation)]
 
 
 @dataclass(frozen=True, slots=True)
