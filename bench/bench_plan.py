@@ -1,7 +1,13 @@
 """Speed of ``memplan plan``: plans judged per second on one core (issue 10 asks 1,000,000/s).
 
-The question is the issue's: Llama-3.1-70B on 64 x H100 (8 nodes x 8), seq 4096, global batch
-512, every layout (``estimate.plan_search``). A *plan* is one candidate layout that passed the
+Two questions (``--question``):
+
+- ``70b``, the issue's: Llama-3.1-70B on 64 x H100 (8 nodes x 8), seq 4096, global batch 512;
+- ``405b``, a large search: the Llama 3 paper's pre-training of Llama-3.1-405B on 16,384 H100
+  (2,048 nodes x 8), seq 8,192, global batch 2,048 sequences (16M tokens; Dubey et al. 2024,
+  The Llama 3 Herd of Models, Table 4, as docs/plan-layouts.md cites it).
+
+Every layout (``estimate.plan_search``). A *plan* is one candidate layout that passed the
 divisibility rules: tensor, pipeline, context and expert degrees, sequence parallelism, the
 data-parallel runtime, offload, pipeline schedule and virtual stages, micro-batch and
 checkpointing; evaluating it means the peak of every distinct rank group (pipeline stage x
@@ -22,10 +28,10 @@ than wall time), the median of ``--runs`` runs:
 - ``evaluation, tables built``: ``evaluate_grid`` over the ``PlanBatch`` in the search's chunks
   (``plan_search.CHUNK`` plans) once the scalar tables exist (gathering them by index, every rank's phases, communication buffers,
   collectives and step time): what each further plan costs;
-- ``array arithmetic``: ``plan_grid._evaluate_arrays`` alone (the evaluation less the lookups
-  that index plans into the tables).
+- ``array arithmetic``: ``plan_grid._evaluate_arrays`` alone (the evaluation less
+  ``plan_layout.layout``, which lays the plans out and looks them up in the tables).
 
-Run: ``python bench/bench_plan.py [--runs N]``.
+Run: ``python bench/bench_plan.py [--runs N] [--question 70b|405b|all]``.
 """
 
 from __future__ import annotations
@@ -46,19 +52,25 @@ from memplan.specs.training import TrainingSetup
 TARGET_PER_S = 1_000_000
 
 
-def _question() -> tuple[Any, Any, TrainingSetup, SearchSpace]:
-    spec = resolve("meta-llama/Llama-3.1-70B")
-    gpu = resolve_gpu("H100")
-    return spec, gpu, TrainingSetup(batch=1, seq=4096), SearchSpace(nodes=8, gpus_per_node=8,
-                                                                    global_batch=512)  # fmt: skip
+QUESTIONS = {
+    "70b": ("meta-llama/Llama-3.1-70B", 8, 4096, 512),
+    "405b": ("meta-llama/Llama-3.1-405B", 2048, 8192, 2048),
+}
+"""Per question: model, nodes of 8 H100, sequence, global batch (sequences)."""
 
 
-def _cold() -> None:
+def _question(name: str) -> tuple[Any, Any, TrainingSetup, SearchSpace]:
+    model, nodes, seq, global_batch = QUESTIONS[name]
+    space = SearchSpace(nodes=nodes, gpus_per_node=8, global_batch=global_batch)
+    return resolve(model), resolve_gpu("H100"), TrainingSetup(batch=1, seq=seq), space
+
+
+def _cold(name: str) -> None:
     """One cold search in this (fresh) process: prints CPU seconds (the search, the tables),
     then the counts."""
     from memplan.estimate import plan_search
 
-    spec, gpu, setup, space = _question()
+    spec, gpu, setup, space = _question(name)
     fill, tables = plan_search.fill_tables, []
 
     def timed(*a: Any) -> None:
@@ -82,34 +94,28 @@ def _cpu(fn: Any, runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.cold:
-        _cold()
-        return
+def _bench(name: str, runs: int) -> None:
+    """Print the figures of question ``name`` (module docstring)."""
     colds, fills = [], []
-    for _ in range(max(1, args.runs // 2)):
-        out = subprocess.run([sys.executable, __file__, "--cold"], capture_output=True,
+    for _ in range(max(1, runs // 2)):
+        out = subprocess.run([sys.executable, __file__, "--cold", name], capture_output=True,
                              text=True, check=True).stdout.split()  # fmt: skip
         colds.append(float(out[0]))
         fills.append(float(out[1]))
         considered, n, feasible = (int(x) for x in out[2:])
     cold, fill = statistics.median(colds), statistics.median(fills)
-    spec, gpu, setup, space = _question()
-    enum = _cpu(lambda: enumerate_batch(spec, setup, space), args.runs)
+    spec, gpu, setup, space = _question(name)
+    enum = _cpu(lambda: enumerate_batch(spec, setup, space), runs)
     batch, _, _ = enumerate_batch(spec, setup, space)
     tables = plan_grid.new_tables(spec, setup, gpu)
-    plan_grid.evaluate_grid(spec, setup, gpu, batch, tables=tables)  # builds the tables
+    plan_grid.fill_tables(tables, batch)
     chunks = [batch.take(slice(i, i + CHUNK)) for i in range(0, len(batch), CHUNK)]
 
     def evaluate() -> None:  # in the search's chunks
         for c in chunks:
             plan_grid.evaluate_grid(spec, setup, gpu, c, tables=tables)
 
-    evaluation = _cpu(evaluate, args.runs)
+    evaluation = _cpu(evaluate, runs)
     arrays: list[float] = []
     inner = plan_grid._evaluate_arrays
 
@@ -120,23 +126,37 @@ def main() -> None:
         return out
 
     plan_grid._evaluate_arrays = timed  # type: ignore[assignment]
-    runs = []
-    for _ in range(args.runs):
+    per_run = []
+    for _ in range(runs):
         arrays.clear()
         evaluate()
-        runs.append(sum(arrays))
+        per_run.append(sum(arrays))
     plan_grid._evaluate_arrays = inner  # type: ignore[assignment]
-    arith = statistics.median(runs)
-    print(f"memplan plan {spec.name}, 64 x {gpu.name}, seq 4096, global batch 512")
+    arith = statistics.median(per_run)
+    print(f"memplan plan {spec.name}, {space.world:,} x {gpu.name}, seq {setup.seq}, "
+          f"global batch {space.global_batch:,}")  # fmt: skip
     print(f"  plans: {considered:,} considered, {n:,} evaluated (a plan: a layout that passed "
           f"the rules, every rank group judged), {feasible:,} fit")  # fmt: skip
-    print(f"  CPU time, one core, median of {args.runs} runs ({len(colds)} for the cold search):")
+    print(f"  CPU time, one core, median of {runs} runs ({len(colds)} for the cold search):")
     for label, secs in (("search, cold", cold), ("tables, cold", fill), ("enumeration", enum),
                         ("evaluation, tables built", evaluation), ("array arithmetic", arith)):  # fmt: skip
         print(f"  {label:<26} {secs:8.3f} s {n / secs:>12,.0f} plans/s")
     for label, secs in (("search end to end", cold), ("evaluation", evaluation)):
         verdict = "meets" if n / secs >= TARGET_PER_S else "misses"
         print(f"  target {TARGET_PER_S:,} plans/s, {label}: {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--question", choices=[*QUESTIONS, "all"], default="all")
+    parser.add_argument("--cold", choices=list(QUESTIONS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cold:
+        _cold(args.cold)
+        return
+    for name in QUESTIONS if args.question == "all" else (args.question,):
+        _bench(name, args.runs)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import json
 import random
 from typing import Any
 
+import numpy as np
 import pytest
 
 from memplan.catalog import resolve
@@ -21,7 +22,16 @@ from memplan.catalog.gpus import resolve_gpu
 from memplan.cli.main import main
 from memplan.estimate.dist_time import step_time
 from memplan.estimate.distributed import local_step, rank_groups
-from memplan.estimate.plan_grid import PlanRow, evaluate_grid
+from memplan.estimate.plan_grid import (
+    CHECKPOINTINGS,
+    GridResult,
+    PlanBatch,
+    PlanRow,
+    evaluate_grid,
+    new_tables,
+)
+from memplan.estimate.plan_layout import SLOT_CELLS
+from memplan.estimate.plan_layout import layout as lay_out
 from memplan.estimate.plan_search import SearchSpace, enumerate_plans, plan_args
 from memplan.specs.training import Attention, TrainingSetup
 
@@ -88,6 +98,45 @@ def test_grid_equals_engine(case: Any) -> None:
         if got != (worst.peak_bytes, t.step_s, t.mfu) or grid.worst_stage[i] != worst.stage:
             mismatches.append((r, got, (worst.peak_bytes, t.step_s, t.mfu)))
     assert not mismatches, f"{len(mismatches)} of {len(rows)} differ, first: {mismatches[0]}"
+
+
+def _fields(grid: GridResult) -> dict[str, Any]:
+    out = {f.name: getattr(grid, f.name) for f in dataclasses.fields(grid) if f.name != "comm_s"}
+    return out | {f"comm_s/{k}": v for k, v in grid.comm_s.items()}
+
+
+def test_layout_does_not_change_a_number() -> None:
+    """How the grid lays plans out (slots of one structure, single-stage slots first, spare
+    cells, chunks sharing one set of tables) changes no number: the first case's plans
+    shuffled (a slot per plan, pipelined and single-stage ones interleaved) and evaluated in
+    chunks, one plan repeated past a slot's width, and one layout's plans repeated past it,
+    give the arrays of one call in enumeration order, to the bit (that call is compared with
+    the scalar engine above)."""
+    spec, setup, rows = _draw(CASES[0])
+    gpu = resolve_gpu("H100")
+    whole = _fields(evaluate_grid(spec, setup, gpu, rows))
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    tables = new_tables(spec, setup, gpu)
+    parts = [_fields(evaluate_grid(spec, setup, gpu, [rows[i] for i in order[j : j + 300]],
+                                   tables=tables)) for j in range(0, len(order), 300)]  # fmt: skip
+    for name, value in whole.items():
+        shuffled = [x for part in parts for x in part[name].tolist()]
+        assert shuffled == value[order].tolist(), name
+    n = 2 * SLOT_CELLS + 3
+    repeated = _fields(evaluate_grid(spec, setup, gpu, [rows[7]] * n + rows[:40]))
+    for name, value in whole.items():
+        assert repeated[name].tolist() == [value[7]] * n + value[:40].tolist(), name
+    # one layout's plans (every checkpointing of each micro-batch, in order) over and over:
+    # one run of a structure past a slot's width, laid out by micro-batch and checkpointing
+    first = [i for i, r in enumerate(rows) if r.plan is rows[0].plan]
+    times = SLOT_CELLS // len(first) + 2
+    run = PlanBatch.of([rows[i] for i in first] * times)
+    laid = lay_out(new_tables(spec, setup, gpu), run, np)
+    assert len(laid.structure) == 2 and laid.recompute.shape[2] == len(CHECKPOINTINGS)
+    again = _fields(evaluate_grid(spec, setup, gpu, run))
+    for name, value in whole.items():
+        assert again[name].tolist() == value[first].tolist() * times, name
 
 
 def test_drawn_plans_cover_the_space() -> None:

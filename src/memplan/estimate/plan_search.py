@@ -15,6 +15,7 @@ the objective.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from memplan.errors import MemplanError, SetupError
+from memplan.estimate.dist_local import local_step_fast
 from memplan.estimate.fit import training_usable_bytes
 from memplan.estimate.plan_grid import (
     CHECKPOINTINGS,
@@ -72,8 +74,14 @@ SHARDINGS = (
     Sharding.FSDP_HYBRID,
 )
 """ZeRO stage 0 and FSDP2 no-shard are left out: DDP's memory in another runtime."""
-CHUNK = 10_000
-"""Plans per array evaluation: a progress report after each, one task each with ``--jobs``."""
+CHUNK = 30_000
+"""Plans per array evaluation: a progress report after each, one task each with ``--jobs``.
+A multiple of ``len(CHECKPOINTINGS)``, so that a chunk keeps the plans of a micro-batch
+together (``plan_layout``). A chunk's arrays peak at 12.5 MiB for Llama-3.1-70B on 64 GPUs
+(0.4 KiB a plan; ``tracemalloc``) and at most 24 MiB for the 405B on 16,384 (more rank groups
+a plan); bench/bench_plan.py's 405B question ran fastest at 30,000 (21,000: 8 % slower,
+60,000: 40 % slower, its arrays past the CPU caches), the 70B one at 60,000 (30,000: 14 %
+slower)."""
 VIRTUAL_STAGES = (2, 4)
 """Model chunks per pipeline rank tried with the interleaved schedule."""
 _FSDP_FLAG = {
@@ -151,6 +159,7 @@ def _structures(spec: ModelSpec, space: SearchSpace) -> list[_Structure]:
         s for s in SHARDINGS
         if s is Sharding.DDP or ("zero" if s.is_deepspeed else "fsdp") in only
     ]  # fmt: skip
+    offloads = {s: _offloads(s, only) for s in shardings}
     out = []
     for tp in tps:
         for pp in pps:
@@ -169,7 +178,7 @@ def _structures(spec: ModelSpec, space: SearchSpace) -> list[_Structure]:
                 for ep in eps:
                     for sp in sps:
                         for sharding in shardings:
-                            for off in _offloads(sharding, only):
+                            for off in offloads[sharding]:
                                 for sched, v in schedules:
                                     out.append(_Structure(tp, pp, cp, ep, sp, sharding, off,
                                                           sched, v))  # fmt: skip
@@ -194,10 +203,15 @@ def _checkpointings(only: frozenset[str]) -> tuple[Checkpointing, ...]:
     return (Checkpointing.NONE,)
 
 
-def _structure_rule(spec: ModelSpec, space: SearchSpace, seq: int, s: _Structure) -> str | None:
-    """The first rule ``s`` breaks (None: a valid structure)."""
+def _structure_rule(
+    spec: ModelSpec, space: SearchSpace, seq: int, s: _Structure, tp_rules: dict[int, str | None]
+) -> str | None:
+    """The first rule ``s`` breaks (None: a valid structure); ``tp_rules``: :func:`_tp_rule`
+    per tensor-parallel degree, filled as degrees come."""
     dp = space.world // (s.tp * s.pp * s.cp)
-    rule = _tp_rule(spec, s.tp)
+    if s.tp not in tp_rules:
+        tp_rules[s.tp] = _tp_rule(spec, s.tp)
+    rule = tp_rules[s.tp]
     if rule:
         return rule
     if s.pp * s.virtual > spec.n_layers:
@@ -210,11 +224,15 @@ def _structure_rule(spec: ModelSpec, space: SearchSpace, seq: int, s: _Structure
         return "ep must divide the experts"
     if space.global_batch % dp:
         return "the global batch must be divisible by dp"
-    if s.pp > 1 and s.sharding.zero_stage >= 2:
+    if s.pp > 1 and _ZERO_STAGE[s.sharding] >= 2:
         return "DeepSpeed's pipeline engine runs ZeRO 0 or 1 only"
     if s.sharding is Sharding.FSDP_HYBRID and dp == 1:
         return "FSDP hybrid needs data parallelism"
     return None
+
+
+_ZERO_STAGE = {s: s.zero_stage for s in Sharding}
+"""``Sharding.zero_stage`` of each runtime, looked up once."""
 
 
 def _plan(space: SearchSpace, s: _Structure) -> ParallelPlan:
@@ -260,50 +278,57 @@ def enumerate_batch(
     import numpy as np
 
     removed: Counter[str] = Counter()
-    ckpts = np.asarray([CHECKPOINTINGS.index(c) for c in _checkpointings(space.only)])
+    ckpts = [CHECKPOINTINGS.index(c) for c in _checkpointings(space.only)]
+    n_ckpt = len(ckpts)
     misfit: dict[tuple[Any, ...], str | None] = {}
+    tp_rules: dict[int, str | None] = {}
     plans: list[ParallelPlan] = []
-    batches: list[Any] = []
+    batches: list[tuple[int, ...]] = []
     total = 0
-    by_dp: dict[int, Any] = {}  # the micro-batches of a dp
+    by_dp: dict[int, tuple[int, ...]] = {}  # the micro-batches of a dp
+    interleavable: dict[tuple[int, int], tuple[int, ...]] = {}  # of a (dp, pp)
     for s in _structures(spec, space):
         dp = space.world // (s.tp * s.pp * s.cp)
         bs = by_dp.get(dp)
         if bs is None:
             per_rank = space.global_batch // dp if space.global_batch % dp == 0 else 1
-            bs = by_dp[dp] = np.asarray(
-                [b for b in _divisors(per_rank) if b <= space.max_micro_batch], dtype=np.int64
-            )
-        count = len(bs) * len(ckpts)
+            bs = by_dp[dp] = tuple(b for b in _divisors(per_rank) if b <= space.max_micro_batch)
+        count = len(bs) * n_ckpt
         total += count
-        rule = _structure_rule(spec, space, setup.seq, s)
+        rule = _structure_rule(spec, space, setup.seq, s, tp_rules)
         plan = None
         if rule is None:
             try:
                 plan = _plan(space, s)
-                validate_plan(spec, plan, micro_batch=int(bs[0]), seq=setup.seq)
+                validate_plan(spec, plan, micro_batch=bs[0], seq=setup.seq)
             except SetupError as exc:
                 rule = str(exc).split(":")[0]
         if rule is not None or plan is None:
             removed[rule or ""] += count
             continue
         if s.schedule is Schedule.INTERLEAVED:
-            bad = (space.global_batch // (dp * bs)) % s.pp != 0
-            if bad.any():
-                removed["interleaving needs micro-batches a multiple of pp"] += int(
-                    bad.sum()) * len(ckpts)  # fmt: skip
-            bs = bs[~bad]
-        rule = _kernel_rule(spec, setup, plan, misfit) if len(bs) else None
+            kept = interleavable.get((dp, s.pp))
+            if kept is None:
+                kept = interleavable[dp, s.pp] = tuple(
+                    b for b in bs if (space.global_batch // (dp * b)) % s.pp == 0
+                )
+            if len(kept) < len(bs):
+                removed["interleaving needs micro-batches a multiple of pp"] += (
+                    len(bs) - len(kept)
+                ) * n_ckpt
+            bs = kept
+        rule = _kernel_rule(spec, setup, plan, misfit) if bs and s.cp > 1 else None
         if rule is not None:
-            removed[rule] += len(bs) * len(ckpts)
-        elif len(bs):
+            removed[rule] += len(bs) * n_ckpt
+        elif bs:
             plans.append(plan)
             batches.append(bs)
-    sizes = np.asarray([len(bs) for bs in batches], dtype=np.int64) * len(ckpts)
-    micro = np.repeat(np.concatenate(batches) if batches else np.zeros(0, np.int64), len(ckpts))
+    sizes = np.fromiter(map(len, batches), dtype=np.int64, count=len(batches)) * n_ckpt
+    n = int(sizes.sum())
+    micro = np.fromiter(itertools.chain.from_iterable(batches), dtype=np.int64, count=n // n_ckpt)
     batch = PlanBatch(
-        tuple(plans), np.repeat(np.arange(len(plans)), sizes), micro.astype(np.int64),
-        np.tile(ckpts, int(sizes.sum()) // len(ckpts)).astype(np.int64),
+        tuple(plans), np.repeat(np.arange(len(plans)), sizes), np.repeat(micro, n_ckpt),
+        np.tile(np.asarray(ckpts, dtype=np.int64), n // n_ckpt),
     )  # fmt: skip
     return batch, removed, total
 
@@ -468,11 +493,8 @@ def _kernel_rule(
     seen: dict[tuple[Any, ...], str | None],
 ) -> str | None:
     """Context parallelism needs a fused attention kernel: the rule a plan whose local model
-    cannot run one breaks (``dist_local`` raises), None otherwise; ``seen`` caches it."""
-    from memplan.estimate.dist_local import local_step_fast
-
-    if plan.cp_degree == 1:
-        return None
+    cannot run one breaks (``dist_local`` raises), None otherwise; ``seen`` caches it. Only
+    plans with context parallelism are asked."""
     key = (plan.tp_degree, plan.cp_degree, plan.sharding is Sharding.DDP)
     if key not in seen:
         seen[key] = None
