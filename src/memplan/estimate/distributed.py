@@ -130,23 +130,23 @@ def _dp_classes_cached(
     dp = plan.dp
     if not fsdp or dp == 1:
         return (tuple(range(dp)),)
+    # each distinct tensor shape once (the decoder layers repeat theirs); an expert tensor is
+    # sharded over the expert-data-parallel ranks, world / ep
+    worlds = (shard_world(plan, False), shard_world(plan, True))
+    shapes = dict.fromkeys(
+        (t.d0, t.rest, worlds[t.expert], t.expert) for t in stage_tensors(spec, setup, plan, stage)
+    )
     points = {0}
-    for t in stage_tensors(spec, setup, plan, stage):
-        w = shard_world(plan, t.expert)
-        chunk = -(-t.d0 // w)
-        full = t.d0 // chunk
+    for d0, _, w, expert in shapes:
+        chunk = -(-d0 // w)
+        full = d0 // chunk
         for index in (full, full + 1):  # the first shard index past the full chunks, and next
             # an expert's shard index is dp_rank * cp // ep: it reaches ``index`` at this rank
-            p = -(-index * plan.ep_degree // plan.cp_degree) if t.expert else index
+            p = -(-index * plan.ep_degree // plan.cp_degree) if expert else index
             if p < dp:
                 points.add(p)
     cuts = sorted(points)
-    # ranks with equal views of every distinct tensor shape hold equal states (an expert
-    # tensor is sharded over the expert-data-parallel ranks, world / ep)
-    shapes = dict.fromkeys(
-        (t.d0, t.rest, shard_world(plan, t.expert), t.expert)
-        for t in stage_tensors(spec, setup, plan, stage)
-    )
+    # ranks with equal views of every distinct tensor shape hold equal states
     signature = [
         tuple(
             fsdp_local_view_numel(d0, rest, w, fsdp_shard_index(plan, r, expert))
