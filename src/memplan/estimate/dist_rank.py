@@ -44,6 +44,7 @@ __all__ = [
     "StateNumbers",
     "comm_lines",
     "first_max",
+    "held_gradients",
     "local_numbers",
     "phase_total",
     "pipeline_stage_phases",
@@ -336,47 +337,66 @@ def rank_phase_gradients(
     )
 
 
+def held_gradients(
+    gradients: dict[str, Num], state: StateNumbers, micro_batches: Num
+) -> dict[str, Num]:
+    """The gradient bytes each phase and backward high point holds: ``gradients``
+    (:func:`rank_phase_gradients`), or every gradient where they all exist: inside a step from
+    the second micro-batch on (accumulated), and always with persistent partitions (ZeRO-2/3).
+    Per-plan constants but the micro-batches: a caller may keep it per (local plan, states, m)."""
+    persistent = state.grads_persistent
+    whole_in_step = maximum(persistent, micro_batches > 1)
+    return {
+        name: where(whole_in_step if name in _IN_STEP else persistent, state.grads, own)
+        for name, own in gradients.items()
+    }
+
+
+_IN_STEP = frozenset((*STEP_PHASES, *BACKWARD_CANDIDATES))
+"""The phases and backward high points inside a micro-batch's forward and backward."""
+
+
 def single_stage_phases(
     local: LocalNumbers,
     state: StateNumbers,
     micro_batches: Num,
     layer_grads: tuple[Num, Num] | None = None,
     gradients: dict[str, Num] | None = None,
+    held: dict[str, Num] | None = None,
 ) -> dict[str, dict[str, Num]]:
     """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
-    model states in place (:func:`rank_plan`), the backward high point picked with them; from
-    the second micro-batch on (or with persistent partitions) every gradient exists.
-    ``layer_grads`` / ``gradients``: :func:`rank_layer_gradients` /
-    :func:`rank_phase_gradients`, when the caller has them already."""
+    model states in place (:func:`rank_plan`), the backward high point picked with them (by
+    the gradients written by then, before :func:`held_gradients` counts accumulated ones).
+    ``layer_grads`` / ``gradients`` / ``held``: :func:`rank_layer_gradients` /
+    :func:`rank_phase_gradients` / :func:`held_gradients`, when the caller has them."""
     if gradients is None:
         gradients = rank_phase_gradients(local, state, layer_grads)
+    if held is None:
+        held = held_gradients(gradients, state, micro_batches)
     parts = local.parts
     # the high points differ by their step parts and gradients only: the rank's parameters and
     # optimizer states are in every one, so the first largest is picked without them
     names = [n for n in BACKWARD_CANDIDATES if n in parts]
     scores = [sum(parts[n].values()) + gradients[n] for n in names]
-    if all(type(x) is int for x in scores):  # one plan: the one phase picked
+    if type(sum(scores)) is int:  # one plan: the one phase picked
         name = names[scores.index(max(scores))]
         peak = parts[name].copy()
-        peak["gradients"] = gradients[name]
-    else:
+        peak_held = held[name]
+    else:  # arrays: per plan, the first largest
         peak = first_max([{**parts[n], "gradients": gradients[n]} for n in names])
-    params, states, grads = state.params, state.states, state.grads
-    persistent = state.grads_persistent
-    whole_in_step = maximum(persistent, micro_batches > 1)
+        whole_in_step = maximum(state.grads_persistent, micro_batches > 1)
+        peak_held = where(whole_in_step, state.grads, peak["gradients"])
+    params, states = state.params, state.states
     phases = {}
     for name in ALL_PHASES:
         if name == "peak_backward":  # a new dict already
-            phase = peak
+            phase, own = peak, peak_held
         else:
-            phase = parts[name].copy()  # the same categories in the same order
-            phase["gradients"] = gradients[name]
-        whole = whole_in_step if name in STEP_PHASES else persistent
-        held = where(whole, grads, phase["gradients"])
-        phases[name] = phase
+            phase, own = parts[name].copy(), held[name]  # the same categories, same order
         phase["parameters"] = params
         phase["optimizer_states"] = states
-        phase["gradients"] = held
+        phase["gradients"] = own
+        phases[name] = phase
     step = phases["optimizer_step"]
     step["temporaries"] = step["temporaries"] + state.step_temporary
     return phases

@@ -46,6 +46,7 @@ from memplan.estimate.dist_rank import (
     RankShape,
     StateNumbers,
     comm_lines,
+    held_gradients,
     local_numbers,
     phase_total,
     pipeline_stage_phases,
@@ -194,9 +195,11 @@ class _StaticGroup:
     )
     """Per allocation rounding: the communication lines (nonzero) and their sum per phase,
     when no line depends on the micro-batch or sequence (:func:`_comm`)."""
-    gradients: dict[int, tuple[object, dict[str, int]]] = dataclasses.field(default_factory=dict)
-    """:func:`rank_phase_gradients` per local plan (by its ``layer_groups`` tuple, which the
-    local plan's numbers share)."""
+    gradients: dict[tuple[int, int], tuple[object, dict[str, int], dict[str, int]]] = (
+        dataclasses.field(default_factory=dict)
+    )
+    """:func:`rank_phase_gradients` and :func:`held_gradients` per local plan (by its
+    ``layer_groups`` tuple, which the local plan's numbers share) and micro-batch count."""
 
     def shape_at(self, micro_batches: int) -> RankShape:
         """The group's :class:`RankShape` at ``micro_batches`` (built once per count)."""
@@ -299,13 +302,17 @@ def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -
     state, stage = g.state, g.stage
     shape = g.shape_at(m)
     if plan.pp_degree == 1:
-        hit = g.gradients.get(id(numbers.layer_groups))  # per-plan constants (_plan_numbers)
+        # per-plan constants (the local plan's numbers share their layer_groups tuple)
+        hit = g.gradients.get((id(numbers.layer_groups), m))
         if hit is None or hit[0] is not numbers.layer_groups:
-            hit = g.gradients[id(numbers.layer_groups)] = (
+            gradients = rank_phase_gradients(numbers, state)
+            hit = g.gradients[(id(numbers.layer_groups), m)] = (
                 numbers.layer_groups,
-                rank_phase_gradients(numbers, state),
+                gradients,
+                held_gradients(gradients, state, m),
             )
-        phases, in_flight = single_stage_phases(numbers, state, m, gradients=hit[1]), 1.0
+        phases = single_stage_phases(numbers, state, m, gradients=hit[1], held=hit[2])
+        in_flight = 1.0
     else:
         phases = pipeline_stage_phases(numbers, state, shape)
         v = plan.virtual_stages
