@@ -127,14 +127,16 @@ def _sized(items: tuple[Saved, ...], round_to: int) -> _Sized:
     return sized
 
 
-def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
-    """Gradients in flight at the peak of a layer's backward: inside the MLP's gated multiply.
+def _transient_widths(plan: TrainingPlan) -> tuple[int, int, int]:
+    """Gradients in flight at the peak of a layer's backward, inside the MLP's gated multiply,
+    per token: (bytes of the layer's output gradient, how many (B, S, I) gradients, bytes of
+    one per token); :func:`_layer_transient` sizes them at (B, S).
 
     ``down_proj``'s backward has produced the gradient of its input (B, S, I) and released its
     saved input; the multiply's backward then makes the gradients of both factors, beside the
     layer's output gradient (stream width) that the residual path still holds.
     """
-    spec, reg, r = plan.spec, plan.regime, plan.round_to
+    spec, reg = plan.spec, plan.regime
     stream = 4 if reg.autocast else reg.compute_bytes
     width = spec.intermediate_size
     if spec.moe is not None:
@@ -144,10 +146,13 @@ def _layer_transient(plan: TrainingPlan, b: int, s: int) -> int:
     if spec.activation == "gelu_new":
         branches = 4  # its tanh formula's backward holds four (B, S, I) gradients at once
         grad_bytes = 4 if reg.autocast else grad_bytes  # pow runs in fp32 under autocast
-    tokens = b * s
-    return alloc_bytes(tokens * spec.hidden_size * stream, r) + branches * alloc_bytes(
-        tokens * width * grad_bytes, r
-    )
+    return spec.hidden_size * stream, branches, width * grad_bytes
+
+
+def _layer_transient(widths: tuple[int, int, int], tokens: int, r: int) -> int:
+    """:func:`_transient_widths` at ``tokens`` = B * S, one allocation each."""
+    stream, branches, width = widths
+    return alloc_bytes(tokens * stream, r) + branches * alloc_bytes(tokens * width, r)
 
 
 def _norm_transient(plan: TrainingPlan, b: int, s: int) -> int:
@@ -187,6 +192,7 @@ class _At:
     """Gradients written before the layers' backward: lm_head and the final norm."""
     layer_transient: int
     """:func:`_layer_transient` at (batch, seq)."""
+    sums: _PlanSums
 
     def alloc(self, nbytes: int) -> int:
         return alloc_bytes(nbytes, self.plan.round_to)
@@ -235,6 +241,10 @@ class _PlanSums:
     layer_slots: tuple[tuple[int, int], ...]
     """(count, slot of its saved tuple) per layer group."""
     first_slot: int
+    transient: tuple[int, int, int]
+    """:func:`_transient_widths`."""
+    loss: _LossWidths
+    """:func:`_loss_widths`."""
 
 
 _PLAN_SUMS: dict[int, tuple[TrainingPlan, _PlanSums]] = {}
@@ -272,6 +282,8 @@ def _plan_sums(plan: TrainingPlan) -> _PlanSums:
         sized=tuple(_sized(t, r) for t in tuples),
         layer_slots=tuple((g.count, slots[id(g.saved)]) for g in plan.layers),
         first_slot=slots[id(first.saved)],
+        transient=_transient_widths(plan),
+        loss=_loss_widths(plan),
     )
     _PLAN_SUMS[id(plan)] = (plan, sums)
     return sums
@@ -304,7 +316,8 @@ def _at(plan: TrainingPlan, batch: int, seq: int, states: bool = True) -> _At:
         sums.ckpt,
         batch * seq,
         sums.grads_head,
-        _layer_transient(plan, batch, seq),
+        _layer_transient(sums.transient, batch * seq, r),
+        sums,
     )
 
 
@@ -508,7 +521,7 @@ def _forward_peak(at: _At) -> dict[str, int]:
         autocast_cache=at.cache_layers + plan.cache_head + plan.cache_bias,
         temporaries=logits
         + upcast
-        + _forward_loss_temporaries(plan, at.batch, at.seq)
+        + _forward_loss_temporaries(plan, at.sums.loss, at.batch, at.seq)
         + plan.dequant_bytes,
     )
 
@@ -567,29 +580,45 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
     return StepMemory(phases, peak_phase, first_step, acts, temps, sections)
 
 
-def _forward_loss_temporaries(plan: TrainingPlan, b: int, s: int) -> int:
-    """Live, unsaved tensors while the loss runs (beside the logits and their fp32 copy).
+_LossWidths = tuple[int, int, int, int, bool]
+
+
+def _loss_widths(plan: TrainingPlan) -> _LossWidths:
+    """Live, unsaved tensors while the loss runs (beside the logits and their fp32 copy),
+    :func:`_forward_loss_temporaries` sizes them: (fixed bytes, fp32 bytes per token of the
+    final norm's output, how many fp32 K/V copies and their bytes per token, whether Llama 4's
+    half K/V are held).
 
     Under AMP the rotary output is fp32 (cos/sin are), so ``DynamicCache`` holds fp32 copies of
     every layer's k and v (``lazy_initialization`` takes k's dtype) until the output is dropped;
-    the model output also holds the final norm's fp32 output; the loss pads the labels to S+1.
+    the model output also holds the final norm's fp32 output; the loss pads the labels to S+1
+    (:func:`_forward_loss_temporaries`).
     """
     spec, reg, r = plan.spec, plan.regime, plan.round_to
-    tokens = b * s
-    # the padded labels (B, S+1); at B == 1 they are the saved targets themselves
-    out = alloc_bytes(b * (s + 1) * 8, r) if b > 1 else 0
-    out += alloc_bytes(4, r)
+    fixed = alloc_bytes(4, r)
     if any(t.value in ("sliding_attention", "chunked_attention") for t in spec.layer_types):
-        out += alloc_bytes(8, r)  # an int64 scalar the model holds while building its masks
+        fixed += alloc_bytes(8, r)  # an int64 scalar the model holds while building its masks
     ckpt = plan.setup.checkpointing is Checkpointing.FULL
-    if reg.autocast and not spec.loss_after_text_model:
-        out += alloc_bytes(tokens * spec.hidden_size * 4, r)
-    if spec.rotary_complex and not ckpt:
-        out += _half_cache_temporaries(plan, tokens)
-    elif reg.autocast:
+    norm_out = spec.hidden_size * 4 if reg.autocast and not spec.loss_after_text_model else 0
+    half_cache = spec.rotary_complex and not ckpt
+    copies = 0
+    if not half_cache and reg.autocast:
         rotary = spec.position.value == "rotary"
         if rotary and not ckpt and spec.mla is None:
-            out += spec.n_layers * 2 * alloc_bytes(tokens * spec.kv_dim * 4, r)
+            copies = spec.n_layers * 2
+    return fixed, norm_out, copies, spec.kv_dim * 4, half_cache
+
+
+def _forward_loss_temporaries(plan: TrainingPlan, widths: _LossWidths, b: int, s: int) -> int:
+    """:func:`_loss_widths` at (b, s); the padded labels (B, S+1), which at B == 1 are the
+    saved targets themselves."""
+    r = plan.round_to
+    tokens = b * s
+    fixed, norm_out, copies, kv, half_cache = widths
+    out = fixed + (alloc_bytes(b * (s + 1) * 8, r) if b > 1 else 0)
+    out += alloc_bytes(tokens * norm_out, r) + copies * alloc_bytes(tokens * kv, r)
+    if half_cache:
+        out += _half_cache_temporaries(plan, tokens)
     return out
 
 
