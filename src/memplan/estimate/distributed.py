@@ -66,7 +66,13 @@ from memplan.estimate.dist_states import (
 from memplan.estimate.train_setup import validate_setup
 from memplan.formulas.parallel import fsdp_local_view_numel, in_flight_chunks
 from memplan.specs.model import ModelSpec
-from memplan.specs.parallel import ParallelPlan, Schedule, Sharding, validate_plan
+from memplan.specs.parallel import (
+    ParallelPlan,
+    Schedule,
+    Sharding,
+    validate_plan_batch,
+    validate_plan_model,
+)
 from memplan.specs.training import TrainingSetup
 
 __all__ = [
@@ -162,10 +168,21 @@ def _dp_classes_cached(
     return tuple(tuple(v) for v in classes.values())
 
 
+_CHECKED: dict[tuple[int, int], tuple[ModelSpec, ParallelPlan]] = {}
+"""(model, plan) pairs :func:`validate_plan_model` passed, by identity."""
+
+
 def rank_groups(spec: ModelSpec, setup: TrainingSetup, plan: ParallelPlan) -> list[RankGroup]:
     """Every distinct rank group of the plan, first stage first."""
     validate_setup(spec, setup)
-    validate_plan(spec, plan, micro_batch=setup.batch, seq=setup.seq)
+    key = (id(spec), id(plan))
+    checked = _CHECKED.get(key)
+    if checked is None or checked[0] is not spec or checked[1] is not plan:
+        validate_plan_model(spec, plan)  # once per (model, plan): a search asks many batches
+        if len(_CHECKED) > 1024:
+            _CHECKED.clear()
+        _CHECKED[key] = (spec, plan)
+    validate_plan_batch(plan, micro_batch=setup.batch, seq=setup.seq)
     if plan.sequence_parallel and (setup.seq // plan.cp_degree) % plan.tp_degree:
         raise SetupError(
             f"sequence parallelism splits the sequence: seq({setup.seq}) / cp({plan.cp_degree}) "

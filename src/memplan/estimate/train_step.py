@@ -73,23 +73,36 @@ def _saved_sums(sized: tuple[_Sized, ...], b: int, s: int, round_to: int) -> lis
         total = fixed + s * position + bs * token
         if b == 1:
             total += token_b1
-        for count, it in rest:
-            n = it.fixed + s * it.per_position
-            if it.per_token:
-                n += (bs + b if it.whole_buffer_at_batch_1 and b == 1 else bs) * it.per_token
-            if it.per_score:
-                keys = -(-s // it.score_align) * it.score_align
-                n += (bss if keys == s else bs * keys) * it.per_score
-            if it.per_row:
-                a = it.align
-                n += b * (-(-s // a) * a) * it.per_row
+        for (
+            count,
+            elem,
+            fixed,
+            per_position,
+            per_token,
+            whole_b1,
+            score,
+            align_s,
+            row,
+            align,
+        ) in rest:
+            n = fixed + s * per_position
+            if per_token:
+                n += (bs + b if whole_b1 and b == 1 else bs) * per_token
+            if score:
+                keys = -(-s // align_s) * align_s
+                n += (bss if keys == s else bs * keys) * score
+            if row:
+                n += b * (-(-s // align) * align) * row
             if n:  # alloc_bytes, inlined
-                total += count * (-(-n * it.elem_bytes // round_to) * round_to)
+                total += count * (-(-n * elem // round_to) * round_to)
         out.append(total)
     return out
 
 
-_Sized = tuple[int, int, int, int, tuple[tuple[int, Saved], ...]]
+_Rounded = tuple[int, int, int, int, int, bool, int, int, int, int]
+"""A distinct size of tensors each allocation rounds: (how many, element bytes, fixed,
+per_position, per_token, whole_buffer_at_batch_1, per_score, score_align, per_row, align)."""
+_Sized = tuple[int, int, int, int, tuple[_Rounded, ...]]
 _SIZES: dict[int, tuple[tuple[Saved, ...], int, _Sized]] = {}
 _size_fields = operator.attrgetter(
     *(f.name for f in dataclasses.fields(Saved) if f.name not in ("key", "category"))
@@ -121,7 +134,11 @@ def _sized(items: tuple[Saved, ...], round_to: int) -> _Sized:
             token_b1 += terms[2] if it.whole_buffer_at_batch_1 else 0
             continue
         counts.setdefault(_size_fields(it), [0, it])[0] += 1
-    rest = tuple((count, it) for count, it in counts.values())
+    rest = tuple(
+        (count, it.elem_bytes, it.fixed, it.per_position, it.per_token,
+         it.whole_buffer_at_batch_1, it.per_score, it.score_align, it.per_row, it.align)
+        for count, it in counts.values()
+    )  # fmt: skip
     sized = (fixed, position, token, token_b1, rest)
     _SIZES[id(items)] = (items, round_to, sized)
     return sized
@@ -213,6 +230,9 @@ class _At:
         return out
 
 
+_NO_BYTES = dict.fromkeys(CATEGORIES, 0)
+"""Every category at 0, in order (copied: cheaper than building one per estimate)."""
+
 _MODEL, _HEAD, _NLL, _NORM_INPUT, _FIRST_DOWN, _LAST_DOWN, _FIRST_RECOMPUTE, _LAST_RECOMPUTE = (
     range(8)
 )
@@ -295,7 +315,7 @@ def _at(plan: TrainingPlan, batch: int, seq: int, states: bool = True) -> _At:
     r = plan.round_to
     sums = _plan_sums(plan)
     saved = _saved_sums(sums.sized, batch, seq, r)
-    base = dict.fromkeys(CATEGORIES, 0)
+    base = _NO_BYTES.copy()
     base["buffers"] = plan.buffers
     base["inputs"] = 2 * alloc_bytes(batch * seq * 8, r)  # input_ids and labels, int64
     if states:

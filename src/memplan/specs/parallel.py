@@ -38,6 +38,8 @@ __all__ = [
     "Schedule",
     "Sharding",
     "validate_plan",
+    "validate_plan_batch",
+    "validate_plan_model",
 ]
 
 MAX_DEGREE = 2**20
@@ -370,6 +372,13 @@ def _check_choices(plan: ParallelPlan) -> None:
 
 def validate_plan(spec: ModelSpec, plan: ParallelPlan, *, micro_batch: int, seq: int) -> None:
     """Reject a plan the model or the batch cannot take, naming every factor."""
+    validate_plan_model(spec, plan)
+    validate_plan_batch(plan, micro_batch=micro_batch, seq=seq)
+
+
+def validate_plan_model(spec: ModelSpec, plan: ParallelPlan) -> None:
+    """:func:`validate_plan`'s checks of the model (heads, widths, layers, experts): a
+    constant per (model, plan), so a caller estimating many batches may make them once."""
     tp, pp = plan.tp_degree, plan.pp_degree
     name = spec.name
     if spec.n_heads % tp:
@@ -403,7 +412,12 @@ def validate_plan(spec: ModelSpec, plan: ParallelPlan, *, micro_batch: int, seq:
         raise SetupError(f"--ep {ep}: {name} has no experts (expert parallelism needs a MoE model)")
     if spec.moe is not None and spec.moe.n_experts % ep:
         raise SetupError(f"ep({ep}) must divide {name}'s experts ({spec.moe.n_experts})")
-    cp = plan.cp_degree
+
+
+
+def validate_plan_batch(plan: ParallelPlan, *, micro_batch: int, seq: int) -> None:
+    """:func:`validate_plan`'s checks of the micro-batch and the sequence."""
+    cp, pp = plan.cp_degree, plan.pp_degree
     if cp > 1 and seq % (2 * cp):
         raise SetupError(
             f"seq({seq}) must be divisible by 2 * cp({cp}) = {2 * cp}: context parallelism splits "
