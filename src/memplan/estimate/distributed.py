@@ -48,7 +48,6 @@ from memplan.estimate.dist_rank import (
     comm_lines,
     held_gradients,
     local_numbers,
-    phase_total,
     pipeline_stage_phases,
     rank_phase_gradients,
     single_stage_phases,
@@ -338,6 +337,6 @@ def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -
     comm, sums = _comm(numbers, g, shape)
     for name, phase in phases.items():
         phase["communication"] = sums[name]
-    totals = [phase_total(phases[k]) for k in ALL_PHASES]
+    totals = [sum(phases[k].values()) for k in ALL_PHASES]
     peak = ALL_PHASES[totals.index(max(totals))]  # the first of equal peaks
     return RankGroup(stage, g.dp_ranks, g.ranks, phases, peak, g.states, comm, in_flight)

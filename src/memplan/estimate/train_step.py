@@ -65,18 +65,23 @@ def _sum_saved(items: tuple[Saved, ...], b: int, s: int, round_to: int) -> int:
 def _saved_sums(sized: tuple[_Sized, ...], b: int, s: int, round_to: int) -> list[int]:
     """The saved bytes of each compiled tuple (:func:`_sized`) at (b, s), rounded per
     allocation (the hot loop): the linear form of the tensors no allocation rounds, then each
-    distinct size of the others."""
+    distinct size of the others (alloc_bytes inlined: every size is >= 0)."""
     bs = b * s
     bss = bs * s
+    rows_b1 = bs + b if b == 1 else bs  # a (B, S+1) parent kept alive at B == 1
     out = []
-    for fixed, position, token, token_b1, rest in sized:
+    for fixed, position, token, token_b1, by_token, general in sized:
         total = fixed + s * position + bs * token
         if b == 1:
             total += token_b1
+        for count, fixed_bytes, position_bytes, token_bytes, whole_b1 in by_token:
+            n = fixed_bytes + s * position_bytes + (rows_b1 if whole_b1 else bs) * token_bytes
+            if n:
+                total += count * (-(-n // round_to) * round_to)
         for (
             count,
             elem,
-            fixed,
+            base,
             per_position,
             per_token,
             whole_b1,
@@ -84,25 +89,26 @@ def _saved_sums(sized: tuple[_Sized, ...], b: int, s: int, round_to: int) -> lis
             align_s,
             row,
             align,
-        ) in rest:
-            n = fixed + s * per_position
-            if per_token:
-                n += (bs + b if whole_b1 and b == 1 else bs) * per_token
+        ) in general:
+            n = base + s * per_position + (rows_b1 if whole_b1 else bs) * per_token
             if score:
                 keys = -(-s // align_s) * align_s
                 n += (bss if keys == s else bs * keys) * score
             if row:
                 n += b * (-(-s // align) * align) * row
-            if n:  # alloc_bytes, inlined
+            if n:
                 total += count * (-(-n * elem // round_to) * round_to)
         out.append(total)
     return out
 
 
+_ByToken = tuple[int, int, int, int, bool]
+"""A distinct size, rounded per allocation, of tensors with no score or row term: (how many,
+fixed bytes, bytes per position, bytes per token, whole_buffer_at_batch_1)."""
 _Rounded = tuple[int, int, int, int, int, bool, int, int, int, int]
-"""A distinct size of tensors each allocation rounds: (how many, element bytes, fixed,
+"""A distinct size of the other rounded tensors: (how many, element bytes, fixed,
 per_position, per_token, whole_buffer_at_batch_1, per_score, score_align, per_row, align)."""
-_Sized = tuple[int, int, int, int, tuple[_Rounded, ...]]
+_Sized = tuple[int, int, int, int, tuple[_ByToken, ...], tuple[_Rounded, ...]]
 _SIZES: dict[int, tuple[tuple[Saved, ...], int, _Sized]] = {}
 _size_fields = operator.attrgetter(
     *(f.name for f in dataclasses.fields(Saved) if f.name not in ("key", "category"))
@@ -115,8 +121,9 @@ def _sized(items: tuple[Saved, ...], round_to: int) -> _Sized:
     - bytes of the tensors no allocation rounds (each term of their size a multiple of
       ``round_to`` bytes, no score or row term), as a linear form: fixed bytes, bytes per
       position, bytes per token, and the bytes a batch of 1 adds (``whole_buffer_at_batch_1``);
-    - the others as (how many, one of them) per distinct size (every field but the key and the
-      category): a layer saves several tensors of one shape."""
+    - the others once per distinct size (every field but the key and the category; a layer
+      saves several tensors of one shape) with how many: as byte coefficients
+      (:data:`_ByToken`) without a score or row term, else their fields (:data:`_Rounded`)."""
     hit = _SIZES.get(id(items))
     if hit is not None and hit[0] is items and hit[1] == round_to:
         return hit[2]
@@ -134,12 +141,19 @@ def _sized(items: tuple[Saved, ...], round_to: int) -> _Sized:
             token_b1 += terms[2] if it.whole_buffer_at_batch_1 else 0
             continue
         counts.setdefault(_size_fields(it), [0, it])[0] += 1
-    rest = tuple(
+    by_token = tuple(
+        (count, it.fixed * it.elem_bytes, it.per_position * it.elem_bytes,
+         it.per_token * it.elem_bytes, it.whole_buffer_at_batch_1)
+        for count, it in counts.values()
+        if not (it.per_score or it.per_row)
+    )  # fmt: skip
+    general = tuple(
         (count, it.elem_bytes, it.fixed, it.per_position, it.per_token,
          it.whole_buffer_at_batch_1, it.per_score, it.score_align, it.per_row, it.align)
         for count, it in counts.values()
+        if it.per_score or it.per_row
     )  # fmt: skip
-    sized = (fixed, position, token, token_b1, rest)
+    sized = (fixed, position, token, token_b1, by_token, general)
     _SIZES[id(items)] = (items, round_to, sized)
     return sized
 
