@@ -42,6 +42,7 @@ __all__ = [
     "LocalNumbers",
     "RankShape",
     "StateNumbers",
+    "StepStates",
     "comm_lines",
     "first_max",
     "held_gradients",
@@ -52,6 +53,7 @@ __all__ = [
     "rank_phase_gradients",
     "rank_plan",
     "single_stage_phases",
+    "step_states",
 ]
 
 Num = Any
@@ -356,47 +358,64 @@ _IN_STEP = frozenset((*STEP_PHASES, *BACKWARD_CANDIDATES))
 """The phases and backward high points inside a micro-batch's forward and backward."""
 
 
+@dataclass(frozen=True, slots=True)
+class StepStates:
+    """What a single-stage rank's model states put in each phase and backward high point:
+    constants of the local plan, the rank's states and the micro-batch count
+    (:func:`step_states`), so a caller may keep them."""
+
+    gradients: dict[str, Num]
+    """:func:`rank_phase_gradients`: what each high point has written (it picks the peak)."""
+    added: dict[str, dict[str, Num]]
+    """Per phase and high point: the parameters, the optimizer states and the gradients held
+    (:func:`held_gradients`)."""
+
+
+def step_states(
+    local: Any, state: StateNumbers, micro_batches: Num, layer_grads: tuple[Num, Num] | None = None
+) -> StepStates:
+    """:class:`StepStates` of a rank (``local`` as :func:`rank_phase_gradients` reads it)."""
+    gradients = rank_phase_gradients(local, state, layer_grads)
+    held = held_gradients(gradients, state, micro_batches)
+    params, states = state.params, state.states
+    added = {
+        name: {"parameters": params, "optimizer_states": states, "gradients": own}
+        for name, own in held.items()
+    }
+    return StepStates(gradients, added)
+
+
 def single_stage_phases(
     local: LocalNumbers,
     state: StateNumbers,
     micro_batches: Num,
     layer_grads: tuple[Num, Num] | None = None,
-    gradients: dict[str, Num] | None = None,
-    held: dict[str, Num] | None = None,
+    states: StepStates | None = None,
 ) -> dict[str, dict[str, Num]]:
     """A rank without pipeline stages: the single-GPU phases of the local model with the rank's
     model states in place (:func:`rank_plan`), the backward high point picked with them (by
     the gradients written by then, before :func:`held_gradients` counts accumulated ones).
-    ``layer_grads`` / ``gradients`` / ``held``: :func:`rank_layer_gradients` /
-    :func:`rank_phase_gradients` / :func:`held_gradients`, when the caller has them."""
-    if gradients is None:
-        gradients = rank_phase_gradients(local, state, layer_grads)
-    if held is None:
-        held = held_gradients(gradients, state, micro_batches)
-    parts = local.parts
+    ``layer_grads`` / ``states``: :func:`rank_layer_gradients` / :func:`step_states`, when
+    the caller has them already."""
+    if states is None:
+        states = step_states(local, state, micro_batches, layer_grads)
+    parts, gradients, added = local.parts, states.gradients, states.added
     # the high points differ by their step parts and gradients only: the rank's parameters and
     # optimizer states are in every one, so the first largest is picked without them
     names = [n for n in BACKWARD_CANDIDATES if n in parts]
     scores = [sum(parts[n].values()) + gradients[n] for n in names]
     if type(sum(scores)) is int:  # one plan: the one phase picked
         name = names[scores.index(max(scores))]
-        peak = parts[name].copy()
-        peak_held = held[name]
+        peak = {**parts[name], **added[name]}  # the same categories in the same order
     else:  # arrays: per plan, the first largest
         peak = first_max([{**parts[n], "gradients": gradients[n]} for n in names])
         whole_in_step = maximum(state.grads_persistent, micro_batches > 1)
-        peak_held = where(whole_in_step, state.grads, peak["gradients"])
-    params, states = state.params, state.states
-    phases = {}
-    for name in ALL_PHASES:
-        if name == "peak_backward":  # a new dict already
-            phase, own = peak, peak_held
-        else:
-            phase, own = parts[name].copy(), held[name]  # the same categories, same order
-        phase["parameters"] = params
-        phase["optimizer_states"] = states
-        phase["gradients"] = own
-        phases[name] = phase
+        peak["gradients"] = where(whole_in_step, state.grads, peak["gradients"])
+        peak["parameters"], peak["optimizer_states"] = state.params, state.states
+    phases = {
+        name: peak if name == "peak_backward" else {**parts[name], **added[name]}
+        for name in ALL_PHASES
+    }
     step = phases["optimizer_step"]
     step["temporaries"] = step["temporaries"] + state.step_temporary
     return phases

@@ -45,12 +45,12 @@ from memplan.estimate.dist_rank import (
     LocalNumbers,
     RankShape,
     StateNumbers,
+    StepStates,
     comm_lines,
-    held_gradients,
     local_numbers,
     pipeline_stage_phases,
-    rank_phase_gradients,
     single_stage_phases,
+    step_states,
 )
 from memplan.estimate.dist_states import (
     StageStates,
@@ -211,11 +211,11 @@ class _StaticGroup:
     )
     """Per allocation rounding: the communication lines (nonzero) and their sum per phase,
     when no line depends on the micro-batch or sequence (:func:`_comm`)."""
-    gradients: dict[tuple[int, int], tuple[object, dict[str, int], dict[str, int]]] = (
-        dataclasses.field(default_factory=dict)
+    step_states: dict[tuple[int, int], tuple[object, StepStates]] = dataclasses.field(
+        default_factory=dict
     )
-    """:func:`rank_phase_gradients` and :func:`held_gradients` per local plan (by its
-    ``layer_groups`` tuple, which the local plan's numbers share) and micro-batch count."""
+    """:func:`step_states` per local plan (by its ``layer_groups`` tuple, which the local
+    plan's numbers share) and micro-batch count."""
 
     def shape_at(self, micro_batches: int) -> RankShape:
         """The group's :class:`RankShape` at ``micro_batches`` (built once per count)."""
@@ -319,15 +319,13 @@ def _group(plan: ParallelPlan, numbers: LocalNumbers, m: int, g: _StaticGroup) -
     shape = g.shape_at(m)
     if plan.pp_degree == 1:
         # per-plan constants (the local plan's numbers share their layer_groups tuple)
-        hit = g.gradients.get((id(numbers.layer_groups), m))
+        hit = g.step_states.get((id(numbers.layer_groups), m))
         if hit is None or hit[0] is not numbers.layer_groups:
-            gradients = rank_phase_gradients(numbers, state)
-            hit = g.gradients[(id(numbers.layer_groups), m)] = (
+            hit = g.step_states[(id(numbers.layer_groups), m)] = (
                 numbers.layer_groups,
-                gradients,
-                held_gradients(gradients, state, m),
+                step_states(numbers, state, m),
             )
-        phases = single_stage_phases(numbers, state, m, gradients=hit[1], held=hit[2])
+        phases = single_stage_phases(numbers, state, m, states=hit[1])
         in_flight = 1.0
     else:
         phases = pipeline_stage_phases(numbers, state, shape)

@@ -216,6 +216,8 @@ class _At:
     scalar: int
     """The loss (and, in backward, its gradient): one fp32 scalar."""
     base: dict[str, int]
+    """Every category, 0 but the buffers, the inputs and (with states) the parameters and
+    optimizer states: each phase is ``{**base, ...}`` with the step's own categories."""
     ckpt: bool
     """Full activation checkpointing."""
     tokens: int
@@ -227,21 +229,6 @@ class _At:
 
     def alloc(self, nbytes: int) -> int:
         return alloc_bytes(nbytes, self.plan.round_to)
-
-    def phase(
-        self,
-        activations: int = 0,
-        autocast_cache: int = 0,
-        temporaries: int = 0,
-        gradients: int = 0,
-    ) -> dict[str, int]:
-        """The static categories (``base``) plus the step's own (0 when not given)."""
-        out = self.base.copy()
-        out["activations"] = activations
-        out["autocast_cache"] = autocast_cache
-        out["temporaries"] = temporaries
-        out["gradients"] = gradients
-        return out
 
 
 _NO_BYTES = dict.fromkeys(CATEGORIES, 0)
@@ -365,22 +352,24 @@ def _forward_cache(at: _At) -> int:
 
 def _end_of_forward(at: _At) -> dict[str, int]:
     """Everything saved for backward, the autocast copies the graph holds, the loss."""
-    return at.phase(
-        activations=at.a_model + at.a_layers + at.a_head,
-        autocast_cache=_forward_cache(at),
-        temporaries=at.scalar,
-    )
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers + at.a_head,
+        "autocast_cache": _forward_cache(at),
+        "temporaries": at.scalar,
+    }
 
 
 def _loss_backward(at: _At) -> dict[str, int] | None:
     """Inside log_softmax's backward: nll_loss has released its int64 targets; its fp32
     (B*S, V) gradient and log_softmax's own are both alive beside the saved output."""
     fp32_logits = at.alloc(at.tokens * at.plan.spec.vocab_size * 4)
-    return at.phase(
-        activations=at.a_model + at.a_layers + at.a_head - at.saved[_NLL],
-        autocast_cache=_forward_cache(at),
-        temporaries=2 * fp32_logits + 2 * at.scalar,
-    )
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers + at.a_head - at.saved[_NLL],
+        "autocast_cache": _forward_cache(at),
+        "temporaries": 2 * fp32_logits + 2 * at.scalar,
+    }
 
 
 def _last_layer_backward(at: _At) -> dict[str, int] | None:
@@ -389,12 +378,13 @@ def _last_layer_backward(at: _At) -> dict[str, int] | None:
     gradients are in flight (:func:`_layer_transient`)."""
     plan = at.plan
     last = plan.layers[-1]
-    return at.phase(
-        activations=at.a_model + at.a_layers + at.saved[_LAST_RECOMPUTE] - at.saved[_LAST_DOWN],
-        autocast_cache=(last.cache_bytes if at.ckpt else at.cache_layers) - plan.last_down_cast,
-        gradients=at.grads_head + plan.last_down_grad,
-        temporaries=at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
-    )
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers + at.saved[_LAST_RECOMPUTE] - at.saved[_LAST_DOWN],
+        "autocast_cache": (last.cache_bytes if at.ckpt else at.cache_layers) - plan.last_down_cast,
+        "gradients": at.grads_head + plan.last_down_grad,
+        "temporaries": at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
+    }
 
 
 def _moe_combine_backward(at: _At) -> dict[str, int] | None:
@@ -409,12 +399,13 @@ def _moe_combine_backward(at: _At) -> dict[str, int] | None:
     half = 4 if plan.regime.autocast else plan.regime.compute_bytes
     narrow = at.alloc(at.tokens * k * hidden * half)
     out_grad = at.alloc(at.tokens * hidden * half)
-    return at.phase(
-        activations=at.a_model + at.a_layers,
-        autocast_cache=0 if at.ckpt else at.cache_layers,
-        gradients=at.grads_head,
-        temporaries=3 * wide + narrow + out_grad + 2 * at.scalar,
-    )
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers,
+        "autocast_cache": 0 if at.ckpt else at.cache_layers,
+        "gradients": at.grads_head,
+        "temporaries": 3 * wide + narrow + out_grad + 2 * at.scalar,
+    }
 
 
 def _final_norm_backward(at: _At) -> dict[str, int] | None:
@@ -423,12 +414,13 @@ def _final_norm_backward(at: _At) -> dict[str, int] | None:
     spec = at.plan.spec
     if not (spec.final_norm and spec.norm_kind is NormKind.RMSNORM):
         return None
-    return at.phase(
-        activations=at.a_model + at.a_layers + at.saved[_NORM_INPUT],
-        autocast_cache=0 if at.ckpt else at.cache_layers,
-        gradients=at.grads_head,
-        temporaries=_norm_transient(at.plan, at.batch, at.seq) + 2 * at.scalar,
-    )
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers + at.saved[_NORM_INPUT],
+        "autocast_cache": 0 if at.ckpt else at.cache_layers,
+        "gradients": at.grads_head,
+        "temporaries": _norm_transient(at.plan, at.batch, at.seq) + 2 * at.scalar,
+    }
 
 
 def _first_layer(plan: TrainingPlan) -> LayerGroup:
@@ -440,16 +432,17 @@ def _first_layer_backward(at: _At) -> dict[str, int] | None:
     other layer's gradients are written (the embeddings' not yet)."""
     plan = at.plan
     first = _first_layer(plan)
-    return at.phase(
-        activations=at.a_model
+    return {
+        **at.base,
+        "activations": at.a_model
         + at.first_layer
         + at.saved[_FIRST_RECOMPUTE]
         - at.saved[_FIRST_DOWN],
-        autocast_cache=first.cache_bytes - plan.first_down_cast,
-        gradients=plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
+        "autocast_cache": first.cache_bytes - plan.first_down_cast,
+        "gradients": plan.grad_bytes - plan.grads.get("embeddings", 0) - first.grad_bytes
         + plan.first_down_grad,
-        temporaries=at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
-    )  # fmt: skip
+        "temporaries": at.layer_transient + 2 * at.scalar + plan.dequant_bytes,
+    }  # fmt: skip
 
 
 def _embedding_backward(at: _At) -> dict[str, int] | None:
@@ -464,7 +457,7 @@ def _embedding_backward(at: _At) -> dict[str, int] | None:
     else:
         stream = 4 if plan.regime.autocast else plan.regime.compute_bytes
         extra = at.alloc(at.tokens * spec.hidden_size * stream)
-    return at.phase(gradients=plan.grad_bytes, temporaries=extra + 2 * at.scalar)
+    return {**at.base, "gradients": plan.grad_bytes, "temporaries": extra + 2 * at.scalar}
 
 
 _BACKWARD_CANDIDATES = (
@@ -530,7 +523,7 @@ def parts_at(at: _At) -> dict[str, dict[str, int]]:
     allocates, from the same candidates :func:`evaluate` takes. A high point this model does
     not have is absent. The phases with nothing of the step's own (after load, after backward,
     the optimizer step, after zero_grad) are one dict: read them, do not change them."""
-    idle = at.phase()
+    idle = at.base.copy()
     parts: dict[str, dict[str, int]] = {"after_load": idle, "end_of_forward": _end_of_forward(at)}
     for name, fn in _BACKWARD_CANDIDATES:
         phase = fn(at)
@@ -550,14 +543,15 @@ def _forward_peak(at: _At) -> dict[str, int]:
     plan, spec = at.plan, at.plan.spec
     logits = at.alloc(at.tokens * spec.vocab_size * plan.regime.compute_bytes)
     upcast = at.alloc(at.tokens * spec.vocab_size * 4) if plan.regime.compute_bytes != 4 else 0
-    return at.phase(
-        activations=at.a_model + at.a_layers + at.a_head,
-        autocast_cache=at.cache_layers + plan.cache_head + plan.cache_bias,
-        temporaries=logits
+    return {
+        **at.base,
+        "activations": at.a_model + at.a_layers + at.a_head,
+        "autocast_cache": at.cache_layers + plan.cache_head + plan.cache_bias,
+        "temporaries": logits
         + upcast
         + _forward_loss_temporaries(plan, at.sums.loss, at.batch, at.seq)
         + plan.dequant_bytes,
-    )
+    }
 
 
 def _backward_sections(at: _At, best_name: str, best: dict[str, int]) -> dict[str, int]:
@@ -590,7 +584,7 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         plan = training_plan(plan.spec, plan.setup, kernels)
     at = _at(plan, batch, seq)
     phases: dict[str, dict[str, int]] = {
-        "after_load": at.phase(),
+        "after_load": at.base.copy(),
         "end_of_forward": _end_of_forward(at),
     }
     candidates = [(name, fn(at)) for name, fn in _BACKWARD_CANDIDATES]
@@ -599,9 +593,13 @@ def evaluate(plan: TrainingPlan, batch: int, seq: int) -> StepMemory:
         key=lambda item: sum(item[1].values()),
     )
     phases["peak_backward"] = best
-    phases["after_backward"] = at.phase(gradients=plan.grad_bytes)
-    phases["optimizer_step"] = at.phase(gradients=plan.grad_bytes, temporaries=plan.step_temporary)
-    phases["after_zero_grad"] = at.phase()
+    phases["after_backward"] = {**at.base, "gradients": plan.grad_bytes}
+    phases["optimizer_step"] = {
+        **at.base,
+        "gradients": plan.grad_bytes,
+        "temporaries": plan.step_temporary,
+    }
+    phases["after_zero_grad"] = at.base.copy()
     phases["forward_peak"] = _forward_peak(at)
     peak_phase = max((*PHASES, "forward_peak"), key=lambda k: sum(phases[k].values()))
     first_step = max(
