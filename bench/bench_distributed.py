@@ -11,8 +11,8 @@ a search or the fit would. Plans (Llama-3.1-70B, 64 x H100, bf16-mixed, AdamW):
 - ``report``: the full Report (rank table, communication, time, advice) for the fsdp plan.
 
 Run: ``python bench/bench_distributed.py``. Issue 9 asks for at least 10,000 rank estimates per
-second. CPU time (``time.process_time``) is reported so a loaded machine does not skew it, the
-median of :data:`ROUNDS` rounds of 256 fresh (micro-batch, seq) each.
+second. CPU time (``time.process_time``) is reported so a loaded machine does not skew it: the
+fastest and the median of :data:`ROUNDS` rounds of 256 fresh (micro-batch, seq) each.
 """
 
 from __future__ import annotations
