@@ -23,6 +23,7 @@ import dataclasses
 import operator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from memplan.errors import SetupError
 from memplan.estimate.train_plan import _trainable
@@ -399,31 +400,37 @@ def _torch_states(
     """DDP and FSDP2: one allocation per parameter, gradient and state tensor."""
     fsdp = plan.sharding.is_fsdp and plan.sharding is not Sharding.FSDP_NO_SHARD
     params = grads = states = 0
-    grads_by_group: dict[str, int] = {}
+    unit_grads = root_grads = 0  # FSDP: each unit's reduce-scatter output, one allocation
     sizes: list[int] = []
     largest = n_train = 0
-    # the decoder layers repeat the same shapes: each distinct shape's numbers once
+    # the decoder layers repeat the same shapes: each distinct shape's numbers once, and each
+    # distinct FSDP unit once with how many there are (_units)
     seen: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
-    for t in tensors:
-        key = (t.numel, t.d0, t.rest, t.expert)
-        hit = seen.get(key)
-        if hit is None:
-            hit = seen[key] = _tensor_states(setup, reg, r, t, shard_world(plan, t.expert),
-                                             fsdp_shard_index(plan, dp_rank, t.expert),
-                                             fsdp)  # fmt: skip
-        stored, param_bytes, state_bytes, step_bytes = hit
-        params += param_bytes
-        if not t.trainable:
-            continue
-        n_train += t.numel
-        grads_by_group[t.group] = grads_by_group.get(t.group, 0) + stored * reg.grad_bytes
-        states += state_bytes
-        sizes.append(step_bytes)
-        largest = max(largest, step_bytes)
+    for count, group, members in _units(tensors):
+        unit = 0
+        for t in members:
+            key = (t.numel, t.d0, t.rest, t.expert)
+            hit = seen.get(key)
+            if hit is None:
+                hit = seen[key] = _tensor_states(setup, reg, r, t, shard_world(plan, t.expert),
+                                                 fsdp_shard_index(plan, dp_rank, t.expert),
+                                                 fsdp)  # fmt: skip
+            stored, param_bytes, state_bytes, step_bytes = hit
+            params += count * param_bytes
+            if not t.trainable:
+                continue
+            n_train += count * t.numel
+            unit += stored * reg.grad_bytes
+            states += count * state_bytes
+            sizes += [step_bytes] * count
+            largest = max(largest, step_bytes)
+        unit_grads += count * round_up(unit, r)
+        if group == "root":
+            root_grads = unit
     emb = head = 0
     if fsdp:  # the reduce-scatter output of each FSDP unit is one flat allocation
-        grads = sum(round_up(g, r) for g in grads_by_group.values())
-        root = round_up(grads_by_group.get("root", 0), r)
+        grads = unit_grads
+        root = round_up(root_grads, r)
         embed = [t for t in tensors if t.trainable and t.group == "root" and "embed" in t.name]
         emb = round_up(sum(fsdp_padded_shard_numel(t.d0, t.rest, shard_world(plan, False))
                            for t in embed) * reg.grad_bytes, r)  # fmt: skip
@@ -501,20 +508,64 @@ def _largest_layer(
     tensors: tuple[LocalTensor, ...], plan: ParallelPlan, width: int, r: int, *, gathered: bool
 ) -> int:
     """The largest decoder layer's tensors, all-gathered and padded (``W * ceil(d0/W) *
-    rest``), ``width`` bytes per element, one allocation each."""
-    per_layer: dict[int, int] = {}
-    seen: dict[tuple[int, int, int, bool], int] = {}
+    rest``), ``width`` bytes per element, one allocation each (each distinct layer once)."""
+    worlds = (shard_world(plan, False), shard_world(plan, True))
+    largest = 0
+    for layer in _layer_shapes(tensors):
+        total = 0
+        for d0, rest, numel, expert in layer:
+            w = worlds[expert]
+            n = fsdp_padded_shard_numel(d0, rest, w) * w if gathered else numel
+            total += round_up(n * width, r)
+        largest = max(largest, total)
+    return largest
+
+
+_UNITS: dict[int, tuple[tuple[LocalTensor, ...], tuple[Any, ...], tuple[Any, ...]]] = {}
+
+
+def _unit_key(t: LocalTensor) -> tuple[object, ...]:
+    """What a tensor's states depend on (``_torch_states``), its layer and name aside."""
+    return (t.numel, t.d0, t.rest, t.expert, t.trainable, t.grad_numel)
+
+
+def _grouped(tensors: tuple[LocalTensor, ...]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """``tensors`` as (how many, FSDP group, its tensors) per distinct FSDP unit, and as the
+    distinct decoder layers' (d0, rest, numel, expert) shapes; kept per tuple object (the
+    stage's tensors are cached). The root unit is never merged with a layer's."""
+    hit = _UNITS.get(id(tensors))
+    if hit is not None and hit[0] is tensors:
+        return hit[1], hit[2]
+    if len(_UNITS) > 1024:
+        _UNITS.clear()
+    by_group: dict[str, list[LocalTensor]] = {}
+    by_layer: dict[int, list[tuple[int, int, int, bool]]] = {}
     for t in tensors:
-        if t.layer < 0:
-            continue
-        key = (t.numel, t.d0, t.rest, t.expert)
-        size = seen.get(key)
-        if size is None:
-            w = shard_world(plan, t.expert)
-            numel = fsdp_padded_shard_numel(t.d0, t.rest, w) * w if gathered else t.numel
-            size = seen[key] = round_up(numel * width, r)
-        per_layer[t.layer] = per_layer.get(t.layer, 0) + size
-    return max(per_layer.values(), default=0)
+        by_group.setdefault(t.group, []).append(t)
+        if t.layer >= 0:
+            by_layer.setdefault(t.layer, []).append((t.d0, t.rest, t.numel, t.expert))
+    units: dict[tuple[object, ...], list[Any]] = {}
+    for group, members in by_group.items():
+        key = (group == "root", tuple(map(_unit_key, members)))
+        units.setdefault(key, [0, group, tuple(members)])[0] += 1
+    layers = tuple(dict.fromkeys(tuple(shapes) for shapes in by_layer.values()))
+    out = tuple(tuple(u) for u in units.values()), layers
+    _UNITS[id(tensors)] = (tensors, *out)
+    return out
+
+
+def _units(
+    tensors: tuple[LocalTensor, ...],
+) -> tuple[tuple[int, str, tuple[LocalTensor, ...]], ...]:
+    """(how many, a group's name, its tensors) per distinct FSDP unit (:func:`_grouped`)."""
+    return _grouped(tensors)[0]
+
+
+def _layer_shapes(
+    tensors: tuple[LocalTensor, ...],
+) -> tuple[tuple[tuple[int, int, int, bool], ...], ...]:
+    """Each distinct decoder layer's tensor shapes (:func:`_grouped`)."""
+    return _grouped(tensors)[1]
 
 
 def ddp_bucket_bytes(
