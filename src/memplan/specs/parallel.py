@@ -414,7 +414,6 @@ def validate_plan_model(spec: ModelSpec, plan: ParallelPlan) -> None:
         raise SetupError(f"ep({ep}) must divide {name}'s experts ({spec.moe.n_experts})")
 
 
-
 def validate_plan_batch(plan: ParallelPlan, *, micro_batch: int, seq: int) -> None:
     """:func:`validate_plan`'s checks of the micro-batch and the sequence."""
     cp, pp = plan.cp_degree, plan.pp_degree
