@@ -99,12 +99,7 @@ def _local_plan(
     :func:`activation_precision`, when the caller has it."""
     if precision is None:
         precision = activation_precision(setup, plan)
-    static = static_setup(setup)
-    hit_setup = _LOCAL_SETUPS.get((id(static), precision))
-    if hit_setup is not None and hit_setup[0] is static:
-        key = hit_setup[1]
-    else:
-        key = _local_setup(static, precision)
+    key = _local_setup(static_setup(setup), precision)
     lspec = local_spec(spec, plan)
     kernels = attention_kernels(lspec, key, batch, max(seq, 2))
     # by identities (hashing the setup and the kernels costs more; kernel values are interned,
@@ -128,6 +123,9 @@ def _local_setup(static: TrainingSetup, precision: Precision) -> TrainingSetup:
     """The setup of the rank-local plan: ``static`` (batch and sequence 1, from
     ``static_setup``) in the precision the runtime computes in (memoised: building a setup
     validates it, and hashing one costs more than the lookup)."""
+    hit = _LOCAL_SETUPS.get((id(static), precision))
+    if hit is not None and hit[0] is static:
+        return hit[1]
     if len(_LOCAL_SETUPS) > 256:
         _LOCAL_SETUPS.clear()
     local = dataclasses.replace(static, precision=precision)

@@ -409,8 +409,8 @@ def single_stage_phases(
         peak = {**parts[name], **added[name]}  # the same categories in the same order
     else:  # arrays: per plan, the first largest
         peak = first_max([{**parts[n], "gradients": gradients[n]} for n in names])
-        whole_in_step = maximum(state.grads_persistent, micro_batches > 1)
-        peak["gradients"] = where(whole_in_step, state.grads, peak["gradients"])
+        written = {"peak_backward": peak["gradients"]}
+        peak["gradients"] = held_gradients(written, state, micro_batches)["peak_backward"]
         peak["parameters"], peak["optimizer_states"] = state.params, state.states
     phases = {
         name: peak if name == "peak_backward" else {**parts[name], **added[name]}
@@ -502,12 +502,3 @@ def comm_lines(
             lines.update(backward)
         out[name] = lines
     return out
-
-
-def add_communication(
-    phases: dict[str, dict[str, Num]], lines: dict[str, dict[str, Num]]
-) -> dict[str, dict[str, Num]]:
-    """``phases`` with each phase's communication buffers as its ``communication`` category."""
-    for name, phase in phases.items():
-        phase["communication"] = sum(lines[name].values())
-    return phases

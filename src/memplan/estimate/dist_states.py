@@ -404,9 +404,9 @@ def _torch_states(
     sizes: list[int] = []
     largest = n_train = 0
     # the decoder layers repeat the same shapes: each distinct shape's numbers once, and each
-    # distinct FSDP unit once with how many there are (_units)
+    # distinct FSDP unit once with how many there are (_grouped)
     seen: dict[tuple[int, int, int, bool], tuple[int, int, int, int]] = {}
-    for count, group, members in _units(tensors):
+    for count, group, members in _grouped(tensors)[0]:
         unit = 0
         for t in members:
             key = (t.numel, t.d0, t.rest, t.expert)
@@ -511,7 +511,7 @@ def _largest_layer(
     rest``), ``width`` bytes per element, one allocation each (each distinct layer once)."""
     worlds = (shard_world(plan, False), shard_world(plan, True))
     largest = 0
-    for layer in _layer_shapes(tensors):
+    for layer in _grouped(tensors)[1]:
         total = 0
         for d0, rest, numel, expert in layer:
             w = worlds[expert]
@@ -552,20 +552,6 @@ def _grouped(tensors: tuple[LocalTensor, ...]) -> tuple[tuple[Any, ...], tuple[A
     out = tuple(tuple(u) for u in units.values()), layers
     _UNITS[id(tensors)] = (tensors, *out)
     return out
-
-
-def _units(
-    tensors: tuple[LocalTensor, ...],
-) -> tuple[tuple[int, str, tuple[LocalTensor, ...]], ...]:
-    """(how many, a group's name, its tensors) per distinct FSDP unit (:func:`_grouped`)."""
-    return _grouped(tensors)[0]
-
-
-def _layer_shapes(
-    tensors: tuple[LocalTensor, ...],
-) -> tuple[tuple[tuple[int, int, int, bool], ...], ...]:
-    """Each distinct decoder layer's tensor shapes (:func:`_grouped`)."""
-    return _grouped(tensors)[1]
 
 
 def ddp_bucket_bytes(

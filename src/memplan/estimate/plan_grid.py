@@ -256,7 +256,7 @@ def _largest_total(
     phases: dict[str, dict[str, Any]], lines: dict[str, dict[str, Any]], np: Any
 ) -> Any:
     """The largest of the phases' totals (each phase's categories plus its communication
-    lines: ``dist_rank.phase_total`` after ``dist_rank.add_communication``), per element."""
+    lines, as ``distributed._group`` adds them), per element."""
     return _largest_sum([[*phases[n].values(), *lines[n].values()] for n in ALL_PHASES], np)
 
 

@@ -431,7 +431,7 @@ def _first_layer_backward(at: _At) -> dict[str, int] | None:
     """The first layer's MLP multiply: only the first layer's activations are left, every
     other layer's gradients are written (the embeddings' not yet)."""
     plan = at.plan
-    first = _first_layer(plan)
+    first = at.sums.first
     return {
         **at.base,
         "activations": at.a_model
